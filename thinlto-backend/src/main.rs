@@ -1,0 +1,12 @@
+use anyhow::Result;
+use clap::Parser;
+
+/// thinlto-backend (not yet implemented).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {}
+
+fn main() -> Result<()> {
+    let _cli = Cli::parse();
+    Ok(())
+}

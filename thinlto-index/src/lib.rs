@@ -1,0 +1,10 @@
+//! Stage 2 of the distributed ThinLTO flow: archive member order, bitcode
+//! classification and the thin link; plus the pieces every tool shares
+//! (toolchain discovery, atomic output, the manifest contract).
+
+pub mod fsutil;
+pub mod manifest;
+pub mod toolchain;
+
+pub use manifest::{Manifest, ManifestObject, ObjectKind};
+pub use toolchain::{Tool, Toolchain, ToolchainArgs};
