@@ -65,14 +65,6 @@ impl Role {
         }
     }
 
-    fn flag(self) -> &'static str {
-        match self {
-            Role::Cc => "--cc",
-            Role::Ld => "--ld",
-            Role::Ar => "--ar",
-        }
-    }
-
     /// What `--version` must print for the tool to be accepted.
     fn version_marker(self) -> &'static str {
         match self {

@@ -1,1 +1,247 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use thinlto_index::ToolchainArgs;
+use xtask::fe::{self, FeOptions};
+use xtask::provision;
+use xtask::reference::{self, ReferenceOptions};
+
+/// Automation for thinlto-dist: `cargo xtask <verb>`.
+///
+/// Typical use on a fresh machine:
+///   cargo xtask flow     # the whole flow on the bundled sample tree
+///   cargo xtask test     # fmt check, clippy, all tests
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install what this machine lacks (LLVM 19 via apt-get when root on
+    /// Debian/Ubuntu) and print the resolved toolchain.
+    Setup {
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
+    /// Front end: lay out the sample tree (plus N generated objects), compile
+    /// every object with clang in ThinLTO mode, write kbuild .cmd files and
+    /// archive everything into vmlinux.a.
+    Fe {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Don't write saved_c_flags_ lines (a tree as plain in-process
+        /// ThinLTO kbuild leaves it; tools then fall back to savedcmd_)
+        #[arg(long)]
+        no_saved_c_flags: bool,
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
+    /// Run the make reference flow (tests/reference/Makefile: kbuild's
+    /// distributed ThinLTO stages 2-4) on a front-end tree, then link and
+    /// run the harness against its vmlinux.o.
+    Reference {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Directory for top-level outputs, relative to the tree
+        #[arg(long, default_value = "out-ref")]
+        out: String,
+        /// Print every command make runs
+        #[arg(short, long)]
+        verbose: bool,
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
+    /// The whole flow on the sample tree: front end, then stages 2-4.
+    Flow {
+        #[command(flatten)]
+        tree: TreeArgs,
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
+    /// The project's checks: cargo fmt --check, clippy -D warnings, all tests.
+    Test {
+        /// Arguments passed on to `cargo test` (e.g. a test name filter)
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct TreeArgs {
+    /// The tree to work on [default: target/sample, or target/gen-N with --objects N]
+    #[arg(long, value_name = "DIR")]
+    tree: Option<PathBuf>,
+    /// Add N generated objects (a large tree with realistic import fan-in)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    objects: usize,
+    /// Parallel jobs [default: available cores]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Less output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl TreeArgs {
+    fn dir(&self) -> PathBuf {
+        self.tree
+            .clone()
+            .unwrap_or_else(|| xtask::default_tree(self.objects))
+    }
+    fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(xtask::default_jobs)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.verb {
+        Verb::Setup { toolchain } => {
+            provision::ensure_make()?;
+            let tc = provision::ensure_llvm(&toolchain)?;
+            print!("{tc}");
+            Ok(())
+        }
+        Verb::Fe {
+            tree,
+            no_saved_c_flags,
+            toolchain,
+        } => {
+            let tc = provision::ensure_llvm(&toolchain)?;
+            run_fe(&tree, &tc, !no_saved_c_flags)
+        }
+        Verb::Reference {
+            tree,
+            out,
+            verbose,
+            toolchain,
+        } => {
+            provision::ensure_make()?;
+            let tc = provision::ensure_llvm(&toolchain)?;
+            run_reference(&tree, &tc, &out, verbose)
+        }
+        Verb::Flow { tree, toolchain } => {
+            provision::ensure_make()?;
+            let tc = provision::ensure_llvm(&toolchain)?;
+            run_fe(&tree, &tc, true)?;
+            run_reference(&tree, &tc, "out-ref", false)?;
+            eprintln!(
+                "xtask: flow stopped after the reference flow: the stage tools are not chained yet"
+            );
+            Ok(())
+        }
+        Verb::Test { rest } => run_tests(&rest),
+    }
+}
+
+fn run_fe(tree: &TreeArgs, tc: &thinlto_index::Toolchain, saved_c_flags: bool) -> Result<()> {
+    let dir = tree.dir();
+    let start = Instant::now();
+    let report = fe::build(
+        &FeOptions {
+            tree: dir.clone(),
+            objects: tree.objects,
+            jobs: tree.jobs(),
+            saved_c_flags,
+            quiet: tree.quiet,
+        },
+        tc,
+    )?;
+    eprintln!(
+        "xtask: front end of {}: {} objects, {} compiled, {} archives written, {:.1}s",
+        dir.display(),
+        report.objects,
+        report.compiled,
+        report.archives_written,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_reference(
+    tree: &TreeArgs,
+    tc: &thinlto_index::Toolchain,
+    out: &str,
+    verbose: bool,
+) -> Result<()> {
+    let dir = tree.dir();
+    let start = Instant::now();
+    let report = reference::run(
+        &ReferenceOptions {
+            tree: dir.clone(),
+            jobs: tree.jobs(),
+            out: out.to_string(),
+            make_args: if verbose { vec!["V=1".into()] } else { vec![] },
+        },
+        tc,
+    )?;
+    if !tree.quiet {
+        eprint!("{}", report.log);
+    }
+    eprintln!(
+        "xtask: reference flow: {} backend jobs run, {:.1}s; {}",
+        report.backend_jobs,
+        start.elapsed().as_secs_f64(),
+        report.vmlinux_o.display()
+    );
+    let exe = dir.join(out).join("vmlinux-harness");
+    let output = reference::run_harness(tc, &dir, &report.vmlinux_o, &exe)?;
+    print!("{output}");
+    if tree.objects == 0 {
+        let expected = reference::expected_harness_output()?;
+        if output != expected {
+            bail!("the harness printed something other than tests/fixtures/sample-tree/harness/expected.txt");
+        }
+        eprintln!("xtask: harness output matches harness/expected.txt");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(xtask::workspace_root());
+    c
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask test: {what}");
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn run_tests(rest: &[String]) -> Result<()> {
+    provision::ensure_make()?;
+    let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
+    eprint!("xtask test: toolchain\n{tc}");
+    step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "cargo clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // The integration tests run the tools' binaries: build them first.
+    step("cargo build", cargo().args(["build", "--workspace", "--bins"]))?;
+    step(
+        "cargo test",
+        cargo().args(["test", "--workspace"]).args(rest),
+    )?;
+    Ok(())
+}
+

@@ -1,0 +1,98 @@
+//! Provisioning: a fresh machine has Rust but no clang/lld. Verbs that need
+//! LLVM call [`ensure_llvm`], which installs it with apt-get when running as
+//! root on Debian/Ubuntu, and otherwise stops with the exact command to run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use thinlto_index::toolchain::{Toolchain, ToolchainArgs, APT_PACKAGES};
+
+/// Resolves (and probes) the toolchain, installing LLVM first if needed and
+/// possible.
+pub fn ensure_llvm(args: &ToolchainArgs) -> Result<Toolchain> {
+    let explicit = args.cc.is_some()
+        || args.ld.is_some()
+        || args.ar.is_some()
+        || args.llvm.is_some()
+        || ["CC", "LD", "AR", "LLVM"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    match Toolchain::resolve(args) {
+        Ok(mut tc) => {
+            tc.probe()?;
+            return Ok(tc);
+        }
+        // A toolchain the user named but that is broken is their error to
+        // fix, not a reason to install another one.
+        Err(e) if explicit => return Err(e),
+        Err(_) => {}
+    }
+    install_llvm()?;
+    let mut tc = Toolchain::resolve(args)?;
+    tc.probe()?;
+    Ok(tc)
+}
+
+/// The command a user must run when we cannot install for them.
+pub fn install_command() -> String {
+    format!(
+        "sudo apt-get update && sudo apt-get install -y {}",
+        APT_PACKAGES.join(" ")
+    )
+}
+
+fn install_llvm() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let debian = Path::new("/etc/debian_version").exists();
+    let apt = thinlto_index::toolchain::find_program("apt-get", std::env::var_os("PATH").as_ref());
+    if !(root && debian && apt.is_ok()) {
+        bail!(
+            "LLVM 19 (clang, ld.lld, llvm-ar) is not installed{}; run: {}",
+            if !debian {
+                " and this is not Debian/Ubuntu"
+            } else if !root {
+                " and installing needs root"
+            } else {
+                " and apt-get is missing"
+            },
+            install_command()
+        );
+    }
+    eprintln!(
+        "xtask: LLVM not found; installing {} with apt-get",
+        APT_PACKAGES.join(" ")
+    );
+    run_apt(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(APT_PACKAGES);
+    run_apt(&install)
+}
+
+fn run_apt(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: apt-get {}", args.join(" "));
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Makes sure `make` is there too (the reference flow needs it).
+pub fn ensure_make() -> Result<()> {
+    if thinlto_index::toolchain::find_program("make", std::env::var_os("PATH").as_ref()).is_ok() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && Path::new("/etc/debian_version").exists() {
+        eprintln!("xtask: make not found; installing it with apt-get");
+        run_apt(&["update"])?;
+        return run_apt(&["install", "-y", "--no-install-recommends", "make"]);
+    }
+    bail!("GNU make is not installed; run: sudo apt-get install -y make")
+}
