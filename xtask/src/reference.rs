@@ -82,17 +82,21 @@ pub fn run(opts: &ReferenceOptions, tc: &Toolchain) -> Result<ReferenceReport> {
 /// its standard output.
 pub fn run_harness(tc: &Toolchain, tree: &Path, vmlinux_o: &Path, exe: &Path) -> Result<String> {
     let main_c = crate::fe::fixture_dir().join("harness/main.c");
-    let status = Command::new(&tc.cc.path)
+    let link = Command::new(&tc.cc.path)
         .args(["-O2", "-no-pie", "-o"])
         .arg(exe)
         .arg(&main_c)
         .arg(vmlinux_o)
         .arg(format!("--ld-path={}", tc.ld.path.display()))
         .current_dir(tree)
-        .status()
+        .output()
         .context("cannot run the compiler to link the harness")?;
-    if !status.success() {
-        bail!("linking the harness with {} failed", vmlinux_o.display());
+    if !link.status.success() {
+        bail!(
+            "linking the harness with {} failed:\n{}",
+            vmlinux_o.display(),
+            String::from_utf8_lossy(&link.stderr)
+        );
     }
     let out = Command::new(exe)
         .output()
