@@ -3,6 +3,7 @@
 //! Integration tests use it as a library.
 
 pub mod fe;
+pub mod flow;
 pub mod gen;
 pub mod kbuild;
 pub mod provision;
@@ -22,9 +23,7 @@ pub fn workspace_root() -> PathBuf {
 /// The default tree for a run: `target/sample`, or `target/gen-N` with
 /// generated objects.
 pub fn default_tree(objects: usize) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = target_dir();
     if objects == 0 {
         target.join("sample")
     } else {
@@ -37,4 +36,11 @@ pub fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }

@@ -138,11 +138,22 @@ fn run(cli: Cli) -> Result<()> {
         Verb::Flow { tree, toolchain } => {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
-            run_fe(&tree, &tc, true)?;
-            run_reference(&tree, &tc, "out-ref", false)?;
-            eprintln!(
-                "xtask: flow stopped after the reference flow: the stage tools are not chained yet"
+            let report = xtask::flow::run_flow(
+                &xtask::flow::FlowOptions {
+                    tree: tree.dir(),
+                    objects: tree.objects,
+                    jobs: tree.jobs(),
+                    quiet: tree.quiet,
+                },
+                &tc,
+            )?;
+            print!(
+                "{}",
+                xtask::flow::table(&report.stages, &report.checks)
             );
+            if !report.ok() {
+                bail!("verification failed");
+            }
             Ok(())
         }
         Verb::Test { rest } => run_tests(&rest),
