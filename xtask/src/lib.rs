@@ -6,6 +6,8 @@ pub mod fe;
 pub mod flow;
 pub mod gen;
 pub mod kbuild;
+pub mod measure;
+pub mod bench;
 pub mod provision;
 pub mod reference;
 pub mod tree;

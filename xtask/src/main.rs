@@ -64,6 +64,30 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
+    /// Benchmarks: ours against the make reference and in-process ThinLTO,
+    /// alternating runs in one session; --write regenerates BENCHMARKS.md.
+    Bench {
+        /// Generated objects in the benchmark tree
+        #[arg(long, default_value_t = 2000)]
+        objects: usize,
+        /// Parallel jobs [default: available cores]
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Runs per scenario (after a warm-up)
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Runs of the scenarios that compile everything with real clang
+        #[arg(long, default_value_t = 3)]
+        heavy_runs: usize,
+        /// A small tree and one run per scenario (keeps the harness working in CI)
+        #[arg(long)]
+        quick: bool,
+        /// Write the report to BENCHMARKS.md
+        #[arg(long)]
+        write: bool,
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
     /// The project's checks: cargo fmt --check, clippy -D warnings, all tests.
     Test {
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
@@ -153,6 +177,41 @@ fn run(cli: Cli) -> Result<()> {
             );
             if !report.ok() {
                 bail!("verification failed");
+            }
+            Ok(())
+        }
+        Verb::Bench {
+            objects,
+            jobs,
+            runs,
+            heavy_runs,
+            quick,
+            write,
+            toolchain,
+        } => {
+            provision::ensure_make()?;
+            let tc = provision::ensure_llvm(&toolchain)?;
+            let opts = xtask::bench::BenchOptions {
+                objects: if quick { 200 } else { objects },
+                jobs: jobs.unwrap_or_else(xtask::default_jobs),
+                runs: if quick { 1 } else { runs },
+                heavy_runs: if quick { 1 } else { heavy_runs },
+                kernel: None,
+                quiet: false,
+            };
+            let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+            let results = xtask::bench::run_generated(&opts, &tc)?;
+            let mut report = String::from("# Benchmarks\n\nRegenerate with `cargo xtask bench --write` (2 cores: about 15 minutes). Every figure below comes from one run of that command: ours and the reference alternate, and the ratio is of medians measured in the same session, so machine noise cancels as far as it can.\n\n");
+            report.push_str(&xtask::bench::machine_header(&tc, &opts, &format!("cargo xtask {command}")));
+            report.push('\n');
+            for r in &results {
+                report.push_str(&r.markdown());
+            }
+            print!("{report}");
+            if write {
+                let path = xtask::workspace_root().join("BENCHMARKS.md");
+                thinlto_index::fsutil::write_atomic(&path, report.as_bytes())?;
+                eprintln!("xtask: wrote {}", path.display());
             }
             Ok(())
         }

@@ -1,0 +1,603 @@
+//! `cargo xtask bench`: ours against the make reference (and in-process
+//! ThinLTO) in the same run, alternating, on a generated tree and optionally
+//! a real kernel tree. Figures are ratios of medians measured in one run;
+//! `--write` puts them in BENCHMARKS.md.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use thinlto_index::Toolchain;
+
+use crate::flow::{self, Bins, LinkPlan};
+use crate::measure::{measure, measure_sh, stats, Sample};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub objects: usize,
+    pub jobs: usize,
+    /// Runs of the cheap scenarios.
+    pub runs: usize,
+    /// Runs of the scenarios that compile everything with real clang.
+    pub heavy_runs: usize,
+    pub kernel: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// One scenario's measurements.
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    pub title: String,
+    pub ours_label: String,
+    pub ref_label: String,
+    pub ours: Vec<Sample>,
+    pub reference: Vec<Sample>,
+    pub notes: Vec<String>,
+}
+
+impl ScenarioResult {
+    fn new(title: &str, ours_label: &str, ref_label: &str) -> ScenarioResult {
+        ScenarioResult {
+            title: title.into(),
+            ours_label: ours_label.into(),
+            ref_label: ref_label.into(),
+            ours: vec![],
+            reference: vec![],
+            notes: vec![],
+        }
+    }
+
+    pub fn ratio(&self) -> f64 {
+        let o = stats(&self.ours.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+        let r = stats(&self.reference.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+        o / r
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!("### {}\n\n", self.title);
+        s.push_str("| | runs | wall min | wall median | wall max | CPU median | peak RSS |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for (label, v) in [(&self.ours_label, &self.ours), (&self.ref_label, &self.reference)] {
+            let (min, med, max) = stats(&v.iter().map(|x| x.wall).collect::<Vec<_>>());
+            let cpu = stats(&v.iter().map(|x| x.cpu).collect::<Vec<_>>()).1;
+            let rss = v.iter().map(|x| x.rss_kib).max().unwrap_or(0);
+            writeln!(
+                s,
+                "| {label} | {} | {min:.3} s | {med:.3} s | {max:.3} s | {cpu:.3} s | {:.1} MiB |",
+                v.len(),
+                rss as f64 / 1024.0
+            )
+            .unwrap();
+        }
+        writeln!(s, "\n**median wall ratio ours/reference: {:.3}** ({:.1}× {})\n",
+            self.ratio(),
+            if self.ratio() < 1.0 { 1.0 / self.ratio() } else { self.ratio() },
+            if self.ratio() < 1.0 { "faster" } else { "slower" }
+        )
+        .unwrap();
+        for n in &self.notes {
+            writeln!(s, "- {n}").unwrap();
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// The stub compiler of the scheduling benchmark: it is not a compiler. It
+/// only writes a few bytes to its `-o` file, so that what is measured is
+/// the scheduling around the jobs.
+const STUB_CC: &str = r#"/* thinlto-stub-cc: a STUB, not a compiler (scheduling benchmarks only). */
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+	for (int i = 1; i + 1 < argc; i++) {
+		if (strcmp(argv[i], "-o") == 0) {
+			FILE *f = fopen(argv[i + 1], "w");
+			if (!f || fputs("stub object\n", f) < 0)
+				return 1;
+			return fclose(f) != 0;
+		}
+	}
+	return 2;
+}
+"#;
+
+fn build_stub(tc: &Toolchain, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let src = dir.join("thinlto-stub-cc.c");
+    let exe = dir.join("thinlto-stub-cc");
+    std::fs::write(&src, STUB_CC)?;
+    let st = Command::new(&tc.cc.path)
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg(format!("--ld-path={}", tc.ld.path.display()))
+        .status()?;
+    if !st.success() {
+        bail!("building the stub compiler failed");
+    }
+    Ok(exe)
+}
+
+/// Removes every backend output so the next backend run starts from
+/// scratch: natives and their records.
+fn clean_natives(tree: &Path) -> Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else if name.ends_with(".thinlto-native.o") || name.ends_with(".thinlto-native.o.cmd")
+            {
+                std::fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+struct Ctx<'a> {
+    bins: Bins,
+    tc: &'a Toolchain,
+    tree: PathBuf,
+    ref_tree: PathBuf,
+    jobs: usize,
+    plan: LinkPlan,
+    objects: usize,
+    quiet: bool,
+}
+
+impl Ctx<'_> {
+    fn say(&self, what: &str) {
+        if !self.quiet {
+            eprintln!("bench: {what}");
+        }
+    }
+
+    fn backend(&self, cc: &str) -> Command {
+        let mut c = self.bins.tool("thinlto-backend", self.tc, &self.tree);
+        c.env("CC", cc)
+            .arg("-q")
+            .arg(format!("-j{}", self.jobs))
+            .arg("--index")
+            .arg("out/vmlinux.thinlto-index")
+            .stdout(Stdio::null());
+        c
+    }
+
+    fn make_backend(&self, cc: &str) -> Command {
+        let mut c = Command::new("make");
+        c.current_dir(&self.ref_tree)
+            .arg("-rR")
+            .arg(format!("-j{}", self.jobs))
+            .arg("-f")
+            .arg(crate::workspace_root().join("tests/reference/Makefile.backend"))
+            .arg("INDEX=out-ref/vmlinux.thinlto-index")
+            .arg(format!("CC={cc}"))
+            .env_remove("MAKEFLAGS")
+            .stdout(Stdio::null());
+        c
+    }
+
+    fn make_all(&self) -> Command {
+        let tree = crate::tree::Tree::load(&self.ref_tree).expect("tree");
+        let mut c = crate::reference::command(
+            &crate::reference::ReferenceOptions {
+                tree: self.ref_tree.clone(),
+                jobs: self.jobs,
+                out: "out-ref".into(),
+                make_args: vec![],
+            },
+            self.tc,
+            &tree,
+        );
+        c.stdout(Stdio::null());
+        c
+    }
+
+    /// Stages 2–4 with our binaries, measured step by step.
+    fn ours_stages(&self) -> Result<(Sample, usize)> {
+        let tree = &self.tree;
+        let b = &self.bins;
+        let mut total = measure(
+            b.tool("thinlto-index", self.tc, tree)
+                .arg("order")
+                .arg("vmlinux.a")
+                .stdout(std::fs::File::create(tree.join("out/builtin.order"))?),
+        )?;
+        total = total.then(measure(
+            b.tool("thinlto-index", self.tc, tree)
+                .args(["link", "--ldflags", &self.plan.ldflags])
+                .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+                .arg("out/builtin.order")
+                .stdout(std::fs::File::create(tree.join("out/manifest.json"))?),
+        )?);
+        let jobs_file = tree.join("out/backend.jsonl");
+        total = total.then(measure(
+            b.tool("thinlto-backend", self.tc, tree)
+                .arg("-q")
+                .arg(format!("-j{}", self.jobs))
+                .stdin(std::fs::File::open(tree.join("out/manifest.json"))?)
+                .stdout(std::fs::File::create(&jobs_file)?),
+        )?);
+        total = total.then(measure(
+            b.tool("thinlto-backend", self.tc, tree)
+                .args(["archive", "--order", "out/builtin.order"])
+                .args(["--index", "out/vmlinux.thinlto-index", "-o", "out/vmlinux.a"]),
+        )?);
+        total = total.then(measure(
+            Command::new(&self.plan.vmlinux_o[0])
+                .current_dir(tree)
+                .args(&self.plan.vmlinux_o[1..]),
+        )?);
+        let built = std::fs::read_to_string(&jobs_file)?
+            .lines()
+            .filter(|l| l.contains("\"built\""))
+            .count();
+        Ok((total, built))
+    }
+
+    fn reference_backend_jobs(&self, log_from: Command) -> Result<(Sample, usize)> {
+        let mut c = log_from;
+        let log = self.ref_tree.join("out-ref/bench.log");
+        c.stdout(std::fs::File::create(&log)?);
+        let s = measure(&mut c)?;
+        let n = std::fs::read_to_string(&log)?
+            .lines()
+            .filter(|l| l.contains(".thinlto-native.o") && l.trim_start().starts_with("CC"))
+            .count();
+        Ok((s, n))
+    }
+}
+
+fn edit_source(path: &Path, run: usize) -> Result<()> {
+    let mut text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let stem = path.file_stem().unwrap().to_string_lossy().replace('-', "_");
+    text.push_str(&format!(
+        "\nint bench_edit_{stem}_{run}(int x);\nint bench_edit_{stem}_{run}(int x)\n{{\n\treturn x * {};\n}}\n",
+        run + 7
+    ));
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// Runs every scenario on a generated tree; returns the results in order.
+pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<ScenarioResult>> {
+    let bins = flow::build_bins()?;
+    let base = crate::target_dir().join("bench");
+    let tree = base.join(format!("gen-{}", opts.objects));
+    eprintln!("bench: front end of a {}-object tree in {}", opts.objects, tree.display());
+    // A fresh tree every time: incremental edits of earlier runs must not
+    // carry over.
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree)?;
+    }
+    crate::fe::build(
+        &crate::fe::FeOptions {
+            tree: tree.clone(),
+            objects: opts.objects,
+            jobs: opts.jobs,
+            saved_c_flags: true,
+            quiet: true,
+        },
+        tc,
+    )?;
+    let ldflags = crate::tree::Tree::load(&tree)?.top.ldflags;
+    let plan = LinkPlan::plain(tc, &ldflags, "out");
+    let ref_tree = tree.with_extension("ref");
+    flow::copy_fe_tree(&tree, &ref_tree)?;
+    let cx = Ctx {
+        bins,
+        tc,
+        tree: tree.clone(),
+        ref_tree,
+        jobs: opts.jobs,
+        plan,
+        objects: opts.objects,
+        quiet: opts.quiet,
+    };
+    // Warm-up: both flows once from scratch (also leaves their outputs).
+    cx.say("warm-up: both flows once");
+    std::fs::create_dir_all(tree.join("out"))?;
+    cx.ours_stages()?;
+    measure(&mut cx.make_all())?;
+
+    let mut results = Vec::new();
+    results.push(scenario_cmdparse(&cx, opts.runs)?);
+    results.push(scenario_order_scan(&cx, opts.runs)?);
+    results.push(scenario_thin_link(&cx, opts.runs)?);
+    results.push(scenario_backend_scratch(&cx, opts.heavy_runs)?);
+    results.push(scenario_stub(&cx, opts.runs, &base)?);
+    results.push(scenario_noop(&cx, opts.runs)?);
+    results.extend(scenario_incremental(&cx, opts.heavy_runs)?);
+    results.push(scenario_inprocess(&cx, opts.heavy_runs)?);
+    Ok(results)
+}
+
+fn all_cmd_files(tree: &Path) -> Result<Vec<String>> {
+    let order = std::fs::read_to_string(tree.join("out/builtin.order"))?;
+    Ok(order
+        .lines()
+        .map(|o| match o.rsplit_once('/') {
+            Some((d, n)) => format!("{d}/.{n}.cmd"),
+            None => format!(".{o}.cmd"),
+        })
+        .collect())
+}
+
+fn scenario_cmdparse(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("1. .cmd parsing");
+    let files = all_cmd_files(&cx.tree)?;
+    let list = cx.tree.join("out/cmd-files.txt");
+    std::fs::write(&list, files.join("\n") + "\n")?;
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(cx.tree.join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let mut r = ScenarioResult::new(
+        &format!("1. `.cmd` parsing: {} files, {:.1} MB", files.len(), bytes as f64 / 1e6),
+        "ours: `thinlto-cmdparse - < list` (JSON Lines)",
+        "reference: one `sed -n '/saved_c_flags_/s/.*:= //p'` per file",
+    );
+    for _ in 0..runs {
+        r.ours.push(measure(
+            cx.bins
+                .tool("thinlto-cmdparse", cx.tc, &cx.tree)
+                .arg("-")
+                .stdin(std::fs::File::open(&list)?)
+                .stdout(Stdio::null()),
+        )?);
+        r.reference.push(measure_sh(
+            &cx.tree,
+            "xargs -n1 sed -n '/saved_c_flags_/s/.*:= //p' < out/cmd-files.txt",
+        )?);
+    }
+    let med = stats(&r.ours.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+    r.notes.push(format!(
+        "ours parses {:.0} MB/s of `.cmd` text (whole files, every field)",
+        bytes as f64 / 1e6 / med
+    ));
+    Ok(r)
+}
+
+fn scenario_order_scan(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("2. archive order + classification");
+    let ar = &cx.tc.ar.spelled;
+    let mut r = ScenarioResult::new(
+        "2. Archive order + classification",
+        "ours: `thinlto-index order vmlinux.a | thinlto-index scan -`",
+        &format!("reference: `{ar} t vmlinux.a` + `od -N4` per member"),
+    );
+    let idx = cx.bins.path("thinlto-index");
+    for _ in 0..runs {
+        r.ours.push(measure_sh(
+            &cx.tree,
+            &format!("{0} order vmlinux.a | {0} scan -", idx.display()),
+        )?);
+        r.reference.push(measure_sh(
+            &cx.tree,
+            &format!("{ar} t vmlinux.a | xargs -n1 od -An -tx1 -N4"),
+        )?);
+    }
+    Ok(r)
+}
+
+fn scenario_thin_link(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("2b. thin link overhead");
+    let mut r = ScenarioResult::new(
+        "2b. Thin link: `thinlto-index link` (lld + checks + manifest) vs bare `ld.lld`",
+        "ours: `thinlto-index link --imports`",
+        "reference: `ld.lld -r --thinlto-index-only`",
+    );
+    for _ in 0..runs {
+        r.ours.push(measure(
+            cx.bins
+                .tool("thinlto-index", cx.tc, &cx.tree)
+                .args(["link", "--ldflags", &cx.plan.ldflags])
+                .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+                .arg("out/builtin.order")
+                .stdout(Stdio::null()),
+        )?);
+        let mut ld = Command::new(&cx.tc.ld.path);
+        ld.current_dir(&cx.tree)
+            .args(cx.plan.ldflags.split_whitespace())
+            .args(["-r", "--thinlto-index-only=out/bare.thinlto-index"])
+            .arg("--thinlto-emit-imports-files")
+            .arg("@out/builtin.order");
+        r.reference.push(measure(&mut ld)?);
+    }
+    let o = stats(&r.ours.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+    let b = stats(&r.reference.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+    r.notes.push(format!(
+        "overhead of `link` over lld: {:.1} ms (median)",
+        (o - b) * 1000.0
+    ));
+    Ok(r)
+}
+
+fn scenario_backend_scratch(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("3. backend from scratch (real clang)");
+    let cc = &cx.tc.cc.spelled;
+    let mut r = ScenarioResult::new(
+        &format!("3. Backend from scratch, real clang, -j{}", cx.jobs),
+        &format!("ours: `thinlto-backend -j{}`", cx.jobs),
+        &format!("reference: `make -rR -j{} -f Makefile.backend`", cx.jobs),
+    );
+    for _ in 0..runs {
+        clean_natives(&cx.tree)?;
+        r.ours.push(measure(&mut cx.backend(cc))?);
+        clean_natives(&cx.ref_tree)?;
+        r.reference.push(measure(&mut cx.make_backend(cc))?);
+    }
+    Ok(r)
+}
+
+fn scenario_stub(cx: &Ctx, runs: usize, base: &Path) -> Result<ScenarioResult> {
+    cx.say("4. scheduling overhead with the stub compiler");
+    let stub = build_stub(cx.tc, &base.join("stub"))?;
+    let stub_s = stub.to_string_lossy().into_owned();
+    let mut r = ScenarioResult::new(
+        &format!("4. Scheduling overhead: STUB compiler (`thinlto-stub-cc`, writes its -o file only), -j{}", cx.jobs),
+        "ours: `thinlto-backend` with CC=stub",
+        "reference: `make -f Makefile.backend` with CC=stub",
+    );
+    for _ in 0..runs {
+        clean_natives(&cx.tree)?;
+        r.ours.push(measure(&mut cx.backend(&stub_s))?);
+        clean_natives(&cx.ref_tree)?;
+        r.reference.push(measure(&mut cx.make_backend(&stub_s))?);
+    }
+    r.notes.push(
+        "peak RSS here is the largest process of the run: with the stub, that is the scheduler itself (our thinlto-backend, or make)".into(),
+    );
+    // Put real natives back for the scenarios that follow.
+    clean_natives(&cx.tree)?;
+    clean_natives(&cx.ref_tree)?;
+    measure(&mut cx.backend(&cx.tc.cc.spelled))?;
+    measure(&mut cx.make_all())?;
+    Ok(r)
+}
+
+fn scenario_noop(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("5. no-op re-run of stages 2-4");
+    let mut r = ScenarioResult::new(
+        "5. No-op re-run of stages 2–4 (everything up to date)",
+        "ours: order + link + backend + archive + ld.lld -r",
+        "reference: `make -rR -f Makefile` (if_changed everywhere)",
+    );
+    let mut built = 0;
+    for _ in 0..runs {
+        let (s, b) = cx.ours_stages()?;
+        built += b;
+        r.ours.push(s);
+        r.reference.push(measure(&mut cx.make_all())?);
+    }
+    r.notes.push(format!("backend jobs run by ours over all runs: {built}"));
+    // The backend alone, for the issue's no-op target.
+    let mut alone = Vec::new();
+    for _ in 0..runs {
+        alone.push(measure(&mut cx.backend(&cx.tc.cc.spelled))?.wall);
+    }
+    r.notes.push(format!(
+        "`thinlto-backend` alone, all jobs up to date: median {:.3} s",
+        stats(&alone).1
+    ));
+    Ok(r)
+}
+
+fn scenario_incremental(cx: &Ctx, runs: usize) -> Result<Vec<ScenarioResult>> {
+    let mut out = Vec::new();
+    for (label, file) in [
+        ("a leaf `.c` edit", "gen/d00/leaf_0001.c"),
+        ("an edit of the most imported module", "gen/core/core_0.c"),
+    ] {
+        cx.say(&format!("6. incremental: {label}"));
+        let mut r = ScenarioResult::new(
+            &format!("6. Incremental: {label} (`{file}`), front end, then stages 2–4"),
+            "ours: stages 2–4",
+            "reference: `make -rR -f Makefile`",
+        );
+        let (mut ours_jobs, mut ref_jobs) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            for t in [&cx.tree, &cx.ref_tree] {
+                edit_source(&t.join(file), run)?;
+                crate::fe::build(
+                    &crate::fe::FeOptions {
+                        tree: t.clone(),
+                        objects: cx.objects,
+                        jobs: cx.jobs,
+                        saved_c_flags: true,
+                        quiet: true,
+                    },
+                    cx.tc,
+                )?;
+            }
+            let (s, b) = cx.ours_stages()?;
+            r.ours.push(s);
+            ours_jobs.push(b);
+            let (s, n) = cx.reference_backend_jobs(cx.make_all())?;
+            r.reference.push(s);
+            ref_jobs.push(n);
+        }
+        r.notes.push(format!(
+            "backend jobs run per edit: ours {ours_jobs:?}, reference {ref_jobs:?}"
+        ));
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn scenario_inprocess(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("7. stages 2-4 vs in-process ThinLTO");
+    let mut r = ScenarioResult::new(
+        &format!("7. Stages 2–4 from scratch vs in-process ThinLTO (`ld.lld -r --thinlto-jobs={}`)", cx.jobs),
+        "ours: order + link + backend + archive + ld.lld -r",
+        "in-process: `ld.lld -r` over the bitcode",
+    );
+    for _ in 0..runs {
+        clean_natives(&cx.tree)?;
+        r.ours.push(cx.ours_stages()?.0);
+        let mut ld = Command::new(&cx.tc.ld.path);
+        ld.current_dir(&cx.tree)
+            .args(cx.plan.ldflags.split_whitespace())
+            .arg(format!("--thinlto-jobs={}", cx.jobs))
+            .args(["-r", "-o", "out/vmlinux.inprocess.o", "--whole-archive", "vmlinux.a"])
+            .args(["--no-whole-archive"]);
+        r.reference.push(measure(&mut ld)?);
+    }
+    r.notes.push("peak RSS: ours is the largest single process (a clang backend job); in-process is lld with all backends inside".into());
+    Ok(r)
+}
+
+/// The machine and toolchain, for the report's header.
+pub fn machine_header(tc: &Toolchain, opts: &BenchOptions, command: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mut s = String::new();
+    writeln!(s, "- machine: {} cores, {cpu}", crate::default_jobs()).unwrap();
+    for t in tc.tools() {
+        writeln!(
+            s,
+            "- {}: `{}` ({})",
+            t.role.var(),
+            t.spelled,
+            t.version.as_deref().unwrap_or("?")
+        )
+        .unwrap();
+    }
+    writeln!(s, "- make: {}", first_line("make", &["--version"])).unwrap();
+    writeln!(
+        s,
+        "- tree: generated, {} objects; -j{}; {} runs ({} for the scenarios that compile everything with clang), alternating ours and reference after a warm-up",
+        opts.objects, opts.jobs, opts.runs, opts.heavy_runs
+    )
+    .unwrap();
+    writeln!(s, "- command: `{command}`").unwrap();
+    s
+}
+
+fn first_line(prog: &str, args: &[&str]) -> String {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
