@@ -1,12 +1,163 @@
-use anyhow::Result;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
 use clap::Parser;
+use thinlto_cmdparse::{cmd_path_for_input, parse_many, shell, CmdFile, CmdRecord};
 
-/// Parses kbuild .cmd files: backend flags, deps and #SYMVER CRCs.
+/// Reads kbuild `.cmd` files exactly as make and /bin/sh do: the ThinLTO
+/// backend flags, the dependencies and the #SYMVER CRCs.
+///
+/// A PATH is a `.cmd` file or an object (`dir/foo.o` and
+/// `dir/foo.thinlto-native.o` both mean `dir/.foo.o.cmd`). With no PATH, or
+/// `-`, paths are read from stdin, one per line. Output: one JSON record per
+/// file (JSON Lines); a file that fails gives a record with "error", the
+/// others are still printed, and the exit status is 1.
+///
+/// Examples:
+///
+///   thinlto-cmdparse kernel/.fork.o.cmd
+///
+///   find . -name '.*.o.cmd' | thinlto-cmdparse --symvers
+///
+///   # In a Makefile recipe, instead of sed:
+///   $(CC) $(shell thinlto-cmdparse --be-flags $<) -x ir -fno-lto ... -c -o $@ $<
+///
+///   # In sh:
+///   eval "set -- $(thinlto-cmdparse --be-flags kernel/fork.o)"; clang "$@" ...
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// .cmd files or objects; `-` (or none) reads paths from stdin
+    paths: Vec<PathBuf>,
+    /// Print OBJECT's backend flags as one shell-quoted line and exit
+    #[arg(long, value_name = "OBJECT", conflicts_with_all = ["symvers", "field"])]
+    be_flags: Option<PathBuf>,
+    /// Print `symbol<TAB>crc` lines (crc as 0x%08x) instead of JSON
+    #[arg(long, conflicts_with = "field")]
+    symvers: bool,
+    /// Print one field per line: target, source, savedcmd, c_flags (one
+    /// word per line), c_flags_from, deps, cmd_file
+    #[arg(long, value_name = "NAME")]
+    field: Option<String>,
+}
 
-fn main() -> Result<()> {
-    let _cli = Cli::parse();
+const FIELDS: &[&str] = &[
+    "target",
+    "source",
+    "savedcmd",
+    "c_flags",
+    "c_flags_from",
+    "deps",
+    "cmd_file",
+];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(obj) = &cli.be_flags {
+        let path = cmd_path_for_input(obj);
+        return match CmdFile::read(&path).and_then(|c| c.backend_flags()) {
+            Ok(f) => {
+                println!("{}", shell::join(&f.argv));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("thinlto-cmdparse: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(f) = &cli.field {
+        if !FIELDS.contains(&f.as_str()) {
+            eprintln!(
+                "thinlto-cmdparse: unknown --field {f:?}; expected one of {}",
+                FIELDS.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let mut inputs = Vec::new();
+    if cli.paths.is_empty() || cli.paths.iter().any(|p| p == Path::new("-")) {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if !l.is_empty() => inputs.push(PathBuf::from(l)),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("thinlto-cmdparse: reading paths from stdin: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    inputs.extend(cli.paths.iter().filter(|p| *p != Path::new("-")).cloned());
+    let records = parse_many(&inputs);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = false;
+    for r in &records {
+        if let Some(e) = &r.error {
+            eprintln!("thinlto-cmdparse: {e}");
+            failed = true;
+        }
+        let res = if cli.symvers {
+            write_symvers(&mut out, r)
+        } else if let Some(f) = &cli.field {
+            write_field(&mut out, r, f)
+        } else {
+            serde_json::to_writer(&mut out, r)
+                .map_err(std::io::Error::other)
+                .and_then(|_| out.write_all(b"\n"))
+        };
+        if let Err(e) = res {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("thinlto-cmdparse: writing output: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if out.flush().is_err() {
+        return ExitCode::FAILURE;
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn write_symvers(out: &mut impl Write, r: &CmdRecord) -> std::io::Result<()> {
+    for s in r.symvers.iter().flatten() {
+        writeln!(out, "{}\t0x{:08x}", s.symbol, s.crc)?;
+    }
     Ok(())
+}
+
+fn write_field(out: &mut impl Write, r: &CmdRecord, field: &str) -> std::io::Result<()> {
+    if r.error.is_some() {
+        return Ok(());
+    }
+    match field {
+        "target" => writeln!(out, "{}", r.target.as_deref().unwrap_or("")),
+        "source" => writeln!(out, "{}", r.source.as_deref().unwrap_or("")),
+        "savedcmd" => writeln!(out, "{}", r.savedcmd.as_deref().unwrap_or("")),
+        "cmd_file" => writeln!(out, "{}", r.cmd_file),
+        "c_flags_from" => writeln!(
+            out,
+            "{}",
+            serde_json::to_value(r.c_flags_from)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
+        "c_flags" => r
+            .c_flags
+            .iter()
+            .flatten()
+            .try_for_each(|w| writeln!(out, "{w}")),
+        _ => r
+            .deps
+            .iter()
+            .flatten()
+            .try_for_each(|d| writeln!(out, "{}", d.path)),
+    }
 }
