@@ -2,9 +2,15 @@
 //! classification and the thin link; plus the pieces every tool shares
 //! (toolchain discovery, atomic output, the manifest contract).
 
+pub mod archive;
+pub mod classify;
 pub mod fsutil;
+pub mod link;
 pub mod manifest;
 pub mod toolchain;
 
+pub use archive::{archive_members, order};
+pub use classify::{classify, classify_bytes};
+pub use link::ThinLink;
 pub use manifest::{Manifest, ManifestObject, ObjectKind};
 pub use toolchain::{Tool, Toolchain, ToolchainArgs};

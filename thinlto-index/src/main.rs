@@ -1,21 +1,132 @@
-use anyhow::Result;
-use clap::Parser;
-use thinlto_index::{Toolchain, ToolchainArgs};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-/// Archive member order, bitcode classification and the ThinLTO thin link.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use thinlto_index::{classify, order, ThinLink, Toolchain, ToolchainArgs};
+
+/// Stage 2 of kbuild's distributed ThinLTO: archive member order, bitcode
+/// classification, and the thin link.
+///
+/// Examples (from the tree root):
+///
+///   thinlto-index order vmlinux.a > builtin.order        # == llvm-ar t
+///   thinlto-index scan builtin.order                     # {"object","kind"} per line
+///   thinlto-index link --ldflags '-m elf_x86_64 -z noexecstack' \
+///       --index vmlinux.thinlto-index --imports builtin.order > manifest.json
+///   thinlto-index link ... builtin.order | thinlto-backend
 #[derive(Parser)]
-#[command(version)]
+#[command(version, verbatim_doc_comment)]
 struct Cli {
     #[command(flatten)]
     toolchain: ToolchainArgs,
+    #[command(subcommand)]
+    verb: Option<Verb>,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+#[derive(Subcommand)]
+enum Verb {
+    /// Print the members of thin or regular archives, one per line, exactly
+    /// as `llvm-ar t` prints them
+    Order {
+        #[arg(required = true)]
+        archives: Vec<PathBuf>,
+    },
+    /// Classify objects by magic (bitcode, bitcode-wrapper, elf, other):
+    /// JSON Lines {"object","kind"}
+    Scan {
+        /// An order file (one object per line), or `-` for stdin
+        #[arg(default_value = "-")]
+        order_file: String,
+    },
+    /// Run the thin link (`$LD $LDFLAGS -r --thinlto-index-only=INDEX
+    /// @ORDER_FILE`), check every promised output, print the manifest
+    Link {
+        /// KBUILD_LDFLAGS, as shell text (e.g. '-m elf_x86_64 -mllvm -import-instr-limit=5')
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        ldflags: String,
+        /// The index file to write
+        #[arg(long, default_value = "vmlinux.thinlto-index")]
+        index: PathBuf,
+        /// Have lld write foo.o.imports files and list them in the manifest
+        #[arg(long)]
+        imports: bool,
+        order_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thinlto-index: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     if cli.toolchain.print_toolchain {
         let mut tc = Toolchain::resolve(&cli.toolchain)?;
         tc.probe()?;
-        println!("{}", serde_json::to_string_pretty(&tc)?);
+        return write_stdout(format!("{}\n", serde_json::to_string_pretty(&tc)?).as_bytes());
     }
-    Ok(())
+    let Some(verb) = cli.verb else {
+        bail!("no command given: use order, scan or link (see --help)");
+    };
+    match verb {
+        Verb::Order { archives } => write_stdout(&order(&archives)?),
+        Verb::Scan { order_file } => {
+            let lines: Vec<String> = if order_file == "-" {
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<std::io::Result<_>>()?
+            } else {
+                thinlto_index::link::read_order(Path::new(&order_file))?
+            };
+            let mut out = Vec::new();
+            for obj in lines.iter().filter(|l| !l.is_empty()) {
+                let kind = classify(Path::new(obj))?;
+                serde_json::to_writer(
+                    &mut out,
+                    &thinlto_index::manifest::ScanRecord {
+                        object: obj.clone(),
+                        kind,
+                    },
+                )?;
+                out.push(b'\n');
+            }
+            write_stdout(&out)
+        }
+        Verb::Link {
+            ldflags,
+            index,
+            imports,
+            order_file,
+        } => {
+            let ldflags = thinlto_cmdparse::shell::split(&ldflags).context("--ldflags")?;
+            let tc = Toolchain::resolve(&cli.toolchain)?;
+            let manifest = ThinLink {
+                ld: tc.ld.path.clone(),
+                ldflags,
+                index,
+                imports,
+                order_file,
+            }
+            .run()?;
+            let mut text = serde_json::to_vec(&manifest)?;
+            text.push(b'\n');
+            write_stdout(&text)
+        }
+    }
 }

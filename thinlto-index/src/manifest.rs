@@ -51,3 +51,10 @@ impl Manifest {
         self.objects.iter().filter(|o| o.kind.is_bitcode())
     }
 }
+
+/// One line of `thinlto-index scan`: `{"object","kind"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    pub object: String,
+    pub kind: ObjectKind,
+}
