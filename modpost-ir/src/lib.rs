@@ -1,1 +1,209 @@
-//! modpost-ir.
+//! modpost's view of a distributed ThinLTO `vmlinux.o`.
+//!
+//! In the distributed flow `vmlinux.a` lists `dir/foo.thinlto-native.o`,
+//! whose CRCs are recorded in the front end's `dir/.foo.o.cmd` (kbuild's
+//! modpost change maps the name; unpatched, it reads the backend record
+//! `dir/.foo.thinlto-native.o.cmd`, which has none, and every CRC becomes
+//! 0). This crate reads the CRCs with that mapping and modpost's own
+//! acceptance rules (through `thinlto-cmdparse`), finds the exports of
+//! `vmlinux.o` as modpost does, and writes `vmlinux.symvers` and
+//! `.vmlinux.export.c` byte for byte as modpost writes them.
+
+pub mod exports;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, modpost_symvers};
+
+pub use exports::{read_exports, Export, Exports};
+
+/// One CRC, as `modpost-ir crcs` prints it (JSON Lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrcRecord {
+    pub object: String,
+    pub cmd_file: String,
+    pub symbol: String,
+    /// `0x%08x`
+    pub crc: String,
+}
+
+/// Which `.cmd` file an object's CRCs are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// kbuild's distributed-mode modpost: `.thinlto-native.o` → `.o.cmd`.
+    Patched,
+    /// modpost before the change: always `dir/.<name>.cmd`.
+    Unpatched,
+}
+
+pub fn cmd_file(object: &str, mapping: Mapping) -> PathBuf {
+    match mapping {
+        Mapping::Patched => cmd_file_for_object(Path::new(object)),
+        Mapping::Unpatched => dot_cmd_path(Path::new(object)),
+    }
+}
+
+/// An object list as modpost reads `.vmlinux.objs` or `foo.mod`: one per
+/// line, up to the first empty line.
+pub fn read_object_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(text
+        .split('\n')
+        .take_while(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The CRCs of the objects, in object order then file order. A missing
+/// `.cmd` file is an error naming the object (modpost stops there too).
+pub fn crcs(objects: &[String], mapping: Mapping) -> Result<Vec<CrcRecord>> {
+    let mut out = Vec::new();
+    for obj in objects {
+        let cmd = cmd_file(obj, mapping);
+        let bytes = std::fs::read(&cmd)
+            .with_context(|| format!("{obj}: cannot read its .cmd file {}", cmd.display()))?;
+        for s in modpost_symvers(&bytes) {
+            out.push(CrcRecord {
+                object: obj.clone(),
+                cmd_file: cmd.to_string_lossy().into_owned(),
+                symbol: s.symbol,
+                crc: format!("0x{:08x}", s.crc),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// modpost's outputs for vmlinux.
+#[derive(Debug, Clone, Default)]
+pub struct ModpostOutput {
+    pub symvers: String,
+    pub export_c: String,
+    /// Messages modpost prints, in its order and words (`WARNING: modpost: …`).
+    pub messages: Vec<String>,
+    /// Whether modpost would exit 1.
+    pub error: bool,
+}
+
+/// Joins exports and CRCs and renders `vmlinux.symvers` and
+/// `.vmlinux.export.c` as modpost 6.12 does (`-M -m`, or without `-m` when
+/// `modversions` is false).
+pub fn render(exports: &Exports, crcs: &[CrcRecord], modversions: bool) -> ModpostOutput {
+    let module = "vmlinux";
+    let mut crc_of: Vec<Option<u32>> = vec![None; exports.exports.len()];
+    if modversions {
+        for c in crcs {
+            // modpost's lookup finds the most recently added export of the name.
+            if let Some(i) = exports.exports.iter().rposition(|e| e.name == c.symbol) {
+                crc_of[i] = u32::from_str_radix(c.crc.trim_start_matches("0x"), 16).ok();
+            }
+        }
+    }
+    let mut out = ModpostOutput::default();
+    for e in &exports.errors {
+        out.messages.push(format!("ERROR: modpost: {e}\n"));
+        out.error = true;
+    }
+    for w in &exports.warnings {
+        out.messages.push(format!("WARNING: modpost: {w}\n"));
+    }
+    let mut c = String::from("#include <linux/export-internal.h>\n\n");
+    for e in &exports.exports {
+        writeln!(
+            c,
+            "KSYMTAB_{}({}, \"{}\", \"{}\");",
+            if e.is_func { "FUNC" } else { "DATA" },
+            e.name,
+            if e.gpl_only { "_gpl" } else { "" },
+            e.namespace
+        )
+        .unwrap();
+    }
+    if modversions {
+        c.push('\n');
+        for (e, crc) in exports.exports.iter().zip(&crc_of) {
+            if crc.is_none() {
+                out.messages.push(format!(
+                    "WARNING: modpost: EXPORT symbol \"{0}\" [{module}] version generation failed, symbol will not be versioned.\nIs \"{0}\" prototyped in <asm/asm-prototypes.h>?\n",
+                    e.name
+                ));
+            }
+            writeln!(
+                c,
+                "SYMBOL_CRC({}, 0x{:08x}, \"{}\");",
+                e.name,
+                crc.unwrap_or(0),
+                if e.gpl_only { "_gpl" } else { "" }
+            )
+            .unwrap();
+        }
+    }
+    out.export_c = c;
+    for (e, crc) in exports.exports.iter().zip(&crc_of) {
+        writeln!(
+            out.symvers,
+            "0x{:08x}\t{}\t{module}\tEXPORT_SYMBOL{}\t{}",
+            crc.unwrap_or(0),
+            e.name,
+            if e.gpl_only { "_GPL" } else { "" },
+            e.namespace
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(name: &str, gpl: bool, ns: &str, func: bool) -> Export {
+        Export {
+            name: name.into(),
+            gpl_only: gpl,
+            namespace: ns.into(),
+            is_func: func,
+        }
+    }
+
+    #[test]
+    fn renders_like_modpost() {
+        let ex = Exports {
+            exports: vec![export("a", false, "", true), export("b", true, "NS", false)],
+            ..Default::default()
+        };
+        let crcs = vec![CrcRecord {
+            object: "x.o".into(),
+            cmd_file: ".x.o.cmd".into(),
+            symbol: "a".into(),
+            crc: "0x0000abcd".into(),
+        }];
+        let o = render(&ex, &crcs, true);
+        assert_eq!(o.symvers, "0x0000abcd\ta\tvmlinux\tEXPORT_SYMBOL\t\n0x00000000\tb\tvmlinux\tEXPORT_SYMBOL_GPL\tNS\n");
+        assert_eq!(
+            o.export_c,
+            "#include <linux/export-internal.h>\n\nKSYMTAB_FUNC(a, \"\", \"\");\nKSYMTAB_DATA(b, \"_gpl\", \"NS\");\n\nSYMBOL_CRC(a, 0x0000abcd, \"\");\nSYMBOL_CRC(b, 0x00000000, \"_gpl\");\n"
+        );
+        assert_eq!(o.messages.len(), 1);
+        assert!(o.messages[0].starts_with(
+            "WARNING: modpost: EXPORT symbol \"b\" [vmlinux] version generation failed"
+        ));
+        assert!(!o.error);
+    }
+
+    #[test]
+    fn mappings() {
+        assert_eq!(
+            cmd_file("d/a.thinlto-native.o", Mapping::Patched),
+            PathBuf::from("d/.a.o.cmd")
+        );
+        assert_eq!(
+            cmd_file("d/a.thinlto-native.o", Mapping::Unpatched),
+            PathBuf::from("d/.a.thinlto-native.o.cmd")
+        );
+    }
+}

@@ -1,12 +1,171 @@
-use anyhow::Result;
-use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// modpost-ir (not yet implemented).
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use modpost_ir::{crcs, read_exports, read_object_list, render, Mapping};
+use thinlto_index::fsutil::write_atomic;
+
+/// modpost's side of kbuild's distributed ThinLTO: symbol CRCs looked up
+/// with the `.thinlto-native.o` → `.o.cmd` mapping, and `vmlinux.symvers`
+/// / `.vmlinux.export.c` written exactly as the kernel's modpost writes
+/// them.
+///
+/// Examples (from the tree root):
+///
+///   modpost-ir crcs --objects .vmlinux.objs          # JSON Lines
+///   modpost-ir crcs --archive vmlinux.a --unpatched  # what an unpatched modpost sees
+///   modpost-ir symvers vmlinux.o --objects .vmlinux.objs \
+///       -o vmlinux.symvers --export-c .vmlinux.export.c
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
 
-fn main() -> Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Args)]
+struct ObjectSource {
+    /// An object list, one per line (kbuild's .vmlinux.objs)
+    #[arg(long, value_name = "FILE")]
+    objects: Option<PathBuf>,
+    /// The members of an archive (e.g. vmlinux.a)
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "objects")]
+    archive: Option<PathBuf>,
+    /// A module's object list (foo.mod)
+    #[arg(long = "mod", value_name = "FILE", conflicts_with_all = ["objects", "archive"])]
+    module: Option<PathBuf>,
+    /// Read CRCs as modpost did before kbuild's change (dir/.foo.thinlto-native.o.cmd)
+    #[arg(long)]
+    unpatched: bool,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Print the CRC of every #SYMVER line of every object's .cmd file:
+    /// JSON Lines {"object","cmd_file","symbol","crc"}
+    Crcs {
+        #[command(flatten)]
+        source: ObjectSource,
+        /// Objects (instead of a list)
+        objects: Vec<String>,
+    },
+    /// Write vmlinux.symvers (and .vmlinux.export.c) from vmlinux.o and the
+    /// CRCs of its objects
+    Symvers {
+        vmlinux_o: PathBuf,
+        #[command(flatten)]
+        source: ObjectSource,
+        /// vmlinux.symvers [default: stdout]
+        #[arg(short, value_name = "FILE")]
+        o: Option<PathBuf>,
+        /// Also write .vmlinux.export.c here
+        #[arg(long, value_name = "FILE")]
+        export_c: Option<PathBuf>,
+        /// Without CONFIG_MODVERSIONS (modpost without -m): no CRCs
+        #[arg(long)]
+        no_modversions: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("modpost-ir: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn objects_of(
+    source: &ObjectSource,
+    explicit: &[String],
+    default_list: bool,
+) -> Result<Vec<String>> {
+    if let Some(p) = source.objects.as_ref().or(source.module.as_ref()) {
+        return read_object_list(p);
+    }
+    if let Some(a) = &source.archive {
+        return thinlto_index::archive_members(a)?
+            .into_iter()
+            .map(|m| String::from_utf8(m).context("a member name is not UTF-8"))
+            .collect();
+    }
+    if !explicit.is_empty() {
+        return Ok(explicit.to_vec());
+    }
+    if default_list {
+        return read_object_list(std::path::Path::new(".vmlinux.objs"));
+    }
+    bail!("no objects: give --objects FILE, --archive ARCHIVE, --mod FILE or object paths")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.verb {
+        Verb::Crcs { source, objects } => {
+            let list = objects_of(&source, &objects, false)?;
+            let mapping = if source.unpatched {
+                Mapping::Unpatched
+            } else {
+                Mapping::Patched
+            };
+            let mut out = Vec::new();
+            for r in crcs(&list, mapping)? {
+                serde_json::to_writer(&mut out, &r)?;
+                out.push(b'\n');
+            }
+            let _ = std::io::stdout().lock().write_all(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Symvers {
+            vmlinux_o,
+            source,
+            o,
+            export_c,
+            no_modversions,
+        } => {
+            let file = std::fs::File::open(&vmlinux_o)
+                .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
+            // SAFETY: read-only map of an object nobody rewrites meanwhile.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;
+            let exports = read_exports(&map, "vmlinux")
+                .with_context(|| format!("{}", vmlinux_o.display()))?;
+            let list = if no_modversions {
+                Vec::new()
+            } else {
+                objects_of(&source, &[], true)?
+            };
+            let mapping = if source.unpatched {
+                Mapping::Unpatched
+            } else {
+                Mapping::Patched
+            };
+            let crc_list = if no_modversions {
+                Vec::new()
+            } else {
+                crcs(&list, mapping)?
+            };
+            let out = render(&exports, &crc_list, !no_modversions);
+            for m in &out.messages {
+                eprint!("{m}");
+            }
+            if let Some(p) = &export_c {
+                write_atomic(p, out.export_c.as_bytes())?;
+            }
+            match &o {
+                Some(p) => write_atomic(p, out.symvers.as_bytes())?,
+                None => {
+                    let _ = std::io::stdout().lock().write_all(out.symvers.as_bytes());
+                }
+            }
+            Ok(if out.error {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
 }

@@ -1,1 +1,18 @@
-//! thinlto-backend.
+//! Stage 3 (the ThinLTO backend compiles) and the stage-4 thin archive of
+//! kbuild's distributed ThinLTO flow.
+//!
+//! - [`plan`] builds each [`BackendJob`] (flags from the front end's `.cmd`
+//!   file through `thinlto-cmdparse`) and decides by content whether it
+//!   must run;
+//! - [`run`] runs them: parallel, inside make's jobserver when given one,
+//!   longest first, outputs renamed into place, records written last;
+//! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
+//! - [`archive`] writes the final thin archive.
+
+pub mod archive;
+pub mod plan;
+pub mod record;
+pub mod run;
+
+pub use plan::{BackendJob, Decision, JobInput};
+pub use run::{JobRecord, RunOptions, RunSummary, Verbosity};

@@ -1,12 +1,313 @@
-use anyhow::Result;
-use clap::Parser;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
 
-/// thinlto-backend (not yet implemented).
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
+use thinlto_backend::record::NativeRecord;
+use thinlto_backend::run::{self, round3, JobRecord, RunOptions, Verbosity};
+use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
+
+/// Stage 3 of kbuild's distributed ThinLTO: every backend compile
+/// (`$CC <flags> -x ir -fno-lto -Wno-unused-command-line-argument
+/// -fthinlto-index=dir/foo.o.thinlto.bc -c -o dir/foo.thinlto-native.o
+/// dir/foo.o`), in parallel and incrementally; and (`archive`) stage 4's
+/// thin archive.
+///
+/// Input: the manifest of `thinlto-index link` on stdin, or --index with
+/// the plain index file lld wrote. Flags come from each object's
+/// `dir/.foo.o.cmd` (saved_c_flags_, else derived from savedcmd_).
+///
+/// A job runs when its native object is missing, its command changed, the
+/// content of foo.o, foo.o.thinlto.bc or an imported module changed, or
+/// make rebuilt foo.o (for inputs such as .incbin files that no digest
+/// sees). Records go to dir/.foo.thinlto-native.o.cmd in kbuild's format.
+///
+/// stdout: one JSON record per job, {"object","native","status","reason","seconds"}.
+/// stderr: kbuild-style "  CC  dir/foo.thinlto-native.o" lines (-v or V=1:
+/// full commands; -q: nothing), a progress bar on a terminal, a summary.
+///
+/// Examples (from the tree root):
+///
+///   thinlto-index link --imports builtin.order | thinlto-backend -j8
+///   thinlto-backend --index vmlinux.thinlto-index --explain
+///   thinlto-backend --index vmlinux.thinlto-index --only kernel/fork.o -v
+///   thinlto-backend archive --order builtin.order --index vmlinux.thinlto-index -o vmlinux.a
+///
+/// In a Makefile, mark the recipe with `+` so that the tool shares make's
+/// job slots:   +thinlto-backend --index vmlinux.thinlto-index
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Option<Verb>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-fn main() -> Result<()> {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Verb {
+    /// Write the final thin archive: builtin.order with every object of the
+    /// index replaced by its .thinlto-native.o (exact path match), byte
+    /// for byte what `llvm-ar cDPrS --thin` writes
+    Archive {
+        #[arg(long, value_name = "FILE")]
+        order: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        index: PathBuf,
+        #[arg(short, value_name = "ARCHIVE")]
+        o: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The index file (one bitcode object per line) instead of a manifest on stdin
+    #[arg(long, value_name = "FILE")]
+    index: Option<PathBuf>,
+    /// Parallel jobs [default: available cores; under make, make's jobserver]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Keep starting jobs after one fails
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Print full commands (also V=1 in the environment)
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print nothing on stderr but errors
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print the commands that would run, run nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Say for every job why it would run or why it is up to date, run nothing
+    #[arg(long)]
+    explain: bool,
+    /// Only this job (an object, its native object, or its summary)
+    #[arg(long, value_name = "OBJECT")]
+    only: Vec<String>,
+    /// Run every job, up to date or not
+    #[arg(short = 'B', long)]
+    always_make: bool,
+    #[command(flatten)]
+    toolchain: ToolchainArgs,
+}
+
+fn main() -> ExitCode {
+    run::install_signal_handlers();
+    let cli = Cli::parse();
+    let result = match cli.verb {
+        Some(Verb::Archive { order, index, o }) => {
+            archive(&order, &index, &o).map(|_| ExitCode::SUCCESS)
+        }
+        None => backend(cli.run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("thinlto-backend: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_list(p: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("{}: cannot read", p.display()))?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
+    let cwd = std::env::current_dir()?;
+    thinlto_backend::archive::write_final_archive(
+        out,
+        &read_list(order)?,
+        &read_list(index)?,
+        &cwd,
+    )?;
     Ok(())
+}
+
+fn backend(args: RunArgs) -> Result<ExitCode> {
+    let start = Instant::now();
+    let jobserver = run::jobserver_from_env();
+    if args.toolchain.print_toolchain {
+        let mut tc = Toolchain::resolve(&args.toolchain)?;
+        tc.probe()?;
+        println!("{}", serde_json::to_string_pretty(&tc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let inputs = match &args.index {
+        Some(p) => inputs_from_index(p)?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("no input: pipe the manifest of `thinlto-index link` to stdin, or give --index FILE");
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the manifest from stdin")?;
+            let m: Manifest =
+                serde_json::from_str(&text).context("stdin is not a thinlto-index manifest")?;
+            inputs_from_manifest(&m)
+        }
+    };
+    let tc = Toolchain::resolve(&args.toolchain)?;
+    let mut planned = plan(inputs, &tc.cc.spelled)?;
+    if !args.only.is_empty() {
+        planned.retain(|(j, _, _)| {
+            args.only
+                .iter()
+                .any(|o| *o == j.input.object || *o == j.native || *o == j.input.summary)
+        });
+        if planned.is_empty() {
+            bail!("--only {:?}: no such job", args.only);
+        }
+    }
+    if args.always_make {
+        for p in &mut planned {
+            if p.1 == Decision::UpToDate {
+                p.1 = Decision::Run("forced (-B)".into());
+            }
+        }
+    }
+    let verbosity = if args.quiet {
+        Verbosity::Quiet
+    } else if args.verbose || std::env::var("V").is_ok_and(|v| v == "1") {
+        Verbosity::Commands
+    } else {
+        Verbosity::Normal
+    };
+    if args.explain || args.dry_run {
+        let mut out = std::io::stdout().lock();
+        for (job, d, _) in &planned {
+            match (d, args.explain) {
+                (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native)?,
+                (Decision::Run(why), true) => writeln!(out, "{}: would run: {why}", job.native)?,
+                (Decision::Run(_), false) => writeln!(out, "{}", job.command_text)?,
+                (Decision::UpToDate, false) => {}
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdout = Mutex::new(std::io::stdout());
+    let print = |rec: &JobRecord| {
+        let mut o = stdout.lock().unwrap();
+        let _ = serde_json::to_writer(&mut *o, rec);
+        let _ = o.write_all(b"\n");
+        let _ = o.flush();
+    };
+    let mut to_run = Vec::new();
+    let mut up_to_date = 0;
+    for (job, d, rec) in planned {
+        match d {
+            Decision::UpToDate => {
+                up_to_date += 1;
+                print(&JobRecord {
+                    object: job.input.object.clone(),
+                    native: job.native.clone(),
+                    status: "up-to-date".into(),
+                    reason: "command and inputs unchanged".into(),
+                    seconds: 0.0,
+                });
+            }
+            Decision::Run(why) => to_run.push((job, why, rec)),
+        }
+    }
+    // Longest expected first: the last recorded duration, else the size
+    // of the bitcode (at a typical ~20 µs per byte... only the order matters).
+    let cost: Vec<f64> = to_run
+        .iter()
+        .map(|(j, _, _)| {
+            NativeRecord::read(&j.record_path)
+                .seconds
+                .unwrap_or_else(|| {
+                    std::fs::metadata(&j.input.object)
+                        .map(|m| m.len() as f64 * 2e-5)
+                        .unwrap_or(0.0)
+                })
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..to_run.len()).collect();
+    order.sort_by(|a, b| cost[*b].total_cmp(&cost[*a]).then(a.cmp(b)));
+    let progress =
+        verbosity == Verbosity::Normal && std::io::stderr().is_terminal() && to_run.len() > 1;
+    let bar = progress.then(|| {
+        let pb = indicatif::ProgressBar::new(to_run.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  BE      [{bar:40}] {pos}/{len} {msg} (eta {eta})",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        pb
+    });
+    let opts = RunOptions {
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        jobs_explicit: args.jobs.is_some(),
+        keep_going: args.keep_going,
+        verbosity: if progress {
+            Verbosity::Quiet
+        } else {
+            verbosity
+        },
+        progress,
+    };
+    let emit = |rec: JobRecord, output: Option<String>| {
+        if rec.status == "failed" {
+            let msg = format!(
+                "thinlto-backend: {}: {}\n{}",
+                rec.native,
+                rec.reason,
+                output.unwrap_or_default()
+            );
+            match &bar {
+                Some(b) => b.println(msg.trim_end()),
+                None => eprint!("{msg}"),
+            }
+        }
+        if let Some(b) = &bar {
+            b.set_message(rec.native.clone());
+            b.inc(1);
+        }
+        print(&rec);
+    };
+    let summary = run::run_jobs(&to_run, order, &opts, jobserver.as_ref(), &emit);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if verbosity != Verbosity::Quiet || summary.failed > 0 {
+        eprintln!(
+            "thinlto-backend: {} built, {} up to date, {} failed{}; wall {:.2} s, CPU {:.2} s",
+            summary.built,
+            up_to_date,
+            summary.failed,
+            if summary.not_started > 0 {
+                format!(", {} not started", summary.not_started)
+            } else {
+                String::new()
+            },
+            round3(start.elapsed().as_secs_f64()),
+            run::children_cpu_seconds(),
+        );
+    }
+    Ok(match summary.signal {
+        Some(sig) => {
+            eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
+            ExitCode::from((128 + sig) as u8)
+        }
+        None if summary.failed > 0 || summary.not_started > 0 => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
+    })
 }

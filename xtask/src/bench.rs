@@ -58,7 +58,10 @@ impl ScenarioResult {
         let mut s = format!("### {}\n\n", self.title);
         s.push_str("| | runs | wall min | wall median | wall max | CPU median | peak RSS |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-        for (label, v) in [(&self.ours_label, &self.ours), (&self.ref_label, &self.reference)] {
+        for (label, v) in [
+            (&self.ours_label, &self.ours),
+            (&self.ref_label, &self.reference),
+        ] {
             let (min, med, max) = stats(&v.iter().map(|x| x.wall).collect::<Vec<_>>());
             let cpu = stats(&v.iter().map(|x| x.cpu).collect::<Vec<_>>()).1;
             let rss = v.iter().map(|x| x.rss_kib).max().unwrap_or(0);
@@ -70,10 +73,20 @@ impl ScenarioResult {
             )
             .unwrap();
         }
-        writeln!(s, "\n**median wall ratio ours/reference: {:.3}** ({:.1}× {})\n",
+        writeln!(
+            s,
+            "\n**median wall ratio ours/reference: {:.3}** ({:.1}× {})\n",
             self.ratio(),
-            if self.ratio() < 1.0 { 1.0 / self.ratio() } else { self.ratio() },
-            if self.ratio() < 1.0 { "faster" } else { "slower" }
+            if self.ratio() < 1.0 {
+                1.0 / self.ratio()
+            } else {
+                self.ratio()
+            },
+            if self.ratio() < 1.0 {
+                "faster"
+            } else {
+                "slower"
+            }
         )
         .unwrap();
         for n in &self.notes {
@@ -232,7 +245,12 @@ impl Ctx<'_> {
         total = total.then(measure(
             b.tool("thinlto-backend", self.tc, tree)
                 .args(["archive", "--order", "out/builtin.order"])
-                .args(["--index", "out/vmlinux.thinlto-index", "-o", "out/vmlinux.a"]),
+                .args([
+                    "--index",
+                    "out/vmlinux.thinlto-index",
+                    "-o",
+                    "out/vmlinux.a",
+                ]),
         )?);
         total = total.then(measure(
             Command::new(&self.plan.vmlinux_o[0])
@@ -262,7 +280,11 @@ impl Ctx<'_> {
 fn edit_source(path: &Path, run: usize) -> Result<()> {
     let mut text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let stem = path.file_stem().unwrap().to_string_lossy().replace('-', "_");
+    let stem = path
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .replace('-', "_");
     text.push_str(&format!(
         "\nint bench_edit_{stem}_{run}(int x);\nint bench_edit_{stem}_{run}(int x)\n{{\n\treturn x * {};\n}}\n",
         run + 7
@@ -276,7 +298,11 @@ pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<Scenario
     let bins = flow::build_bins()?;
     let base = crate::target_dir().join("bench");
     let tree = base.join(format!("gen-{}", opts.objects));
-    eprintln!("bench: front end of a {}-object tree in {}", opts.objects, tree.display());
+    eprintln!(
+        "bench: front end of a {}-object tree in {}",
+        opts.objects,
+        tree.display()
+    );
     // A fresh tree every time: incremental edits of earlier runs must not
     // carry over.
     if tree.exists() {
@@ -312,13 +338,14 @@ pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<Scenario
     cx.ours_stages()?;
     measure(&mut cx.make_all())?;
 
-    let mut results = Vec::new();
-    results.push(scenario_cmdparse(&cx, opts.runs)?);
-    results.push(scenario_order_scan(&cx, opts.runs)?);
-    results.push(scenario_thin_link(&cx, opts.runs)?);
-    results.push(scenario_backend_scratch(&cx, opts.heavy_runs)?);
-    results.push(scenario_stub(&cx, opts.runs, &base)?);
-    results.push(scenario_noop(&cx, opts.runs)?);
+    let mut results = vec![
+        scenario_cmdparse(&cx, opts.runs)?,
+        scenario_order_scan(&cx, opts.runs)?,
+        scenario_thin_link(&cx, opts.runs)?,
+        scenario_backend_scratch(&cx, opts.heavy_runs)?,
+        scenario_stub(&cx, opts.runs, &base)?,
+        scenario_noop(&cx, opts.runs)?,
+    ];
     results.extend(scenario_incremental(&cx, opts.heavy_runs)?);
     results.push(scenario_inprocess(&cx, opts.heavy_runs)?);
     Ok(results)
@@ -342,10 +369,18 @@ fn scenario_cmdparse(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
     std::fs::write(&list, files.join("\n") + "\n")?;
     let bytes: u64 = files
         .iter()
-        .map(|f| std::fs::metadata(cx.tree.join(f)).map(|m| m.len()).unwrap_or(0))
+        .map(|f| {
+            std::fs::metadata(cx.tree.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum();
     let mut r = ScenarioResult::new(
-        &format!("1. `.cmd` parsing: {} files, {:.1} MB", files.len(), bytes as f64 / 1e6),
+        &format!(
+            "1. `.cmd` parsing: {} files, {:.1} MB",
+            files.len(),
+            bytes as f64 / 1e6
+        ),
         "ours: `thinlto-cmdparse - < list` (JSON Lines)",
         "reference: one `sed -n '/saved_c_flags_/s/.*:= //p'` per file",
     );
@@ -482,7 +517,8 @@ fn scenario_noop(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
         r.ours.push(s);
         r.reference.push(measure(&mut cx.make_all())?);
     }
-    r.notes.push(format!("backend jobs run by ours over all runs: {built}"));
+    r.notes
+        .push(format!("backend jobs run by ours over all runs: {built}"));
     // The backend alone, for the issue's no-op target.
     let mut alone = Vec::new();
     for _ in 0..runs {
@@ -540,7 +576,10 @@ fn scenario_incremental(cx: &Ctx, runs: usize) -> Result<Vec<ScenarioResult>> {
 fn scenario_inprocess(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
     cx.say("7. stages 2-4 vs in-process ThinLTO");
     let mut r = ScenarioResult::new(
-        &format!("7. Stages 2–4 from scratch vs in-process ThinLTO (`ld.lld -r --thinlto-jobs={}`)", cx.jobs),
+        &format!(
+            "7. Stages 2–4 from scratch vs in-process ThinLTO (`ld.lld -r --thinlto-jobs={}`)",
+            cx.jobs
+        ),
         "ours: order + link + backend + archive + ld.lld -r",
         "in-process: `ld.lld -r` over the bitcode",
     );
@@ -551,7 +590,13 @@ fn scenario_inprocess(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
         ld.current_dir(&cx.tree)
             .args(cx.plan.ldflags.split_whitespace())
             .arg(format!("--thinlto-jobs={}", cx.jobs))
-            .args(["-r", "-o", "out/vmlinux.inprocess.o", "--whole-archive", "vmlinux.a"])
+            .args([
+                "-r",
+                "-o",
+                "out/vmlinux.inprocess.o",
+                "--whole-archive",
+                "vmlinux.a",
+            ])
             .args(["--no-whole-archive"]);
         r.reference.push(measure(&mut ld)?);
     }

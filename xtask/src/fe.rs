@@ -76,9 +76,8 @@ pub fn build(opts: &FeOptions, tc: &Toolchain) -> Result<FeReport> {
 pub fn prepare_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("tree directory {}: cannot create it: {e}", dir.display()))?;
-    tempfile::tempfile_in(dir).map_err(|e| {
-        anyhow::anyhow!("tree directory {} is not writable: {e}", dir.display())
-    })?;
+    tempfile::tempfile_in(dir)
+        .map_err(|e| anyhow::anyhow!("tree directory {} is not writable: {e}", dir.display()))?;
     Ok(())
 }
 
@@ -150,7 +149,9 @@ fn compile_all(tree: &Tree, tc: &Toolchain, opts: &FeOptions) -> Result<usize> {
                     return;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((obj, cmd)) = todo.get(i) else { return };
+                let Some((obj, cmd)) = todo.get(i) else {
+                    return;
+                };
                 if !opts.quiet {
                     let tag = if obj.lang == Lang::C { "CC" } else { "AS" };
                     eprintln!("  {tag:<7} {}", obj.target);
@@ -217,13 +218,20 @@ fn compile_one(tree: &Tree, obj: &Object, cmd: &str, saved_c_flags: bool) -> Res
     }
     std::io::stderr().write_all(&out.stderr).ok();
     let depfile = tree.path(&obj.depfile());
-    let dep_text = std::fs::read_to_string(&depfile)
-        .with_context(|| format!("{}: the compiler wrote no dependency file", depfile.display()))?;
+    let dep_text = std::fs::read_to_string(&depfile).with_context(|| {
+        format!(
+            "{}: the compiler wrote no dependency file",
+            depfile.display()
+        )
+    })?;
     let mut text = fixdep(tree, &obj.target, cmd, &dep_text)?;
     std::fs::remove_file(&depfile).ok();
     if obj.lang == Lang::C && saved_c_flags {
         // kbuild: printf '\n%s\n' 'saved_c_flags_$@ := ...' >> $(dot-target).cmd
-        text.push_str(&format!("\nsaved_c_flags_{} := {}\n", obj.target, obj.flags));
+        text.push_str(&format!(
+            "\nsaved_c_flags_{} := {}\n",
+            obj.target, obj.flags
+        ));
     }
     let source_text = std::fs::read_to_string(tree.path(&obj.source))?;
     for sym in exported_symbols(&source_text) {
@@ -242,7 +250,7 @@ fn compile_one(tree: &Tree, obj: &Object, cmd: &str, saved_c_flags: bool) -> Res
 fn fixdep(tree: &Tree, target: &str, cmd: &str, dep_text: &str) -> Result<String> {
     let mut out = format!("savedcmd_{target} := {}\n\n", escape_savedcmd(cmd));
     let tokens: Vec<&str> = dep_text
-        .split(|c: char| c == ' ' || c == '\\' || c == '\n')
+        .split([' ', '\\', '\n'])
         .filter(|t| !t.is_empty())
         .collect();
     let mut seen_configs = HashSet::new();
@@ -280,7 +288,9 @@ fn fixdep(tree: &Tree, target: &str, cmd: &str, dep_text: &str) -> Result<String
     if !saw_source {
         bail!("{target}: the dependency file names no source");
     }
-    out.push_str(&format!("\n{target}: $(deps_{target})\n\n$(deps_{target}):\n"));
+    out.push_str(&format!(
+        "\n{target}: $(deps_{target})\n\n$(deps_{target}):\n"
+    ));
     Ok(out)
 }
 

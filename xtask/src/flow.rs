@@ -194,7 +194,10 @@ pub fn run_stages(
             None,
             Some(&order),
         )?;
-        Ok(format!("{} members", text.split(|b| *b == b'\n').count() - 1))
+        Ok(format!(
+            "{} members",
+            text.split(|b| *b == b'\n').count() - 1
+        ))
     })?;
     let manifest_path = o.join("manifest.json");
     let index = format!("{out}/vmlinux.thinlto-index");
@@ -213,9 +216,8 @@ pub fn run_stages(
         )?;
         Ok(String::new())
     })?;
-    let manifest: thinlto_index::Manifest =
-        serde_json::from_slice(&std::fs::read(&manifest_path)?)
-            .with_context(|| format!("{}: not a manifest", manifest_path.display()))?;
+    let manifest: thinlto_index::Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?)
+        .with_context(|| format!("{}: not a manifest", manifest_path.display()))?;
     let bitcode = manifest.bitcode().count();
     stages.last_mut().unwrap().detail = format!(
         "{bitcode} bitcode, {} other",
@@ -291,7 +293,9 @@ pub fn run_stages(
             None,
             None,
         )?;
-        let n = std::fs::read_to_string(o.join("vmlinux.symvers"))?.lines().count();
+        let n = std::fs::read_to_string(o.join("vmlinux.symvers"))?
+            .lines()
+            .count();
         Ok(format!("{n} exports"))
     })?;
     Ok(StagesRun {
@@ -350,11 +354,7 @@ pub fn copy_fe_tree(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
         std::fs::remove_dir_all(to).with_context(|| format!("{}: cannot remove", to.display()))?;
     }
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()?;
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
     if !status.success() {
         bail!("cp -a {} {} failed", from.display(), to.display());
     }
@@ -521,7 +521,10 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         }
     }
     checks.push(check(
-        format!("native objects byte-identical to the reference ({})", natives.len()),
+        format!(
+            "native objects byte-identical to the reference ({})",
+            natives.len()
+        ),
         differing.is_empty() && !natives.is_empty(),
         differing.join(" "),
     ));
@@ -529,10 +532,17 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
     let (g_ours, e_ours) = symbols(&first.vmlinux_o)?;
     let (g_in, e_in) = symbols(&inproc)?;
     let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
-        a.symmetric_difference(b).take(5).cloned().collect::<Vec<_>>().join(" ")
+        a.symmetric_difference(b)
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     checks.push(check(
-        format!("global symbols same as in-process vmlinux.o ({})", g_ours.len()),
+        format!(
+            "global symbols same as in-process vmlinux.o ({})",
+            g_ours.len()
+        ),
         g_ours == g_in,
         diff(&g_ours, &g_in),
     ));
@@ -554,7 +564,11 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
     checks.push(check(
         "harness output identical (distributed, in-process, reference)",
         h_ours == h_in && h_ours == h_ref && expected_ok,
-        if expected_ok { "" } else { "differs from harness/expected.txt" },
+        if expected_ok {
+            ""
+        } else {
+            "differs from harness/expected.txt"
+        },
     ));
     if opts.objects == 0 {
         let golden = golden_symvers();
@@ -563,13 +577,20 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         checks.push(check(
             "vmlinux.symvers equals the golden one (real modpost)",
             same,
-            if golden.exists() { "" } else { "no golden file" },
+            if golden.exists() {
+                ""
+            } else {
+                "no golden file"
+            },
         ));
     }
     let second = run_stages(&bins, tc, tree, "out", opts.jobs, &plan)?;
     let up = second.count("up-to-date");
     checks.push(check(
-        format!("second run: every backend job up to date ({up}/{})", natives.len()),
+        format!(
+            "second run: every backend job up to date ({up}/{})",
+            natives.len()
+        ),
         up == natives.len() && second.jobs.len() == natives.len(),
         format!("{:.3} s for stages 2-4", second.total_seconds()),
     ));

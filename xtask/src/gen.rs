@@ -71,7 +71,10 @@ pub fn generate(tree: &Path, objects: usize) -> Result<()> {
 
     let mut header = String::from("#ifndef GEN_CORE_H\n#define GEN_CORE_H\n");
     for c in 0..shape.cores {
-        writeln!(header, "int gcore_{c}_step(int x);\nint gcore_{c}_fold(int a, int b);")?;
+        writeln!(
+            header,
+            "int gcore_{c}_step(int x);\nint gcore_{c}_fold(int a, int b);"
+        )?;
     }
     header.push_str("#endif\n");
     write_if_changed(&tree.join("include/gen/core.h"), &header)?;
@@ -111,7 +114,10 @@ pub fn generate(tree: &Path, objects: usize) -> Result<()> {
 
     all.push_str("\nunsigned long gen_checksum(void)\n{\n\tunsigned long sum = 0;\n\n");
     for i in 0..shape.leaves {
-        writeln!(all, "\tsum = sum * 31 + (unsigned int)gen_leaf_{i:04}({i});")?;
+        writeln!(
+            all,
+            "\tsum = sum * 31 + (unsigned int)gen_leaf_{i:04}({i});"
+        )?;
     }
     all.push_str("\treturn sum;\n}\nEXPORT_SYMBOL(gen_checksum);\n");
     write_if_changed(&gen.join("all.c"), &all)?;
@@ -136,7 +142,9 @@ fn leaf_source(shape: &Shape, i: usize) -> String {
     let export = match i % 7 {
         0 => format!("EXPORT_SYMBOL(gen_leaf_{i:04});\n"),
         3 => format!("EXPORT_SYMBOL_GPL(gen_leaf_{i:04});\n"),
-        5 if i % 3 == 0 => format!("EXPORT_SYMBOL_NS_GPL(gen_leaf_{i:04}, GEN_NS_{});\n", i % 4),
+        5 if i.is_multiple_of(3) => {
+            format!("EXPORT_SYMBOL_NS_GPL(gen_leaf_{i:04}, GEN_NS_{});\n", i % 4)
+        }
         _ => String::new(),
     };
     format!(

@@ -37,9 +37,9 @@ impl KbuildFile {
                 continue;
             }
             if let Some(rest) = line.strip_prefix("$(obj)/") {
-                let (target, prereqs) = rest.split_once(':').with_context(|| {
-                    format!("{}: expected `$(obj)/a.o: $(obj)/file`", at())
-                })?;
+                let (target, prereqs) = rest
+                    .split_once(':')
+                    .with_context(|| format!("{}: expected `$(obj)/a.o: $(obj)/file`", at()))?;
                 let mut list = Vec::new();
                 for p in prereqs.split_whitespace() {
                     let p = p.strip_prefix("$(obj)/").with_context(|| {
@@ -64,8 +64,7 @@ impl KbuildFile {
             if name.is_empty() || name.contains(char::is_whitespace) {
                 bail!("{}: bad variable name {name:?}", at());
             }
-            let value = expand(value.trim(), &file.vars, inherited)
-                .with_context(at)?;
+            let value = expand(value.trim(), &file.vars, inherited).with_context(at)?;
             match op {
                 "+=" => {
                     let slot = file.vars.entry(name.to_string()).or_default();

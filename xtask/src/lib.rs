@@ -2,12 +2,12 @@
 //! and its front end, the make reference flow, and the test entry point.
 //! Integration tests use it as a library.
 
+pub mod bench;
 pub mod fe;
 pub mod flow;
 pub mod gen;
 pub mod kbuild;
 pub mod measure;
-pub mod bench;
 pub mod provision;
 pub mod reference;
 pub mod tree;

@@ -171,10 +171,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 &tc,
             )?;
-            print!(
-                "{}",
-                xtask::flow::table(&report.stages, &report.checks)
-            );
+            print!("{}", xtask::flow::table(&report.stages, &report.checks));
             if !report.ok() {
                 bail!("verification failed");
             }
@@ -202,7 +199,11 @@ fn run(cli: Cli) -> Result<()> {
             let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
             let results = xtask::bench::run_generated(&opts, &tc)?;
             let mut report = String::from("# Benchmarks\n\nRegenerate with `cargo xtask bench --write` (2 cores: about 15 minutes). Every figure below comes from one run of that command: ours and the reference alternate, and the ratio is of medians measured in the same session, so machine noise cancels as far as it can.\n\n");
-            report.push_str(&xtask::bench::machine_header(&tc, &opts, &format!("cargo xtask {command}")));
+            report.push_str(&xtask::bench::machine_header(
+                &tc,
+                &opts,
+                &format!("cargo xtask {command}"),
+            ));
             report.push('\n');
             for r in &results {
                 report.push_str(&r.markdown());
@@ -301,17 +302,29 @@ fn run_tests(rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
     eprint!("xtask test: toolchain\n{tc}");
-    step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
     step(
         "cargo clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     // The integration tests run the tools' binaries: build them first.
-    step("cargo build", cargo().args(["build", "--workspace", "--bins"]))?;
+    step(
+        "cargo build",
+        cargo().args(["build", "--workspace", "--bins"]),
+    )?;
     step(
         "cargo test",
         cargo().args(["test", "--workspace"]).args(rest),
     )?;
     Ok(())
 }
-

@@ -47,7 +47,10 @@ pub fn measure(cmd: &mut Command) -> Result<Sample> {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = start.elapsed().as_secs_f64();
     if r != pid {
-        bail!("wait4 failed for {cmd:?}: {}", std::io::Error::last_os_error());
+        bail!(
+            "wait4 failed for {cmd:?}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // The child is reaped; dropping the handle does not wait again.
     drop(child);
@@ -93,7 +96,11 @@ mod tests {
 
     #[test]
     fn measures_a_real_child() {
-        let s = measure_sh(std::path::Path::new("/"), "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done").unwrap();
+        let s = measure_sh(
+            std::path::Path::new("/"),
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+        )
+        .unwrap();
         assert!(s.wall > 0.0 && s.cpu > 0.0 && s.rss_kib > 0, "{s:?}");
         assert!(measure_sh(std::path::Path::new("/"), "exit 3").is_err());
     }

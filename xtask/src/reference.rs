@@ -62,8 +62,8 @@ pub fn run(opts: &ReferenceOptions, tc: &Toolchain) -> Result<ReferenceReport> {
     let out = command(opts, tc, &tree)
         .output()
         .context("cannot run make")?;
-    let log = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("the reference flow failed ({}):\n{log}", out.status);
     }

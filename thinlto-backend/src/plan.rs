@@ -1,0 +1,299 @@
+//! Which backend jobs exist and which of them must run.
+//!
+//! A job is up to date when all of these hold, whatever the mtimes:
+//! - its native object exists and is not empty;
+//! - its record's command equals the command we would run now;
+//! - the recorded blake3 digests of `foo.o`, `foo.o.thinlto.bc` and every
+//!   module `foo.o` imports equal their current contents;
+//! - `foo.o` has the mtime recorded when the native was built.
+//!
+//! The last rule is for inputs no digest can see: the backend assembles
+//! module-level inline asm, so an `.incbin`'d file is read by the backend
+//! though it is in no input list. kbuild rebuilds `foo.o` when such a file
+//! changes (it is a make prerequisite of `foo.o`), so a front-end object
+//! that make rebuilt — a new mtime — reruns its backend job even if its
+//! bitcode bytes are unchanged. The thin link never touches `foo.o` (only
+//! `foo.o.thinlto.bc`), so this costs nothing on a plain relink.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, shell, CmdFile, FlagsFrom};
+use thinlto_index::Manifest;
+
+use crate::record::NativeRecord;
+
+/// One backend input, as the thin link listed it.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub object: String,
+    pub summary: String,
+    /// The modules it imports, when known.
+    pub imports: Option<Vec<String>>,
+}
+
+/// The bitcode objects of a manifest (from `thinlto-index link`).
+pub fn inputs_from_manifest(m: &Manifest) -> Vec<JobInput> {
+    m.bitcode()
+        .map(|o| JobInput {
+            object: o.object.clone(),
+            summary: o
+                .summary
+                .clone()
+                .unwrap_or_else(|| format!("{}.thinlto.bc", o.object)),
+            imports: o.imports.clone(),
+        })
+        .collect()
+}
+
+/// The objects of a plain index file (`vmlinux.thinlto-index`); imports
+/// come from `foo.o.imports` where lld wrote one.
+pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|o| JobInput {
+            object: o.to_string(),
+            summary: format!("{o}.thinlto.bc"),
+            imports: std::fs::read_to_string(format!("{o}.imports"))
+                .ok()
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }),
+        })
+        .collect())
+}
+
+/// `dir/foo.o` → `dir/foo.thinlto-native.o`.
+pub fn native_of(object: &str) -> String {
+    format!(
+        "{}.thinlto-native.o",
+        object.strip_suffix(".o").unwrap_or(object)
+    )
+}
+
+/// One backend compile.
+#[derive(Debug, Clone)]
+pub struct BackendJob {
+    pub input: JobInput,
+    pub native: String,
+    pub record_path: PathBuf,
+    /// The whole argv, compiler first, `-o` naming the real target.
+    pub argv: Vec<String>,
+    /// The command as kbuild records it (the front end's flag text raw).
+    pub command_text: String,
+    pub flags_from: FlagsFrom,
+}
+
+impl BackendJob {
+    /// Builds the job: `$CC <be_flags> -x ir -fno-lto
+    /// -Wno-unused-command-line-argument -fthinlto-index=<summary> -c -o
+    /// <native> <object>`, exactly the reference's argv and order.
+    pub fn new(input: JobInput, cc: &str) -> Result<BackendJob> {
+        let cmd_path = cmd_file_for_object(Path::new(&input.object));
+        let cmd =
+            CmdFile::read(&cmd_path).with_context(|| format!("flags for {}", input.object))?;
+        let flags = cmd
+            .backend_flags()
+            .with_context(|| format!("flags for {}", input.object))?;
+        let native = native_of(&input.object);
+        let tail = [
+            "-x".to_string(),
+            "ir".into(),
+            "-fno-lto".into(),
+            "-Wno-unused-command-line-argument".into(),
+            format!("-fthinlto-index={}", input.summary),
+            "-c".into(),
+            "-o".into(),
+            native.clone(),
+            input.object.clone(),
+        ];
+        let mut argv = vec![cc.to_string()];
+        argv.extend(flags.argv.iter().cloned());
+        argv.extend(tail.iter().cloned());
+        // The reference records `$(CC) $(be_flags) -x ir …` with the flag
+        // text as sed found it; keep that spelling so that make and we
+        // each find the other's records up to date.
+        let flag_text = match (flags.from, &cmd.saved_c_flags) {
+            (FlagsFrom::SavedCFlags, Some(raw)) => raw.clone(),
+            _ => shell::join(&flags.argv),
+        };
+        let command_text = format!("{cc} {flag_text} {}", shell::join(&tail));
+        Ok(BackendJob {
+            record_path: dot_cmd_path(Path::new(&native)),
+            native,
+            input,
+            argv,
+            command_text,
+            flags_from: flags.from,
+        })
+    }
+
+    /// The files whose contents decide the output.
+    pub fn content_inputs(&self) -> Vec<&str> {
+        let mut v = vec![self.input.object.as_str(), self.input.summary.as_str()];
+        if let Some(imports) = &self.input.imports {
+            v.extend(imports.iter().map(String::as_str));
+        }
+        v
+    }
+}
+
+/// Digests of files, each file hashed once per run.
+#[derive(Default)]
+pub struct DigestCache {
+    map: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl DigestCache {
+    /// blake3 of a file's content, or None if it cannot be read.
+    pub fn digest(&self, path: &str) -> Option<String> {
+        if let Some(d) = self.map.lock().unwrap().get(path) {
+            return d.clone();
+        }
+        let d = hash_file(Path::new(path));
+        self.map.lock().unwrap().insert(path.to_string(), d.clone());
+        d
+    }
+}
+
+fn hash_file(path: &Path) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(h.finalize().to_hex().to_string())
+}
+
+pub fn mtime_ns(path: &Path) -> Option<i128> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(d.as_nanos() as i128)
+}
+
+/// Whether a job must run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    UpToDate,
+    Run(String),
+}
+
+/// Decides one job, and returns the record a successful build will write
+/// (minus its duration).
+pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, NativeRecord)> {
+    let mut fresh = NativeRecord {
+        command: Some(job.command_text.clone()),
+        ..Default::default()
+    };
+    for p in job.content_inputs() {
+        let d = cache
+            .digest(p)
+            .with_context(|| format!("{p}: missing or unreadable (input of {})", job.native))?;
+        fresh.digests.insert(p.to_string(), d);
+    }
+    let obj_mtime = mtime_ns(Path::new(&job.input.object))
+        .with_context(|| format!("{}: cannot stat", job.input.object))?;
+    fresh.mtimes.insert(job.input.object.clone(), obj_mtime);
+    let old = NativeRecord::read(&job.record_path);
+    let decision = if !std::fs::metadata(&job.native)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+    {
+        Decision::Run("new: no native object yet".into())
+    } else if old.command.is_none() {
+        Decision::Run("no record of the last build".into())
+    } else if old.command.as_deref().map(normalize) != Some(normalize(&job.command_text)) {
+        Decision::Run("command changed".into())
+    } else if old.digests.is_empty() {
+        Decision::Run("no digests recorded (built by make)".into())
+    } else if let Some(p) = fresh
+        .digests
+        .iter()
+        .find(|(p, d)| old.digests.get(*p) != Some(*d))
+        .map(|(p, _)| p)
+    {
+        Decision::Run(format!("input changed: {p}"))
+    } else if old.digests.len() != fresh.digests.len() {
+        Decision::Run("the import list changed".into())
+    } else if old.mtimes.get(&job.input.object) != Some(&obj_mtime) {
+        Decision::Run(format!("front-end object rebuilt: {}", job.input.object))
+    } else {
+        Decision::UpToDate
+    };
+    Ok((decision, fresh))
+}
+
+/// Commands compare as make's `if_changed` compares them: whitespace runs
+/// collapsed.
+fn normalize(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Builds and decides every job; a missing input is an error naming it.
+pub fn plan(inputs: Vec<JobInput>, cc: &str) -> Result<Vec<(BackendJob, Decision, NativeRecord)>> {
+    if inputs.is_empty() {
+        bail!("no bitcode objects to compile (is the manifest or index empty?)");
+    }
+    let cache = DigestCache::default();
+    let n = inputs.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = n.div_ceil(threads);
+    let mut inputs = inputs.into_iter();
+    let chunks: Vec<Vec<JobInput>> = (0..threads)
+        .map(|_| inputs.by_ref().take(chunk).collect())
+        .collect();
+    let results: Vec<Result<Vec<_>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                let cache = &cache;
+                s.spawn(move || {
+                    c.into_iter()
+                        .map(|i| {
+                            let job = BackendJob::new(i, cc)?;
+                            let (d, r) = decide(&job, cache)?;
+                            Ok((job, d, r))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("planner thread"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_names() {
+        assert_eq!(native_of("a/b-c.o"), "a/b-c.thinlto-native.o");
+        assert_eq!(normalize("a  b\tc "), "a b c");
+    }
+}

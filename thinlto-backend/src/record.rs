@@ -1,0 +1,120 @@
+//! The record of a built native object, `dir/.foo.thinlto-native.o.cmd`.
+//!
+//! Its first line is exactly what kbuild's `if_changed` writes
+//! (`savedcmd_<target> := <command, make-escaped>`), so make's reference
+//! flow reads our records and we read its. What else we need for
+//! content-based decisions follows as make comment lines, which make
+//! ignores when it includes the file:
+//!
+//! ```text
+//! # thinlto-dist: digest <path> <blake3 hex>      (foo.o, foo.o.thinlto.bc, each import)
+//! # thinlto-dist: mtime <path> <ns since epoch>   (foo.o as the front end left it)
+//! # thinlto-dist: seconds <wall seconds of the last build>
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use thinlto_cmdparse::make::{escape_savedcmd, unescape_savedcmd};
+
+const TAG: &str = "# thinlto-dist: ";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NativeRecord {
+    /// The command, as make reads it back.
+    pub command: Option<String>,
+    /// path → blake3 hex, for every input whose content decides the output.
+    pub digests: BTreeMap<String, String>,
+    /// path → mtime in ns, for the front-end object.
+    pub mtimes: BTreeMap<String, i128>,
+    pub seconds: Option<f64>,
+}
+
+impl NativeRecord {
+    /// Reads a record; a missing or unreadable file is an empty record
+    /// (the job then simply runs).
+    pub fn read(path: &Path) -> NativeRecord {
+        match std::fs::read_to_string(path) {
+            Ok(text) => NativeRecord::parse(&text),
+            Err(_) => NativeRecord::default(),
+        }
+    }
+
+    pub fn parse(text: &str) -> NativeRecord {
+        let mut r = NativeRecord::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("savedcmd_") {
+                if let Some((_, cmd)) = rest.split_once(" := ") {
+                    r.command = Some(unescape_savedcmd(cmd));
+                }
+            } else if let Some(rest) = line.strip_prefix(TAG) {
+                // Paths may hold spaces: the value is the last field.
+                let mut it = rest.splitn(2, ' ');
+                let (Some(kind), Some(body)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                match kind {
+                    "digest" => {
+                        if let Some((p, d)) = body.rsplit_once(' ') {
+                            r.digests.insert(p.to_string(), d.to_string());
+                        }
+                    }
+                    "mtime" => {
+                        if let Some((p, t)) = body.rsplit_once(' ') {
+                            if let Ok(t) = t.parse() {
+                                r.mtimes.insert(p.to_string(), t);
+                            }
+                        }
+                    }
+                    "seconds" => r.seconds = body.parse().ok(),
+                    _ => {}
+                }
+            }
+        }
+        r
+    }
+
+    /// The file's text; `target` is the native object as kbuild spells it.
+    pub fn render(&self, target: &str) -> String {
+        let mut s = format!(
+            "savedcmd_{target} := {}\n",
+            escape_savedcmd(self.command.as_deref().unwrap_or(""))
+        );
+        for (p, d) in &self.digests {
+            writeln!(s, "{TAG}digest {p} {d}").unwrap();
+        }
+        for (p, t) in &self.mtimes {
+            writeln!(s, "{TAG}mtime {p} {t}").unwrap();
+        }
+        if let Some(sec) = self.seconds {
+            writeln!(s, "{TAG}seconds {sec:.3}").unwrap();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reads_kbuild_records() {
+        let mut r = NativeRecord {
+            command: Some("clang '-DX=\"$a #b\"' -c -o a b".into()),
+            ..Default::default()
+        };
+        r.digests.insert("dir with space/a.o".into(), "ab12".into());
+        r.mtimes.insert("a.o".into(), 1_700_000_000_123_456_789);
+        r.seconds = Some(0.25);
+        let text = r.render("a.thinlto-native.o");
+        assert!(text.starts_with(
+            "savedcmd_a.thinlto-native.o := clang '-DX=\"$$a $(pound)b\"' -c -o a b\n"
+        ));
+        assert_eq!(NativeRecord::parse(&text), r);
+        // kbuild's own record: command only.
+        let k = NativeRecord::parse("savedcmd_x.o := cc -c x.c\n");
+        assert_eq!(k.command.as_deref(), Some("cc -c x.c"));
+        assert!(k.digests.is_empty());
+    }
+}

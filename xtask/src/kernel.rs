@@ -1,0 +1,183 @@
+//! `cargo xtask kernel`: stages 2–4 and modpost on a real kernel tree that
+//! kbuild built with `CONFIG_LTO_CLANG_THIN=y`, with the kernel's own
+//! settings read from its `.cmd` files, compared with the tree's in-process
+//! results.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use thinlto_cmdparse::{shell, CmdFile};
+use thinlto_index::{Toolchain, ToolchainArgs};
+
+use crate::flow::{self, Check, LinkPlan, StageTime};
+
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    pub tree: PathBuf,
+    pub out: PathBuf,
+    pub jobs: usize,
+    pub time_inprocess: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelReport {
+    pub stages: Vec<StageTime>,
+    pub checks: Vec<Check>,
+}
+
+/// The commands of a `savedcmd_` line: split at unquoted `;`, each split
+/// into words as `/bin/sh` would.
+fn commands_of(cmd_file: &Path) -> Result<Vec<Vec<String>>> {
+    let cmd = CmdFile::read(cmd_file)
+        .with_context(|| format!("{}: cannot read", cmd_file.display()))?;
+    let text = cmd
+        .savedcmd
+        .with_context(|| format!("{}: no savedcmd_ line", cmd_file.display()))?;
+    let mut out = Vec::new();
+    for part in shell::split_commands(&text)
+        .with_context(|| format!("{}: savedcmd_ is not shell text", cmd_file.display()))?
+    {
+        if !part.is_empty() {
+            out.push(part);
+        }
+    }
+    Ok(out)
+}
+
+fn replace_word(argv: &[String], from: &str, to: &str) -> Vec<String> {
+    argv.iter()
+        .map(|w| if w == from { to.to_string() } else { w.clone() })
+        .collect()
+}
+
+/// The kernel's toolchain and vmlinux.o link, from its own `.cmd` files.
+pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, Vec<String>)> {
+    let link_cmds = commands_of(&tree.join(".vmlinux.o.cmd"))?;
+    let link = &link_cmds[0];
+    let r = link
+        .iter()
+        .position(|w| w == "-r")
+        .context(".vmlinux.o.cmd: the link has no -r")?;
+    let ldflags = shell::join(&link[1..r]);
+    let out_s = out.to_string_lossy();
+    let vmlinux_o = replace_word(
+        &replace_word(link, "vmlinux.o", &format!("{out_s}/vmlinux.o")),
+        "vmlinux.a",
+        &format!("{out_s}/vmlinux.a"),
+    );
+    let post = link_cmds
+        .get(1)
+        .map(|c| replace_word(c, "vmlinux.o", &format!("{out_s}/vmlinux.o")));
+    // AR: the archiver of vmlinux.a; CC: the compiler of init/main.o.
+    let ar_cmds = commands_of(&tree.join(".vmlinux.a.cmd"))?;
+    let ar = ar_cmds
+        .iter()
+        .find(|c| c.first().is_some_and(|p| p.contains("ar")) && c[0] != "rm")
+        .map(|c| c[0].clone())
+        .context(".vmlinux.a.cmd: no archiver command")?;
+    let cc = commands_of(&tree.join("init/.main.o.cmd"))?[0][0].clone();
+    let mut tc = Toolchain::resolve(&ToolchainArgs {
+        cc: Some(cc),
+        ld: Some(link[0].clone()),
+        ar: Some(ar),
+        ..Default::default()
+    })?;
+    tc.probe()?;
+    Ok((
+        tc,
+        LinkPlan {
+            ldflags,
+            vmlinux_o,
+            post,
+        },
+        link.clone(),
+    ))
+}
+
+fn sorted_lines(p: &Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_to_string(p)
+        .with_context(|| format!("{}: cannot read", p.display()))?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
+    let tree = opts.tree.canonicalize().with_context(|| format!("{}: no such tree", opts.tree.display()))?;
+    for f in ["vmlinux.a", "vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"] {
+        if !tree.join(f).exists() {
+            bail!(
+                "{}: no {f}; build the kernel with CONFIG_LTO_CLANG_THIN=y first (make LLVM=-19 vmlinux)",
+                tree.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&opts.out)?;
+    let out = opts.out.canonicalize()?;
+    let (tc, plan, inprocess_link) = kernel_settings(&tree, &out)?;
+    let bins = flow::build_bins()?;
+    let out_s = out.to_string_lossy().into_owned();
+    let first = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+    let mut stages = first.stages.clone();
+    stages.push(StageTime {
+        name: "= stages 2-4 + modpost, ours".into(),
+        seconds: first.total_seconds(),
+        detail: String::new(),
+    });
+    if opts.time_inprocess {
+        let argv = replace_word(
+            &inprocess_link,
+            "vmlinux.o",
+            &format!("{out_s}/vmlinux.inprocess.o"),
+        );
+        let t = Instant::now();
+        flow::run_tool(
+            Command::new(&argv[0]).current_dir(&tree).args(&argv[1..]),
+            None,
+            None,
+        )?;
+        stages.push(StageTime {
+            name: "in-process: the tree's own vmlinux.o link".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: "ld.lld -r over the bitcode (ThinLTO inside lld)".into(),
+        });
+    }
+    let mut checks = Vec::new();
+    let (g_ours, e_ours) = flow::symbols(&first.vmlinux_o)?;
+    let (g_tree, e_tree) = flow::symbols(&tree.join("vmlinux.o"))?;
+    let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
+        a.symmetric_difference(b).take(5).cloned().collect::<Vec<_>>().join(" ")
+    };
+    checks.push(Check {
+        name: format!("global symbols same as the tree's vmlinux.o ({})", g_ours.len()),
+        ok: g_ours == g_tree,
+        detail: diff(&g_ours, &g_tree),
+    });
+    checks.push(Check {
+        name: format!("exports same as the tree's vmlinux.o ({})", e_ours.len()),
+        ok: e_ours == e_tree && !e_ours.is_empty(),
+        detail: diff(&e_ours, &e_tree),
+    });
+    let ours = sorted_lines(&out.join("vmlinux.symvers"))?;
+    let theirs = sorted_lines(&tree.join("vmlinux.symvers"))?;
+    let zero = ours.iter().filter(|l| l.starts_with("0x00000000")).count();
+    checks.push(Check {
+        name: format!("sorted vmlinux.symvers equals the tree's ({} lines)", ours.len()),
+        ok: ours == theirs,
+        detail: format!("{zero} zero CRCs"),
+    });
+    let from_saved = first.jobs.len();
+    let second = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+    let up = second.count("up-to-date");
+    checks.push(Check {
+        name: format!("second run: every backend job up to date ({up}/{from_saved})"),
+        ok: up == from_saved,
+        detail: format!("{:.3} s for stages 2-4", second.total_seconds()),
+    });
+    Ok(KernelReport { stages, checks })
+}
