@@ -8,6 +8,7 @@ pub mod flow;
 pub mod gen;
 pub mod kbuild;
 pub mod measure;
+pub mod oracle;
 pub mod provision;
 pub mod reference;
 pub mod tree;

@@ -88,6 +88,19 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
+    /// Oracles that need more than the default machine: `modpost` builds the
+    /// kernel's real modpost from Debian's linux-source-6.12 and compares
+    /// modpost-ir with it on the sample tree (both link modes)
+    Oracle {
+        /// Which oracle (only `modpost` for now)
+        #[arg(value_parser = ["modpost"])]
+        which: String,
+        /// Rewrite tests/fixtures/golden/ with the oracle's outputs
+        #[arg(long)]
+        update: bool,
+        #[command(flatten)]
+        toolchain: ToolchainArgs,
+    },
     /// The project's checks: cargo fmt --check, clippy -D warnings, all tests.
     Test {
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
@@ -213,6 +226,33 @@ fn run(cli: Cli) -> Result<()> {
                 let path = xtask::workspace_root().join("BENCHMARKS.md");
                 thinlto_index::fsutil::write_atomic(&path, report.as_bytes())?;
                 eprintln!("xtask: wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Verb::Oracle {
+            which: _,
+            update,
+            toolchain,
+        } => {
+            provision::ensure_make()?;
+            let tc = provision::ensure_llvm(&toolchain)?;
+            let cases = xtask::oracle::run_modpost_oracle(&tc, update)?;
+            let mut ok = true;
+            for c in &cases {
+                println!(
+                    "{:<24} exports {:>4}  modpost-ir == modpost: {}  golden == modpost: {}{}",
+                    c.name,
+                    c.exports,
+                    if c.identical { "yes" } else { "NO" },
+                    if c.golden_identical { "yes" } else { "NO" },
+                    c.zero_crcs_unpatched
+                        .map(|z| format!("  (unpatched modpost: {z} zero CRCs)"))
+                        .unwrap_or_default()
+                );
+                ok &= c.identical && c.golden_identical;
+            }
+            if !ok {
+                bail!("the oracle disagrees");
             }
             Ok(())
         }
