@@ -42,7 +42,9 @@ impl Bins {
 /// instead (the integration tests use their own build).
 pub fn build_bins() -> Result<Bins> {
     if let Some(dir) = std::env::var_os("THINLTO_DIST_BIN_DIR") {
-        return Ok(Bins { dir: PathBuf::from(dir) });
+        return Ok(Bins {
+            dir: PathBuf::from(dir),
+        });
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)

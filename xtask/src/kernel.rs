@@ -31,8 +31,8 @@ pub struct KernelReport {
 /// The commands of a `savedcmd_` line: split at unquoted `;`, each split
 /// into words as `/bin/sh` would.
 fn commands_of(cmd_file: &Path) -> Result<Vec<Vec<String>>> {
-    let cmd = CmdFile::read(cmd_file)
-        .with_context(|| format!("{}: cannot read", cmd_file.display()))?;
+    let cmd =
+        CmdFile::read(cmd_file).with_context(|| format!("{}: cannot read", cmd_file.display()))?;
     let text = cmd
         .savedcmd
         .with_context(|| format!("{}: no savedcmd_ line", cmd_file.display()))?;
@@ -71,13 +71,17 @@ pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, 
     let post = link_cmds
         .get(1)
         .map(|c| replace_word(c, "vmlinux.o", &format!("{out_s}/vmlinux.o")));
-    // AR: the archiver of vmlinux.a; CC: the compiler of init/main.o.
-    let ar_cmds = commands_of(&tree.join(".vmlinux.a.cmd"))?;
-    let ar = ar_cmds
-        .iter()
-        .find(|c| c.first().is_some_and(|p| p.contains("ar")) && c[0] != "rm")
-        .map(|c| c[0].clone())
-        .context(".vmlinux.a.cmd: no archiver command")?;
+    // AR: the archiver of vmlinux.a (`rm -f vmlinux.a; $(AR) cDPrST …`,
+    // later commands use $(…), which we need not understand: the program
+    // is the first word of the second command).
+    let ar_cmd = CmdFile::read(&tree.join(".vmlinux.a.cmd"))?;
+    let ar = ar_cmd
+        .savedcmd
+        .as_deref()
+        .and_then(|t| t.split(';').nth(1))
+        .and_then(|c| c.split_whitespace().next())
+        .map(str::to_string)
+        .context(".vmlinux.a.cmd: no archiver command after `rm -f vmlinux.a;`")?;
     let cc = commands_of(&tree.join("init/.main.o.cmd"))?[0][0].clone();
     let mut tc = Toolchain::resolve(&ToolchainArgs {
         cc: Some(cc),
@@ -108,8 +112,16 @@ fn sorted_lines(p: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
-    let tree = opts.tree.canonicalize().with_context(|| format!("{}: no such tree", opts.tree.display()))?;
-    for f in ["vmlinux.a", "vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"] {
+    let tree = opts
+        .tree
+        .canonicalize()
+        .with_context(|| format!("{}: no such tree", opts.tree.display()))?;
+    for f in [
+        "vmlinux.a",
+        "vmlinux.o",
+        ".vmlinux.o.cmd",
+        "vmlinux.symvers",
+    ] {
         if !tree.join(f).exists() {
             bail!(
                 "{}: no {f}; build the kernel with CONFIG_LTO_CLANG_THIN=y first (make LLVM=-19 vmlinux)",
@@ -151,10 +163,17 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     let (g_ours, e_ours) = flow::symbols(&first.vmlinux_o)?;
     let (g_tree, e_tree) = flow::symbols(&tree.join("vmlinux.o"))?;
     let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
-        a.symmetric_difference(b).take(5).cloned().collect::<Vec<_>>().join(" ")
+        a.symmetric_difference(b)
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     checks.push(Check {
-        name: format!("global symbols same as the tree's vmlinux.o ({})", g_ours.len()),
+        name: format!(
+            "global symbols same as the tree's vmlinux.o ({})",
+            g_ours.len()
+        ),
         ok: g_ours == g_tree,
         detail: diff(&g_ours, &g_tree),
     });
@@ -167,7 +186,10 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     let theirs = sorted_lines(&tree.join("vmlinux.symvers"))?;
     let zero = ours.iter().filter(|l| l.starts_with("0x00000000")).count();
     checks.push(Check {
-        name: format!("sorted vmlinux.symvers equals the tree's ({} lines)", ours.len()),
+        name: format!(
+            "sorted vmlinux.symvers equals the tree's ({} lines)",
+            ours.len()
+        ),
         ok: ours == theirs,
         detail: format!("{zero} zero CRCs"),
     });

@@ -7,6 +7,7 @@ pub mod fe;
 pub mod flow;
 pub mod gen;
 pub mod kbuild;
+pub mod kernel;
 pub mod measure;
 pub mod oracle;
 pub mod provision;

@@ -88,6 +88,25 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
+    /// Stages 2-4 and modpost on a real kernel tree built by kbuild with
+    /// CONFIG_LTO_CLANG_THIN=y, with the kernel's own settings (LD,
+    /// KBUILD_LDFLAGS, the vmlinux.o link, objtool) read from its .cmd
+    /// files; compared with the tree's in-process vmlinux.o and
+    /// vmlinux.symvers
+    Kernel {
+        /// The kernel tree (objects, .cmd files, vmlinux.a, vmlinux.o)
+        #[arg(long, value_name = "LINUX")]
+        tree: PathBuf,
+        /// Top-level outputs [default: LINUX/thinlto-dist-out]; the tree's own vmlinux.o is untouched
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Parallel jobs [default: available cores]
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Also time the tree's own in-process vmlinux.o link
+        #[arg(long)]
+        time_inprocess: bool,
+    },
     /// Oracles that need more than the default machine: `modpost` builds the
     /// kernel's real modpost from Debian's linux-source-6.12 and compares
     /// modpost-ir with it on the sample tree (both link modes)
@@ -226,6 +245,24 @@ fn run(cli: Cli) -> Result<()> {
                 let path = xtask::workspace_root().join("BENCHMARKS.md");
                 thinlto_index::fsutil::write_atomic(&path, report.as_bytes())?;
                 eprintln!("xtask: wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Verb::Kernel {
+            tree,
+            out,
+            jobs,
+            time_inprocess,
+        } => {
+            let report = xtask::kernel::run_kernel(&xtask::kernel::KernelOptions {
+                out: out.unwrap_or_else(|| tree.join("thinlto-dist-out")),
+                tree,
+                jobs: jobs.unwrap_or_else(xtask::default_jobs),
+                time_inprocess,
+            })?;
+            print!("{}", xtask::flow::table(&report.stages, &report.checks));
+            if !report.checks.iter().all(|c| c.ok) {
+                bail!("verification failed");
             }
             Ok(())
         }

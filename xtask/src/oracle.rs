@@ -20,14 +20,27 @@ use thinlto_index::Toolchain;
 use crate::flow::{self, LinkPlan};
 
 const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
-const PACKAGES: &[&str] = &["linux-source-6.12", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "gcc", "make"];
+const PACKAGES: &[&str] = &[
+    "linux-source-6.12",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "gcc",
+    "make",
+];
 
 pub fn golden_dir() -> PathBuf {
     crate::workspace_root().join("tests/fixtures/golden")
 }
 
 fn sh(dir: &Path, script: &str) -> Result<()> {
-    let st = Command::new("/bin/sh").arg("-c").arg(script).current_dir(dir).status()?;
+    let st = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()?;
     if !st.success() {
         bail!("`{script}` failed in {} ({st})", dir.display());
     }
@@ -45,13 +58,19 @@ pub fn build_modpost() -> Result<PathBuf> {
     if !Path::new(TARBALL).exists() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !Path::new("/etc/debian_version").exists() {
-            bail!("{TARBALL} is missing; run: sudo apt-get install -y {}", PACKAGES.join(" "));
+            bail!(
+                "{TARBALL} is missing; run: sudo apt-get install -y {}",
+                PACKAGES.join(" ")
+            );
         }
         eprintln!("xtask: installing {} with apt-get", PACKAGES.join(" "));
         sh(Path::new("/"), "apt-get update -qq")?;
         sh(
             Path::new("/"),
-            &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}", PACKAGES.join(" ")),
+            &format!(
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+                PACKAGES.join(" ")
+            ),
         )?;
     }
     std::fs::create_dir_all(&base)?;
@@ -60,7 +79,10 @@ pub fn build_modpost() -> Result<PathBuf> {
         sh(&base, &format!("tar xf {TARBALL}"))?;
     }
     eprintln!("xtask: building the kernel's modpost (defconfig, modules_prepare)");
-    sh(&src, "make -s ARCH=x86_64 defconfig >/dev/null && make -s ARCH=x86_64 -j2 modules_prepare")?;
+    sh(
+        &src,
+        "make -s ARCH=x86_64 defconfig >/dev/null && make -s ARCH=x86_64 -j2 modules_prepare",
+    )?;
     if !modpost.exists() {
         bail!("{} was not built", modpost.display());
     }
@@ -95,7 +117,10 @@ fn run_ours(bins: &flow::Bins, dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     if !st.success() {
         bail!("modpost-ir failed in {}", dir.display());
     }
-    Ok((std::fs::read(dir.join("ours.symvers"))?, std::fs::read(dir.join("ours.export.c"))?))
+    Ok((
+        std::fs::read(dir.join("ours.symvers"))?,
+        std::fs::read(dir.join("ours.export.c"))?,
+    ))
 }
 
 #[derive(Debug, Clone)]
@@ -126,25 +151,48 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
         tc,
     )?;
     let ldflags = crate::tree::Tree::load(&tree)?.top.ldflags;
-    let run = flow::run_stages(&bins, tc, &tree, "out", crate::default_jobs(), &LinkPlan::plain(tc, &ldflags, "out"))?;
-    flow::inprocess_link(tc, &tree, &ldflags, crate::default_jobs(), "out/vmlinux.inprocess.o")?;
+    let run = flow::run_stages(
+        &bins,
+        tc,
+        &tree,
+        "out",
+        crate::default_jobs(),
+        &LinkPlan::plain(tc, &ldflags, "out"),
+    )?;
+    flow::inprocess_link(
+        tc,
+        &tree,
+        &ldflags,
+        crate::default_jobs(),
+        "out/vmlinux.inprocess.o",
+    )?;
     let mut cases = Vec::new();
     for name in ["inprocess", "distributed"] {
         let scratch = crate::target_dir().join(format!("oracle/scratch-{name}"));
         flow::copy_fe_tree(&tree, &scratch)?;
         let (vmlinux_o, objs) = if name == "inprocess" {
-            (tree.join("out/vmlinux.inprocess.o"), crate::flow::run_tool(
-                bins.tool("thinlto-index", tc, &tree).args(["order", "vmlinux.a"]),
-                None,
-                None,
-            )?)
+            (
+                tree.join("out/vmlinux.inprocess.o"),
+                crate::flow::run_tool(
+                    bins.tool("thinlto-index", tc, &tree)
+                        .args(["order", "vmlinux.a"]),
+                    None,
+                    None,
+                )?,
+            )
         } else {
-            (run.vmlinux_o.clone(), std::fs::read(tree.join("out/.vmlinux.objs"))?)
+            (
+                run.vmlinux_o.clone(),
+                std::fs::read(tree.join("out/.vmlinux.objs"))?,
+            )
         };
         std::fs::create_dir_all(scratch.join("out"))?;
         std::fs::copy(&vmlinux_o, scratch.join("vmlinux.o"))?;
         std::fs::write(scratch.join(".vmlinux.objs"), &objs)?;
-        let objects: Vec<String> = String::from_utf8(objs)?.lines().map(str::to_string).collect();
+        let objects: Vec<String> = String::from_utf8(objs)?
+            .lines()
+            .map(str::to_string)
+            .collect();
         // First the unpatched modpost as is: what kbuild got before the change.
         let mut zero = None;
         if name == "distributed" {
@@ -155,16 +203,29 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
                 }
             }
             let (symvers, _, _) = run_modpost(&modpost, &scratch)?;
-            zero = Some(String::from_utf8(symvers)?.lines().filter(|l| l.starts_with("0x00000000")).count());
+            zero = Some(
+                String::from_utf8(symvers)?
+                    .lines()
+                    .filter(|l| l.starts_with("0x00000000"))
+                    .count(),
+            );
             // Then the change, reproduced: each native object's record
             // carries its front end's #SYMVER lines.
             for o in &objects {
                 if o.ends_with(".thinlto-native.o") {
                     let fe = thinlto_cmdparse::cmd_file_for_object(Path::new(o));
-                    let text = std::fs::read_to_string(scratch.join(&fe)).with_context(|| fe.display().to_string())?;
-                    let symvers: String = text.lines().filter(|l| l.starts_with("#SYMVER ")).map(|l| format!("{l}\n")).collect();
+                    let text = std::fs::read_to_string(scratch.join(&fe))
+                        .with_context(|| fe.display().to_string())?;
+                    let symvers: String = text
+                        .lines()
+                        .filter(|l| l.starts_with("#SYMVER "))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
                     let rec = thinlto_cmdparse::dot_cmd_path(Path::new(o));
-                    std::fs::write(scratch.join(&rec), format!("savedcmd_{o} := true\n{symvers}"))?;
+                    std::fs::write(
+                        scratch.join(&rec),
+                        format!("savedcmd_{o} := true\n{symvers}"),
+                    )?;
                 }
             }
         }
@@ -181,10 +242,18 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
             std::fs::write(gdir.join("vmlinux.symvers"), &symvers)?;
             std::fs::write(gdir.join(".vmlinux.export.c"), &export_c)?;
         }
-        let golden_identical = std::fs::read(gdir.join("vmlinux.symvers")).ok().as_deref() == Some(&symvers[..])
-            && std::fs::read(gdir.join(".vmlinux.export.c")).ok().as_deref() == Some(&export_c[..]);
+        let golden_identical = std::fs::read(gdir.join("vmlinux.symvers")).ok().as_deref()
+            == Some(&symvers[..])
+            && std::fs::read(gdir.join(".vmlinux.export.c"))
+                .ok()
+                .as_deref()
+                == Some(&export_c[..]);
         cases.push(OracleCase {
-            name: if name == "inprocess" { "in-process vmlinux.o" } else { "distributed vmlinux.o" },
+            name: if name == "inprocess" {
+                "in-process vmlinux.o"
+            } else {
+                "distributed vmlinux.o"
+            },
             identical: ours_s == symvers && ours_c == export_c,
             golden_identical,
             exports: String::from_utf8_lossy(&symvers).lines().count(),
