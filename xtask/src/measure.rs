@@ -36,7 +36,6 @@ fn tv(t: libc::timeval) -> f64 {
 pub fn measure(cmd: &mut Command) -> Result<Sample> {
     let start = Instant::now();
     let child = cmd
-        .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
@@ -71,6 +70,7 @@ pub fn measure_sh(dir: &std::path::Path, script: &str) -> Result<Sample> {
             .arg("-c")
             .arg(script)
             .current_dir(dir)
+            .stdin(Stdio::null())
             .stdout(Stdio::null()),
     )
 }
