@@ -49,7 +49,8 @@ enum Verb {
         #[command(flatten)]
         source: ObjectSource,
         /// Objects (instead of a list)
-        objects: Vec<String>,
+        #[arg(value_name = "OBJECT")]
+        paths: Vec<String>,
     },
     /// Write vmlinux.symvers (and .vmlinux.export.c) from vmlinux.o and the
     /// CRCs of its objects
@@ -104,8 +105,8 @@ fn objects_of(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.verb {
-        Verb::Crcs { source, objects } => {
-            let list = objects_of(&source, &objects, false)?;
+        Verb::Crcs { source, paths } => {
+            let list = objects_of(&source, &paths, false)?;
             let mapping = if source.unpatched {
                 Mapping::Unpatched
             } else {
@@ -167,5 +168,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

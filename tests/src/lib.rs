@@ -92,3 +92,88 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// The directory of the workspace's binaries this test run uses.
+pub fn bin_dir() -> PathBuf {
+    bin("thinlto-index").parent().unwrap().to_path_buf()
+}
+
+/// One of our tools, run from `tree` with the toolchain in its environment.
+pub fn tool(name: &str, tree: &Path) -> Command {
+    let tc = toolchain();
+    let mut c = Command::new(bin(name));
+    c.current_dir(tree)
+        .env("CC", &tc.cc.spelled)
+        .env("LD", &tc.ld.spelled)
+        .env("AR", &tc.ar.spelled)
+        .env_remove("MAKEFLAGS")
+        .env_remove("V");
+    c
+}
+
+/// Stage 2 with our tools: `out/builtin.order`, `out/vmlinux.thinlto-index`
+/// and `out/manifest.json` (with imports); returns the manifest.
+pub fn thin_link(tree: &Path) -> thinlto_index::Manifest {
+    std::fs::create_dir_all(tree.join("out")).unwrap();
+    let order = run_ok(tool("thinlto-index", tree).args(["order", "vmlinux.a"]));
+    std::fs::write(tree.join("out/builtin.order"), &order.stdout).unwrap();
+    let m = run_ok(
+        tool("thinlto-index", tree)
+            .args(["link", "--ldflags", &ldflags(tree)])
+            .args([
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "--imports",
+                "out/builtin.order",
+            ]),
+    );
+    std::fs::write(tree.join("out/manifest.json"), &m.stdout).unwrap();
+    serde_json::from_slice(&m.stdout).expect("manifest")
+}
+
+/// Runs `thinlto-backend --index out/vmlinux.thinlto-index ARGS…`; returns
+/// the output and the parsed job records.
+pub fn backend(tree: &Path, args: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    let out = tool("thinlto-backend", tree)
+        .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+        .args(args)
+        .output()
+        .expect("thinlto-backend runs");
+    let records = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    (out, records)
+}
+
+/// The records with a given status, by object.
+pub fn with_status(records: &[serde_json::Value], status: &str) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .filter(|r| r["status"] == status)
+        .map(|r| r["object"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs the make reference flow on a tree (top-level outputs in out-ref/).
+pub fn reference(tree: &Path) -> xtask::reference::ReferenceReport {
+    xtask::reference::run(
+        &xtask::reference::ReferenceOptions {
+            tree: tree.to_path_buf(),
+            jobs: 2,
+            out: "out-ref".into(),
+            make_args: vec![],
+        },
+        toolchain(),
+    )
+    .unwrap_or_else(|e| panic!("reference flow: {e:#}"))
+}
+
+/// Writes an executable shell script.
+pub fn script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -68,20 +68,32 @@ fn cmd_files_round_trip_through_make() {
         // make collapses runs of spaces only through $(strip); compare the
         // same way for the command, exactly for the rest.
         let strip = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(seen[0], strip(&obj.command(cc, &tree.top)), "{target}: savedcmd_");
+        assert_eq!(
+            seen[0],
+            strip(&obj.command(cc, &tree.top)),
+            "{target}: savedcmd_"
+        );
         assert_eq!(seen[1], obj.source, "{target}: source_");
         // Every dependency make sees exists, and the headers the sources
         // include are among them ($(wildcard ...) of absent config files
         // expands to nothing, as in kbuild).
         let deps: Vec<&str> = seen[2].split_whitespace().collect();
         for d in &deps {
-            assert!(t.path().join(d).is_file(), "{target}: dep {d} does not exist");
+            assert!(
+                t.path().join(d).is_file(),
+                "{target}: dep {d} does not exist"
+            );
         }
         if obj.lang == Lang::C && obj.target.starts_with("gen/d") {
             assert!(deps.contains(&"include/gen/core.h"), "{target}: {deps:?}");
         }
-        assert!(deps.contains(&"include/linux/export.h"), "{target}: {deps:?}");
-        assert!(!deps.iter().any(|d| d.ends_with("kconfig.h") || d.ends_with("autoconf.h")));
+        assert!(
+            deps.contains(&"include/linux/export.h"),
+            "{target}: {deps:?}"
+        );
+        assert!(!deps
+            .iter()
+            .any(|d| d.ends_with("kconfig.h") || d.ends_with("autoconf.h")));
         match obj.lang {
             Lang::C => assert_eq!(seen[3], obj.flags, "{target}: saved_c_flags_"),
             Lang::Asm => assert_eq!(seen[3], "", "{target}: asm has no saved_c_flags_"),
@@ -101,7 +113,11 @@ fn cmd_file_has_kbuild_layout() {
     assert_eq!(lines[4], "deps_kernel/core.o := \\");
     assert!(text.contains("    $(wildcard include/config/SAMPLE_CORE) \\\n"));
     assert!(text.contains("\nkernel/core.o: $(deps_kernel/core.o)\n\n$(deps_kernel/core.o):\n\nsaved_c_flags_kernel/core.o := "));
-    let symvers: Vec<&str> = lines.iter().filter(|l| l.starts_with("#SYMVER ")).copied().collect();
+    let symvers: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("#SYMVER "))
+        .copied()
+        .collect();
     assert_eq!(symvers.len(), 4, "{symvers:?}");
     assert!(symvers[0].starts_with("#SYMVER core_counter 0x"));
     // The ../ spelling survives in the .cmd file of the kvm object.
@@ -169,7 +185,10 @@ fn front_end_is_incremental() {
         toolchain(),
     )
     .unwrap();
-    assert_eq!(third.compiled, 11, "all C objects include api.h, the .S does not");
+    assert_eq!(
+        third.compiled, 11,
+        "all C objects include api.h, the .S does not"
+    );
 }
 
 fn xtask_error(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -181,7 +200,11 @@ fn xtask_error(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = cmd.output().unwrap();
     assert!(!out.status.success(), "{args:?} {env:?} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "one-line error expected, got:\n{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one-line error expected, got:\n{err}"
+    );
     err
 }
 
@@ -196,7 +219,10 @@ fn bad_setups_are_one_line_errors() {
     let e = xtask_error(&["setup"], &[("CC", gcc)]);
     assert!(e.contains(&format!("CC={gcc} is not clang")), "{e}");
     let e = xtask_error(&["fe", "--tree", "/proc/thinlto-dist-no-such-dir"], &[]);
-    assert!(e.contains("tree directory /proc/thinlto-dist-no-such-dir"), "{e}");
+    assert!(
+        e.contains("tree directory /proc/thinlto-dist-no-such-dir"),
+        "{e}"
+    );
 }
 
 fn which(p: &str) -> bool {

@@ -311,3 +311,12 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         None => ExitCode::SUCCESS,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -161,3 +161,12 @@ fn write_field(out: &mut impl Write, r: &CmdRecord, field: &str) -> std::io::Res
             .try_for_each(|d| writeln!(out, "{}", d.path)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

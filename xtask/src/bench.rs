@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub heavy_runs: usize,
     pub kernel: Option<PathBuf>,
     pub quiet: bool,
+    /// Where the benchmark trees go (`target/bench`).
+    pub workdir: PathBuf,
 }
 
 /// One scenario's measurements.
@@ -296,7 +298,7 @@ fn edit_source(path: &Path, run: usize) -> Result<()> {
 /// Runs every scenario on a generated tree; returns the results in order.
 pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<ScenarioResult>> {
     let bins = flow::build_bins()?;
-    let base = crate::target_dir().join("bench");
+    let base = opts.workdir.clone();
     let tree = base.join(format!("gen-{}", opts.objects));
     eprintln!(
         "bench: front end of a {}-object tree in {}",

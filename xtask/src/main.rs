@@ -227,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
                 heavy_runs: if quick { 1 } else { heavy_runs },
                 kernel: None,
                 quiet: false,
+                workdir: xtask::target_dir().join("bench"),
             };
             let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
             let results = xtask::bench::run_generated(&opts, &tc)?;
@@ -404,4 +405,13 @@ fn run_tests(rest: &[String]) -> Result<()> {
         cargo().args(["test", "--workspace"]).args(rest),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -35,9 +35,7 @@ fn tv(t: libc::timeval) -> f64 {
 /// and measures it. A non-zero exit is an error.
 pub fn measure(cmd: &mut Command) -> Result<Sample> {
     let start = Instant::now();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value to be overwritten.

@@ -1,0 +1,479 @@
+//! thinlto-backend with the real toolchain: byte-identity with the make
+//! reference, interoperable records, the jobserver, the incremental rules,
+//! faults, and the stage-4 archive.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use thinlto_dist_tests::*;
+
+fn natives(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
+    m.bitcode()
+        .map(|o| {
+            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
+            let bytes = std::fs::read(tree.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            (n, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn natives_equal_the_reference_and_records_interoperate() {
+    let t = sample_tree();
+    let ref_tree = tempfile::tempdir().unwrap();
+    let ref_path = ref_tree.path().join("tree");
+    xtask::flow::copy_fe_tree(t.path(), &ref_path).unwrap();
+    reference(&ref_path);
+    let m = thin_link(t.path());
+    let (out, recs) = backend(t.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(with_status(&recs, "built").len(), m.bitcode().count());
+    for (n, bytes) in natives(t.path(), &m) {
+        assert_eq!(
+            bytes,
+            std::fs::read(ref_path.join(&n)).unwrap(),
+            "{n} differs from the reference's"
+        );
+    }
+    // make's if_changed finds our records up to date...
+    let mk = Command::new("make")
+        .args(["-rR", "-j2", "-f"])
+        .arg(xtask::workspace_root().join("tests/reference/Makefile.backend"))
+        .arg("INDEX=out/vmlinux.thinlto-index")
+        .args(toolchain().make_vars())
+        .current_dir(t.path())
+        .env_remove("MAKEFLAGS")
+        .output()
+        .unwrap();
+    assert!(mk.status.success());
+    let log = String::from_utf8_lossy(&mk.stdout);
+    assert!(
+        !log.contains("thinlto-native.o"),
+        "make rebuilt after us:\n{log}"
+    );
+    // ...and the record's first line is exactly what make wrote for it.
+    let ours = std::fs::read_to_string(t.path().join("kernel/.core.thinlto-native.o.cmd")).unwrap();
+    let theirs =
+        std::fs::read_to_string(ref_path.join("kernel/.core.thinlto-native.o.cmd")).unwrap();
+    assert_eq!(ours.lines().next(), theirs.lines().next());
+}
+
+#[test]
+fn savedcmd_fallback_gives_identical_natives() {
+    let with = sample_tree();
+    let without = fe_tree(0, false);
+    let text = std::fs::read_to_string(without.path().join("kernel/.core.o.cmd")).unwrap();
+    assert!(!text.contains("saved_c_flags_"));
+    let m1 = thin_link(with.path());
+    let m2 = thin_link(without.path());
+    assert!(backend(with.path(), &[]).0.status.success());
+    let (out, _) = backend(without.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = natives(with.path(), &m1);
+    let b = natives(without.path(), &m2);
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(
+            x, y,
+            "{n}: saved_c_flags_ and savedcmd_ flags give different code"
+        );
+    }
+    // The flags matter: a wrong per-object flag set changes the code, so the
+    // identity above is not vacuous.
+    let rec = std::fs::read_to_string(
+        with.path()
+            .join("drivers/misc/.free-standing.thinlto-native.o.cmd"),
+    )
+    .unwrap();
+    assert!(rec.contains("-fno-function-sections"));
+}
+
+#[test]
+fn incremental_by_content() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let all = m.bitcode().count();
+    assert_eq!(with_status(&backend(t.path(), &[]).1, "built").len(), all);
+    // Nothing changed.
+    assert_eq!(
+        with_status(&backend(t.path(), &[]).1, "up-to-date").len(),
+        all
+    );
+    // The thin link rewrites every .thinlto.bc (new mtimes, same bytes).
+    std::thread::sleep(Duration::from_millis(20));
+    thin_link(t.path());
+    let (_, recs) = backend(t.path(), &[]);
+    assert_eq!(with_status(&recs, "up-to-date").len(), all, "{recs:?}");
+    // An edit of a widely imported module: it and its importers run.
+    let core = t.path().join("kernel/core.c");
+    let text = std::fs::read_to_string(&core).unwrap();
+    std::fs::write(
+        &core,
+        text.replace("x *= 0x5bd1e995u;", "x *= 0x5bd1e997u;"),
+    )
+    .unwrap();
+    rebuild_fe(t.path());
+    let m = thin_link(t.path());
+    let (_, recs) = backend(t.path(), &[]);
+    let built = with_status(&recs, "built");
+    let importers: Vec<String> = m
+        .bitcode()
+        .filter(|o| {
+            o.imports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|i| i == "kernel/core.o")
+        })
+        .map(|o| o.object.clone())
+        .collect();
+    assert!(!importers.is_empty());
+    assert!(built.contains(&"kernel/core.o".to_string()), "{built:?}");
+    for i in &importers {
+        assert!(built.contains(i), "importer {i} not rebuilt: {built:?}");
+    }
+    assert!(built.len() < all, "everything rebuilt: {built:?}");
+    assert!(with_status(&recs, "up-to-date").contains(&"lib/crc_util.o".to_string()));
+    // The harness sees the new code.
+    let exe = t.path().join("out/h");
+    let o = ld_vmlinux(t.path());
+    let out = xtask::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
+    assert_ne!(out, xtask::reference::expected_harness_output().unwrap());
+}
+
+/// The front end again, incrementally (as make would after an edit).
+fn rebuild_fe(tree: &Path) {
+    std::thread::sleep(Duration::from_millis(20));
+    xtask::fe::build(
+        &xtask::fe::FeOptions {
+            tree: tree.to_path_buf(),
+            objects: 0,
+            jobs: 2,
+            saved_c_flags: true,
+            quiet: true,
+        },
+        toolchain(),
+    )
+    .unwrap();
+}
+
+fn ld_vmlinux(tree: &Path) -> std::path::PathBuf {
+    run_ok(tool("thinlto-backend", tree).args([
+        "archive",
+        "--order",
+        "out/builtin.order",
+        "--index",
+        "out/vmlinux.thinlto-index",
+        "-o",
+        "out/vmlinux.a",
+    ]));
+    run_ok(
+        Command::new(&toolchain().ld.path)
+            .current_dir(tree)
+            .args(ldflags(tree).split_whitespace())
+            .args([
+                "-r",
+                "-o",
+                "out/vmlinux.o",
+                "--whole-archive",
+                "out/vmlinux.a",
+                "--no-whole-archive",
+            ]),
+    );
+    tree.join("out/vmlinux.o")
+}
+
+#[test]
+fn incbin_change_reruns_the_job_digests_cannot_see() {
+    let t = sample_tree();
+    thin_link(t.path());
+    assert!(backend(t.path(), &[]).0.status.success());
+    let before_bc = std::fs::read(t.path().join("kernel/config_blob.o")).unwrap();
+    std::fs::write(
+        t.path().join("kernel/config_data.txt"),
+        "CONFIG_CHANGED=y\n",
+    )
+    .unwrap();
+    rebuild_fe(t.path());
+    // The bitcode only names the file: its bytes did not change.
+    assert_eq!(
+        before_bc,
+        std::fs::read(t.path().join("kernel/config_blob.o")).unwrap()
+    );
+    thin_link(t.path());
+    let (_, recs) = backend(t.path(), &[]);
+    assert_eq!(
+        with_status(&recs, "built"),
+        vec!["kernel/config_blob.o".to_string()],
+        "{recs:?}"
+    );
+    let r = recs.iter().find(|r| r["status"] == "built").unwrap();
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("front-end object rebuilt"),
+        "{r}"
+    );
+    let o = ld_vmlinux(t.path());
+    let out =
+        xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
+    assert!(out.contains("blob: size=17 "), "{out}");
+}
+
+#[test]
+fn jobserver_bounds_parallelism_under_make() {
+    let t = fe_tree(24, true);
+    thin_link(t.path());
+    let log = t.path().join("cc.log");
+    // A logging wrapper around the real compiler (not a stub): records when
+    // each compile starts and ends, and makes them last long enough to overlap.
+    let wrapper = t.path().join("clang-logging-wrapper");
+    script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\necho \"start $(date +%s%N)\" >> {log}\nsleep 0.15\n{} \"$@\"; rc=$?\necho \"end $(date +%s%N)\" >> {log}\nexit $rc\n",
+            toolchain().cc.path.display(),
+            log = log.display()
+        ),
+    );
+    std::fs::write(
+        t.path().join("Makefile.js"),
+        format!(
+            "all:\n\t+{} -q --index out/vmlinux.thinlto-index > out/jobs.jsonl\n",
+            bin("thinlto-backend").display()
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("make")
+            .args(["-j3", "-f", "Makefile.js"])
+            .current_dir(t.path())
+            .env("CC", &wrapper)
+            .env_remove("MAKEFLAGS"),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut events: Vec<(u128, i32)> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (v.parse().unwrap(), if k == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort();
+    let (mut cur, mut max) = (0, 0);
+    for (_, d) in &events {
+        cur += d;
+        max = max.max(cur);
+    }
+    assert!(
+        max <= 3,
+        "more compiles at once than make -j3 allows: {max}"
+    );
+    assert!(max >= 2, "the jobserver's tokens were not used: {max}");
+    assert_eq!(events.len() % 2, 0);
+}
+
+/// thinlto-backend with CC set to `cc` (a wrapper: the re-runs must use
+/// the same compiler, or every command changed).
+fn backend_with(
+    tree: &Path,
+    cc: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (std::process::Output, Vec<serde_json::Value>) {
+    let mut c = tool("thinlto-backend", tree);
+    c.args(["-q", "--index", "out/vmlinux.thinlto-index"])
+        .args(args)
+        .env("CC", cc);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let recs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, recs)
+}
+
+#[test]
+fn faults_leave_no_truncated_object_and_a_rerun_completes() {
+    let t = sample_tree();
+    thin_link(t.path());
+    // A compiler wrapper that, when told to, writes half an object for
+    // kernel/core.o and is then killed.
+    let cc = t.path().join("clang-killed-on-core");
+    script(
+        &cc,
+        &format!(
+            "#!/bin/sh
+if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for a; do [ \"$prev\" = -o ] && printf 'half' > \"$a\"; prev=$a; done\n  kill -9 $$;;\nesac; fi\nexec {} \"$@\"\n",
+            toolchain().cc.path.display()
+        ),
+    );
+    let (out, recs) = backend_with(t.path(), &cc, &[("KILL_CORE", "1")], &["-k"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kernel/core.thinlto-native.o")
+            && err.contains("-fthinlto-index=kernel/core.o.thinlto.bc"),
+        "{err}"
+    );
+    assert_eq!(
+        with_status(&recs, "failed"),
+        vec!["kernel/core.o".to_string()]
+    );
+    assert!(
+        !t.path().join("kernel/core.thinlto-native.o").exists(),
+        "a truncated object was left"
+    );
+    assert_no_temporaries(t.path());
+    // Corrupt bitcode in one object.
+    let bc = t.path().join("lib/crc_util.o");
+    let good = std::fs::read(&bc).unwrap();
+    std::fs::write(&bc, &good[..good.len() / 2]).unwrap();
+    let (out, recs) = backend_with(t.path(), &cc, &[], &["--only", "lib/crc_util.o"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        with_status(&recs, "failed"),
+        vec!["lib/crc_util.o".to_string()]
+    );
+    std::fs::write(&bc, &good).unwrap();
+    // The re-run does only what is missing or stale: core and crc_util.
+    let (out, recs) = backend_with(t.path(), &cc, &[], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        with_status(&recs, "built"),
+        vec!["kernel/core.o".to_string(), "lib/crc_util.o".to_string()],
+        "{recs:?}"
+    );
+    assert_eq!(with_status(&recs, "up-to-date").len(), 8, "{recs:?}");
+}
+
+fn assert_no_temporaries(tree: &Path) {
+    for e in walk(tree) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".tmp"),
+            "temporary left behind: {}",
+            e.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
+    let t = fe_tree(16, true);
+    thin_link(t.path());
+    let slow = t.path().join("clang-slow-wrapper");
+    script(
+        &slow,
+        &format!(
+            "#!/bin/sh\nsleep 0.3\nexec {} \"$@\"\n",
+            toolchain().cc.path.display()
+        ),
+    );
+    let mut child = tool("thinlto-backend", t.path())
+        .args(["-q", "-j2", "--index", "out/vmlinux.thinlto-index"])
+        .env("CC", &slow)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_no_temporaries(t.path());
+    // Every native left is whole: each one lld accepts as an object.
+    for p in walk(t.path()) {
+        if p.to_string_lossy().ends_with(".thinlto-native.o") {
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(&bytes[..4], b"\x7fELF", "{}", p.display());
+        }
+    }
+    let (out, recs) = backend_with(t.path(), &slow, &[], &["-j2"]);
+    assert!(out.status.success());
+    assert!(
+        !with_status(&recs, "up-to-date").is_empty(),
+        "nothing was kept: {recs:?}"
+    );
+    assert!(
+        !with_status(&recs, "built").is_empty(),
+        "nothing was left to do"
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn final_archive_is_what_llvm_ar_writes() {
+    let t = sample_tree();
+    thin_link(t.path());
+    assert!(backend(t.path(), &[]).0.status.success());
+    for out in ["out/vmlinux.a", "vmlinux.final.a"] {
+        run_ok(tool("thinlto-backend", t.path()).args([
+            "archive",
+            "--order",
+            "out/builtin.order",
+            "--index",
+            "out/vmlinux.thinlto-index",
+            "-o",
+            out,
+        ]));
+        let order = std::fs::read_to_string(t.path().join("out/builtin.order")).unwrap();
+        let index = std::fs::read_to_string(t.path().join("out/vmlinux.thinlto-index")).unwrap();
+        let members: Vec<String> = order
+            .lines()
+            .map(|m| {
+                if index.lines().any(|i| i == m) {
+                    format!("{}.thinlto-native.o", m.trim_end_matches(".o"))
+                } else {
+                    m.to_string()
+                }
+            })
+            .collect();
+        let reference = format!("{out}.llvm-ar");
+        run_ok(
+            Command::new(&toolchain().ar.path)
+                .current_dir(t.path())
+                .args(["cDPrS", "--thin", &reference])
+                .args(&members),
+        );
+        assert_eq!(
+            std::fs::read(t.path().join(out)).unwrap(),
+            std::fs::read(t.path().join(&reference)).unwrap(),
+            "{out} differs from llvm-ar's"
+        );
+    }
+}
