@@ -65,7 +65,7 @@ fn install_llvm() -> Result<()> {
         APT_PACKAGES.join(" ")
     );
     run_apt(&["update"])?;
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    let mut install = vec!["install", "-y"];
     install.extend(APT_PACKAGES);
     run_apt(&install)
 }
