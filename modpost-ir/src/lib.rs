@@ -61,19 +61,30 @@ pub fn read_object_list(path: &Path) -> Result<Vec<String>> {
 /// The CRCs of the objects, in object order then file order. A missing
 /// `.cmd` file is an error naming the object (modpost stops there too).
 pub fn crcs(objects: &[String], mapping: Mapping) -> Result<Vec<CrcRecord>> {
+    use rayon::prelude::*;
+    // Real kernels have thousands of 20-60 KB .cmd files: read in parallel,
+    // keep the object order.
+    let per_object: Vec<Result<Vec<CrcRecord>>> = objects
+        .par_iter()
+        .map(|obj| {
+            let cmd = cmd_file(obj, mapping);
+            let bytes = std::fs::read(&cmd)
+                .with_context(|| format!("{obj}: cannot read its .cmd file {}", cmd.display()))?;
+            let cmd_s = cmd.to_string_lossy();
+            Ok(modpost_symvers(&bytes)
+                .into_iter()
+                .map(|s| CrcRecord {
+                    object: obj.clone(),
+                    cmd_file: cmd_s.clone().into_owned(),
+                    symbol: s.symbol,
+                    crc: format!("0x{:08x}", s.crc),
+                })
+                .collect())
+        })
+        .collect();
     let mut out = Vec::new();
-    for obj in objects {
-        let cmd = cmd_file(obj, mapping);
-        let bytes = std::fs::read(&cmd)
-            .with_context(|| format!("{obj}: cannot read its .cmd file {}", cmd.display()))?;
-        for s in modpost_symvers(&bytes) {
-            out.push(CrcRecord {
-                object: obj.clone(),
-                cmd_file: cmd.to_string_lossy().into_owned(),
-                symbol: s.symbol,
-                crc: format!("0x{:08x}", s.crc),
-            });
-        }
+    for r in per_object {
+        out.extend(r?);
     }
     Ok(out)
 }
@@ -96,9 +107,15 @@ pub fn render(exports: &Exports, crcs: &[CrcRecord], modversions: bool) -> Modpo
     let module = "vmlinux";
     let mut crc_of: Vec<Option<u32>> = vec![None; exports.exports.len()];
     if modversions {
+        // modpost's lookup finds the most recently added export of a name.
+        let last: std::collections::HashMap<&str, usize> = exports
+            .exports
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.as_str(), i))
+            .collect();
         for c in crcs {
-            // modpost's lookup finds the most recently added export of the name.
-            if let Some(i) = exports.exports.iter().rposition(|e| e.name == c.symbol) {
+            if let Some(&i) = last.get(c.symbol.as_str()) {
                 crc_of[i] = u32::from_str_radix(c.crc.trim_start_matches("0x"), 16).ok();
             }
         }

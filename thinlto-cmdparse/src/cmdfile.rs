@@ -339,9 +339,10 @@ pub fn modpost_symvers(bytes: &[u8]) -> Vec<Symver> {
         None => bytes,
     };
     const PAT: &[u8] = b"\n#SYMVER ";
+    let finder = memchr::memmem::Finder::new(PAT);
     let mut out = Vec::new();
     let mut p = 0;
-    while let Some(found) = find(&bytes[p..], PAT) {
+    while let Some(found) = finder.find(&bytes[p..]) {
         let name_start = p + found + PAT.len();
         let Some(sp) = bytes[name_start..].iter().position(|b| *b == b' ') else {
             break;
@@ -371,10 +372,6 @@ pub fn modpost_symvers(bytes: &[u8]) -> Vec<Symver> {
         });
     }
     out
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// kbuild's `$(dot-target).cmd`: `dir/foo.o` → `dir/.foo.o.cmd`.
