@@ -648,3 +648,225 @@ fn first_line(prog: &str, args: &[&str]) -> String {
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
+
+/// Scenarios on a real kernel tree built by kbuild with ThinLTO (see
+/// `cargo xtask kernel`): the parts that need no second copy of the tree.
+/// Heavy scenarios run `heavy_runs` times; ours and the reference
+/// alternate, each from scratch.
+pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResult>> {
+    let tree = linux
+        .canonicalize()
+        .with_context(|| format!("{}: no such kernel tree", linux.display()))?;
+    let out = opts.workdir.join("kernel-out");
+    let kref = opts.workdir.join("kernel-ref");
+    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&kref)?;
+    let out = out.canonicalize()?;
+    let kref = kref.canonicalize()?;
+    let (tc, plan, inprocess) = crate::kernel::kernel_settings(&tree, &out)?;
+    let bins = flow::build_bins()?;
+    let out_s = out.to_string_lossy().into_owned();
+    let kref_s = kref.to_string_lossy().into_owned();
+    let say = |s: &str| {
+        if !opts.quiet {
+            eprintln!("bench (kernel): {s}");
+        }
+    };
+    say("warm-up: stages 2-4 once");
+    clean_natives(&tree)?;
+    flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+    let make_all = || {
+        let mut c = Command::new("make");
+        c.current_dir(&tree)
+            .arg("-rR")
+            .arg(format!("-j{}", opts.jobs))
+            .arg("-f")
+            .arg(crate::workspace_root().join("tests/reference/Makefile"))
+            .args(tc.make_vars())
+            .arg(format!("KBUILD_LDFLAGS={}", plan.ldflags))
+            .arg(format!("O={kref_s}"))
+            .env_remove("MAKEFLAGS")
+            .stdout(Stdio::null());
+        c
+    };
+    let mut results = Vec::new();
+
+    say("1. .cmd parsing");
+    let order = std::fs::read_to_string(out.join("builtin.order"))?;
+    let cmds: Vec<String> = order
+        .lines()
+        .map(|o| match o.rsplit_once('/') {
+            Some((d, n)) => format!("{d}/.{n}.cmd"),
+            None => format!(".{o}.cmd"),
+        })
+        .collect();
+    let list = out.join("cmd-files.txt");
+    std::fs::write(&list, cmds.join("\n") + "\n")?;
+    let bytes: u64 = cmds
+        .iter()
+        .map(|f| {
+            std::fs::metadata(tree.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    let mut r = ScenarioResult::new(
+        &format!(
+            "K1. `.cmd` parsing: {} files, {:.1} MB",
+            cmds.len(),
+            bytes as f64 / 1e6
+        ),
+        "ours: `thinlto-cmdparse - < list`",
+        "reference: one `sed` per file",
+    );
+    for _ in 0..opts.runs {
+        r.ours.push(measure(
+            bins.tool("thinlto-cmdparse", &tc, &tree)
+                .arg("-")
+                .stdin(std::fs::File::open(&list)?)
+                .stdout(Stdio::null()),
+        )?);
+        r.reference.push(measure_sh(
+            &tree,
+            &format!(
+                "xargs -n1 sed -n '/saved_c_flags_/s/.*:= //p' < {}",
+                list.display()
+            ),
+        )?);
+    }
+    let med = stats(&r.ours.iter().map(|s| s.wall).collect::<Vec<_>>()).1;
+    r.notes.push(format!(
+        "ours parses {:.0} MB/s of `.cmd` text",
+        bytes as f64 / 1e6 / med
+    ));
+    results.push(r);
+
+    say("2. order + scan");
+    let ar = &tc.ar.spelled;
+    let idx = bins.path("thinlto-index");
+    let mut r = ScenarioResult::new(
+        "K2. Archive order + classification",
+        "ours: `thinlto-index order | thinlto-index scan -`",
+        &format!("reference: `{ar} t` + `od -N4` per member"),
+    );
+    for _ in 0..opts.runs {
+        r.ours.push(measure_sh(
+            &tree,
+            &format!("{0} order vmlinux.a | {0} scan -", idx.display()),
+        )?);
+        r.reference.push(measure_sh(
+            &tree,
+            &format!("{ar} t vmlinux.a | xargs -n1 od -An -tx1 -N4"),
+        )?);
+    }
+    results.push(r);
+
+    say("3. stages 2-4 from scratch, ours vs make");
+    let mut r = ScenarioResult::new(
+        &format!("K3. Stages 2–4 from scratch, real clang, -j{}", opts.jobs),
+        "ours: order + link + backend + archive + vmlinux.o link (+ objtool)",
+        "reference: `make -rR -f tests/reference/Makefile`",
+    );
+    let mut inproc = ScenarioResult::new(
+        "K4. Stages 2–4 from scratch (ours, as K3) vs the tree's in-process `vmlinux.o` link",
+        "ours: order + link + backend + archive + vmlinux.o link (+ objtool)",
+        "in-process: the tree's own `ld.lld -r` (ThinLTO inside lld)",
+    );
+    for _ in 0..opts.heavy_runs {
+        clean_natives(&tree)?;
+        let t = std::time::Instant::now();
+        let run = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+        let wall = t.elapsed().as_secs_f64()
+            - run
+                .stages
+                .iter()
+                .find(|s| s.name.starts_with("modpost"))
+                .map(|s| s.seconds)
+                .unwrap_or(0.0);
+        let s = Sample {
+            wall,
+            cpu: 0.0,
+            rss_kib: 0,
+        };
+        r.ours.push(s);
+        inproc.ours.push(s);
+        clean_natives(&tree)?;
+        std::fs::remove_dir_all(&kref)?;
+        std::fs::create_dir_all(&kref)?;
+        r.reference.push(measure(&mut make_all())?);
+        let argv: Vec<String> = inprocess
+            .iter()
+            .map(|w| {
+                if w == "vmlinux.o" {
+                    format!("{out_s}/vmlinux.inprocess.o")
+                } else {
+                    w.clone()
+                }
+            })
+            .collect();
+        inproc.reference.push(measure(
+            Command::new(&argv[0]).current_dir(&tree).args(&argv[1..]),
+        )?);
+    }
+    r.notes
+        .push("ours is timed as a whole (CPU and RSS not collected for this composite)".into());
+    results.push(r);
+    results.push(inproc);
+
+    say("5. no-op");
+    let mut r = ScenarioResult::new(
+        "K5. No-op re-run of stages 2–4, each right after its own full build",
+        "ours: order + link + backend + archive + vmlinux.o link",
+        "reference: `make -rR -f tests/reference/Makefile`",
+    );
+    for _ in 0..opts.runs.min(2) {
+        // make's no-op, right after make built everything itself.
+        r.reference.push(measure(&mut make_all())?);
+    }
+    clean_natives(&tree)?;
+    flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+    for _ in 0..opts.runs.min(2) {
+        let t = std::time::Instant::now();
+        flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+        r.ours.push(Sample {
+            wall: t.elapsed().as_secs_f64(),
+            cpu: 0.0,
+            rss_kib: 0,
+        });
+    }
+    results.push(r);
+
+    let modpost = tree.join("scripts/mod/modpost");
+    if modpost.exists() {
+        say("6. modpost");
+        let mut r = ScenarioResult::new(
+            "K6. vmlinux.symvers + .vmlinux.export.c from the tree's in-process vmlinux.o",
+            "ours: `modpost-ir symvers vmlinux.o --objects .vmlinux.objs`",
+            "reference: the tree's `scripts/mod/modpost -M -m`",
+        );
+        for _ in 0..opts.runs {
+            r.ours.push(measure(
+                bins.tool("modpost-ir", &tc, &tree)
+                    .args(["symvers", "vmlinux.o", "--objects", ".vmlinux.objs", "-o"])
+                    .arg(out.join("k.symvers"))
+                    .arg("--export-c")
+                    .arg(out.join("k.export.c")),
+            )?);
+            r.reference.push(measure(
+                Command::new(&modpost)
+                    .current_dir(&tree)
+                    .args(["-M", "-m", "-o"])
+                    .arg(out.join("real.symvers"))
+                    .arg("vmlinux.o")
+                    .stderr(Stdio::null()),
+            )?);
+        }
+        let same =
+            std::fs::read(out.join("k.symvers"))? == std::fs::read(tree.join("vmlinux.symvers"))?;
+        r.notes.push(format!(
+            "modpost-ir's vmlinux.symvers byte-identical to the tree's: {same}"
+        ));
+        results.push(r);
+    }
+    Ok(results)
+}

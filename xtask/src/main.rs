@@ -85,6 +85,12 @@ enum Verb {
         /// Write the report to BENCHMARKS.md
         #[arg(long)]
         write: bool,
+        /// Also benchmark a real kernel tree built with CONFIG_LTO_CLANG_THIN=y
+        #[arg(long, value_name = "LINUX")]
+        kernel: Option<PathBuf>,
+        /// Only the kernel scenarios (with --kernel)
+        #[arg(long, requires = "kernel")]
+        kernel_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -216,6 +222,8 @@ fn run(cli: Cli) -> Result<()> {
             heavy_runs,
             quick,
             write,
+            kernel,
+            kernel_only,
             toolchain,
         } => {
             provision::ensure_make()?;
@@ -225,11 +233,46 @@ fn run(cli: Cli) -> Result<()> {
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
                 runs: if quick { 1 } else { runs },
                 heavy_runs: if quick { 1 } else { heavy_runs },
-                kernel: None,
+                kernel: kernel.clone(),
                 quiet: false,
                 workdir: xtask::target_dir().join("bench"),
             };
             let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+            let kernel_section = match &kernel {
+                Some(k) => {
+                    let results = xtask::bench::run_kernel(&opts, k)?;
+                    let mut s = format!("{KERNEL_MARKER}\n## Real kernel: {}\n\nMeasured by `cargo xtask {command}`: ours and the make reference alternate on the same tree, each from scratch (natives removed), heavy scenarios {} time(s).\n\n", k.display(), opts.heavy_runs);
+                    for r in &results {
+                        s.push_str(&r.markdown());
+                    }
+                    Some(s)
+                }
+                None => None,
+            };
+            let path = xtask::workspace_root().join("BENCHMARKS.md");
+            let old = std::fs::read_to_string(&path).unwrap_or_default();
+            let notes = old
+                .find(NOTES_MARKER)
+                .map(|at| old[at..].to_string())
+                .unwrap_or_default();
+            let old_kernel = old
+                .find(KERNEL_MARKER)
+                .map(|at| old[at..old.find(NOTES_MARKER).unwrap_or(old.len())].to_string())
+                .unwrap_or_default();
+            if kernel_only {
+                let text = kernel_section.unwrap_or_default();
+                print!("{text}");
+                if write {
+                    let head = &old[..old
+                        .find(KERNEL_MARKER)
+                        .or(old.find(NOTES_MARKER))
+                        .unwrap_or(old.len())];
+                    let new = format!("{head}{text}\n{notes}");
+                    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
+                    eprintln!("xtask: wrote {}", path.display());
+                }
+                return Ok(());
+            }
             let results = xtask::bench::run_generated(&opts, &tc)?;
             let mut report = String::from("# Benchmarks\n\nRegenerate with `cargo xtask bench --write` (2 cores: about 15 minutes). Every figure below comes from one run of that command: ours and the reference alternate, and the ratio is of medians measured in the same session, so machine noise cancels as far as it can.\n\n");
             report.push_str(&xtask::bench::machine_header(
@@ -242,16 +285,12 @@ fn run(cli: Cli) -> Result<()> {
                 report.push_str(&r.markdown());
             }
             print!("{report}");
+            // A kernel section measured earlier, and the notes, are kept.
+            report.push('\n');
+            report.push_str(kernel_section.as_deref().unwrap_or(&old_kernel));
+            report.push('\n');
+            report.push_str(&notes);
             if write {
-                let path = xtask::workspace_root().join("BENCHMARKS.md");
-                // The real-kernel section is measured with `cargo xtask
-                // kernel` and the reference Makefile; keep it.
-                if let Ok(old) = std::fs::read_to_string(&path) {
-                    if let Some(at) = old.find(KERNEL_MARKER) {
-                        report.push('\n');
-                        report.push_str(&old[at..]);
-                    }
-                }
                 thinlto_index::fsutil::write_atomic(&path, report.as_bytes())?;
                 eprintln!("xtask: wrote {}", path.display());
             }
@@ -370,7 +409,9 @@ fn run_reference(
 }
 
 /// Where BENCHMARKS.md's hand-measured real-kernel section starts.
-const KERNEL_MARKER: &str = "<!-- linux-6.12 -->";
+const KERNEL_MARKER: &str = "<!-- kernel -->";
+/// Where BENCHMARKS.md's hand-written notes start (always kept).
+const NOTES_MARKER: &str = "<!-- notes -->";
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
