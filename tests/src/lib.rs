@@ -177,3 +177,54 @@ pub fn script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// The front end of a tree again, incrementally (as make would after an
+/// edit); returns what it did.
+pub fn rebuild_fe(tree: &Path) -> FeReport {
+    // Let an edit made just before be newer than the objects.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    xtask::fe::build(
+        &FeOptions {
+            tree: tree.to_path_buf(),
+            objects: 0,
+            jobs: 2,
+            saved_c_flags: true,
+            quiet: true,
+        },
+        toolchain(),
+    )
+    .unwrap_or_else(|e| panic!("front end failed: {e:#}"))
+}
+
+/// Stage 4 with our tools after `thin_link` and a backend run:
+/// `out/vmlinux.a`, then `out/vmlinux.o`; returns the latter.
+pub fn stage4(tree: &Path) -> PathBuf {
+    run_ok(tool("thinlto-backend", tree).args([
+        "archive",
+        "--order",
+        "out/builtin.order",
+        "--index",
+        "out/vmlinux.thinlto-index",
+        "-o",
+        "out/vmlinux.a",
+    ]));
+    ld_r(tree, "out/vmlinux.o", "out/vmlinux.a");
+    tree.join("out/vmlinux.o")
+}
+
+/// `$(LD) $(KBUILD_LDFLAGS) -r -o OUTPUT --whole-archive ARCHIVE`.
+pub fn ld_r(tree: &Path, output: &str, archive: &str) {
+    run_ok(
+        Command::new(&toolchain().ld.path)
+            .current_dir(tree)
+            .args(ldflags(tree).split_whitespace())
+            .args([
+                "-r",
+                "-o",
+                output,
+                "--whole-archive",
+                archive,
+                "--no-whole-archive",
+            ]),
+    );
+}

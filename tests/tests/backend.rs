@@ -145,51 +145,9 @@ fn incremental_by_content() {
     assert!(with_status(&recs, "up-to-date").contains(&"lib/crc_util.o".to_string()));
     // The harness sees the new code.
     let exe = t.path().join("out/h");
-    let o = ld_vmlinux(t.path());
+    let o = stage4(t.path());
     let out = xtask::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
     assert_ne!(out, xtask::reference::expected_harness_output().unwrap());
-}
-
-/// The front end again, incrementally (as make would after an edit).
-fn rebuild_fe(tree: &Path) {
-    std::thread::sleep(Duration::from_millis(20));
-    xtask::fe::build(
-        &xtask::fe::FeOptions {
-            tree: tree.to_path_buf(),
-            objects: 0,
-            jobs: 2,
-            saved_c_flags: true,
-            quiet: true,
-        },
-        toolchain(),
-    )
-    .unwrap();
-}
-
-fn ld_vmlinux(tree: &Path) -> std::path::PathBuf {
-    run_ok(tool("thinlto-backend", tree).args([
-        "archive",
-        "--order",
-        "out/builtin.order",
-        "--index",
-        "out/vmlinux.thinlto-index",
-        "-o",
-        "out/vmlinux.a",
-    ]));
-    run_ok(
-        Command::new(&toolchain().ld.path)
-            .current_dir(tree)
-            .args(ldflags(tree).split_whitespace())
-            .args([
-                "-r",
-                "-o",
-                "out/vmlinux.o",
-                "--whole-archive",
-                "out/vmlinux.a",
-                "--no-whole-archive",
-            ]),
-    );
-    tree.join("out/vmlinux.o")
 }
 
 #[test]
@@ -224,7 +182,7 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
             .contains("front-end object rebuilt"),
         "{r}"
     );
-    let o = ld_vmlinux(t.path());
+    let o = stage4(t.path());
     let out =
         xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");

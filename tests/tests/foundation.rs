@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use thinlto_dist_tests::{bin, fe_tree, run_ok, sample_tree, toolchain};
+use thinlto_dist_tests::{bin, fe_tree, rebuild_fe, run_ok, sample_tree, toolchain};
 use xtask::reference::{self, ReferenceOptions};
 use xtask::tree::{Lang, Tree};
 
@@ -157,34 +157,14 @@ fn reference_flow_runs_harness_and_is_incremental() {
 #[test]
 fn front_end_is_incremental() {
     let t = sample_tree();
-    let again = xtask::fe::build(
-        &xtask::fe::FeOptions {
-            tree: t.path().to_path_buf(),
-            objects: 0,
-            jobs: 2,
-            saved_c_flags: true,
-            quiet: true,
-        },
-        toolchain(),
-    )
-    .unwrap();
+    let again = rebuild_fe(t.path());
     assert_eq!((again.compiled, again.archives_written), (0, 0));
     // A header edit recompiles exactly its includers.
     std::thread::sleep(std::time::Duration::from_millis(20));
     let hdr = t.path().join("include/sample/api.h");
     let text = std::fs::read_to_string(&hdr).unwrap();
     std::fs::write(&hdr, text + "\n").unwrap();
-    let third = xtask::fe::build(
-        &xtask::fe::FeOptions {
-            tree: t.path().to_path_buf(),
-            objects: 0,
-            jobs: 2,
-            saved_c_flags: true,
-            quiet: true,
-        },
-        toolchain(),
-    )
-    .unwrap();
+    let third = rebuild_fe(t.path());
     assert_eq!(
         third.compiled, 11,
         "all C objects include api.h, the .S does not"

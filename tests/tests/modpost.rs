@@ -22,39 +22,8 @@ fn linked() -> FeTree {
     let t = sample_tree();
     thin_link(t.path());
     assert!(backend(t.path(), &[]).0.status.success());
-    run_ok(tool("thinlto-backend", t.path()).args([
-        "archive",
-        "--order",
-        "out/builtin.order",
-        "--index",
-        "out/vmlinux.thinlto-index",
-        "-o",
-        "out/vmlinux.a",
-    ]));
-    let ld = |args: &[&str]| {
-        run_ok(
-            Command::new(&toolchain().ld.path)
-                .current_dir(t.path())
-                .args(ldflags(t.path()).split_whitespace())
-                .args(args),
-        )
-    };
-    ld(&[
-        "-r",
-        "-o",
-        "out/vmlinux.o",
-        "--whole-archive",
-        "out/vmlinux.a",
-        "--no-whole-archive",
-    ]);
-    ld(&[
-        "-r",
-        "-o",
-        "out/vmlinux.inprocess.o",
-        "--whole-archive",
-        "vmlinux.a",
-        "--no-whole-archive",
-    ]);
+    stage4(t.path());
+    ld_r(t.path(), "out/vmlinux.inprocess.o", "vmlinux.a");
     let objs = run_ok(tool("thinlto-index", t.path()).args(["order", "out/vmlinux.a"])).stdout;
     std::fs::write(t.path().join("out/.vmlinux.objs"), objs).unwrap();
     let objs = run_ok(tool("thinlto-index", t.path()).args(["order", "vmlinux.a"])).stdout;
