@@ -220,8 +220,9 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             Decision::Run(why) => to_run.push((job, why, rec)),
         }
     }
-    // Longest expected first: the last recorded duration, else the size
-    // of the bitcode (at a typical ~20 µs per byte... only the order matters).
+    // Longest expected first: the last recorded duration, else the bitcode
+    // size scaled to seconds (only the order matters, and it puts the big
+    // unknown objects first).
     let cost: Vec<f64> = to_run
         .iter()
         .map(|(j, _, _)| {
