@@ -354,7 +354,7 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
     script(
         &slow,
         &format!(
-            "#!/bin/sh\nsleep 0.3\nexec {} \"$@\"\n",
+            "#!/bin/sh\nsleep 0.5\nexec {} \"$@\"\n",
             toolchain().cc.path.display()
         ),
     );
@@ -364,7 +364,7 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling our own child.
     unsafe { libc_kill(child.id() as i32, 2) };
     let status = child.wait().unwrap();
@@ -434,4 +434,53 @@ fn final_archive_is_what_llvm_ar_writes() {
             "{out} differs from llvm-ar's"
         );
     }
+}
+
+#[test]
+fn explain_dry_run_and_only_run_nothing_or_one_job() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let explain = run_ok(tool("thinlto-backend", t.path()).args([
+        "--index",
+        "out/vmlinux.thinlto-index",
+        "--explain",
+    ]));
+    let text = String::from_utf8(explain.stdout).unwrap();
+    assert_eq!(text.lines().count(), 10, "{text}");
+    assert!(
+        text.contains("kernel/core.thinlto-native.o: would run: new: no native object yet"),
+        "{text}"
+    );
+    let dry = run_ok(tool("thinlto-backend", t.path()).args([
+        "--index",
+        "out/vmlinux.thinlto-index",
+        "--dry-run",
+    ]));
+    let text = String::from_utf8(dry.stdout).unwrap();
+    assert!(text.contains(" -x ir -fno-lto -Wno-unused-command-line-argument -fthinlto-index=kernel/core.o.thinlto.bc -c -o kernel/core.thinlto-native.o kernel/core.o\n"), "{text}");
+    assert!(
+        !t.path().join("kernel/core.thinlto-native.o").exists(),
+        "--dry-run ran something"
+    );
+    let (out, recs) = backend(t.path(), &["--only", "kernel/core.o"]);
+    assert!(out.status.success());
+    assert_eq!(
+        with_status(&recs, "built"),
+        vec!["kernel/core.o".to_string()]
+    );
+    assert_eq!(recs.len(), 1);
+    let explain = run_ok(tool("thinlto-backend", t.path()).args([
+        "--index",
+        "out/vmlinux.thinlto-index",
+        "--explain",
+        "--only",
+        "kernel/core.thinlto-native.o",
+    ]));
+    assert_eq!(
+        String::from_utf8(explain.stdout).unwrap(),
+        "kernel/core.thinlto-native.o: up to date\n"
+    );
+    // -B forces it.
+    let (_, recs) = backend(t.path(), &["--only", "kernel/core.o", "-B"]);
+    assert_eq!(recs[0]["reason"], "forced (-B)");
 }

@@ -181,3 +181,45 @@ fn pre_6_5_ksymtab_layout() {
         "0x00000011\tf1\tvmlinux\tEXPORT_SYMBOL\t\n0x00000022\td1\tvmlinux\tEXPORT_SYMBOL_GPL\tOLD_NS\n"
     );
 }
+
+#[test]
+fn mod_lists_and_broken_export_entries() {
+    let t = linked();
+    // A module's object list (foo.mod) reads like .vmlinux.objs.
+    std::fs::write(
+        t.path().join("out/x.mod"),
+        "lib/crc_util.o\n\nkernel/core.o\n",
+    )
+    .unwrap();
+    let out = run_ok(tool("modpost-ir", t.path()).args(["crcs", "--mod", "out/x.mod"])).stdout;
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "modpost stops at the first empty line: {text}"
+    );
+    assert!(text.contains("\"symbol\":\"sample_crc8\""));
+    // An .export_symbol entry whose label is not __export_symbol_<name>.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("bad.S"),
+        "\t.text\n\t.globl f\n\t.type f,@function\nf: ret\n\t.section .export_symbol,\"a\"\nstrange_label:\n\t.asciz \"\"\n\t.asciz \"\"\n\t.balign 8\n\t.quad f\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new(&toolchain().cc.path)
+            .current_dir(d.path())
+            .args(["-c", "bad.S", "-o", "vmlinux.o"]),
+    );
+    std::fs::write(d.path().join("objs"), "").unwrap();
+    let out = tool("modpost-ir", d.path())
+        .args(["symvers", "vmlinux.o", "--objects", "objs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ERROR: modpost: vmlinux: .export_symbol section contains strange symbol 'strange_label'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -211,3 +211,35 @@ fn cli_batch_reports_bad_files_and_keeps_going() {
         .unwrap();
     assert_eq!(String::from_utf8(sym.stdout).unwrap(), "sym0\t0x00000000\n");
 }
+
+#[test]
+fn cli_fields_for_shell_loops() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("d")).unwrap();
+    write_cmd(d.path(), 0, "-O2 -DX='\"a b\"'");
+    let run = |field: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
+            .args(["--field", field, "d/obj0.o"])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run("c_flags"), "-O2\n-DX=\"a b\"\n");
+    assert_eq!(run("source"), "d/obj0.c\n");
+    assert_eq!(run("deps"), "include/x.h\n");
+    assert_eq!(run("c_flags_from"), "saved_c_flags\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
+        .args(["--field", "nope", "d/obj0.o"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let be = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
+        .args(["--be-flags", "d/obj0.thinlto-native.o"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(be.stdout).unwrap(), "-O2 '-DX=\"a b\"'\n");
+}
