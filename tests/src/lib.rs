@@ -114,18 +114,20 @@ pub fn tool(name: &str, tree: &Path) -> Command {
 /// Stage 2 with our tools: `out/builtin.order`, `out/vmlinux.thinlto-index`
 /// and `out/manifest.json` (with imports); returns the manifest.
 pub fn thin_link(tree: &Path) -> thinlto_index::Manifest {
+    thin_link_with(tree, &[])
+}
+
+/// `thin_link` with more `thinlto-index link` arguments (e.g. `--force`).
+pub fn thin_link_with(tree: &Path, extra: &[&str]) -> thinlto_index::Manifest {
     std::fs::create_dir_all(tree.join("out")).unwrap();
     let order = run_ok(tool("thinlto-index", tree).args(["order", "vmlinux.a"]));
     std::fs::write(tree.join("out/builtin.order"), &order.stdout).unwrap();
     let m = run_ok(
         tool("thinlto-index", tree)
             .args(["link", "--ldflags", &ldflags(tree)])
-            .args([
-                "--index",
-                "out/vmlinux.thinlto-index",
-                "--imports",
-                "out/builtin.order",
-            ]),
+            .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+            .args(extra)
+            .arg("out/builtin.order"),
     );
     std::fs::write(tree.join("out/manifest.json"), &m.stdout).unwrap();
     serde_json::from_slice(&m.stdout).expect("manifest")

@@ -229,3 +229,51 @@ fn bad_inputs_are_clear_errors() {
     );
     assert!(!t.path().join("idx").exists(), "an index was left behind");
 }
+
+#[test]
+fn an_unchanged_thin_link_is_skipped_by_content() {
+    let t = sample_tree();
+    let first = thin_link(t.path());
+    let bc = t.path().join("kernel/core.o.thinlto.bc");
+    let mtime = || std::fs::metadata(&bc).unwrap().modified().unwrap();
+    let before = mtime();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let link = || {
+        tool("thinlto-index", t.path())
+            .args(["link", "--ldflags", &ldflags(t.path())])
+            .args([
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "--imports",
+                "out/builtin.order",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = link();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("thin link up to date"));
+    assert_eq!(
+        serde_json::from_slice::<thinlto_index::Manifest>(&out.stdout).unwrap(),
+        first
+    );
+    assert_eq!(mtime(), before, "a skipped link rewrote a summary");
+    // A touched object with the same bytes: still up to date (content, not mtime).
+    let obj = t.path().join("lib/crc_util.o");
+    std::fs::write(&obj, std::fs::read(&obj).unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&link().stderr).contains("thin link up to date"));
+    // Different content, or different flags: lld runs.
+    let core = t.path().join("kernel/core.c");
+    let text = std::fs::read_to_string(&core).unwrap();
+    std::fs::write(&core, text + "\nint core_extra(void) { return 1; }\n").unwrap();
+    rebuild_fe(t.path());
+    let out = link();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("up to date"));
+    assert_ne!(mtime(), before);
+    let out = tool("thinlto-index", t.path())
+        .args(["link", "--ldflags", "-m elf_x86_64"])
+        .args(["--index", "out/vmlinux.thinlto-index", "out/builtin.order"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("up to date"));
+}

@@ -23,6 +23,17 @@ pub struct ThinLink {
     pub imports: bool,
     /// `builtin.order`: the inputs, one per line, in archive order.
     pub order_file: PathBuf,
+    /// Run lld even when the record says its inputs are unchanged.
+    pub force: bool,
+}
+
+/// What a thin link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    Linked,
+    /// Same command, same input contents as the recorded link, and every
+    /// output still there: lld was not run, nothing was rewritten.
+    UpToDate,
 }
 
 /// The objects of an order file, one per line.
@@ -53,6 +64,37 @@ impl ThinLink {
     /// Runs the link, checks its outputs and returns the manifest. The
     /// index file is written through a temporary and a rename.
     pub fn run(&self) -> Result<Manifest> {
+        Ok(self.run_incremental()?.0)
+    }
+
+    /// The record of the last link: `dir/.vmlinux.thinlto-index.cmd`, in
+    /// kbuild's `savedcmd_` form plus a digest of every input's content.
+    pub fn record_path(&self) -> PathBuf {
+        thinlto_cmdparse::dot_cmd_path(&self.index)
+    }
+
+    fn inputs_digest(&self, inputs: &[String], command: &str) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        h.update(command.as_bytes());
+        h.update(b"\0");
+        // A new linker binary may index differently.
+        if let Ok(m) = std::fs::metadata(&self.ld) {
+            h.update(format!("{} {:?}\0", m.len(), m.modified().ok()).as_bytes());
+        }
+        for obj in inputs {
+            let bytes = std::fs::read(obj).with_context(|| format!("{obj}: cannot read"))?;
+            h.update(obj.as_bytes());
+            h.update(b"\0");
+            h.update(blake3::hash(&bytes).as_bytes());
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// Like [`ThinLink::run`], but skips lld when the recorded link had the
+    /// same command and input contents and its outputs are all in place —
+    /// kbuild's if_changed, by content. Skipping also leaves every
+    /// `.thinlto.bc` untouched (lld rewrites them all, same bytes, new mtimes).
+    pub fn run_incremental(&self) -> Result<(Manifest, LinkOutcome)> {
         let inputs = read_order(&self.order_file)?;
         if inputs.is_empty() {
             bail!("{}: no objects listed", self.order_file.display());
@@ -67,6 +109,26 @@ impl ThinLink {
                 summary: None,
                 imports: None,
             });
+        }
+        let shown_cmd = {
+            let c = self.command(&self.index);
+            let mut v = vec![c.get_program().to_string_lossy().into_owned()];
+            v.extend(c.get_args().map(|a| a.to_string_lossy().into_owned()));
+            thinlto_cmdparse::shell::join(&v)
+        };
+        let digest = self.inputs_digest(&inputs, &shown_cmd)?;
+        let record_text = format!(
+            "savedcmd_{} := {}\n# thinlto-dist: inputs {digest}\n",
+            self.index.display(),
+            thinlto_cmdparse::make::escape_savedcmd(&shown_cmd)
+        );
+        if !self.force
+            && std::fs::read_to_string(self.record_path()).ok().as_deref()
+                == Some(record_text.as_str())
+        {
+            if let Ok(m) = self.manifest_from_outputs(objects.clone(), None) {
+                return Ok((m, LinkOutcome::UpToDate));
+            }
         }
         let dir = match self.index.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -87,7 +149,40 @@ impl ThinLink {
         if !status.success() {
             bail!("the thin link failed ({status}): {shown}");
         }
-        let listed = read_order(&tmp_path)?;
+        let manifest = self
+            .manifest_from_outputs_at(objects, &tmp_path, Some(started))
+            .map_err(|e| anyhow::anyhow!("{e:#}: {shown}"))?;
+        // The record goes away first and comes back last: an interrupted
+        // run can never leave a record that vouches for stale outputs.
+        let _ = std::fs::remove_file(self.record_path());
+        tmp.persist(&self.index)
+            .map_err(|e| e.error)
+            .with_context(|| {
+                format!("{}: cannot move the index into place", self.index.display())
+            })?;
+        crate::fsutil::write_atomic(&self.record_path(), record_text.as_bytes())?;
+        Ok((manifest, LinkOutcome::Linked))
+    }
+
+    fn manifest_from_outputs(
+        &self,
+        objects: Vec<ManifestObject>,
+        since: Option<SystemTime>,
+    ) -> Result<Manifest> {
+        self.manifest_from_outputs_at(objects, &self.index, since)
+    }
+
+    /// Checks what lld promised — the index lists exactly the bitcode
+    /// inputs in order, each has its `.thinlto.bc` (written after `since`,
+    /// when given) and, with `--imports`, its `.imports` — and builds the
+    /// manifest.
+    fn manifest_from_outputs_at(
+        &self,
+        mut objects: Vec<ManifestObject>,
+        index_file: &Path,
+        since: Option<SystemTime>,
+    ) -> Result<Manifest> {
+        let listed = read_order(index_file)?;
         let expected: Vec<&str> = objects
             .iter()
             .filter(|o| o.kind.is_bitcode())
@@ -100,19 +195,19 @@ impl ThinLink {
                 .take(3)
                 .collect();
             bail!(
-                "the linker's index lists {} objects, the inputs hold {} bitcode objects (first missing: {missing:?}): {shown}",
+                "the linker's index lists {} objects, the inputs hold {} bitcode objects (first missing: {missing:?})",
                 listed.len(),
                 expected.len()
             );
         }
         for o in objects.iter_mut().filter(|o| o.kind.is_bitcode()) {
             let summary = format!("{}.thinlto.bc", o.object);
-            let fresh = std::fs::metadata(&summary)
+            let ok = std::fs::metadata(&summary)
                 .and_then(|m| m.modified())
-                .map(|t| t >= started - std::time::Duration::from_secs(1))
+                .map(|t| since.is_none_or(|s| t >= s - std::time::Duration::from_secs(1)))
                 .unwrap_or(false);
-            if !fresh {
-                bail!("{summary}: the linker did not write it: {shown}");
+            if !ok {
+                bail!("{summary}: the linker did not write it");
             }
             o.summary = Some(summary);
             if self.imports {
@@ -122,11 +217,6 @@ impl ThinLink {
                 o.imports = Some(list);
             }
         }
-        tmp.persist(&self.index)
-            .map_err(|e| e.error)
-            .with_context(|| {
-                format!("{}: cannot move the index into place", self.index.display())
-            })?;
         Ok(Manifest {
             index: self.index.to_string_lossy().into_owned(),
             objects,

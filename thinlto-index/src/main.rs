@@ -52,6 +52,10 @@ enum Verb {
         /// Have lld write foo.o.imports files and list them in the manifest
         #[arg(long)]
         imports: bool,
+        /// Run lld even if the inputs and the command are those of the last
+        /// link recorded in dir/.INDEX.cmd (by default such a link is skipped)
+        #[arg(long)]
+        force: bool,
         order_file: PathBuf,
     },
 }
@@ -112,18 +116,23 @@ fn run(cli: Cli) -> Result<()> {
             ldflags,
             index,
             imports,
+            force,
             order_file,
         } => {
             let ldflags = thinlto_cmdparse::shell::split(&ldflags).context("--ldflags")?;
             let tc = Toolchain::resolve(&cli.toolchain)?;
-            let manifest = ThinLink {
+            let (manifest, outcome) = ThinLink {
                 ld: tc.ld.path.clone(),
                 ldflags,
                 index,
                 imports,
                 order_file,
+                force,
             }
-            .run()?;
+            .run_incremental()?;
+            if outcome == thinlto_index::link::LinkOutcome::UpToDate {
+                eprintln!("thinlto-index: thin link up to date (same command and input contents); --force relinks");
+            }
             let mut text = serde_json::to_vec(&manifest)?;
             text.push(b'\n');
             write_stdout(&text)

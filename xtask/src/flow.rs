@@ -152,6 +152,18 @@ pub struct LinkPlan {
     pub vmlinux_o: Vec<String>,
     /// A command run on `vmlinux.o` afterwards (objtool), argv.
     pub post: Option<Vec<String>>,
+    /// Relink even when `thinlto-index link` finds its inputs unchanged
+    /// (for from-scratch measurements).
+    pub force_thin_link: bool,
+}
+
+impl LinkPlan {
+    pub fn forced(&self) -> LinkPlan {
+        LinkPlan {
+            force_thin_link: true,
+            ..self.clone()
+        }
+    }
 }
 
 impl LinkPlan {
@@ -176,6 +188,7 @@ impl LinkPlan {
             ldflags: ldflags.to_string(),
             vmlinux_o: argv,
             post: None,
+            force_thin_link: false,
         }
     }
 }
@@ -217,6 +230,7 @@ pub fn run_stages(
                 .arg("--index")
                 .arg(&index)
                 .arg("--imports")
+                .args(plan.force_thin_link.then_some("--force"))
                 .arg(format!("{out}/builtin.order")),
             None,
             Some(&manifest_path),

@@ -96,6 +96,7 @@ pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, 
             ldflags,
             vmlinux_o,
             post,
+            force_thin_link: false,
         },
         link.clone(),
     ))
@@ -134,7 +135,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     let (tc, plan, inprocess_link) = kernel_settings(&tree, &out)?;
     let bins = flow::build_bins()?;
     let out_s = out.to_string_lossy().into_owned();
-    let first = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
+    let first = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan.forced())?;
     let mut stages = first.stages.clone();
     stages.push(StageTime {
         name: "= stages 2-4 + modpost, ours".into(),
