@@ -48,18 +48,23 @@ fn make_sh_argv(dir: &Path, n: usize) -> Vec<Vec<String>> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut all = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
+    argv_blocks(&out.stdout)
+}
+
+/// The words a recipe printed with `printf '<%s>\n' ARGV …`, one argv per
+/// ARGV marker.
+fn argv_blocks(stdout: &[u8]) -> Vec<Vec<String>> {
+    let mut all: Vec<Vec<String>> = Vec::new();
+    for line in String::from_utf8_lossy(stdout).lines() {
         let w = line
             .strip_prefix('<')
-            .unwrap()
-            .strip_suffix('>')
-            .unwrap()
+            .and_then(|l| l.strip_suffix('>'))
+            .expect("<word>")
             .to_string();
         if w == "ARGV" {
             all.push(Vec::new());
         } else {
-            all.last_mut().unwrap().push(w);
+            all.last_mut().expect("ARGV first").push(w);
         }
     }
     all
@@ -131,21 +136,7 @@ fn be_flags_output_in_a_recipe_runs_the_same_argv() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut ours: Vec<Vec<String>> = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let w = line
-            .strip_prefix('<')
-            .unwrap()
-            .strip_suffix('>')
-            .unwrap()
-            .to_string();
-        if w == "ARGV" {
-            ours.push(Vec::new());
-        } else {
-            ours.last_mut().unwrap().push(w);
-        }
-    }
-    assert_eq!(ours, oracle);
+    assert_eq!(argv_blocks(&out.stdout), oracle);
 }
 
 /// Where make and sh would mangle a flag, we refuse rather than guess: a
