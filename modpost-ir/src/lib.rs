@@ -18,7 +18,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, modpost_symvers};
 
-pub use exports::{read_exports, Export, Exports};
+pub use exports::{
+    read_exports, read_exports_with, Diagnostic, Export, Exports, Layout, ReadOptions,
+};
 
 /// One CRC, as `modpost-ir crcs` prints it (JSON Lines).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +104,8 @@ pub struct ModpostOutput {
 
 /// Joins exports and CRCs and renders `vmlinux.symvers` and
 /// `.vmlinux.export.c` as modpost 6.12 does (`-M -m`, or without `-m` when
-/// `modversions` is false).
+/// `modversions` is false), or as modpost 6.1 does for the pre-6.5 layout
+/// (its `.vmlinux.export.c` holds only the `SYMBOL_CRC` lines).
 pub fn render(exports: &Exports, crcs: &[CrcRecord], modversions: bool) -> ModpostOutput {
     let module = "vmlinux";
     let mut crc_of: Vec<Option<u32>> = vec![None; exports.exports.len()];
@@ -121,24 +124,25 @@ pub fn render(exports: &Exports, crcs: &[CrcRecord], modversions: bool) -> Modpo
         }
     }
     let mut out = ModpostOutput::default();
-    for e in &exports.errors {
-        out.messages.push(format!("ERROR: modpost: {e}\n"));
-        out.error = true;
+    for d in &exports.diagnostics {
+        out.messages.push(d.render());
+        out.error |= d.error;
     }
-    for w in &exports.warnings {
-        out.messages.push(format!("WARNING: modpost: {w}\n"));
-    }
-    let mut c = String::from("#include <linux/export-internal.h>\n\n");
-    for e in &exports.exports {
-        writeln!(
-            c,
-            "KSYMTAB_{}({}, \"{}\", \"{}\");",
-            if e.is_func { "FUNC" } else { "DATA" },
-            e.name,
-            if e.gpl_only { "_gpl" } else { "" },
-            e.namespace
-        )
-        .unwrap();
+    let mut c = String::from("#include <linux/export-internal.h>\n");
+    // modpost 6.1 (pre-6.5 layout) writes only the CRCs.
+    if exports.layout == Layout::ExportSymbol {
+        c.push('\n');
+        for e in &exports.exports {
+            writeln!(
+                c,
+                "KSYMTAB_{}({}, \"{}\", \"{}\");",
+                if e.is_func { "FUNC" } else { "DATA" },
+                e.name,
+                if e.gpl_only { "_gpl" } else { "" },
+                e.namespace
+            )
+            .unwrap();
+        }
     }
     if modversions {
         c.push('\n');

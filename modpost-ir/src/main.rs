@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use modpost_ir::{crcs, read_exports, read_object_list, render, Mapping};
+use modpost_ir::{crcs, read_exports_with, read_object_list, render, Mapping, ReadOptions};
 use thinlto_index::fsutil::write_atomic;
 
 /// modpost's side of kbuild's distributed ThinLTO: symbol CRCs looked up
@@ -67,6 +67,10 @@ enum Verb {
         /// Without CONFIG_MODVERSIONS (modpost without -m): no CRCs
         #[arg(long)]
         no_modversions: bool,
+        /// Without CONFIG_MODULES (modpost without -M): .export_symbol is
+        /// not read, vmlinux exports nothing
+        #[arg(long)]
+        no_modules: bool,
     },
 }
 
@@ -126,13 +130,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             o,
             export_c,
             no_modversions,
+            no_modules,
         } => {
             let file = std::fs::File::open(&vmlinux_o)
                 .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
             // SAFETY: read-only map of an object nobody rewrites meanwhile.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;
-            let exports = read_exports(&map, "vmlinux")
+            let opts = ReadOptions {
+                modules: !no_modules,
+            };
+            let exports = read_exports_with(&map, "vmlinux", opts)
                 .with_context(|| format!("{}", vmlinux_o.display()))?;
             let list = if no_modversions {
                 Vec::new()
