@@ -254,14 +254,13 @@ fn read<E: FileHeader<Endian = Endianness>>(
     for (i, sym) in symbols.iter().enumerate() {
         let symname = remove_dot(name_of(sym));
         match sym.st_shndx(endian) {
-            elf::SHN_COMMON => {
-                if !symname.starts_with(b"__gnu_lto_") {
-                    out.diagnostics.push(Diagnostic::warning(format!(
-                        "\"{}\" [{module}] is COMMON symbol\n",
-                        lossy(symname)
-                    )));
-                }
+            elf::SHN_COMMON if !symname.starts_with(b"__gnu_lto_") => {
+                out.diagnostics.push(Diagnostic::warning(format!(
+                    "\"{}\" [{module}] is COMMON symbol\n",
+                    lossy(symname)
+                )));
             }
+            elf::SHN_COMMON => {}
             elf::SHN_UNDEF => {}
             _ if out.layout == Layout::Ksymtab => {
                 if let Some(name) = symname.strip_prefix(b"__ksymtab_") {
