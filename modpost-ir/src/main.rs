@@ -161,6 +161,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for m in &out.messages {
                 eprint!("{m}");
             }
+            // Like modpost, write nothing once an error was reported.
+            if out.error {
+                return Ok(ExitCode::FAILURE);
+            }
             if let Some(p) = &export_c {
                 write_atomic(p, out.export_c.as_bytes())?;
             }
@@ -170,11 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let _ = std::io::stdout().lock().write_all(out.symvers.as_bytes());
                 }
             }
-            Ok(if out.error {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

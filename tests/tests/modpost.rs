@@ -223,3 +223,27 @@ fn mod_lists_and_broken_export_entries() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The synthetic corner cases (tests/fixtures/golden/synthetic): small
+/// assembler objects linked with ld.lld -r, whose golden outputs (files,
+/// stderr, exit status) come from the real modpost 6.12, or 6.1 for the
+/// pre-6.5 layout (`cargo xtask oracle modpost --update`).
+#[test]
+fn synthetic_cases_match_the_real_modpost() {
+    let cases = xtask::oracle::synthetic_cases().unwrap();
+    assert!(cases.len() >= 5, "{cases:?}");
+    for case in cases {
+        let work = tempfile::tempdir().unwrap();
+        xtask::oracle::prepare_case(&case, work.path(), toolchain()).unwrap();
+        let ours = xtask::oracle::run_ours_case(&bin("modpost-ir"), &case, work.path()).unwrap();
+        let golden = xtask::oracle::Outcome::read(&case.dir.join("out")).unwrap();
+        assert_eq!(
+            ours,
+            golden,
+            "{}: modpost-ir stderr:\n{}\ngolden stderr:\n{}",
+            case.name,
+            String::from_utf8_lossy(&ours.stderr),
+            String::from_utf8_lossy(&golden.stderr)
+        );
+    }
+}

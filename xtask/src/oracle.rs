@@ -10,11 +10,19 @@
 //! is given it in a scratch copy of the tree, whose
 //! `dir/.foo.thinlto-native.o.cmd` files carry the `#SYMVER` lines of
 //! `dir/.foo.o.cmd`.
+//!
+//! Besides the sample tree, the synthetic cases in
+//! tests/fixtures/golden/synthetic/ (small assembler objects for the corner
+//! cases: duplicates, data exports, bad entries, init/exit exports, COMMON
+//! symbols, odd `#SYMVER` lines, no `-M`, and the pre-6.5 `__ksymtab_`
+//! layout) are run through the real modpost of their version (6.12, or 6.1
+//! built from Debian's `linux-source-6.1`) and modpost-ir; their golden
+//! outputs include modpost's stderr and exit status.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use thinlto_index::Toolchain;
 
 use crate::flow::{self, LinkPlan};
@@ -47,6 +55,26 @@ fn sh(dir: &Path, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Installs Debian packages when root on Debian, else says what to run.
+fn apt_install(packages: &[&str], missing: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/etc/debian_version").exists() {
+        bail!(
+            "{missing} is missing; run: sudo apt-get install -y {}",
+            packages.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
+    sh(Path::new("/"), "apt-get update -qq")?;
+    sh(
+        Path::new("/"),
+        &format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+            packages.join(" ")
+        ),
+    )
+}
+
 /// Builds the real modpost (once) and returns its path.
 pub fn build_modpost() -> Result<PathBuf> {
     let base = crate::target_dir().join("oracle");
@@ -56,22 +84,7 @@ pub fn build_modpost() -> Result<PathBuf> {
         return Ok(modpost);
     }
     if !Path::new(TARBALL).exists() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !Path::new("/etc/debian_version").exists() {
-            bail!(
-                "{TARBALL} is missing; run: sudo apt-get install -y {}",
-                PACKAGES.join(" ")
-            );
-        }
-        eprintln!("xtask: installing {} with apt-get", PACKAGES.join(" "));
-        sh(Path::new("/"), "apt-get update -qq")?;
-        sh(
-            Path::new("/"),
-            &format!(
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
-                PACKAGES.join(" ")
-            ),
-        )?;
+        apt_install(PACKAGES, TARBALL)?;
     }
     std::fs::create_dir_all(&base)?;
     if !src.join("Makefile").exists() {
@@ -107,19 +120,21 @@ fn run_modpost(modpost: &Path, dir: &Path) -> Result<(Vec<u8>, Vec<u8>, String)>
     ))
 }
 
-/// modpost-ir on the same inputs.
-fn run_ours(bins: &flow::Bins, dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
-    let st = Command::new(bins.path("modpost-ir"))
+/// modpost-ir on the same inputs; returns (symvers, export.c, stderr).
+fn run_ours(bins: &flow::Bins, dir: &Path) -> Result<(Vec<u8>, Vec<u8>, String)> {
+    let out = Command::new(bins.path("modpost-ir"))
         .args(["symvers", "vmlinux.o", "--objects", ".vmlinux.objs"])
         .args(["-o", "ours.symvers", "--export-c", "ours.export.c"])
         .current_dir(dir)
-        .status()?;
-    if !st.success() {
-        bail!("modpost-ir failed in {}", dir.display());
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("modpost-ir failed in {}:\n{err}", dir.display());
     }
     Ok((
         std::fs::read(dir.join("ours.symvers"))?,
         std::fs::read(dir.join("ours.export.c"))?,
+        err,
     ))
 }
 
@@ -229,13 +244,13 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
                 }
             }
         }
-        let (symvers, export_c, _) = run_modpost(&modpost, &scratch)?;
+        let (symvers, export_c, real_err) = run_modpost(&modpost, &scratch)?;
         // modpost-ir reads the real front-end records: restore them.
         flow::copy_fe_tree(&tree, &scratch)?;
         std::fs::create_dir_all(scratch.join("out"))?;
         std::fs::copy(&vmlinux_o, scratch.join("vmlinux.o"))?;
         std::fs::write(scratch.join(".vmlinux.objs"), objects.join("\n") + "\n")?;
-        let (ours_s, ours_c) = run_ours(&bins, &scratch)?;
+        let (ours_s, ours_c, ours_err) = run_ours(&bins, &scratch)?;
         let gdir = golden_dir().join(name);
         if update {
             std::fs::create_dir_all(&gdir)?;
@@ -254,10 +269,257 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
             } else {
                 "distributed vmlinux.o"
             },
-            identical: ours_s == symvers && ours_c == export_c,
+            identical: ours_s == symvers && ours_c == export_c && ours_err == real_err,
             golden_identical,
             exports: String::from_utf8_lossy(&symvers).lines().count(),
             zero_crcs_unpatched: zero,
+        });
+    }
+    cases.extend(synthetic_oracle(tc, &bins, update)?);
+    Ok(cases)
+}
+
+const TARBALL_61: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// Builds modpost 6.1 (once) from Debian's `linux-source-6.1`, for the
+/// pre-6.5 export layout. Only `scripts/mod` and two headers are
+/// extracted; `elfconfig.h` and `devicetable-offsets.h` are taken from the
+/// 6.12 build (x86_64 either way; the device-table offsets only matter for
+/// modules' `__mod_*_device_table` symbols, never for vmlinux).
+pub fn build_modpost_61() -> Result<PathBuf> {
+    let base = crate::target_dir().join("oracle");
+    let src = base.join("linux-source-6.1");
+    let dir = src.join("scripts/mod");
+    let modpost = dir.join("modpost");
+    if modpost.exists() {
+        return Ok(modpost);
+    }
+    let m612 = build_modpost()?;
+    if !Path::new(TARBALL_61).exists() {
+        apt_install(&["linux-source-6.1"], TARBALL_61)?;
+    }
+    std::fs::create_dir_all(&base)?;
+    eprintln!("xtask: extracting scripts/mod of {TARBALL_61}");
+    sh(
+        &base,
+        &format!(
+            "tar xJf {TARBALL_61} linux-source-6.1/scripts/mod \
+             linux-source-6.1/include/linux/license.h \
+             linux-source-6.1/include/linux/mod_devicetable.h"
+        ),
+    )?;
+    let gen = m612.parent().expect("scripts/mod");
+    for h in ["elfconfig.h", "devicetable-offsets.h"] {
+        std::fs::copy(gen.join(h), dir.join(h))?;
+    }
+    sh(
+        &dir,
+        "cc -O2 -o modpost modpost.c file2alias.c sumversion.c",
+    )?;
+    Ok(modpost)
+}
+
+/// What one modpost run left: the two files (absent when not written),
+/// stderr and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub symvers: Option<Vec<u8>>,
+    pub export_c: Option<Vec<u8>>,
+    pub stderr: Vec<u8>,
+    pub status: i32,
+}
+
+impl Outcome {
+    fn collect(dir: &Path, symvers: &str, export_c: &str, out: std::process::Output) -> Outcome {
+        Outcome {
+            symvers: std::fs::read(dir.join(symvers)).ok(),
+            export_c: std::fs::read(dir.join(export_c)).ok(),
+            stderr: out.stderr,
+            status: out.status.code().unwrap_or(-1),
+        }
+    }
+
+    /// Reads golden outputs from `dir`.
+    pub fn read(dir: &Path) -> Result<Outcome> {
+        let status = std::fs::read_to_string(dir.join("status"))
+            .with_context(|| format!("{}/status", dir.display()))?;
+        Ok(Outcome {
+            symvers: std::fs::read(dir.join("vmlinux.symvers")).ok(),
+            export_c: std::fs::read(dir.join(".vmlinux.export.c")).ok(),
+            stderr: std::fs::read(dir.join("stderr")).unwrap_or_default(),
+            status: status.trim().parse()?,
+        })
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        if let Some(s) = &self.symvers {
+            std::fs::write(dir.join("vmlinux.symvers"), s)?;
+        }
+        if let Some(c) = &self.export_c {
+            std::fs::write(dir.join(".vmlinux.export.c"), c)?;
+        }
+        std::fs::write(dir.join("stderr"), &self.stderr)?;
+        std::fs::write(dir.join("status"), format!("{}\n", self.status))?;
+        Ok(())
+    }
+}
+
+/// One synthetic case: `case` names the modpost version and the arguments
+/// of both programs, `in/` holds the assembler sources, `.cmd` files and
+/// `.vmlinux.objs`, `out/` the real modpost's outputs.
+#[derive(Debug, Clone)]
+pub struct SyntheticCase {
+    pub name: String,
+    pub dir: PathBuf,
+    /// `6.12` or `6.1`
+    pub version: String,
+    pub modpost_args: Vec<String>,
+    pub modpost_ir_args: Vec<String>,
+}
+
+/// The cases under tests/fixtures/golden/synthetic, by name.
+pub fn synthetic_cases() -> Result<Vec<SyntheticCase>> {
+    let root = golden_dir().join("synthetic");
+    let mut cases = Vec::new();
+    for e in std::fs::read_dir(&root).with_context(|| root.display().to_string())? {
+        let dir = e?.path();
+        let Ok(text) = std::fs::read_to_string(dir.join("case")) else {
+            continue;
+        };
+        let field = |k: &str| -> Result<Vec<String>> {
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .ok_or_else(|| anyhow!("{}/case: no `{k}:` line", dir.display()))?;
+            Ok(line.split_whitespace().map(str::to_string).collect())
+        };
+        cases.push(SyntheticCase {
+            name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+            version: field("version")?.join(""),
+            modpost_args: field("modpost")?,
+            modpost_ir_args: field("modpost-ir")?,
+            dir,
+        });
+    }
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(cases)
+}
+
+/// Copies the case's inputs into `work`, assembles every `*.S` into its
+/// `.o` and links the objects of `.vmlinux.objs`, in order, into
+/// `vmlinux.o` (`ld.lld -r`), as kbuild would.
+pub fn prepare_case(case: &SyntheticCase, work: &Path, tc: &Toolchain) -> Result<()> {
+    if work.exists() {
+        std::fs::remove_dir_all(work)?;
+    }
+    std::fs::create_dir_all(work)?;
+    for e in std::fs::read_dir(case.dir.join("in"))? {
+        let e = e?;
+        std::fs::copy(e.path(), work.join(e.file_name()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".S") {
+            let st = Command::new(&tc.cc.path)
+                .current_dir(work)
+                .args(["--target=x86_64-linux-gnu", "-c", "-o"])
+                .arg(format!("{stem}.o"))
+                .arg(&name)
+                .status()?;
+            if !st.success() {
+                bail!("{}: cannot assemble {name}", case.name);
+            }
+        }
+    }
+    let objs = std::fs::read_to_string(work.join(".vmlinux.objs"))?;
+    let st = Command::new(&tc.ld.path)
+        .current_dir(work)
+        .args(["-m", "elf_x86_64", "-r", "-o", "vmlinux.o"])
+        .args(objs.lines().filter(|l| !l.is_empty()))
+        .status()?;
+    if !st.success() {
+        bail!("{}: ld -r failed", case.name);
+    }
+    Ok(())
+}
+
+/// The real modpost on a prepared case (`modpost ARGS -o vmlinux.symvers vmlinux.o`).
+pub fn run_real_case(modpost: &Path, case: &SyntheticCase, work: &Path) -> Result<Outcome> {
+    for f in ["vmlinux.symvers", ".vmlinux.export.c"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
+    let out = Command::new(modpost)
+        .args(&case.modpost_args)
+        .args(["-o", "vmlinux.symvers", "vmlinux.o"])
+        .current_dir(work)
+        .output()?;
+    Ok(Outcome::collect(
+        work,
+        "vmlinux.symvers",
+        ".vmlinux.export.c",
+        out,
+    ))
+}
+
+/// modpost-ir on a prepared case.
+pub fn run_ours_case(modpost_ir: &Path, case: &SyntheticCase, work: &Path) -> Result<Outcome> {
+    for f in ["ours.symvers", "ours.export.c"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
+    let out = Command::new(modpost_ir)
+        .args(["symvers", "vmlinux.o", "--objects", ".vmlinux.objs"])
+        .args(["-o", "ours.symvers", "--export-c", "ours.export.c"])
+        .args(&case.modpost_ir_args)
+        .current_dir(work)
+        .output()?;
+    Ok(Outcome::collect(work, "ours.symvers", "ours.export.c", out))
+}
+
+fn synthetic_oracle(tc: &Toolchain, bins: &flow::Bins, update: bool) -> Result<Vec<OracleCase>> {
+    let mut cases = Vec::new();
+    for case in synthetic_cases()? {
+        let modpost = match case.version.as_str() {
+            "6.12" => build_modpost()?,
+            "6.1" => build_modpost_61()?,
+            v => bail!("{}: no modpost {v}", case.name),
+        };
+        let work = crate::target_dir()
+            .join("oracle/synthetic")
+            .join(&case.name);
+        prepare_case(&case, &work, tc)?;
+        let real = run_real_case(&modpost, &case, &work)?;
+        let ours = run_ours_case(&bins.path("modpost-ir"), &case, &work)?;
+        let gdir = case.dir.join("out");
+        if update {
+            real.write(&gdir)?;
+        }
+        if ours != real {
+            eprintln!(
+                "xtask: {}: modpost-ir differs from modpost {}; outputs in {}",
+                case.name,
+                case.version,
+                work.display()
+            );
+            eprintln!(
+                "--- modpost stderr (status {})\n{}--- modpost-ir stderr (status {})\n{}",
+                real.status,
+                String::from_utf8_lossy(&real.stderr),
+                ours.status,
+                String::from_utf8_lossy(&ours.stderr)
+            );
+        }
+        cases.push(OracleCase {
+            name: Box::leak(format!("synthetic/{}", case.name).into_boxed_str()),
+            identical: ours == real,
+            golden_identical: Outcome::read(&gdir).ok().as_ref() == Some(&real),
+            exports: real
+                .symvers
+                .as_deref()
+                .map(|s| s.iter().filter(|b| **b == b'\n').count())
+                .unwrap_or(0),
+            zero_crcs_unpatched: None,
         });
     }
     Ok(cases)
