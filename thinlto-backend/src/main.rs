@@ -158,18 +158,20 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             inputs_from_manifest(&m)
         }
     };
-    let tc = Toolchain::resolve(&args.toolchain)?;
-    let mut planned = plan(inputs, &tc.cc.spelled)?;
+    let mut inputs = inputs;
     if !args.only.is_empty() {
-        planned.retain(|(j, _, _)| {
+        inputs.retain(|i| {
+            let native = thinlto_backend::plan::native_of(&i.object);
             args.only
                 .iter()
-                .any(|o| *o == j.input.object || *o == j.native || *o == j.input.summary)
+                .any(|o| *o == i.object || *o == native || *o == i.summary)
         });
-        if planned.is_empty() {
+        if inputs.is_empty() {
             bail!("--only {:?}: no such job", args.only);
         }
     }
+    let tc = Toolchain::resolve(&args.toolchain)?;
+    let mut planned = plan(inputs, &tc.cc.spelled)?;
     if args.always_make {
         for p in &mut planned {
             if p.1 == Decision::UpToDate {
@@ -265,7 +267,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         },
         progress,
     };
-    let emit = |rec: JobRecord, output: Option<String>| {
+    let mut emit = |rec: JobRecord, output: Option<String>| {
         if rec.status == "failed" {
             let msg = format!(
                 "thinlto-backend: {}: {}\n{}",
@@ -284,7 +286,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         }
         print(&rec);
     };
-    let summary = run::run_jobs(&to_run, order, &opts, jobserver.as_ref(), &emit);
+    let summary = run::run_jobs(&to_run, order, &opts, jobserver, &mut emit);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
