@@ -61,6 +61,31 @@ fn natives_equal_the_reference_and_records_interoperate() {
     let theirs =
         std::fs::read_to_string(ref_path.join("kernel/.core.thinlto-native.o.cmd")).unwrap();
     assert_eq!(ours.lines().next(), theirs.lines().next());
+    // We adopt make's records where make's own rule says up to date (the
+    // native newer than its inputs), and then keep them by content.
+    let adopt = |expect: &str| {
+        let out = tool("thinlto-backend", &ref_path)
+            .args(["-q", "--index", "out-ref/vmlinux.thinlto-index"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), m.bitcode().count());
+        for r in &recs {
+            assert_eq!(r["status"], "up-to-date", "{r}");
+            assert!(r["reason"].as_str().unwrap().contains(expect), "{r}");
+        }
+    };
+    adopt("make's record adopted");
+    adopt("unchanged");
+    assert!(
+        std::fs::read_to_string(ref_path.join("kernel/.core.thinlto-native.o.cmd"))
+            .unwrap()
+            .contains("# thinlto-dist: digest kernel/core.o ")
+    );
 }
 
 #[test]
@@ -150,6 +175,17 @@ fn incremental_by_content() {
     assert_ne!(out, xtask::reference::expected_harness_output().unwrap());
 }
 
+/// `object` and the objects that import from it, sorted.
+fn with_importers(m: &thinlto_index::Manifest, object: &str) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .bitcode()
+        .filter(|o| o.object == object || o.imports.as_ref().unwrap().iter().any(|i| i == object))
+        .map(|o| o.object.clone())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn incbin_change_reruns_the_job_digests_cannot_see() {
     let t = sample_tree();
@@ -167,14 +203,16 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
         before_bc,
         std::fs::read(t.path().join("kernel/config_blob.o")).unwrap()
     );
-    thin_link(t.path());
+    let m = thin_link(t.path());
     let (_, recs) = backend(t.path(), &[]);
-    assert_eq!(
-        with_status(&recs, "built"),
-        vec!["kernel/config_blob.o".to_string()],
-        "{recs:?}"
-    );
-    let r = recs.iter().find(|r| r["status"] == "built").unwrap();
+    // It reruns, and so do its importers (an imported function's inline
+    // asm could .incbin too); nothing else.
+    let expect = with_importers(&m, "kernel/config_blob.o");
+    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
+    let r = recs
+        .iter()
+        .find(|r| r["object"] == "kernel/config_blob.o")
+        .unwrap();
     assert!(
         r["reason"]
             .as_str()
@@ -186,16 +224,30 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     let out =
         xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");
+    // The same rule for imports: make rebuilds kernel/core.o (a touched
+    // source, the same bitcode); it and every importer rerun, nothing else.
+    let m = thin_link(t.path());
+    let core_c = t.path().join("kernel/core.c");
+    let text = std::fs::read(&core_c).unwrap();
+    std::fs::write(&core_c, text).unwrap();
+    let before = std::fs::read(t.path().join("kernel/core.o")).unwrap();
+    rebuild_fe(t.path());
+    assert_eq!(
+        before,
+        std::fs::read(t.path().join("kernel/core.o")).unwrap()
+    );
+    thin_link(t.path());
+    let (_, recs) = backend(t.path(), &[]);
+    let expect = with_importers(&m, "kernel/core.o");
+    assert!(expect.len() > 1);
+    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
 }
 
-#[test]
-fn jobserver_bounds_parallelism_under_make() {
-    let t = fe_tree(24, true);
-    thin_link(t.path());
-    let log = t.path().join("cc.log");
-    // A logging wrapper around the real compiler (not a stub): records when
-    // each compile starts and ends, and makes them last long enough to overlap.
-    let wrapper = t.path().join("clang-logging-wrapper");
+/// A logging wrapper around the real compiler (not a stub): records when
+/// each compile starts and ends, and makes them last long enough to overlap.
+fn logging_wrapper(tree: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let log = tree.join("cc.log");
+    let wrapper = tree.join("clang-logging-wrapper");
     script(
         &wrapper,
         &format!(
@@ -204,6 +256,36 @@ fn jobserver_bounds_parallelism_under_make() {
             log = log.display()
         ),
     );
+    (wrapper, log)
+}
+
+/// The most compiles the wrapper's log shows running at once.
+fn max_concurrent(log: &Path) -> i32 {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut events: Vec<(u128, i32)> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (v.parse().unwrap(), if k == "start" { 1 } else { -1 })
+        })
+        .collect();
+    // An end sorts before a start at the same instant.
+    events.sort();
+    assert_eq!(events.len() % 2, 0, "{text}");
+    let (mut cur, mut max) = (0, 0);
+    for (_, d) in &events {
+        cur += d;
+        max = max.max(cur);
+    }
+    max
+}
+
+#[test]
+fn jobserver_bounds_parallelism_under_make() {
+    // GNU make 4.3 here: the fd-pair form (--jobserver-auth=R,W).
+    let t = fe_tree(24, true);
+    thin_link(t.path());
+    let (wrapper, log) = logging_wrapper(t.path());
     std::fs::write(
         t.path().join("Makefile.js"),
         format!(
@@ -219,26 +301,59 @@ fn jobserver_bounds_parallelism_under_make() {
             .env("CC", &wrapper)
             .env_remove("MAKEFLAGS"),
     );
-    let text = std::fs::read_to_string(&log).unwrap();
-    let mut events: Vec<(u128, i32)> = text
-        .lines()
-        .map(|l| {
-            let (k, v) = l.split_once(' ').unwrap();
-            (v.parse().unwrap(), if k == "start" { 1 } else { -1 })
-        })
-        .collect();
-    events.sort();
-    let (mut cur, mut max) = (0, 0);
-    for (_, d) in &events {
-        cur += d;
-        max = max.max(cur);
-    }
+    let max = max_concurrent(&log);
     assert!(
         max <= 3,
         "more compiles at once than make -j3 allows: {max}"
     );
     assert!(max >= 2, "the jobserver's tokens were not used: {max}");
-    assert_eq!(events.len() % 2, 0);
+    let jobs = std::fs::read_to_string(t.path().join("out/jobs.jsonl")).unwrap();
+    assert_eq!(jobs.lines().count(), 34);
+}
+
+#[test]
+fn jobserver_fifo_form_bounds_parallelism_and_gets_its_tokens_back() {
+    // make 4.4's form, --jobserver-auth=fifo:PATH, set up as make does: a
+    // named pipe holding one byte per token beyond the job's own.
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let t = fe_tree(12, true);
+    thin_link(t.path());
+    let (wrapper, log) = logging_wrapper(t.path());
+    let fifo = t.path().join("jobserver.fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let mut pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc_o_nonblock())
+        .open(&fifo)
+        .unwrap();
+    pipe.write_all(b"++").unwrap();
+    let out = tool("thinlto-backend", t.path())
+        .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+        .env("CC", &wrapper)
+        .env(
+            "MAKEFLAGS",
+            format!(" -j3 --jobserver-auth=fifo:{}", fifo.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let max = max_concurrent(&log);
+    assert!(max <= 3, "more compiles at once than 3 tokens allow: {max}");
+    assert!(max >= 2, "the fifo's tokens were not used: {max}");
+    // Every token taken went back.
+    let mut buf = [0u8; 16];
+    let n = pipe.read(&mut buf).unwrap_or(0);
+    assert_eq!(&buf[..n], b"++", "tokens not returned");
+}
+
+fn libc_o_nonblock() -> i32 {
+    0o4000
 }
 
 /// thinlto-backend with CC set to `cc` (a wrapper: the re-runs must use
@@ -326,7 +441,7 @@ fn assert_no_temporaries(tree: &Path) {
     for e in walk(tree) {
         let name = e.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            !name.ends_with(".tmp"),
+            !name.contains(".tmp"),
             "temporary left behind: {}",
             e.display()
         );

@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
-use thinlto_backend::record::NativeRecord;
 use thinlto_backend::run::{self, round3, JobRecord, RunOptions, Verbosity};
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
@@ -174,7 +173,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let mut planned = plan(inputs, &tc.cc.spelled)?;
     if args.always_make {
         for p in &mut planned {
-            if p.1 == Decision::UpToDate {
+            if matches!(p.1, Decision::UpToDate | Decision::Adopt) {
                 p.1 = Decision::Run("forced (-B)".into());
             }
         }
@@ -191,9 +190,14 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         for (job, d, _) in &planned {
             match (d, args.explain) {
                 (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native)?,
+                (Decision::Adopt, true) => writeln!(
+                    out,
+                    "{}: up to date (make's record, the native newer than every input)",
+                    job.native
+                )?,
                 (Decision::Run(why), true) => writeln!(out, "{}: would run: {why}", job.native)?,
                 (Decision::Run(_), false) => writeln!(out, "{}", job.command_text)?,
-                (Decision::UpToDate, false) => {}
+                (Decision::UpToDate | Decision::Adopt, false) => {}
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -219,6 +223,22 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                     seconds: 0.0,
                 });
             }
+            Decision::Adopt => {
+                up_to_date += 1;
+                // The digests of today's inputs, which make's rule says
+                // the native was built from.
+                let reason = match run::write_record(&job.record_path, &rec.render(&job.native)) {
+                    Ok(()) => "make's record adopted: command equal, native newer than every input",
+                    Err(_) => "make's record: command equal, native newer than every input",
+                };
+                print(&JobRecord {
+                    object: job.input.object.clone(),
+                    native: job.native.clone(),
+                    status: "up-to-date".into(),
+                    reason: reason.into(),
+                    seconds: 0.0,
+                });
+            }
             Decision::Run(why) => to_run.push((job, why, rec)),
         }
     }
@@ -227,14 +247,12 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     // unknown objects first).
     let cost: Vec<f64> = to_run
         .iter()
-        .map(|(j, _, _)| {
-            NativeRecord::read(&j.record_path)
-                .seconds
-                .unwrap_or_else(|| {
-                    std::fs::metadata(&j.input.object)
-                        .map(|m| m.len() as f64 * 2e-5)
-                        .unwrap_or(0.0)
-                })
+        .map(|(j, _, rec)| {
+            rec.seconds.unwrap_or_else(|| {
+                std::fs::metadata(&j.input.object)
+                    .map(|m| m.len() as f64 * 2e-5)
+                    .unwrap_or(0.0)
+            })
         })
         .collect();
     let mut order: Vec<usize> = (0..to_run.len()).collect();

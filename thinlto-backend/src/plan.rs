@@ -1,19 +1,34 @@
 //! Which backend jobs exist and which of them must run.
 //!
-//! A job is up to date when all of these hold, whatever the mtimes:
+//! A job is up to date when all of these hold, whatever the mtimes of the
+//! `.thinlto.bc` files (the thin link may rewrite them with the same bytes):
 //! - its native object exists and is not empty;
-//! - its record's command equals the command we would run now;
+//! - its record's command equals the command we would run now (compared
+//!   as make's `if_changed` compares: whitespace runs collapsed);
 //! - the recorded blake3 digests of `foo.o`, `foo.o.thinlto.bc` and every
 //!   module `foo.o` imports equal their current contents;
-//! - `foo.o` has the mtime recorded when the native was built.
+//! - `foo.o` and every module it imports have the mtimes recorded when the
+//!   native was built.
 //!
-//! The last rule is for inputs no digest can see: the backend assembles
-//! module-level inline asm, so an `.incbin`'d file is read by the backend
-//! though it is in no input list. kbuild rebuilds `foo.o` when such a file
-//! changes (it is a make prerequisite of `foo.o`), so a front-end object
-//! that make rebuilt — a new mtime — reruns its backend job even if its
-//! bitcode bytes are unchanged. The thin link never touches `foo.o` (only
-//! `foo.o.thinlto.bc`), so this costs nothing on a plain relink.
+//! The last rule is for inputs no digest can see. The backend assembles
+//! inline asm, so a file that asm `.incbin`s is read by the backend though
+//! it is in no input list (and an imported function may carry such asm
+//! into its importers). kbuild rebuilds `foo.o` when such a file changes
+//! (it is a make prerequisite of `foo.o`, and the kernel's `.incbin`
+//! users all declare it), so a front-end object that make rebuilt — a new
+//! mtime — reruns its backend job and its importers' even when its bitcode
+//! bytes are unchanged. The thin link never touches `foo.o` (only
+//! `foo.o.thinlto.bc`), so this costs nothing on a relink; a front-end
+//! rebuild that changed nothing costs the jobs that read that object.
+//! (Without `.imports` lists — a plain index and no `--thinlto-emit-imports-files`
+//! — an import's content is still covered: each `foo.o.thinlto.bc` holds
+//! the module hash of every module it imports from; only the mtime rule
+//! for imports is lost.)
+//!
+//! A record written by make's `if_changed` (a command, no digests) is
+//! adopted as make itself would judge it: if the command is equal and the
+//! native is newer than `foo.o`, `foo.o.thinlto.bc` and every import, the
+//! job is up to date and the record gains the digests and mtimes.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -189,7 +204,18 @@ pub fn mtime_ns(path: &Path) -> Option<i128> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     UpToDate,
+    /// Up to date by make's own rule (a record of make's `if_changed`,
+    /// the native newer than every input): nothing runs, but the record
+    /// is rewritten with the digests.
+    Adopt,
     Run(String),
+}
+
+/// The front-end objects of a job: the object and its imports (the
+/// files whose mtimes the record keeps).
+fn fe_objects(job: &BackendJob) -> impl Iterator<Item = &str> {
+    std::iter::once(job.input.object.as_str())
+        .chain(job.input.imports.iter().flatten().map(String::as_str))
 }
 
 /// Decides one job, and returns the record a successful build will write
@@ -205,21 +231,39 @@ pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, Native
             .with_context(|| format!("{p}: missing or unreadable (input of {})", job.native))?;
         fresh.digests.insert(p.to_string(), d);
     }
-    let obj_mtime = mtime_ns(Path::new(&job.input.object))
-        .with_context(|| format!("{}: cannot stat", job.input.object))?;
-    fresh.mtimes.insert(job.input.object.clone(), obj_mtime);
+    for p in fe_objects(job) {
+        let t = mtime_ns(Path::new(p))
+            .with_context(|| format!("{p}: cannot stat (input of {})", job.native))?;
+        fresh.mtimes.insert(p.to_string(), t);
+    }
+    let native_mtime = std::fs::metadata(&job.native)
+        .ok()
+        .filter(|m| m.is_file() && m.len() > 0)
+        .and_then(|m| m.modified().ok());
     let old = NativeRecord::read(&job.record_path);
-    let decision = if !std::fs::metadata(&job.native)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false)
-    {
+    // The last duration orders the jobs (longest first).
+    fresh.seconds = old.seconds;
+    let decision = if native_mtime.is_none() {
         Decision::Run("new: no native object yet".into())
     } else if old.command.is_none() {
         Decision::Run("no record of the last build".into())
     } else if old.command.as_deref().map(normalize) != Some(normalize(&job.command_text)) {
         Decision::Run("command changed".into())
     } else if old.digests.is_empty() {
-        Decision::Run("no digests recorded (built by make)".into())
+        // make's record: make's rule (no input newer than the target).
+        let newer = job.content_inputs().into_iter().find(|p| {
+            match (
+                std::fs::metadata(p).and_then(|m| m.modified()),
+                native_mtime,
+            ) {
+                (Ok(t), Some(n)) => t > n,
+                _ => true,
+            }
+        });
+        match newer {
+            Some(p) => Decision::Run(format!("built by make, and {p} is newer")),
+            None => Decision::Adopt,
+        }
     } else if let Some(p) = fresh
         .digests
         .iter()
@@ -229,8 +273,15 @@ pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, Native
         Decision::Run(format!("input changed: {p}"))
     } else if old.digests.len() != fresh.digests.len() {
         Decision::Run("the import list changed".into())
-    } else if old.mtimes.get(&job.input.object) != Some(&obj_mtime) {
-        Decision::Run(format!("front-end object rebuilt: {}", job.input.object))
+    } else if let Some(p) = fresh
+        .mtimes
+        .iter()
+        .find(|(p, t)| old.mtimes.get(*p) != Some(*t))
+        .map(|(p, _)| p)
+    {
+        Decision::Run(format!(
+            "front-end object rebuilt: {p} (same bitcode; it may .incbin a changed file)"
+        ))
     } else {
         Decision::UpToDate
     };

@@ -331,7 +331,7 @@ fn remove_temporaries(tmp: &Path) {
 /// sees no file, an empty one — no command, so the job reruns — or the
 /// whole record) and costs no rename; a longer record goes through a
 /// temporary and a rename.
-fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let open_new = |p: &Path| {
         std::fs::OpenOptions::new()
