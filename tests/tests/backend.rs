@@ -552,6 +552,58 @@ fn final_archive_is_what_llvm_ar_writes() {
 }
 
 #[test]
+fn archive_paths_as_llvm_ar_stores_them() {
+    // Member paths llvm-ar rewrites (relative to the archive's directory,
+    // lexically), keeps (absolute ones, dots and all; duplicates), an odd
+    // name table (padded, the pad counted), and no members at all.
+    let t = sample_tree();
+    let abs = t.path().join("lib/../lib/crc_util.o");
+    let lists: Vec<Vec<String>> = vec![
+        vec![
+            "./init/main.o".into(),
+            "kernel/../kernel/core.o".into(),
+            abs.to_string_lossy().into_owned(),
+            "lib/crc_util.o".into(),
+            "lib/crc_util.o".into(),
+            "arch/x86/lib/memops.o".into(),
+        ],
+        vec!["init/main.o".into()],
+        vec!["lib/crc_util.o".into(), "arch/x86/lib/memops.o".into()],
+        vec![],
+    ];
+    std::fs::write(t.path().join("empty.index"), "").unwrap();
+    for (i, members) in lists.iter().enumerate() {
+        let order = format!("order{i}");
+        let text: String = members.iter().map(|m| format!("{m}\n")).collect();
+        std::fs::write(t.path().join(&order), text).unwrap();
+        for out in [format!("sub/dir/a{i}.a"), format!("a{i}.a")] {
+            std::fs::create_dir_all(t.path().join("sub/dir")).unwrap();
+            run_ok(tool("thinlto-backend", t.path()).args([
+                "archive",
+                "--order",
+                &order,
+                "--index",
+                "empty.index",
+                "-o",
+                &out,
+            ]));
+            let reference = format!("{out}.llvm-ar");
+            run_ok(
+                Command::new(&toolchain().ar.path)
+                    .current_dir(t.path())
+                    .args(["cDPrS", "--thin", &reference])
+                    .args(members),
+            );
+            assert_eq!(
+                std::fs::read(t.path().join(&out)).unwrap(),
+                std::fs::read(t.path().join(&reference)).unwrap(),
+                "{out} of {members:?} differs from llvm-ar's"
+            );
+        }
+    }
+}
+
+#[test]
 fn explain_dry_run_and_only_run_nothing_or_one_job() {
     let t = sample_tree();
     thin_link(t.path());

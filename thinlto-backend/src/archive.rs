@@ -1,7 +1,8 @@
 //! Stage 4's thin archive, written byte for byte as
 //! `llvm-ar cDPrS --thin ARCHIVE MEMBERS…` writes it: `!<thin>\n`, a GNU
-//! long-name table holding every member path relative to the archive's
-//! directory, then one header per member (deterministic: date, uid, gid 0,
+//! long-name table holding every member path (a relative one made relative
+//! to the archive's directory, lexically; an absolute one as given; no
+//! duplicate removed), then one header per member (deterministic: date, uid, gid 0,
 //! mode 644) with the member's size and no content.
 
 use std::collections::HashSet;
@@ -76,17 +77,28 @@ pub fn thin_archive_bytes(archive: &Path, members: &[String], cwd: &Path) -> Res
         let size = std::fs::metadata(cwd.join(m))
             .with_context(|| format!("{m}: cannot add to {}", archive.display()))?
             .len();
-        let rel = relative(&arch_dir, &abs);
         entries.push((table.len(), size));
-        table.extend_from_slice(rel.as_os_str().as_bytes());
+        if Path::new(m).is_absolute() {
+            // llvm-ar keeps an absolute member path as given, dots and all.
+            table.extend_from_slice(m.as_bytes());
+        } else {
+            // A relative one becomes relative to the archive's directory,
+            // lexically (no symlinks resolved).
+            table.extend_from_slice(relative(&arch_dir, &abs).as_os_str().as_bytes());
+        }
         table.extend_from_slice(b"/\n");
     }
+    // The table is padded to an even length, and its size counts the pad.
+    if table.len() % 2 == 1 {
+        table.push(b'\n');
+    }
     let mut out = b"!<thin>\n".to_vec();
+    if members.is_empty() {
+        // No members, no name table: the magic alone.
+        return Ok(out);
+    }
     out.extend_from_slice(header("//", "", "", "", "", table.len() as u64)?.as_bytes());
     out.extend_from_slice(&table);
-    if table.len() % 2 == 1 {
-        out.push(b'\n');
-    }
     for (offset, size) in entries {
         out.extend_from_slice(
             header(&format!("/{offset}"), "0", "0", "0", "644", size)?.as_bytes(),
