@@ -17,8 +17,9 @@
 //! Besides the export checks, the diagnostics modpost prints while reading
 //! an object are reproduced in modpost's order: `COMMON symbol` warnings
 //! (symbol-table order), then per section `unexpected non-allocatable
-//! section` warnings interleaved with the export errors and warnings. The
-//! section-mismatch analysis is not reproduced.
+//! section` warnings interleaved with the export errors and warnings and
+//! the section-mismatch warnings of modpost 6.12 (`check_sec_ref`: RELA
+//! relocations on every machine, REL relocations on i386).
 
 use anyhow::{anyhow, bail, Result};
 use object::elf;
@@ -78,6 +79,8 @@ pub struct Exports {
     pub layout: Layout,
     pub exports: Vec<Export>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Section mismatches reported (modpost's `sec_mismatch_count`).
+    pub section_mismatches: usize,
 }
 
 impl Exports {
@@ -92,11 +95,16 @@ pub struct ReadOptions {
     /// `-M` (CONFIG_MODULES): without it modpost 6.12 ignores
     /// `.export_symbol` and vmlinux exports nothing.
     pub modules: bool,
+    /// Run modpost's section-mismatch analysis (6.12 layout only).
+    pub section_mismatch: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { modules: true }
+        ReadOptions {
+            modules: true,
+            section_mismatch: true,
+        }
     }
 }
 
@@ -252,8 +260,12 @@ fn read<E: FileHeader<Endian = Endianness>>(
     // First loop over the symbol table (handle_symbol): COMMON symbols,
     // and the pre-6.5 exports.
     for (i, sym) in symbols.iter().enumerate() {
+        let shndx = sym.st_shndx(endian);
+        if out.layout == Layout::ExportSymbol && shndx != elf::SHN_COMMON {
+            continue;
+        }
         let symname = remove_dot(name_of(sym));
-        match sym.st_shndx(endian) {
+        match shndx {
             elf::SHN_COMMON if !symname.starts_with(b"__gnu_lto_") => {
                 out.diagnostics.push(Diagnostic::warning(format!(
                     "\"{}\" [{module}] is COMMON symbol\n",
@@ -302,26 +314,71 @@ fn read<E: FileHeader<Endian = Endianness>>(
 
     // modpost's symsearch table: valid names, sorted by (section, address,
     // index); equal (section, address) runs take the first index.
-    let mut table: Vec<(u32, u64, usize)> = Vec::new();
-    if let Some(secndx) = export_secndx {
+    let is_arm = header.e_machine(endian) == elf::EM_ARM;
+    let build_table = |only: Option<u32>| -> Vec<(u32, u64, usize)> {
+        let mut table: Vec<(u32, u64, usize)> = Vec::new();
         for (i, sym) in symbols.iter().enumerate() {
-            // Only the export section is ever searched.
-            if secindex(i, sym) == secndx && is_valid_name(name_of(sym)) {
-                table.push((secndx, sym.st_value(endian).into(), i));
+            let sec = secindex(i, sym);
+            if only.is_some_and(|o| o != sec) || !is_valid_name(name_of(sym)) {
+                continue;
+            }
+            let mut addr: u64 = sym.st_value(endian).into();
+            if is_arm && sym.st_type() == elf::STT_FUNC {
+                addr &= !1;
+            }
+            table.push((sec, addr, i));
+        }
+        table.sort_unstable();
+        for i in 1..table.len() {
+            if table[i].0 == table[i - 1].0 && table[i].1 == table[i - 1].1 {
+                table[i].2 = table[i - 1].2;
             }
         }
-    }
-    table.sort_unstable();
-    for i in 1..table.len() {
-        if table[i].1 == table[i - 1].1 {
-            table[i].2 = table[i - 1].2;
-        }
-    }
-    let nearest = |addr: u64| -> Option<usize> {
-        let hi = table.partition_point(|e| e.1 <= addr);
-        (hi > 0).then(|| table[hi - 1].2)
+        table
     };
+    // The export labels need the export section's entries only; the whole
+    // table is built when a section mismatch is first reported.
+    let export_table = match export_secndx {
+        Some(x) => build_table(Some(x)),
+        None => Vec::new(),
+    };
+    let full_table: std::cell::OnceCell<Vec<(u32, u64, usize)>> = std::cell::OnceCell::new();
+    // symsearch_find_nearest
+    let find_nearest_in = |table: &[(u32, u64, usize)],
+                           addr: u64,
+                           secndx: u32,
+                           allow_negative: bool,
+                           min_distance: u64|
+     -> Option<usize> {
+        let hi = table.partition_point(|e| (e.0, e.1) <= (secndx, addr));
+        let mut min_distance = min_distance;
+        let mut result = None;
+        if allow_negative
+            && hi < table.len()
+            && table[hi].0 == secndx
+            && table[hi].1.wrapping_sub(addr) <= min_distance
+        {
+            min_distance = table[hi].1.wrapping_sub(addr);
+            result = Some(table[hi].2);
+        }
+        if hi > 0 && table[hi - 1].0 == secndx && addr.wrapping_sub(table[hi - 1].1) <= min_distance
+        {
+            result = Some(table[hi - 1].2);
+        }
+        result
+    };
+    let find_nearest = |addr: u64, secndx: u32, allow_negative: bool, min_distance: u64| {
+        let table = full_table.get_or_init(|| build_table(None));
+        find_nearest_in(table, addr, secndx, allow_negative, min_distance)
+    };
+    let nearest = |addr: u64| -> Option<usize> {
+        export_secndx.and_then(|x| find_nearest_in(&export_table, addr, x, false, u64::MAX))
+    };
+    let machine = header.e_machine(endian);
+    let mips64el = header.is_mips64el(endian);
 
+    // The target sections' classes for the mismatch checks, once each.
+    let mut to_class: Vec<u8> = vec![UNKNOWN; num_sections as usize + 1];
     // check_sec_ref: every section in order.
     for section in sections.iter() {
         let ty = section.sh_type(endian);
@@ -343,17 +400,34 @@ fn read<E: FileHeader<Endian = Endianness>>(
             continue;
         }
         let target = section.sh_info(endian);
-        if !opts.modules || Some(target) != export_secndx || is_white_listed(sec_name(target)) {
+        let fromsec = sec_name(target);
+        if is_white_listed(fromsec) {
             continue;
         }
-        let mut relocs: Vec<(u64, u32)> = Vec::new();
+        let exports_here = opts.modules && Some(target) == export_secndx;
+        let mismatch_pass = opts.section_mismatch && out.layout == Layout::ExportSymbol;
+        if !exports_here && !mismatch_pass {
+            continue;
+        }
+        // Only sections some check starts from can report a mismatch.
+        let checked_from = !exports_here && section_mismatch_from(fromsec);
+        if !exports_here && !checked_from {
+            continue;
+        }
+        let from_rows = if checked_from { from_rows(fromsec) } else { 0 };
+        // (offset, symbol, type, addend or None for REL)
+        let mut relocs: Vec<(u64, u32, u32, Option<i64>)> = Vec::new();
         if let Some((rela, _)) = section
             .rela(endian, data)
             .map_err(|e| anyhow!("bad relocations: {e}"))?
         {
-            let mips64el = header.is_mips64el(endian);
             for r in rela {
-                relocs.push((r.r_offset(endian).into(), r.r_sym(endian, mips64el)));
+                relocs.push((
+                    r.r_offset(endian).into(),
+                    r.r_sym(endian, mips64el),
+                    r.r_type(endian, mips64el),
+                    Some(r.r_addend(endian).into()),
+                ));
             }
         }
         if let Some((rel, _)) = section
@@ -361,25 +435,337 @@ fn read<E: FileHeader<Endian = Endianness>>(
             .map_err(|e| anyhow!("bad relocations: {e}"))?
         {
             for r in rel {
-                relocs.push((r.r_offset(endian).into(), r.r_sym(endian)));
+                relocs.push((
+                    r.r_offset(endian).into(),
+                    r.r_sym(endian),
+                    r.r_type(endian),
+                    None,
+                ));
             }
         }
-        for (offset, r_sym) in relocs {
-            check_export_symbol::<E>(
-                &mut out,
-                module,
-                offset,
-                r_sym,
-                &symbols,
-                endian,
-                &nearest,
-                &secindex,
-                &sec_name,
-                &section_data,
-            )?;
+        for (offset, r_sym, r_type, addend) in relocs {
+            if exports_here {
+                check_export_symbol::<E>(
+                    &mut out,
+                    module,
+                    offset,
+                    r_sym,
+                    &symbols,
+                    endian,
+                    &nearest,
+                    &secindex,
+                    &sec_name,
+                    &section_data,
+                )?;
+                continue;
+            }
+            match machine {
+                elf::EM_RISCV if fromsec == b"__ex_table" && r_type == elf::R_RISCV_SUB32 => {
+                    continue
+                }
+                elf::EM_LOONGARCH
+                    if (r_type == elf::R_LARCH_SUB32 && fromsec == b"__ex_table")
+                        || r_type == elf::R_LARCH_RELAX
+                        || r_type == elf::R_LARCH_ALIGN =>
+                {
+                    continue
+                }
+                _ => {}
+            }
+            let tsym = symbols
+                .symbol(object::SymbolIndex(r_sym as usize))
+                .map_err(|_| {
+                    anyhow!(
+                        "{}: relocation at {offset:#x} points at symbol {r_sym}, which does not exist",
+                        lossy(fromsec)
+                    )
+                })?;
+            let tsecndx = secindex(r_sym as usize, tsym);
+            let slot = (tsecndx.min(num_sections)) as usize;
+            if to_class[slot] == UNKNOWN {
+                to_class[slot] = to_bits(sec_name(tsecndx));
+            }
+            let Some(check) = section_mismatch(from_rows, to_class[slot]) else {
+                continue;
+            };
+            let tosec = sec_name(tsecndx);
+            let st_value: u64 = tsym.st_value(endian).into();
+            let taddr = match addend {
+                Some(a) => st_value.wrapping_add(a as u64),
+                None if machine == elf::EM_386 => {
+                    let loc = section_data(target)
+                        .get(offset as usize..offset as usize + 4)
+                        .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as u64)
+                        .unwrap_or(0);
+                    match r_type {
+                        elf::R_386_32 => loc,
+                        elf::R_386_PC32 => loc + 4,
+                        _ => u32::MAX as u64,
+                    }
+                }
+                None => bail!(
+                    "{}: section-mismatch analysis of REL relocations is not implemented for ELF machine {machine}",
+                    lossy(fromsec)
+                ),
+            };
+            // default_mismatch_handler
+            let from = find_nearest(offset, target, false, u64::MAX)
+                .and_then(|i| symbols.symbol(object::SymbolIndex(i)).ok());
+            let fromsym = from.map(name_of).unwrap_or(b"");
+            let tsym = if is_valid_name(name_of(tsym)) {
+                (r_sym as usize, tsym)
+            } else {
+                match find_nearest(taddr, secindex(r_sym as usize, tsym), true, 20) {
+                    Some(i) => (i, symbols.symbol(object::SymbolIndex(i)).unwrap()),
+                    None => (r_sym as usize, tsym),
+                }
+            };
+            let tosym = name_of(tsym.1);
+            if !secref_whitelist(fromsec, fromsym, tosec, tosym) {
+                continue;
+            }
+            out.section_mismatches += 1;
+            let faddr_rel = if fromsym.is_empty() {
+                offset
+            } else {
+                offset.wrapping_sub(from.unwrap().st_value(endian).into())
+            } as u32;
+            let to = if tosym.is_empty() {
+                format!("0x{:x}", taddr as u32)
+            } else {
+                lossy(tosym)
+            };
+            out.diagnostics.push(Diagnostic::warning(format!(
+                "{module}: section mismatch in reference: {}{}0x{:x} (section: {}) -> {to} (section: {})\n",
+                lossy(fromsym),
+                if fromsym.is_empty() { "" } else { "+" },
+                faddr_rel,
+                lossy(fromsec),
+                lossy(tosec)
+            )));
+            if check == Mismatch::ExtableToNonText {
+                let (fs, ts) = (lossy(fromsec), lossy(tosec));
+                if tosec == b".altinstr_replacement" {
+                    bail!(
+                        "The relocation at {fs}+0x{offset:x} references\n\
+                         section \"{ts}\" which is black-listed.\n\
+                         Something is seriously wrong and should be fixed.\n\
+                         You might get more information about where this is\n\
+                         coming from by using scripts/check_extable.sh {module}"
+                    );
+                }
+                let tsec = secindex(tsym.0, tsym.1);
+                let executable = tsec < num_sections
+                    && sections
+                        .section(object::SectionIndex(tsec as usize))
+                        .map(|s| {
+                            let f: u64 = s.sh_flags(endian).into();
+                            f & u64::from(elf::SHF_EXECINSTR) != 0
+                        })
+                        .unwrap_or(false);
+                if executable {
+                    out.diagnostics.push(Diagnostic::warning(format!(
+                        "The relocation at {fs}+0x{offset:x} references\n\
+                         section \"{ts}\" which is not in the list of\n\
+                         authorized sections.  If you're adding a new section\n\
+                         and/or if this reference is valid, add \"{ts}\" to the\n\
+                         list of authorized sections to jump to on fault.\n\
+                         This can be achieved by adding \"{ts}\" to\n\
+                         OTHER_TEXT_SECTIONS in scripts/mod/modpost.c.\n"
+                    )));
+                } else {
+                    out.diagnostics.push(Diagnostic::error(format!(
+                        "{fs}+0x{offset:x} references non-executable section '{ts}'\n"
+                    )));
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// A shell pattern of modpost's tables: `*` is the only wildcard used.
+fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.iter().position(|b| *b == b'*') {
+        None => pattern == s,
+        Some(star) => {
+            let (head, rest) = (&pattern[..star], &pattern[star + 1..]);
+            if !s.starts_with(head) {
+                return false;
+            }
+            let s = &s[head.len()..];
+            (0..=s.len()).any(|i| glob(rest, &s[i..]))
+        }
+    }
+}
+
+fn matches(s: &[u8], patterns: &[&str]) -> bool {
+    patterns.iter().any(|p| glob(p.as_bytes(), s))
+}
+
+const ALL_INIT_DATA_SECTIONS: &[&str] = &[".init.setup", ".init.rodata", ".init.data"];
+const ALL_PCI_INIT_SECTIONS: &[&str] = &[
+    ".pci_fixup_early",
+    ".pci_fixup_header",
+    ".pci_fixup_final",
+    ".pci_fixup_enable",
+    ".pci_fixup_resume",
+    ".pci_fixup_resume_early",
+    ".pci_fixup_suspend",
+];
+const ALL_INIT_SECTIONS: &[&str] = &[".init.*"];
+const ALL_EXIT_SECTIONS: &[&str] = &[".exit.*"];
+const ALL_INIT_EXIT_SECTIONS: &[&str] = &[".init.*", ".exit.*"];
+const DATA_SECTIONS: &[&str] = &[".data", ".data.rel"];
+const TEXT_DATA_SECTIONS: &[&str] = &[
+    ".text",
+    ".text.*",
+    ".sched.text",
+    ".kprobes.text",
+    ".cpuidle.text",
+    ".noinstr.text",
+    ".ltext",
+    ".ltext.*",
+    ".data",
+    ".data.rel",
+];
+const ALL_TEXT_SECTIONS: &[&str] = &[
+    ".init.text",
+    ".exit.text",
+    ".text",
+    ".text.*",
+    ".sched.text",
+    ".kprobes.text",
+    ".cpuidle.text",
+    ".noinstr.text",
+    ".ltext",
+    ".ltext.*",
+    ".ref.text",
+    ".head.text",
+    ".spinlock.text",
+    ".fixup",
+    ".entry.text",
+    ".exception.text",
+    ".coldtext",
+    ".softirqentry.text",
+    ".irqentry.text",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mismatch {
+    Other,
+    ExtableToNonText,
+}
+
+/// Whether any `sectioncheck` entry starts from this section.
+fn section_mismatch_from(fromsec: &[u8]) -> bool {
+    from_rows(fromsec) != 0
+}
+
+/// The rows of modpost's `sectioncheck` table whose `fromsec` patterns
+/// match, as bits in table order.
+fn from_rows(fromsec: &[u8]) -> u8 {
+    let mut rows = 0;
+    for (bit, pats) in [
+        TEXT_DATA_SECTIONS,
+        ALL_INIT_SECTIONS,
+        ALL_EXIT_SECTIONS,
+        ALL_PCI_INIT_SECTIONS,
+        &["__ex_table"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        if matches(fromsec, pats) {
+            rows |= 1 << bit;
+        }
+    }
+    rows
+}
+
+const UNKNOWN: u8 = 0xff;
+const TO_EMPTY: u8 = 1;
+const TO_INIT: u8 = 2;
+const TO_EXIT: u8 = 4;
+const TO_ALTINSTR: u8 = 8;
+const TO_TEXT: u8 = 16;
+
+/// What the `sectioncheck` table asks of a target section.
+fn to_bits(tosec: &[u8]) -> u8 {
+    let mut b = 0;
+    if tosec.is_empty() {
+        b |= TO_EMPTY;
+    }
+    if matches(tosec, ALL_INIT_SECTIONS) {
+        b |= TO_INIT;
+    }
+    if matches(tosec, ALL_EXIT_SECTIONS) {
+        b |= TO_EXIT;
+    }
+    if tosec == b".altinstr_replacement" {
+        b |= TO_ALTINSTR;
+    }
+    if matches(tosec, ALL_TEXT_SECTIONS) {
+        b |= TO_TEXT;
+    }
+    b
+}
+
+/// modpost's `section_mismatch` over its `sectioncheck` table: the first
+/// row (in order) whose `fromsec` matches and whose `bad_tosec` matches or
+/// `good_tosec` does not.
+fn section_mismatch(from_rows: u8, to: u8) -> Option<Mismatch> {
+    if to & TO_EMPTY != 0 {
+        return None;
+    }
+    let rows: [(u8, u8, Mismatch); 5] = [
+        (TO_INIT | TO_EXIT, 0, Mismatch::Other),
+        (TO_EXIT, 0, Mismatch::Other),
+        (TO_INIT, 0, Mismatch::Other),
+        (TO_INIT, 0, Mismatch::Other),
+        (TO_ALTINSTR, TO_TEXT, Mismatch::ExtableToNonText),
+    ];
+    for (bit, (bad, good, kind)) in rows.into_iter().enumerate() {
+        if from_rows & (1 << bit) != 0 && (to & bad != 0 || (good != 0 && to & good == 0)) {
+            return Some(kind);
+        }
+    }
+    None
+}
+
+/// modpost's `secref_whitelist`: false when the reference is allowed.
+fn secref_whitelist(fromsec: &[u8], fromsym: &[u8], tosec: &[u8], tosym: &[u8]) -> bool {
+    if matches(tosec, ALL_INIT_DATA_SECTIONS)
+        && matches(fromsec, DATA_SECTIONS)
+        && fromsym.starts_with(b"__param")
+    {
+        return false;
+    }
+    if tosec == b".init.text"
+        && matches(fromsec, DATA_SECTIONS)
+        && fromsym.starts_with(b"__param_ops_")
+    {
+        return false;
+    }
+    if matches(fromsec, DATA_SECTIONS)
+        && matches(tosec, ALL_INIT_EXIT_SECTIONS)
+        && matches(fromsym, &["*_ops", "*_probe", "*_console"])
+    {
+        return false;
+    }
+    if fromsec.starts_with(b".head.text") && matches(tosec, ALL_INIT_SECTIONS) {
+        return false;
+    }
+    if matches(tosym, &["__init_begin", "_sinittext", "_einittext"]) {
+        return false;
+    }
+    if matches(fromsec, ALL_TEXT_SECTIONS)
+        && matches(tosec, ALL_INIT_SECTIONS)
+        && matches(fromsym, &["*.constprop.*"])
+    {
+        return false;
+    }
+    true
 }
 
 fn add_export(
@@ -502,6 +888,17 @@ mod tests {
         assert_eq!(remove_dot(b".foo.1"), b".foo.1");
         assert_eq!(remove_dot(b"foo."), b"foo.");
         assert_eq!(remove_dot(b"foo"), b"foo");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob(b"*_ops", b"ipv6_ops"));
+        assert!(!glob(b"*_ops", b"ipv6_ops.llvm.123"));
+        assert!(glob(b"*.constprop.*", b"f.constprop.0"));
+        assert!(glob(b".init.*", b".init.text"));
+        assert!(!glob(b".init.*", b".init"));
+        assert!(glob(b".data", b".data"));
+        assert!(!glob(b".data", b".data.x"));
     }
 
     #[test]

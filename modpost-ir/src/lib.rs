@@ -7,7 +7,8 @@
 //! 0). This crate reads the CRCs with that mapping and modpost's own
 //! acceptance rules (through `thinlto-cmdparse`), finds the exports of
 //! `vmlinux.o` as modpost does, and writes `vmlinux.symvers` and
-//! `.vmlinux.export.c` byte for byte as modpost writes them.
+//! `.vmlinux.export.c` byte for byte as modpost writes them, with its
+//! diagnostics (section mismatches included) in its words and order.
 
 pub mod exports;
 

@@ -71,6 +71,11 @@ enum Verb {
         /// not read, vmlinux exports nothing
         #[arg(long)]
         no_modules: bool,
+        /// Section mismatches are errors (modpost -E, i.e. without
+        /// CONFIG_SECTION_MISMATCH_WARN_ONLY): the outputs are written, then
+        /// the run fails
+        #[arg(long)]
+        section_mismatch_errors: bool,
     },
 }
 
@@ -131,32 +136,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             export_c,
             no_modversions,
             no_modules,
+            section_mismatch_errors,
         } => {
-            let file = std::fs::File::open(&vmlinux_o)
-                .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
-            // SAFETY: read-only map of an object nobody rewrites meanwhile.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;
-            let opts = ReadOptions {
-                modules: !no_modules,
-            };
-            let exports = read_exports_with(&map, "vmlinux", opts)
-                .with_context(|| format!("{}", vmlinux_o.display()))?;
-            let list = if no_modversions {
-                Vec::new()
-            } else {
-                objects_of(&source, &[], true)?
-            };
             let mapping = if source.unpatched {
                 Mapping::Unpatched
             } else {
                 Mapping::Patched
             };
-            let crc_list = if no_modversions {
-                Vec::new()
-            } else {
-                crcs(&list, mapping)?
+            let opts = ReadOptions {
+                modules: !no_modules,
+                section_mismatch: true,
             };
+            // The object and the .cmd files are independent: read both at once.
+            let (exports, crc_list) = rayon::join(
+                || -> Result<_> {
+                    let file = std::fs::File::open(&vmlinux_o)
+                        .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
+                    // SAFETY: read-only map of an object nobody rewrites meanwhile.
+                    let map = unsafe { memmap2::Mmap::map(&file) }
+                        .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;
+                    read_exports_with(&map, "vmlinux", opts)
+                        .with_context(|| format!("{}", vmlinux_o.display()))
+                },
+                || -> Result<_> {
+                    if no_modversions {
+                        return Ok(Vec::new());
+                    }
+                    crcs(&objects_of(&source, &[], true)?, mapping)
+                },
+            );
+            // modpost reads the object first: its errors come first.
+            let exports = exports?;
+            let crc_list = crc_list?;
             let out = render(&exports, &crc_list, !no_modversions);
             for m in &out.messages {
                 eprint!("{m}");
@@ -173,6 +184,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => {
                     let _ = std::io::stdout().lock().write_all(out.symvers.as_bytes());
                 }
+            }
+            if section_mismatch_errors && exports.section_mismatches > 0 {
+                eprint!(
+                    "ERROR: modpost: Section mismatches detected.\n\
+                     Set CONFIG_SECTION_MISMATCH_WARN_ONLY=y to allow them.\n"
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }
