@@ -180,7 +180,10 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     }
     let verbosity = if args.quiet {
         Verbosity::Quiet
-    } else if args.verbose || std::env::var("V").is_ok_and(|v| v == "1") {
+    } else if args.verbose
+        || std::env::var("V").is_ok_and(|v| v == "1")
+        || std::env::var("MAKEFLAGS").is_ok_and(|m| m.split_whitespace().any(|w| w == "V=1"))
+    {
         Verbosity::Commands
     } else {
         Verbosity::Normal
@@ -271,10 +274,11 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         pb
     });
     let opts = RunOptions {
-        jobs: args.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
+        jobs: args.jobs.unwrap_or_else(|| match jobserver {
+            run::MakeJobserver::Unusable => 1,
+            _ => std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(1)
+                .unwrap_or(1),
         }),
         jobs_explicit: args.jobs.is_some(),
         keep_going: args.keep_going,
@@ -304,7 +308,11 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         }
         print(&rec);
     };
-    let summary = run::run_jobs(&to_run, order, &opts, jobserver, &mut emit);
+    let client = match jobserver {
+        run::MakeJobserver::Usable(c) => Some(c),
+        _ => None,
+    };
+    let summary = run::run_jobs(&to_run, order, &opts, client, &mut emit);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

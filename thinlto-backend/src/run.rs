@@ -83,18 +83,32 @@ pub fn pending_signal() -> Option<i32> {
     }
 }
 
-/// The jobserver make handed us, if any (a `+` recipe under `make -jN`).
-pub fn jobserver_from_env() -> Option<jobserver::Client> {
+/// Make's jobserver as the environment presents it.
+pub enum MakeJobserver {
+    /// No jobserver in MAKEFLAGS: we decide the parallelism.
+    Absent,
+    /// A usable jobserver (`+` recipe under `make -jN`).
+    Usable(jobserver::Client),
+    /// MAKEFLAGS names one, but its descriptors are not ours (a recipe
+    /// without `+`): like a sub-make then, one job at a time unless -j.
+    Unusable,
+}
+
+/// The jobserver make handed us, if any, in either form:
+/// `--jobserver-auth=R,W` (inherited descriptors) or `fifo:PATH` (make 4.4).
+pub fn jobserver_from_env() -> MakeJobserver {
     // SAFETY: called once, early, before any other code uses the
     // inherited descriptors named in MAKEFLAGS.
     let from_env = unsafe { jobserver::Client::from_env_ext(true) };
     match from_env.client {
-        Ok(c) => Some(c),
+        Ok(c) => MakeJobserver::Usable(c),
         Err(e) => {
             if std::env::var("MAKEFLAGS").is_ok_and(|m| m.contains("jobserver")) {
-                eprintln!("thinlto-backend: warning: make's jobserver is not usable ({e}); is the recipe marked with `+`? Using -j instead");
+                eprintln!("thinlto-backend: warning: make's jobserver is not usable ({e}); mark the recipe with `+` to share make's job slots. One job at a time unless -j says otherwise");
+                MakeJobserver::Unusable
+            } else {
+                MakeJobserver::Absent
             }
-            None
         }
     }
 }
