@@ -7,12 +7,14 @@
 //! - [`run`] runs them: parallel, inside make's jobserver when given one,
 //!   longest first, outputs renamed into place, records written last;
 //! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
-//! - [`archive`] writes the final thin archive.
+//! - [`archive`] writes the final thin archive;
+//! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
 
 pub mod archive;
 pub mod plan;
 pub mod record;
 pub mod run;
+pub mod wrap;
 
 pub use plan::{BackendJob, Decision, JobInput};
 pub use run::{JobRecord, RunOptions, RunSummary, Verbosity};

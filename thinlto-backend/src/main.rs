@@ -60,6 +60,17 @@ enum Verb {
         #[arg(short, value_name = "ARCHIVE")]
         o: PathBuf,
     },
+    /// A compiler wrapper for kbuild's own rules, as kbuild's CC:
+    /// `make LLVM=-19 CC="thinlto-backend wrap clang-19" vmlinux`. A ThinLTO
+    /// backend command is skipped when its native object is up to date by
+    /// content (the rules above; record in dir/.N.digests.cmd); every other
+    /// command is exec'd unchanged. THINLTO_WRAP_EXPLAIN=1 says why each
+    /// backend command runs or not.
+    Wrap {
+        /// The compiler and its arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +90,10 @@ struct RunArgs {
     /// Print nothing on stderr but errors
     #[arg(short, long)]
     quiet: bool,
+    /// No closing summary line (as in kbuild, where only each compile's
+    /// `CC` line is printed)
+    #[arg(long)]
+    no_summary: bool,
     /// Print the commands that would run, run nothing
     #[arg(long)]
     dry_run: bool,
@@ -96,12 +111,17 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any parsing: every word after `wrap` belongs to the compiler.
+    if let Some(argv) = thinlto_backend::wrap::wrap_argv() {
+        thinlto_backend::wrap::main(argv)
+    }
     run::install_signal_handlers();
     let cli = Cli::parse();
     let result = match cli.verb {
         Some(Verb::Archive { order, index, o }) => {
             archive(&order, &index, &o).map(|_| ExitCode::SUCCESS)
         }
+        Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         None => backend(cli.run),
     };
     match result {
@@ -316,7 +336,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if verbosity != Verbosity::Quiet || summary.failed > 0 {
+    if (verbosity != Verbosity::Quiet && !args.no_summary) || summary.failed > 0 {
         eprintln!(
             "thinlto-backend: {} built, {} up to date, {} failed{}; wall {:.2} s, CPU {:.2} s",
             summary.built,

@@ -105,7 +105,6 @@ pub struct BackendJob {
     pub argv: Vec<String>,
     /// The command as kbuild records it (the front end's flag text raw).
     pub command_text: String,
-    pub flags_from: FlagsFrom,
 }
 
 impl BackendJob {
@@ -148,7 +147,6 @@ impl BackendJob {
             input,
             argv,
             command_text,
-            flags_from: flags.from,
         })
     }
 

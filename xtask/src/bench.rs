@@ -664,7 +664,9 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
     std::fs::create_dir_all(&kref)?;
     let out = out.canonicalize()?;
     let kref = kref.canonicalize()?;
-    let (tc, plan, inprocess) = crate::kernel::kernel_settings(&tree, &out)?;
+    let layout = crate::kernel::detect_layout(&tree)?;
+    let (tc, plan, inprocess) = crate::kernel::kernel_settings(&tree, &out, layout)?;
+    let fe = plan.fe_archive.clone();
     let bins = flow::build_bins()?;
     let out_s = out.to_string_lossy().into_owned();
     let kref_s = kref.to_string_lossy().into_owned();
@@ -753,11 +755,11 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
     for _ in 0..opts.runs {
         r.ours.push(measure_sh(
             &tree,
-            &format!("{0} order vmlinux.a | {0} scan -", idx.display()),
+            &format!("{0} order {fe} | {0} scan -", idx.display()),
         )?);
         r.reference.push(measure_sh(
             &tree,
-            &format!("{ar} t vmlinux.a | xargs -n1 od -An -tx1 -N4"),
+            &format!("{ar} t {fe} | xargs -n1 od -An -tx1 -N4"),
         )?);
     }
     results.push(r);
@@ -797,12 +799,11 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         r.reference.push(measure(&mut make_all())?);
         let argv: Vec<String> = inprocess
             .iter()
-            .map(|w| {
-                if w == "vmlinux.o" {
-                    format!("{out_s}/vmlinux.inprocess.o")
-                } else {
-                    w.clone()
-                }
+            .map(|w| match w.as_str() {
+                "vmlinux.o" => format!("{out_s}/vmlinux.inprocess.o"),
+                // A DIST tree's vmlinux.a holds natives: link the bitcode.
+                "vmlinux.a" => fe.clone(),
+                _ => w.clone(),
             })
             .collect();
         inproc.reference.push(measure(

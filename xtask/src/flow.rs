@@ -155,6 +155,10 @@ pub struct LinkPlan {
     /// Relink even when `thinlto-index link` finds its inputs unchanged
     /// (for from-scratch measurements).
     pub force_thin_link: bool,
+    /// The front-end archive, relative to the tree: `vmlinux.a` as the
+    /// front end leaves it, or kbuild's `built-in-fixup.a` in trees of
+    /// Linux >= 7.2's `scripts/Makefile.vmlinux_a`.
+    pub fe_archive: String,
 }
 
 impl LinkPlan {
@@ -189,8 +193,17 @@ impl LinkPlan {
             vmlinux_o: argv,
             post: None,
             force_thin_link: false,
+            fe_archive: "vmlinux.a".into(),
         }
     }
+}
+
+/// `dir/foo.o` → `dir/foo.thinlto-native.o`.
+pub fn native_of(object: &str) -> String {
+    format!(
+        "{}.thinlto-native.o",
+        object.strip_suffix(".o").unwrap_or(object)
+    )
 }
 
 pub fn run_stages(
@@ -210,7 +223,7 @@ pub fn run_stages(
         let text = run_tool(
             bins.tool("thinlto-index", tc, tree)
                 .arg("order")
-                .arg("vmlinux.a"),
+                .arg(&plan.fe_archive),
             None,
             Some(&order),
         )?;

@@ -1,7 +1,13 @@
 //! `cargo xtask kernel`: stages 2–4 and modpost on a real kernel tree that
-//! kbuild built with `CONFIG_LTO_CLANG_THIN=y`, with the kernel's own
-//! settings read from its `.cmd` files, compared with the tree's in-process
-//! results.
+//! kbuild built with ThinLTO, with the kernel's own settings read from its
+//! `.cmd` files, compared with the tree's own results. Two layouts:
+//! - in-process (`CONFIG_LTO_CLANG_THIN`): lld ran the backends; the
+//!   front-end archive is `vmlinux.a` (or `built-in-fixup.a`, of which
+//!   Linux >= 7.2 makes `vmlinux.a` a copy);
+//! - distributed (`CONFIG_LTO_CLANG_THIN_DIST`, SPEC §4): kbuild's own
+//!   `built-in-fixup.a`, `vmlinux.thinlto-index`, natives and records. Its
+//!   natives are set aside, ours are built in their place and compared
+//!   byte for byte.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,8 +30,78 @@ pub struct KernelOptions {
 
 #[derive(Debug, Clone)]
 pub struct KernelReport {
+    pub layout: Layout,
     pub stages: Vec<StageTime>,
     pub checks: Vec<Check>,
+}
+
+/// How kbuild linked the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// lld ran the backends inside the `vmlinux.o` link.
+    InProcess,
+    /// kbuild's distributed mode: its own index, natives and records.
+    Dist,
+}
+
+impl Layout {
+    /// The front-end archive (what `builtin.order` lists).
+    pub fn fe_archive(self, tree: &Path) -> &'static str {
+        match self {
+            Layout::Dist => "built-in-fixup.a",
+            Layout::InProcess if tree.join("built-in-fixup.a").exists() => "built-in-fixup.a",
+            Layout::InProcess => "vmlinux.a",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::InProcess => "in-process ThinLTO (lld ran the backends)",
+            Layout::Dist => "kbuild's distributed ThinLTO (CONFIG_LTO_CLANG_THIN_DIST)",
+        }
+    }
+}
+
+/// Which layout a tree has; an error names what is missing.
+pub fn detect_layout(tree: &Path) -> Result<Layout> {
+    let has = |f: &str| tree.join(f).exists();
+    let missing = |fs: &[&str]| -> Vec<String> {
+        fs.iter().filter(|f| !has(f)).map(|f| f.to_string()).collect()
+    };
+    let common = ["vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"];
+    if has("vmlinux.thinlto-index") || has("builtin.order") {
+        let mut m = missing(&common);
+        m.extend(missing(&[
+            "built-in-fixup.a",
+            ".built-in-fixup.a.cmd",
+            "builtin.order",
+            "vmlinux.thinlto-index",
+            "vmlinux.a",
+        ]));
+        if m.is_empty() {
+            return Ok(Layout::Dist);
+        }
+        bail!(
+            "{}: a distributed-ThinLTO tree (it has vmlinux.thinlto-index or builtin.order) without {}; finish the build first (make LLVM=-19 vmlinux)",
+            tree.display(),
+            m.join(", ")
+        );
+    }
+    let mut m = missing(&common);
+    if !has("vmlinux.a") {
+        m.push("vmlinux.a".into());
+    }
+    if !has(".vmlinux.a.cmd") && !has(".built-in-fixup.a.cmd") {
+        m.push(".vmlinux.a.cmd (or .built-in-fixup.a.cmd)".into());
+    }
+    if m.is_empty() {
+        return Ok(Layout::InProcess);
+    }
+    bail!(
+        "{}: neither an in-process nor a distributed ThinLTO kernel tree: no {}; build the kernel with CONFIG_LTO_CLANG_THIN=y or CONFIG_LTO_CLANG_THIN_DIST=y first (make LLVM=-19 vmlinux)",
+        tree.display(),
+        m.join(", ")
+    )
 }
 
 /// The commands of a `savedcmd_` line: split at unquoted `;`, each split
@@ -54,7 +130,11 @@ fn replace_word(argv: &[String], from: &str, to: &str) -> Vec<String> {
 }
 
 /// The kernel's toolchain and vmlinux.o link, from its own `.cmd` files.
-pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, Vec<String>)> {
+pub fn kernel_settings(
+    tree: &Path,
+    out: &Path,
+    layout: Layout,
+) -> Result<(Toolchain, LinkPlan, Vec<String>)> {
     let link_cmds = commands_of(&tree.join(".vmlinux.o.cmd"))?;
     let link = &link_cmds[0];
     let r = link
@@ -71,17 +151,20 @@ pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, 
     let post = link_cmds
         .get(1)
         .map(|c| replace_word(c, "vmlinux.o", &format!("{out_s}/vmlinux.o")));
-    // AR: the archiver of vmlinux.a (`rm -f vmlinux.a; $(AR) cDPrST …`,
-    // later commands use $(…), which we need not understand: the program
-    // is the first word of the second command).
-    let ar_cmd = CmdFile::read(&tree.join(".vmlinux.a.cmd"))?;
+    // AR: the archiver of the front-end archive (`rm -f vmlinux.a; $(AR)
+    // cDPrST …`, later commands use $(…), which we need not understand:
+    // the program is the first word of the second command). In a DIST
+    // tree `.vmlinux.a.cmd` is the natives' archive (a shell loop).
+    let fe = layout.fe_archive(tree);
+    let fe_cmd = format!(".{fe}.cmd");
+    let ar_cmd = CmdFile::read(&tree.join(&fe_cmd))?;
     let ar = ar_cmd
         .savedcmd
         .as_deref()
         .and_then(|t| t.split(';').nth(1))
         .and_then(|c| c.split_whitespace().next())
         .map(str::to_string)
-        .context(".vmlinux.a.cmd: no archiver command after `rm -f vmlinux.a;`")?;
+        .with_context(|| format!("{fe_cmd}: no archiver command after `rm -f {fe};`"))?;
     let cc = commands_of(&tree.join("init/.main.o.cmd"))?[0][0].clone();
     let mut tc = Toolchain::resolve(&ToolchainArgs {
         cc: Some(cc),
@@ -97,6 +180,7 @@ pub fn kernel_settings(tree: &Path, out: &Path) -> Result<(Toolchain, LinkPlan, 
             vmlinux_o,
             post,
             force_thin_link: false,
+            fe_archive: fe.to_string(),
         },
         link.clone(),
     ))
@@ -117,22 +201,27 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         .tree
         .canonicalize()
         .with_context(|| format!("{}: no such tree", opts.tree.display()))?;
-    for f in [
-        "vmlinux.a",
-        "vmlinux.o",
-        ".vmlinux.o.cmd",
-        "vmlinux.symvers",
-    ] {
-        if !tree.join(f).exists() {
-            bail!(
-                "{}: no {f}; build the kernel with CONFIG_LTO_CLANG_THIN=y first (make LLVM=-19 vmlinux)",
-                tree.display()
-            );
-        }
-    }
+    let layout = detect_layout(&tree)?;
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
-    let (tc, plan, inprocess_link) = kernel_settings(&tree, &out)?;
+    let (tc, plan, tree_link) = kernel_settings(&tree, &out, layout)?;
+    // kbuild's own natives, set aside for the comparison (ours are built
+    // in their place: the same paths, as kbuild's rules name them).
+    let kbuild_natives = out.join("kbuild-natives");
+    let mut set_aside = Vec::new();
+    if layout == Layout::Dist {
+        let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index"))
+            .context("vmlinux.thinlto-index: cannot read")?;
+        for obj in index.lines().filter(|l| !l.is_empty()) {
+            let native = crate::flow::native_of(obj);
+            let to = kbuild_natives.join(&native);
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(tree.join(&native), &to).with_context(|| {
+                format!("{native}: kbuild's native object is missing (an unfinished build?)")
+            })?;
+            set_aside.push(native);
+        }
+    }
     let bins = flow::build_bins()?;
     let out_s = out.to_string_lossy().into_owned();
     let first = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan.forced())?;
@@ -143,8 +232,10 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         detail: String::new(),
     });
     if opts.time_inprocess {
+        // The tree's own link over the front-end archive: lld runs the
+        // backends itself (in a DIST tree, its vmlinux.a holds natives).
         let argv = replace_word(
-            &inprocess_link,
+            &replace_word(&tree_link, "vmlinux.a", &plan.fe_archive),
             "vmlinux.o",
             &format!("{out_s}/vmlinux.inprocess.o"),
         );
@@ -161,6 +252,30 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         });
     }
     let mut checks = Vec::new();
+    if layout == Layout::Dist {
+        let differ: Vec<&String> = set_aside
+            .iter()
+            .filter(|n| {
+                std::fs::read(tree.join(n)).ok() != std::fs::read(kbuild_natives.join(n)).ok()
+            })
+            .collect();
+        checks.push(Check {
+            name: format!(
+                "natives byte-identical to kbuild's ({}/{})",
+                set_aside.len() - differ.len(),
+                set_aside.len()
+            ),
+            ok: differ.is_empty() && !set_aside.is_empty(),
+            detail: differ.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+        });
+        let same = std::fs::read(out.join("vmlinux.symvers")).ok()
+            == std::fs::read(tree.join("vmlinux.symvers")).ok();
+        checks.push(Check {
+            name: "vmlinux.symvers byte-identical to kbuild's".into(),
+            ok: same,
+            detail: String::new(),
+        });
+    }
     let (g_ours, e_ours) = flow::symbols(&first.vmlinux_o)?;
     let (g_tree, e_tree) = flow::symbols(&tree.join("vmlinux.o"))?;
     let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
@@ -202,5 +317,9 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         ok: up == from_saved,
         detail: format!("{:.3} s for stages 2-4", second.total_seconds()),
     });
-    Ok(KernelReport { stages, checks })
+    Ok(KernelReport {
+        layout,
+        stages,
+        checks,
+    })
 }

@@ -6,6 +6,8 @@ pub mod bench;
 pub mod fe;
 pub mod flow;
 pub mod gen;
+pub mod install;
+pub mod kbuild_modes;
 pub mod kbuild;
 pub mod kernel;
 pub mod measure;

@@ -29,6 +29,15 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
+    /// Build the four tools in release mode and copy them into one
+    /// directory on PATH (default: $CARGO_HOME/bin, i.e. ~/.cargo/bin), for
+    /// kernel builds: make CC="thinlto-backend wrap clang-19" vmlinux, or
+    /// make THINLTO_TOOLS=1 vmlinux with examples/kbuild/thinlto-tools.patch
+    Install {
+        /// Where to put the binaries
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+    },
     /// Front end: lay out the sample tree (plus N generated objects), compile
     /// every object with clang in ThinLTO mode, write kbuild .cmd files and
     /// archive everything into vmlinux.a.
@@ -92,6 +101,11 @@ enum Verb {
         /// Only the kernel scenarios (with --kernel)
         #[arg(long, requires = "kernel")]
         kernel_only: bool,
+        /// Only the kbuild-mode scenarios on a DIST tree (with --kernel):
+        /// `make vmlinux` with the stock rules, the wrapper and
+        /// THINLTO_TOOLS=1, from scratch, no-op, touch, edits
+        #[arg(long, requires = "kernel")]
+        kbuild_modes_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -180,6 +194,23 @@ fn run(cli: Cli) -> Result<()> {
             print!("{tc}");
             Ok(())
         }
+        Verb::Install { bin_dir } => {
+            let dir = match bin_dir {
+                Some(d) => d,
+                None => xtask::install::default_bin_dir()?,
+            };
+            for p in xtask::install::install(&dir)? {
+                println!("installed {}", p.display());
+            }
+            if !xtask::install::on_path(&dir) {
+                println!(
+                    "note: {} is not on PATH; add it: export PATH=\"{}:$PATH\"",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
         Verb::Fe {
             tree,
             no_saved_c_flags,
@@ -225,10 +256,32 @@ fn run(cli: Cli) -> Result<()> {
             write,
             kernel,
             kernel_only,
+            kbuild_modes_only,
             toolchain,
         } => {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
+            if kbuild_modes_only {
+                let k = kernel.as_ref().expect("clap: requires kernel");
+                let jobs = jobs.unwrap_or_else(xtask::default_jobs);
+                let text = xtask::kbuild_modes::run(k, &k.display().to_string(), jobs, false)?;
+                let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                let section = format!("{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
+                print!("{section}");
+                if write {
+                    let path = xtask::workspace_root().join("BENCHMARKS.md");
+                    let old = std::fs::read_to_string(&path).unwrap_or_default();
+                    let notes_at = old.find(NOTES_MARKER).unwrap_or(old.len());
+                    let (head, tail) = match old.find(KBUILD_MODES_MARKER) {
+                        Some(at) => (&old[..at], &old[notes_at.max(at)..]),
+                        None => (&old[..notes_at], &old[notes_at..]),
+                    };
+                    let new = format!("{head}{section}{tail}");
+                    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
+                    eprintln!("xtask: wrote {}", path.display());
+                }
+                return Ok(());
+            }
             let opts = xtask::bench::BenchOptions {
                 objects: if quick { 200 } else { objects },
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
@@ -309,6 +362,7 @@ fn run(cli: Cli) -> Result<()> {
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
                 time_inprocess,
             })?;
+            println!("layout: {}", report.layout.describe());
             print!("{}", xtask::flow::table(&report.stages, &report.checks));
             if !report.checks.iter().all(|c| c.ok) {
                 bail!("verification failed");
@@ -413,6 +467,9 @@ fn run_reference(
 const KERNEL_MARKER: &str = "<!-- kernel -->";
 /// Where BENCHMARKS.md's hand-written notes start (always kept).
 const NOTES_MARKER: &str = "<!-- notes -->";
+/// Where the kbuild-mode section (bench --kbuild-modes-only) starts; it ends
+/// at the notes.
+const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

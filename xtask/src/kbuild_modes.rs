@@ -1,0 +1,433 @@
+//! The kbuild-mode benchmark: `make vmlinux` on a kernel tree built in
+//! kbuild's distributed ThinLTO mode, three ways, same tree, same `-j`:
+//! - stock: kbuild's rules as merged (`scripts/Makefile.thinlto`);
+//! - wrap: the compiler wrapper, no kbuild change (`thinlto-backend`
+//!   masquerading as the compiler through a symlink first on PATH: the
+//!   same decisions as `CC="thinlto-backend wrap clang-19"`, without a
+//!   `$(CC)` change that would rebuild every front-end object);
+//! - tools: `examples/kbuild/thinlto-tools.patch` and `THINLTO_TOOLS=1`.
+//!
+//! Each mode runs the same steps: stages 2–4 from scratch, a no-op, a
+//! `touch` of one `.c`, a one-line edit of a leaf file and one of a widely
+//! imported file; then the edits are undone. Stage 2–4 time is read off
+//! make's own output, from the first line of `scripts/Makefile.vmlinux_a`
+//! (`AR built-in-fixup.a` … `GEN vmlinux.a`) to the top level's
+//! `LD vmlinux.o`; backend compiles are kbuild's `CC …thinlto-native.o`
+//! lines (stock, tools) or the wrapper's own word (wrap, where kbuild
+//! echoes CC before the wrapper decides).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::flow::{self, native_of};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Stock,
+    Wrap,
+    Tools,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Stock, Mode::Wrap, Mode::Tools];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Stock => "stock",
+            Mode::Wrap => "wrap",
+            Mode::Tools => "THINLTO_TOOLS=1",
+        }
+    }
+}
+
+/// One `make vmlinux`.
+#[derive(Debug, Clone, Default)]
+pub struct MakeRun {
+    pub wall: f64,
+    /// From the first line of Makefile.vmlinux_a to `LD vmlinux.o` (None:
+    /// make printed no such line, nothing in stages 2–4 ran).
+    pub stages: Option<f64>,
+    pub compiles: BTreeSet<String>,
+}
+
+/// The steps, each applied to the tree before its `make vmlinux`.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    action: StepAction,
+}
+
+#[derive(Debug, Clone)]
+enum StepAction {
+    Scratch,
+    Nothing,
+    Touch(String),
+    Append(String, String),
+}
+
+pub fn steps() -> Vec<Step> {
+    let s = |name: &str, action| Step {
+        name: name.into(),
+        action,
+    };
+    vec![
+        s("from scratch (stages 2–4)", StepAction::Scratch),
+        s("no-op", StepAction::Nothing),
+        s("touch lib/kstrtox.c", StepAction::Touch("lib/kstrtox.c".into())),
+        s(
+            "one-line edit of a leaf (init/calibrate.c)",
+            StepAction::Append(
+                "init/calibrate.c".into(),
+                "int thinlto_bench_leaf(void) { return 1; }\n".into(),
+            ),
+        ),
+        s(
+            "one-line edit of a widely imported file (lib/string.c)",
+            StepAction::Append(
+                "lib/string.c".into(),
+                "int thinlto_bench_wide(void) { return 2; }\n".into(),
+            ),
+        ),
+    ]
+}
+
+/// kbuild's `LLVM=` for the compiler the tree was built with
+/// (`clang-19` → `-19`, `/usr/lib/llvm-19/bin/clang` → that directory).
+pub fn llvm_var(cc: &str) -> String {
+    match cc.rsplit_once('/') {
+        Some((dir, "clang")) => format!("{dir}/"),
+        _ => match cc.strip_prefix("clang") {
+            Some("") => "1".into(),
+            Some(suffix) => suffix.to_string(),
+            None => "1".into(),
+        },
+    }
+}
+
+/// Runs `make vmlinux`, timing stages 2–4 off its output.
+fn make_vmlinux(tree: &Path, jobs: usize, extra: &[(String, String)], args: &[String]) -> Result<MakeRun> {
+    let mut cmd = Command::new("make");
+    cmd.current_dir(tree)
+        .arg(format!("-j{jobs}"))
+        .args(args)
+        .arg("vmlinux")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MAKELEVEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("cannot run make")?;
+    let (tx, rx) = mpsc::channel::<(f64, String)>();
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|r| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                let _ = tx.send((start.elapsed().as_secs_f64(), line));
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+    let lines: Vec<(f64, String)> = rx.iter().collect();
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait()?;
+    let wall = start.elapsed().as_secs_f64();
+    if !status.success() {
+        let tail: Vec<&str> = lines.iter().rev().take(20).map(|(_, l)| l.as_str()).collect();
+        bail!(
+            "make vmlinux failed ({status}) in {}:\n{}",
+            tree.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let is_stage = |l: &str| {
+        let l = l.trim();
+        l == "AR      built-in-fixup.a"
+            || l == "GEN     builtin.order"
+            || l == "LD      vmlinux.thinlto-index"
+            || l == "GEN     vmlinux.a"
+            || (l.starts_with("CC") && l.ends_with(".thinlto-native.o"))
+    };
+    let first = lines.iter().find(|(_, l)| is_stage(l)).map(|(t, _)| *t);
+    let end = lines
+        .iter()
+        .find(|(_, l)| l.trim() == "LD      vmlinux.o")
+        .or_else(|| lines.iter().rev().find(|(_, l)| is_stage(l)))
+        .map(|(t, _)| *t);
+    let compiles = lines
+        .iter()
+        .filter_map(|(_, l)| {
+            if let Some(rest) = l.strip_prefix("thinlto-backend wrap: ") {
+                return rest.split_once(": runs: ").map(|(n, _)| n.to_string());
+            }
+            let t = l.trim();
+            let n = t.strip_prefix("CC")?.trim();
+            n.ends_with(".thinlto-native.o").then(|| n.to_string())
+        })
+        .collect();
+    Ok(MakeRun {
+        wall,
+        stages: first.zip(end).map(|(a, b)| (b - a).max(0.0)),
+        compiles,
+    })
+}
+
+/// Removes what stages 2–4 made, so that the next `make vmlinux` redoes
+/// them (the front end stays).
+fn scratch(tree: &Path) -> Result<()> {
+    let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index")).unwrap_or_default();
+    for obj in index.lines().filter(|l| !l.is_empty()) {
+        let n = native_of(obj);
+        let (dir, base) = match n.rsplit_once('/') {
+            Some((d, b)) => (format!("{d}/"), b.to_string()),
+            None => (String::new(), n.clone()),
+        };
+        for f in [
+            n.clone(),
+            format!("{dir}.{base}.cmd"),
+            format!("{dir}.{base}.digests.cmd"),
+            format!("{obj}.thinlto.bc"),
+            format!("{obj}.imports"),
+        ] {
+            let _ = std::fs::remove_file(tree.join(f));
+        }
+    }
+    for f in [
+        "vmlinux.thinlto-index",
+        ".vmlinux.thinlto-index.cmd",
+        ".vmlinux.thinlto-index.digests.cmd",
+        "vmlinux.a",
+        ".vmlinux.a.cmd",
+    ] {
+        let _ = std::fs::remove_file(tree.join(f));
+    }
+    Ok(())
+}
+
+/// What every mode must end with: natives, vmlinux.symvers, vmlinux.o's
+/// global symbols.
+#[derive(PartialEq, Eq)]
+struct Outputs {
+    natives: Vec<(String, Vec<u8>)>,
+    symvers: Vec<u8>,
+    globals: BTreeSet<String>,
+}
+
+fn outputs(tree: &Path) -> Result<Outputs> {
+    let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index"))?;
+    let mut natives = Vec::new();
+    for obj in index.lines().filter(|l| !l.is_empty()) {
+        let n = native_of(obj);
+        natives.push((n.clone(), std::fs::read(tree.join(&n))?));
+    }
+    Ok(Outputs {
+        natives,
+        symvers: std::fs::read(tree.join("vmlinux.symvers"))?,
+        globals: flow::symbols(&tree.join("vmlinux.o"))?.0,
+    })
+}
+
+/// Runs every mode's steps; returns the markdown section.
+pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<String> {
+    let tree = tree.canonicalize()?;
+    if crate::kernel::detect_layout(&tree)? != crate::kernel::Layout::Dist {
+        bail!(
+            "{}: not a tree of kbuild's distributed ThinLTO mode (CONFIG_LTO_CLANG_THIN_DIST)",
+            tree.display()
+        );
+    }
+    let say = |s: &str| {
+        if !quiet {
+            eprintln!("bench (kbuild modes): {s}");
+        }
+    };
+    let bins = flow::build_bins()?;
+    let cc = thinlto_cmdparse::CmdFile::read(&tree.join("init/.main.o.cmd"))?
+        .savedcmd
+        .and_then(|c| c.split_whitespace().next().map(str::to_string))
+        .context("init/.main.o.cmd: no compiler")?;
+    let make_args = vec![format!("LLVM={}", llvm_var(&cc))];
+    let patch = crate::workspace_root().join("examples/kbuild/thinlto-tools.patch");
+    let masq = crate::target_dir().join("bench/masquerade");
+    std::fs::create_dir_all(&masq)?;
+    let cc_name = Path::new(&cc).file_name().unwrap().to_owned();
+    let link = masq.join(&cc_name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bins.path("thinlto-backend"), &link)?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    let steps = steps();
+    let mut table: Vec<(Mode, Vec<MakeRun>)> = Vec::new();
+    let mut reference: Option<Outputs> = None;
+    let mut same = Vec::new();
+    for mode in Mode::ALL {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut args = make_args.clone();
+        match mode {
+            Mode::Stock => {}
+            Mode::Wrap => {
+                env.push(("PATH".into(), format!("{}:{path}", masq.display())));
+                env.push(("THINLTO_WRAP_EXPLAIN".into(), "1".into()));
+            }
+            Mode::Tools => {
+                env.push(("PATH".into(), format!("{}:{path}", bins.dir.display())));
+                args.push("THINLTO_TOOLS=1".into());
+                let ok = Command::new("patch")
+                    .args(["-p1", "-N", "-i"])
+                    .arg(&patch)
+                    .current_dir(&tree)
+                    .status()?;
+                if !ok.success() {
+                    bail!("{}: does not apply to {}", patch.display(), tree.display());
+                }
+            }
+        }
+        let mut runs = Vec::new();
+        let mut originals: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        let result = (|| -> Result<()> {
+            for step in &steps {
+                say(&format!("{}: {}", mode.name(), step.name));
+                match &step.action {
+                    StepAction::Scratch => scratch(&tree)?,
+                    StepAction::Nothing => {}
+                    StepAction::Touch(f) => {
+                        let p = tree.join(f);
+                        std::fs::File::options()
+                            .append(true)
+                            .open(&p)?
+                            .set_modified(std::time::SystemTime::now())?;
+                    }
+                    StepAction::Append(f, text) => {
+                        let p = tree.join(f);
+                        let old = std::fs::read(&p)?;
+                        let mut new = old.clone();
+                        new.extend_from_slice(text.as_bytes());
+                        originals.push((p.clone(), old));
+                        std::fs::write(&p, new)?;
+                    }
+                }
+                runs.push(make_vmlinux(&tree, jobs, &env, &args)?);
+            }
+            let o = outputs(&tree)?;
+            match &reference {
+                None => reference = Some(o),
+                Some(r) => same.push((mode, *r == o)),
+            }
+            Ok(())
+        })();
+        // Back to the tree as it was, whatever happened.
+        for (p, old) in originals.iter().rev() {
+            std::fs::write(p, old)?;
+        }
+        say(&format!("{}: undoing the edits", mode.name()));
+        let undo = make_vmlinux(&tree, jobs, &env, &args);
+        if mode == Mode::Tools {
+            Command::new("patch")
+                .args(["-p1", "-R", "-i"])
+                .arg(&patch)
+                .current_dir(&tree)
+                .status()?;
+        }
+        result?;
+        undo?;
+        table.push((mode, runs));
+    }
+    let mut s = String::new();
+    writeln!(
+        s,
+        "### K7. `make vmlinux` in kbuild's distributed mode: stock rules, the wrapper, `THINLTO_TOOLS=1`\n\n\
+         Tree: {display} (`CONFIG_LTO_CLANG_THIN_DIST`, {} backend jobs), `make {} -j{jobs} vmlinux`, one run per cell, the three modes one after the other on the same tree. \
+         \"2–4\" is stages 2–4 as make's own output times them (first line of `scripts/Makefile.vmlinux_a` to `LD vmlinux.o`); \"make\" is the whole `make vmlinux` (front-end descent, vmlinux.o, modpost, the final link); \"jobs\" are backend compiles run.\n",
+        table[0].1[0].compiles.len(),
+        make_args.join(" ")
+    )
+    .unwrap();
+    writeln!(s, "| step | stock 2–4 / make / jobs | wrap 2–4 / make / jobs | tools 2–4 / make / jobs | stock÷wrap (2–4) | stock÷tools (2–4) |").unwrap();
+    writeln!(s, "|---|---|---|---|---|---|").unwrap();
+    let cell = |r: &MakeRun| {
+        format!(
+            "{} / {:.2} s / {}",
+            r.stages.map(|x| format!("{x:.2} s")).unwrap_or_else(|| "—".into()),
+            r.wall,
+            r.compiles.len()
+        )
+    };
+    let ratio = |a: &MakeRun, b: &MakeRun| match (a.stages, b.stages) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.1}×", x / y),
+        (Some(_), None) => "∞ (nothing ran)".into(),
+        _ => "—".into(),
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let (st, wr, to) = (&table[0].1[i], &table[1].1[i], &table[2].1[i]);
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            step.name,
+            cell(st),
+            cell(wr),
+            cell(to),
+            ratio(st, wr),
+            ratio(st, to)
+        )
+        .unwrap();
+    }
+    s.push('\n');
+    for (mode, ok) in &same {
+        writeln!(
+            s,
+            "- {}: natives, `vmlinux.symvers` and `vmlinux.o`'s global symbols after the last step identical to the stock build's: {}",
+            mode.name(),
+            if *ok { "yes" } else { "**NO**" }
+        )
+        .unwrap();
+    }
+    for (i, step) in steps.iter().enumerate().skip(2) {
+        let (wr, to) = (&table[1].1[i].compiles, &table[2].1[i].compiles);
+        if wr != to {
+            let only_tools: Vec<&String> = to.difference(wr).take(5).collect();
+            writeln!(
+                s,
+                "- {}: wrap ran {} jobs, tools {}; tools only (first 5): {:?} (tools' `.imports` lists also apply the `.incbin` rule to importers)",
+                step.name,
+                wr.len(),
+                to.len(),
+                only_tools
+            )
+            .unwrap();
+        }
+    }
+    if same.iter().any(|(_, ok)| !ok) {
+        bail!("a mode's outputs differ from the stock build's:\n{s}");
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn llvm_variable_from_the_compiler() {
+        assert_eq!(super::llvm_var("clang-19"), "-19");
+        assert_eq!(super::llvm_var("clang"), "1");
+        assert_eq!(
+            super::llvm_var("/usr/lib/llvm-19/bin/clang"),
+            "/usr/lib/llvm-19/bin/"
+        );
+    }
+}
