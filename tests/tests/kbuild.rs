@@ -386,3 +386,53 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// Masquerading: a `clang-19 -> thinlto-backend` symlink first on PATH
+/// wraps kbuild's unchanged commands (no `$(CC)` change, so no front-end
+/// object is rebuilt for switching the wrapper on).
+#[test]
+fn masquerading_wrapper_decides_by_content() {
+    let t = kbuild_tree(Mode::Stock);
+    let masq = t.path().join("masq");
+    std::fs::create_dir_all(&masq).unwrap();
+    let cc = &toolchain().cc.spelled;
+    let name = Path::new(cc).file_name().unwrap();
+    std::os::unix::fs::symlink(bin("thinlto-backend"), masq.join(name)).unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        masq.display(),
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = || {
+        let mut c = kmake_cmd(t.path(), Mode::Stock, cc);
+        c.env("PATH", &path);
+        run_ok(&mut c)
+    };
+    let first = run();
+    let all: BTreeSet<String> = index_objects(t.path()).into_iter().collect();
+    assert_eq!(compiled(Mode::Wrap, &first), all, "first run: every job runs");
+    // A thin link rewrites every shard with the same bytes: make reruns
+    // every recipe, the wrapper compiles nothing.
+    let bc = t.path().join("kernel/core.o.thinlto.bc");
+    std::thread::sleep(Duration::from_millis(20));
+    edit(std::slice::from_ref(&t), "kernel/core.c", |s| s.to_string());
+    let second = run();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("LD      vmlinux.thinlto-index"), "{stdout}");
+    assert!(bc.exists());
+    assert_eq!(
+        compiled(Mode::Wrap, &second),
+        ["kernel/core.o".to_string()].into(),
+        "after a touch only the touched object's job runs"
+    );
+    let skipped = String::from_utf8_lossy(&second.stderr)
+        .lines()
+        .filter(|l| l.ends_with(": up to date (command and inputs unchanged)"))
+        .count();
+    assert_eq!(skipped, all.len() - 1, "{second:?}");
+    // The wrapper left make nothing to redo.
+    let third = run();
+    assert!(compiled(Mode::Wrap, &third).is_empty());
+    assert!(!String::from_utf8_lossy(&third.stdout).contains("thinlto-native.o"));
+}
