@@ -43,6 +43,8 @@ pub fn archive_members(path: &Path) -> Result<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // Mapped: a kernel's vmlinux.a can be large (a regular archive holds the
+    // objects) and only its headers are read.
     // SAFETY: read-only map; archives are replaced, not edited in place.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("{}: cannot map", path.display()))?;
