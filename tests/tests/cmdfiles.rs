@@ -2,6 +2,7 @@
 //! skips must not cost the backend anything.
 
 use modpost_ir::CrcRecord;
+use thinlto_cmdparse::CmdRecord;
 use thinlto_dist_tests::*;
 
 /// One malformed `#SYMVER` line (modpost skips it, the reference's `sed`
@@ -14,6 +15,20 @@ fn a_malformed_symver_line_stops_no_backend_job() {
     assert!(text.contains("\n#SYMVER "), "the file has CRCs to keep");
     text.push_str("#SYMVER bogus notanumber\n");
     std::fs::write(&cmd, text).unwrap();
+
+    // thinlto-cmdparse: the flags, the good CRCs, a warning naming the line.
+    let out = run_ok(tool("thinlto-cmdparse", t.path()).arg("lib/crc_util.o"));
+    let rec: CmdRecord = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec.error, None);
+    assert!(rec.c_flags.is_some_and(|f| f.iter().any(|w| w == "-O2")));
+    let symbols: Vec<String> = rec.symvers.unwrap().into_iter().map(|s| s.symbol).collect();
+    assert!(symbols.contains(&"sample_crc8".to_string()), "{symbols:?}");
+    assert!(!symbols.contains(&"bogus".to_string()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: lib/.crc_util.o.cmd:") && err.contains("#SYMVER bogus notanumber"),
+        "{err}"
+    );
 
     let m = thin_link(t.path());
     let (out, recs) = backend(t.path(), &[]);
