@@ -127,7 +127,8 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
-    /// The project's checks: cargo fmt --check, clippy -D warnings, all tests.
+    /// The project's checks: unused dependencies, cargo fmt --check, clippy -D
+    /// warnings, all tests.
     Test {
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
@@ -433,6 +434,8 @@ fn run_tests(rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
     eprint!("xtask test: toolchain\n{tc}");
+    eprintln!("xtask test: unused dependencies");
+    xtask::deps::check(&xtask::workspace_root())?;
     step(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
