@@ -197,10 +197,17 @@ fn bad_inputs_are_clear_errors() {
     let t = sample_tree();
     let bytes = std::fs::read(t.path().join("vmlinux.a")).unwrap();
     std::fs::write(t.path().join("trunc.a"), &bytes[..bytes.len() / 2 + 3]).unwrap();
-    fails(
-        tool("thinlto-index", t.path()).args(["order", "trunc.a"]),
-        "trunc.a",
+    let out = tool("thinlto-index", t.path())
+        .args(["order", "trunc.a"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("thinlto-index: error: trunc.a: member ") && err.lines().count() == 1,
+        "{err}"
     );
+    assert!(out.stdout.is_empty(), "a partial member list was printed");
     std::fs::write(t.path().join("text.a"), "hello\n").unwrap();
     fails(
         tool("thinlto-index", t.path()).args(["order", "text.a"]),
