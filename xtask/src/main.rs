@@ -239,11 +239,17 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: false,
                 workdir: xtask::target_dir().join("bench"),
             };
-            let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+            // As typed (`~/linux`, not the canonical or home-expanded path):
+            // the report is committed and must not name this machine's layout.
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let command = xtask::bench::report_command(
+                &std::env::args().skip(1).collect::<Vec<_>>(),
+                home.as_deref(),
+            );
             let kernel_section = match &kernel {
                 Some(k) => {
                     let results = xtask::bench::run_kernel(&opts, k)?;
-                    let mut s = format!("{KERNEL_MARKER}\n## Real kernel: {}\n\nMeasured by `cargo xtask {command}`: ours and the make reference alternate on the same tree, each from scratch (natives removed), heavy scenarios {} time(s).\n\n", k.display(), opts.heavy_runs);
+                    let mut s = format!("{KERNEL_MARKER}\n## Real kernel: {}\n\nMeasured by `cargo xtask {command}`: ours and the make reference alternate on the same tree, each from scratch (natives removed), heavy scenarios {} time(s).\n\n", xtask::bench::report_path(k, home.as_deref()), opts.heavy_runs);
                     for r in &results {
                         s.push_str(&r.markdown());
                     }
