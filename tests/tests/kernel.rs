@@ -59,7 +59,6 @@ fn no_exports_where_the_tree_lists_some_fails() {
         "{check:?}"
     );
     // Ours missing what the tree exports is named.
-    let check =
-        xtask::kernel::export_check(&plain, &d.path().join("vmlinux.o"), &symvers).unwrap();
+    let check = xtask::kernel::export_check(&plain, &d.path().join("vmlinux.o"), &symvers).unwrap();
     assert!(!check.ok);
 }

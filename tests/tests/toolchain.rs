@@ -72,7 +72,12 @@ fn an_older_path_set_loses_only_to_an_installed_newer_one() {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.strip_prefix("llvm-")?.parse().ok()?;
+            let v: u32 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("llvm-")?
+                .parse()
+                .ok()?;
             ["clang", "ld.lld", "llvm-ar"]
                 .iter()
                 .all(|t| e.path().join("bin").join(t).is_file())

@@ -16,8 +16,7 @@ pub mod record;
 pub mod shell;
 
 pub use cmdfile::{
-    crc_hex,
-    cmd_file_for_object, dot_cmd_path, parse_c_number, read_symvers, BackendFlags, CmdFile, Dep,
-    FlagsFrom, ParseError, Symver, Symvers,
+    cmd_file_for_object, crc_hex, dot_cmd_path, parse_c_number, read_symvers, BackendFlags,
+    CmdFile, Dep, FlagsFrom, ParseError, Symver, Symvers,
 };
 pub use record::{cmd_path_for_input, parse_many, CmdRecord};

@@ -244,7 +244,9 @@ fn a_malformed_symver_line_is_only_a_warning() {
         .collect();
     assert_eq!(syms, vec![("sym0", 0), ("good", 0x2a)]);
     assert!(
-        err.contains(&format!("warning: d/.obj0.o.cmd:{line}: skipping \"#SYMVER bogus notanumber\"")),
+        err.contains(&format!(
+            "warning: d/.obj0.o.cmd:{line}: skipping \"#SYMVER bogus notanumber\""
+        )),
         "{err}"
     );
     let be = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))

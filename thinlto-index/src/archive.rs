@@ -133,7 +133,10 @@ mod tests {
         let mut errors = 0;
         for cut in 0..a.len() {
             match members_from_bytes(b"x.a", &a[..cut]) {
-                Ok(m) => assert!(m.len() < full.len() && full.starts_with(&m), "cut {cut}: {m:?}"),
+                Ok(m) => assert!(
+                    m.len() < full.len() && full.starts_with(&m),
+                    "cut {cut}: {m:?}"
+                ),
                 Err(e) => {
                     errors += 1;
                     let e = e.to_string();

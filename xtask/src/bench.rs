@@ -952,9 +952,15 @@ mod tests {
     #[test]
     fn reports_name_no_local_path() {
         let home = Path::new("/home/dev");
-        assert_eq!(report_path(Path::new("/home/dev/linux"), Some(home)), "~/linux");
+        assert_eq!(
+            report_path(Path::new("/home/dev/linux"), Some(home)),
+            "~/linux"
+        );
         assert_eq!(report_path(Path::new("/home/dev"), Some(home)), "~");
-        assert_eq!(report_path(Path::new("/home/devx/l"), Some(home)), "/home/devx/l");
+        assert_eq!(
+            report_path(Path::new("/home/devx/l"), Some(home)),
+            "/home/devx/l"
+        );
         assert_eq!(report_path(Path::new("../linux"), Some(home)), "../linux");
         let args: Vec<String> = ["bench", "--write", "--kernel", "/home/dev/src/linux"]
             .map(String::from)
@@ -965,6 +971,9 @@ mod tests {
         );
         let args = vec!["bench".to_string(), "--kernel=/home/dev/linux".to_string()];
         assert_eq!(report_command(&args, Some(home)), "bench --kernel=~/linux");
-        assert_eq!(report_command(&args, None), "bench --kernel=/home/dev/linux");
+        assert_eq!(
+            report_command(&args, None),
+            "bench --kernel=/home/dev/linux"
+        );
     }
 }

@@ -226,8 +226,16 @@ mod tests {
         let e = check(r).unwrap_err().to_string();
         assert!(e.contains("b/Cargo.toml: [dependencies] anyhow"), "{e}");
         // Used once more, the check passes.
-        write(r, "a/src/more.rs", "fn x() { only_in_comment(); prefix(); }\n");
-        write(r, "b/src/main.rs", "fn main() -> anyhow::Result<()> { Ok(()) }\n");
+        write(
+            r,
+            "a/src/more.rs",
+            "fn x() { only_in_comment(); prefix(); }\n",
+        );
+        write(
+            r,
+            "b/src/main.rs",
+            "fn main() -> anyhow::Result<()> { Ok(()) }\n",
+        );
         check(r).unwrap();
     }
 
