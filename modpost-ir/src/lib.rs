@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, modpost_symvers};
+use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, read_symvers};
 
 pub use exports::{
     read_exports, read_exports_with, Diagnostic, Export, Exports, Layout, ReadOptions,
@@ -29,8 +29,9 @@ pub struct CrcRecord {
     pub object: String,
     pub cmd_file: String,
     pub symbol: String,
-    /// `0x%08x`
-    pub crc: String,
+    /// `"0x%08x"` in JSON.
+    #[serde(with = "thinlto_cmdparse::crc_hex")]
+    pub crc: u32,
 }
 
 /// Which `.cmd` file an object's CRCs are read from.
@@ -74,13 +75,16 @@ pub fn crcs(objects: &[String], mapping: Mapping) -> Result<Vec<CrcRecord>> {
             let bytes = std::fs::read(&cmd)
                 .with_context(|| format!("{obj}: cannot read its .cmd file {}", cmd.display()))?;
             let cmd_s = cmd.to_string_lossy();
-            Ok(modpost_symvers(&bytes)
+            // modpost skips malformed lines silently; so do we (its stderr
+            // is reproduced byte for byte).
+            Ok(read_symvers(&bytes)
+                .symvers
                 .into_iter()
                 .map(|s| CrcRecord {
                     object: obj.clone(),
                     cmd_file: cmd_s.clone().into_owned(),
                     symbol: s.symbol,
-                    crc: format!("0x{:08x}", s.crc),
+                    crc: s.crc,
                 })
                 .collect())
         })
@@ -120,7 +124,7 @@ pub fn render(exports: &Exports, crcs: &[CrcRecord], modversions: bool) -> Modpo
             .collect();
         for c in crcs {
             if let Some(&i) = last.get(c.symbol.as_str()) {
-                crc_of[i] = u32::from_str_radix(c.crc.trim_start_matches("0x"), 16).ok();
+                crc_of[i] = Some(c.crc);
             }
         }
     }
@@ -202,7 +206,7 @@ mod tests {
             object: "x.o".into(),
             cmd_file: ".x.o.cmd".into(),
             symbol: "a".into(),
-            crc: "0x0000abcd".into(),
+            crc: 0xabcd,
         }];
         let o = render(&ex, &crcs, true);
         assert_eq!(o.symvers, "0x0000abcd\ta\tvmlinux\tEXPORT_SYMBOL\t\n0x00000000\tb\tvmlinux\tEXPORT_SYMBOL_GPL\tNS\n");
@@ -215,6 +219,24 @@ mod tests {
             "WARNING: modpost: EXPORT symbol \"b\" [vmlinux] version generation failed"
         ));
         assert!(!o.error);
+    }
+
+    #[test]
+    fn crc_records_keep_the_hex_contract() {
+        let r = CrcRecord {
+            object: "x.o".into(),
+            cmd_file: ".x.o.cmd".into(),
+            symbol: "a".into(),
+            crc: 0xabcd,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"object":"x.o","cmd_file":".x.o.cmd","symbol":"a","crc":"0x0000abcd"}"#
+        );
+        assert_eq!(serde_json::from_str::<CrcRecord>(&json).unwrap(), r);
+        let bad = json.replace("0x0000abcd", "0x1ffffffff");
+        assert!(serde_json::from_str::<CrcRecord>(&bad).is_err());
     }
 
     #[test]

@@ -152,6 +152,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 || -> Result<_> {
                     let file = std::fs::File::open(&vmlinux_o)
                         .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
+                    // Mapped, not read: vmlinux.o is hundreds of MB on a real kernel and
+                    // only its symbol and export sections are touched. (The small .cmd
+                    // files, which fixdep rewrites in place, are read, never mapped.)
                     // SAFETY: read-only map of an object nobody rewrites meanwhile.
                     let map = unsafe { memmap2::Mmap::map(&file) }
                         .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;

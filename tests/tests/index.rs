@@ -84,7 +84,7 @@ fn scan_matches_how_each_object_was_built() {
     std::fs::write(t.path().join("order"), &order).unwrap();
     let out = run_ok(tool("thinlto-index", t.path()).args(["scan", "order"])).stdout;
     let tree = xtask::tree::Tree::load(t.path()).unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+    let lines: Vec<thinlto_index::ScanRecord> = String::from_utf8(out)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -92,11 +92,11 @@ fn scan_matches_how_each_object_was_built() {
     assert_eq!(lines.len(), tree.objects.len());
     for (rec, obj) in lines.iter().zip(&tree.objects) {
         let expected = if obj.flags.contains("-flto=thin") {
-            "bitcode"
+            thinlto_index::ObjectKind::Bitcode
         } else {
-            "elf"
+            thinlto_index::ObjectKind::Elf
         };
-        assert_eq!(rec["kind"], expected, "{rec}");
+        assert_eq!(rec.kind, expected, "{rec:?}");
     }
     // Never by name: an ELF file named like bitcode is ELF, and a bitcode
     // wrapper is recognised.
@@ -197,10 +197,17 @@ fn bad_inputs_are_clear_errors() {
     let t = sample_tree();
     let bytes = std::fs::read(t.path().join("vmlinux.a")).unwrap();
     std::fs::write(t.path().join("trunc.a"), &bytes[..bytes.len() / 2 + 3]).unwrap();
-    fails(
-        tool("thinlto-index", t.path()).args(["order", "trunc.a"]),
-        "trunc.a",
+    let out = tool("thinlto-index", t.path())
+        .args(["order", "trunc.a"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("thinlto-index: error: trunc.a: member ") && err.lines().count() == 1,
+        "{err}"
     );
+    assert!(out.stdout.is_empty(), "a partial member list was printed");
     std::fs::write(t.path().join("text.a"), "hello\n").unwrap();
     fails(
         tool("thinlto-index", t.path()).args(["order", "text.a"]),

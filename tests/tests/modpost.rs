@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use modpost_ir::CrcRecord;
 use thinlto_dist_tests::*;
 
 fn golden(mode: &str, file: &str) -> Vec<u8> {
@@ -73,7 +74,7 @@ fn both_link_modes_match_the_real_modpost() {
 #[test]
 fn the_unpatched_mapping_loses_the_crcs_ours_keeps() {
     let t = linked();
-    let crcs = |extra: &[&str]| -> Vec<serde_json::Value> {
+    let crcs = |extra: &[&str]| -> Vec<CrcRecord> {
         let out = run_ok(
             tool("modpost-ir", t.path())
                 .args(["crcs", "--archive", "out/vmlinux.a"])
@@ -93,9 +94,10 @@ fn the_unpatched_mapping_loses_the_crcs_ours_keeps() {
     assert_eq!(unpatched.len(), 3, "{unpatched:?}");
     assert!(ours
         .iter()
-        .any(|r| r["object"] == "out/../kernel/core.thinlto-native.o"
-            && r["cmd_file"] == "out/../kernel/.core.o.cmd"
-            && r["symbol"] == "core_add"));
+        .any(|r| r.object == "out/../kernel/core.thinlto-native.o"
+            && r.cmd_file == "out/../kernel/.core.o.cmd"
+            && r.symbol == "core_add"
+            && r.crc != 0));
     let (s, _, err) = symvers(
         t.path(),
         "out/vmlinux.o",
@@ -193,12 +195,16 @@ fn mod_lists_and_broken_export_entries() {
     .unwrap();
     let out = run_ok(tool("modpost-ir", t.path()).args(["crcs", "--mod", "out/x.mod"])).stdout;
     let text = String::from_utf8(out).unwrap();
+    let recs: Vec<CrcRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(
-        text.lines().count(),
+        recs.len(),
         1,
         "modpost stops at the first empty line: {text}"
     );
-    assert!(text.contains("\"symbol\":\"sample_crc8\""));
+    assert_eq!(recs[0].symbol, "sample_crc8");
     // An .export_symbol entry whose label is not __export_symbol_<name>.
     let d = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::make::unescape_savedcmd;
 use crate::shell;
@@ -42,20 +42,27 @@ pub struct Dep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Symver {
     pub symbol: String,
-    #[serde(serialize_with = "crc_hex", deserialize_with = "crc_from_hex")]
+    #[serde(with = "crc_hex")]
     pub crc: u32,
 }
 
-fn crc_hex<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("0x{crc:08x}"))
-}
+/// The serde form of a CRC in every JSON contract of the workspace:
+/// `"0x%08x"` as modpost prints it (`#[serde(with = "thinlto_cmdparse::crc_hex")]`
+/// on a `u32`). Reading accepts any C number that fits 32 bits.
+pub mod crc_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
 
-fn crc_from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_c_number(&s)
-        .filter(|(_, rest)| rest.is_empty())
-        .map(|(v, _)| v as u32)
-        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a CRC")))
+    pub fn serialize<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0x{crc:08x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_c_number(&s)
+            .filter(|(v, rest)| rest.is_empty() && *v <= u32::MAX as u64)
+            .map(|(v, _)| v as u32)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a 32-bit CRC")))
+    }
 }
 
 /// Where the backend flags came from.
@@ -87,7 +94,12 @@ pub struct CmdFile {
     /// The raw text after `saved_c_flags_<target> := `.
     pub saved_c_flags: Option<String>,
     pub deps: Vec<Dep>,
+    /// The CRCs, read by [`read_symvers`] with modpost's rules.
     pub symvers: Vec<Symver>,
+    /// `#SYMVER` lines modpost skips (file and line named), for the tools
+    /// to print: a bad CRC line is not worth failing an object over, since
+    /// neither modpost nor the reference's `sed` fails on it.
+    pub warnings: Vec<ParseError>,
 }
 
 /// `strtoul(s, &end, 0)` on a string that starts with a digit: the value
@@ -125,22 +137,16 @@ pub fn parse_c_number(s: &str) -> Option<(u64, &str)> {
 }
 
 impl CmdFile {
-    /// Reads and parses a `.cmd` file (memory-mapped).
+    /// Reads and parses a `.cmd` file. Read into memory, never mapped:
+    /// fixdep rewrites `.cmd` files in place, and a mapped file truncated
+    /// meanwhile would be a SIGBUS instead of an error (they are small).
     pub fn read(path: &Path) -> Result<CmdFile, ParseError> {
-        let io = |e: std::io::Error| ParseError {
+        let bytes = std::fs::read(path).map_err(|e| ParseError {
             path: path.to_path_buf(),
             line: 0,
             message: format!("cannot read: {e}"),
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        if len == 0 {
-            return CmdFile::parse(path, b"");
-        }
-        // SAFETY: mapped read-only; kbuild replaces .cmd files by writing
-        // them anew, and a concurrent writer is a misuse we cannot detect.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        CmdFile::parse(path, &map)
+        })?;
+        CmdFile::parse(path, &bytes)
     }
 
     /// Parses the bytes of a `.cmd` file. Unknown lines are ignored.
@@ -150,46 +156,40 @@ impl CmdFile {
             line,
             message,
         };
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1;
-            fail(line, "invalid UTF-8".to_string())
-        })?;
+        let symvers = read_symvers(bytes);
         let mut cmd = CmdFile {
             cmd_file: path.to_path_buf(),
+            symvers: symvers.symvers,
+            warnings: symvers
+                .skipped
+                .into_iter()
+                .map(|(line, text)| {
+                    fail(
+                        line,
+                        format!("skipping {text:?}: not `#SYMVER <symbol> <number>` (modpost skips it too)"),
+                    )
+                })
+                .collect(),
             ..Default::default()
         };
-        let mut lines = text.split('\n').enumerate().peekable();
-        while let Some((i, line)) = lines.next() {
+        // UTF-8 is checked line by line, and not for comment lines (where
+        // `#SYMVER` lines live: modpost reads them as bytes).
+        let mut lines = bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, l)| match std::str::from_utf8(l) {
+                Ok(s) => Ok((i, s)),
+                Err(_) if l.first() == Some(&b'#') => Ok((i, "#")),
+                Err(_) => Err(fail(i + 1, "invalid UTF-8".to_string())),
+            })
+            .peekable();
+        while let Some(next) = lines.next() {
+            let (i, line) = next?;
             let n = i + 1;
-            if let Some(rest) = line.strip_prefix("#SYMVER ") {
-                let mut f = rest.split(' ');
-                let (Some(sym), Some(crc), None) = (f.next(), f.next(), f.next()) else {
-                    return Err(fail(
-                        n,
-                        format!("expected `#SYMVER <symbol> <crc>`, found {line:?}"),
-                    ));
-                };
-                let crc = parse_c_number(crc)
-                    .filter(|(_, rest)| rest.is_empty())
-                    .filter(|(v, _)| *v <= u32::MAX as u64)
-                    .ok_or_else(|| {
-                        fail(
-                            n,
-                            format!("#SYMVER {sym}: CRC {crc:?} is not a 32-bit number"),
-                        )
-                    })?
-                    .0 as u32;
-                if sym.is_empty() {
-                    return Err(fail(n, "#SYMVER with an empty symbol name".into()));
-                }
-                cmd.symvers.push(Symver {
-                    symbol: sym.to_string(),
-                    crc,
-                });
+            // `#SYMVER` lines are comments to make; their CRCs are read
+            // below by modpost's own reader, which skips what it cannot
+            // parse, so no CRC line can cost an object its flags.
+            if line.starts_with('#') {
                 continue;
             }
             let Some((lhs, rhs)) = line.split_once(" := ") else {
@@ -226,9 +226,11 @@ impl CmdFile {
                     while cont {
                         // The text after the last newline is "" at the end
                         // of the file: a continuation into it never ends.
-                        let next = lines
-                            .next()
-                            .filter(|(_, l)| !(l.is_empty() && lines.peek().is_none()));
+                        let next = match lines.next() {
+                            Some(r) => Some(r?),
+                            None => None,
+                        }
+                        .filter(|(_, l)| !(l.is_empty() && lines.peek().is_none()));
                         let Some((_, l)) = next else {
                             return Err(fail(
                                 n,
@@ -327,49 +329,72 @@ fn push_dep(deps: &mut Vec<Dep>, entry: &str) {
     }
 }
 
-/// `#SYMVER` lines read with modpost's own rules (`extract_crcs_for_object`
-/// in scripts/mod/modpost.c): a match is `\n#SYMVER ` (so never on the
-/// first line), the name runs to the next space (which may be on a later
-/// line), the CRC must start with a digit, is read like `strtoul(…, 0)` and
-/// truncated to 32 bits, and must be followed by `\n`; anything else is
-/// skipped. A missing space ends the scan. Text after a NUL byte is not seen.
-pub fn modpost_symvers(bytes: &[u8]) -> Vec<Symver> {
-    let bytes = match bytes.iter().position(|b| *b == 0) {
+/// The `#SYMVER` lines of a `.cmd` file as [`read_symvers`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Symvers {
+    pub symvers: Vec<Symver>,
+    /// Lines that start with `#SYMVER ` but gave no CRC: (1-based line,
+    /// the line's text).
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// The one `#SYMVER` reader of the workspace, with modpost's own rules
+/// (`extract_crcs_for_object` in scripts/mod/modpost.c): a match is
+/// `\n#SYMVER ` (so never on the first line), the name runs to the next
+/// space (which may be on a later line), the CRC must start with a digit,
+/// is read like `strtoul(…, 0)` and truncated to 32 bits, and must be
+/// followed by `\n`; anything else is skipped. A missing space ends the
+/// scan. Text after a NUL byte is not seen. modpost skips silently;
+/// `skipped` lists the lines for tools that want to warn.
+pub fn read_symvers(bytes: &[u8]) -> Symvers {
+    let seen = match bytes.iter().position(|b| *b == 0) {
         Some(n) => &bytes[..n],
         None => bytes,
     };
     const PAT: &[u8] = b"\n#SYMVER ";
     let finder = memchr::memmem::Finder::new(PAT);
-    let mut out = Vec::new();
+    let mut out = Symvers::default();
+    // The byte offsets of the lines that gave a CRC.
+    let mut used = Vec::new();
     let mut p = 0;
-    while let Some(found) = finder.find(&bytes[p..]) {
+    while let Some(found) = finder.find(&seen[p..]) {
+        let line_start = p + found + 1;
         let name_start = p + found + PAT.len();
-        let Some(sp) = bytes[name_start..].iter().position(|b| *b == b' ') else {
+        let Some(sp) = seen[name_start..].iter().position(|b| *b == b' ') else {
             break;
         };
-        let name = &bytes[name_start..name_start + sp];
+        let name = &seen[name_start..name_start + sp];
         p = name_start + sp + 1;
-        if !bytes.get(p).is_some_and(u8::is_ascii_digit) {
+        if !seen.get(p).is_some_and(u8::is_ascii_digit) {
             continue;
         }
-        let digits_end = p + bytes[p..]
+        let digits_end = p + seen[p..]
             .iter()
             .position(|b| !b.is_ascii_alphanumeric())
-            .unwrap_or(bytes.len() - p);
-        let Ok(num) = std::str::from_utf8(&bytes[p..digits_end]) else {
+            .unwrap_or(seen.len() - p);
+        let Ok(num) = std::str::from_utf8(&seen[p..digits_end]) else {
             continue;
         };
         let Some((v, rest)) = parse_c_number(num) else {
             continue;
         };
         p += num.len() - rest.len();
-        if bytes.get(p) != Some(&b'\n') {
+        if seen.get(p) != Some(&b'\n') {
             continue;
         }
-        out.push(Symver {
+        used.push(line_start);
+        out.symvers.push(Symver {
             symbol: String::from_utf8_lossy(name).into_owned(),
             crc: v as u32,
         });
+    }
+    let mut offset = 0;
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.starts_with(b"#SYMVER ") && used.binary_search(&offset).is_err() {
+            out.skipped
+                .push((i + 1, String::from_utf8_lossy(line).into_owned()));
+        }
+        offset += line.len() + 1;
     }
     out
 }
@@ -495,15 +520,6 @@ saved_c_flags_arch/x/../../virt/kvm/kvm_main.o := -O2 -DX='\"a b\"'
 
     #[test]
     fn errors_name_file_and_line() {
-        let e = CmdFile::parse(
-            Path::new("d/.a.o.cmd"),
-            b"savedcmd_a.o := x\n#SYMVER foo bar\n",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "d/.a.o.cmd:2: #SYMVER foo: CRC \"bar\" is not a 32-bit number"
-        );
         let e = CmdFile::parse(Path::new("d/.a.o.cmd"), b"deps_a.o := \\\n  x.h \\\n").unwrap_err();
         assert!(
             e.to_string()
@@ -520,9 +536,36 @@ saved_c_flags_arch/x/../../virt/kvm/kvm_main.o := -O2 -DX='\"a b\"'
     }
 
     #[test]
+    fn a_bad_symver_line_is_a_warning_not_an_error() {
+        // modpost skips such a line and the reference's sed never reads
+        // it: the flags and the other CRCs must survive it.
+        let c = CmdFile::parse(
+            Path::new("d/.a.o.cmd"),
+            b"savedcmd_a.o := x\n#SYMVER ok 0x1\n#SYMVER bogus notanumber\n#SYMVER \xff 2x\nsaved_c_flags_a.o := -O2\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend_flags().unwrap().argv, vec!["-O2"]);
+        assert_eq!(
+            c.symvers,
+            vec![Symver {
+                symbol: "ok".into(),
+                crc: 1
+            }]
+        );
+        let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("d/.a.o.cmd:3: skipping \"#SYMVER bogus notanumber\""),
+            "{w:?}"
+        );
+        assert!(w[1].starts_with("d/.a.o.cmd:4: "), "{w:?}");
+    }
+
+    #[test]
     fn modpost_rules() {
         let text = b"#SYMVER first 0x1\nx\n#SYMVER a 0x10\n#SYMVER b 010\n#SYMVER c 12x\n#SYMVER d x1\n#SYMVER e 99999999999\n#SYMVER f 0x1 \n#SYMVER g 7\n";
-        let got: Vec<(String, u32)> = modpost_symvers(text)
+        let got: Vec<(String, u32)> = read_symvers(text)
+            .symvers
             .into_iter()
             .map(|s| (s.symbol, s.crc))
             .collect();
@@ -536,9 +579,15 @@ saved_c_flags_arch/x/../../virt/kvm/kvm_main.o := -O2 -DX='\"a b\"'
             ]
         );
         // A name line without a space swallows the next line, as in modpost.
-        let got = modpost_symvers(b"\n#SYMVER lone\n#SYMVER next 0x2\n");
-        assert!(got.is_empty(), "{got:?}");
-        assert!(modpost_symvers(b"\n#SYMVER a 1\0\n#SYMVER b 2\n").is_empty());
+        let got = read_symvers(b"\n#SYMVER lone\n#SYMVER next 0x2\n");
+        assert!(got.symvers.is_empty(), "{got:?}");
+        assert_eq!(got.skipped.len(), 2, "{got:?}");
+        assert!(read_symvers(b"\n#SYMVER a 1\0\n#SYMVER b 2\n")
+            .symvers
+            .is_empty());
+        // Every line modpost skipped is listed, by line number.
+        let skipped: Vec<usize> = read_symvers(text).skipped.iter().map(|s| s.0).collect();
+        assert_eq!(skipped, vec![1, 5, 6, 8]);
     }
 
     #[test]

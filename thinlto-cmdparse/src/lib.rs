@@ -4,7 +4,8 @@
 //! - [`CmdFile`] parses one file; [`CmdFile::backend_flags`] gives the argv
 //!   the ThinLTO backend needs (from `saved_c_flags_`, or derived from
 //!   `savedcmd_` on trees without it).
-//! - [`modpost_symvers`] reads `#SYMVER` lines with modpost's own rules.
+//! - [`read_symvers`] reads `#SYMVER` lines with modpost's own rules (the
+//!   one reader: [`CmdFile`] and modpost-ir both use it).
 //! - [`shell`] is `/bin/sh` word splitting and quoting, [`make`] is make's
 //!   escaping of `savedcmd_`.
 //! - [`CmdRecord`] is the JSON Lines record of the `thinlto-cmdparse` tool.
@@ -15,7 +16,7 @@ pub mod record;
 pub mod shell;
 
 pub use cmdfile::{
-    cmd_file_for_object, dot_cmd_path, modpost_symvers, parse_c_number, BackendFlags, CmdFile, Dep,
-    FlagsFrom, ParseError, Symver,
+    cmd_file_for_object, crc_hex, dot_cmd_path, parse_c_number, read_symvers, BackendFlags,
+    CmdFile, Dep, FlagsFrom, ParseError, Symver, Symvers,
 };
 pub use record::{cmd_path_for_input, parse_many, CmdRecord};

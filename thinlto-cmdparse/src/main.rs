@@ -56,7 +56,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(obj) = &cli.be_flags {
         let path = cmd_path_for_input(obj);
-        return match CmdFile::read(&path).and_then(|c| c.backend_flags()) {
+        let read = CmdFile::read(&path).and_then(|c| {
+            for w in &c.warnings {
+                eprintln!("thinlto-cmdparse: warning: {w}");
+            }
+            c.backend_flags()
+        });
+        return match read {
             Ok(f) => {
                 println!("{}", shell::join(&f.argv));
                 ExitCode::SUCCESS
@@ -94,6 +100,9 @@ fn main() -> ExitCode {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = false;
     for r in &records {
+        for w in &r.warnings {
+            eprintln!("thinlto-cmdparse: warning: {w}");
+        }
         if let Some(e) = &r.error {
             eprintln!("thinlto-cmdparse: {e}");
             failed = true;

@@ -34,12 +34,17 @@ pub struct CmdRecord {
     /// Why this file failed; the other fields are then absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `#SYMVER` lines skipped as modpost skips them (`file:line: …`): the
+    /// tool prints them on stderr; not part of the JSON contract.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl CmdRecord {
     pub fn from_cmd(cmd: CmdFile) -> CmdRecord {
         let path = cmd.cmd_file.to_string_lossy().into_owned();
-        match cmd.backend_flags() {
+        let warnings = cmd.warnings.iter().map(|w| w.to_string()).collect();
+        let mut record = match cmd.backend_flags() {
             Ok(flags) => CmdRecord {
                 cmd_file: path,
                 target: Some(cmd.target),
@@ -50,9 +55,12 @@ impl CmdRecord {
                 deps: Some(cmd.deps),
                 symvers: Some(cmd.symvers),
                 error: None,
+                warnings: Vec::new(),
             },
             Err(e) => CmdRecord::failed(path, e.to_string()),
-        }
+        };
+        record.warnings = warnings;
+        record
     }
 
     pub fn failed(cmd_file: String, error: String) -> CmdRecord {
@@ -66,6 +74,7 @@ impl CmdRecord {
             deps: None,
             symvers: None,
             error: Some(error),
+            warnings: Vec::new(),
         }
     }
 }

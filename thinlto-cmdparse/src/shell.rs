@@ -209,6 +209,15 @@ fn is_safe(c: char) -> bool {
 
 /// Quotes one word for `sh`: unchanged when nothing in it is special,
 /// otherwise in single quotes (`'` written as `'\''`).
+///
+/// Not the `shlex` crate, on purpose: shlex (2.0) also quotes `=`, `,` and
+/// `%`, so `-fthinlto-index=a.o.thinlto.bc` becomes
+/// `'-fthinlto-index=a.o.thinlto.bc'`. The argv is the same, but the
+/// command text thinlto-backend records must equal the one make's
+/// `if_changed` records (`tests/tests/backend.rs`,
+/// `natives_equal_the_reference_and_records_interoperate`, fails with
+/// shlex: make rebuilds every native after us), and `--be-flags` should
+/// read like the `.cmd` file's own flags (`-O2 -DX=1`, not `'-DX=1'`).
 pub fn quote(word: &str) -> Cow<'_, str> {
     if !word.is_empty() && word.chars().all(is_safe) {
         Cow::Borrowed(word)

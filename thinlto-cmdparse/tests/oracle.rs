@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use thinlto_cmdparse::make::escape_savedcmd;
-use thinlto_cmdparse::CmdFile;
+use thinlto_cmdparse::{CmdFile, CmdRecord};
 
 /// Flag texts as they appear in kernel Makefiles (raw make text).
 const CORPUS: &[&str] = &[
@@ -168,7 +168,7 @@ fn cli_batch_reports_bad_files_and_keeps_going() {
     write_cmd(d.path(), 0, "-O2");
     std::fs::write(
         d.path().join("d/.bad.o.cmd"),
-        "savedcmd_d/bad.o := x\n#SYMVER f zz\n",
+        b"savedcmd_d/bad.o := x\nsaved_c_flags_d/bad.o := -D\xff\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
@@ -177,30 +177,85 @@ fn cli_batch_reports_bad_files_and_keeps_going() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = records(&out.stdout);
     assert_eq!(lines.len(), 3);
-    assert_eq!(lines[0]["c_flags"], serde_json::json!(["-O2"]));
-    assert_eq!(lines[0]["symvers"][0]["crc"], "0x00000000");
-    assert!(lines[1]["error"]
-        .as_str()
+    assert_eq!(lines[0].c_flags.as_deref(), Some(&["-O2".to_string()][..]));
+    assert_eq!(lines[0].symvers.as_ref().unwrap()[0].crc, 0);
+    assert!(lines[1]
+        .error
+        .as_deref()
         .unwrap()
         .contains("d/.bad.o.cmd:2:"));
-    assert_eq!(lines[2]["cmd_file"], "d/.obj0.o.cmd");
+    assert_eq!(lines[2].cmd_file, "d/.obj0.o.cmd");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("d/.bad.o.cmd:2: #SYMVER f: CRC \"zz\" is not a 32-bit number"),
-        "{err}"
-    );
+    assert!(err.contains("d/.bad.o.cmd:2: invalid UTF-8"), "{err}");
     let sym = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
         .args(["--symvers", "d/obj0.o"])
         .current_dir(d.path())
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(sym.stdout).unwrap(), "sym0\t0x00000000\n");
+}
+
+/// The JSON Lines of `thinlto-cmdparse`, read with its own record type.
+fn records(stdout: &[u8]) -> Vec<CmdRecord> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// A `#SYMVER` line modpost skips (and the reference's sed never reads)
+/// costs the object neither its flags nor its other CRCs.
+#[test]
+fn a_malformed_symver_line_is_only_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("d")).unwrap();
+    write_cmd(d.path(), 0, "-O2 -DX=1");
+    let p = d.path().join("d/.obj0.o.cmd");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str("#SYMVER bogus notanumber\n#SYMVER good 0x2a\n");
+    std::fs::write(&p, text).unwrap();
+    let line = std::fs::read_to_string(&p)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("#SYMVER bogus"))
+        .unwrap()
+        + 1;
+    let out = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
+        .arg("d/obj0.o")
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r = records(&out.stdout);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].error, None);
+    assert_eq!(
+        r[0].c_flags.as_deref(),
+        Some(&["-O2".to_string(), "-DX=1".to_string()][..])
+    );
+    let syms: Vec<(&str, u32)> = r[0]
+        .symvers
+        .iter()
+        .flatten()
+        .map(|s| (s.symbol.as_str(), s.crc))
+        .collect();
+    assert_eq!(syms, vec![("sym0", 0), ("good", 0x2a)]);
+    assert!(
+        err.contains(&format!(
+            "warning: d/.obj0.o.cmd:{line}: skipping \"#SYMVER bogus notanumber\""
+        )),
+        "{err}"
+    );
+    let be = Command::new(env!("CARGO_BIN_EXE_thinlto-cmdparse"))
+        .args(["--be-flags", "d/obj0.o"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(be.status.success());
+    assert_eq!(String::from_utf8(be.stdout).unwrap(), "-O2 -DX=1\n");
 }
 
 #[test]

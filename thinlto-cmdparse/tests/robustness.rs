@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use thinlto_cmdparse::{modpost_symvers, shell, CmdFile};
+use thinlto_cmdparse::{read_symvers, shell, CmdFile};
 
 /// Inputs shaped like `.cmd` files, with the characters that matter.
 fn cmdish() -> impl Strategy<Value = Vec<u8>> {
@@ -37,13 +37,13 @@ proptest! {
         if let Ok(c) = CmdFile::parse(Path::new("x/.a.o.cmd"), &bytes) {
             let _ = c.backend_flags();
         }
-        let _ = modpost_symvers(&bytes);
+        let _ = read_symvers(&bytes);
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = CmdFile::parse(Path::new("x"), &bytes);
-        let _ = modpost_symvers(&bytes);
+        let _ = read_symvers(&bytes);
         let _ = shell::split(&String::from_utf8_lossy(&bytes));
         let _ = shell::split_commands(&String::from_utf8_lossy(&bytes));
     }

@@ -43,6 +43,8 @@ pub fn archive_members(path: &Path) -> Result<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // Mapped: a kernel's vmlinux.a can be large (a regular archive holds the
+    // objects) and only its headers are read.
     // SAFETY: read-only map; archives are replaced, not edited in place.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("{}: cannot map", path.display()))?;
@@ -124,9 +126,32 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(members_from_bytes(b"x.a", b"not an archive").is_err());
-        let a = thin(&["kernel/core.o"]);
+        let a = thin(&["kernel/core.o", "lib/x.o"]);
+        let full = members_from_bytes(b"x.a", &a).unwrap();
+        // A cut archive is an error, or, cut exactly between members, the
+        // shorter list (llvm-ar reads it so too); never a wrong member.
+        let mut errors = 0;
         for cut in 0..a.len() {
-            let _ = members_from_bytes(b"x.a", &a[..cut]);
+            match members_from_bytes(b"x.a", &a[..cut]) {
+                Ok(m) => assert!(
+                    m.len() < full.len() && full.starts_with(&m),
+                    "cut {cut}: {m:?}"
+                ),
+                Err(e) => {
+                    errors += 1;
+                    let e = e.to_string();
+                    assert!(
+                        e.starts_with("not a valid archive") || e.starts_with("member "),
+                        "cut {cut}: {e}"
+                    );
+                }
+            }
         }
+        assert!(errors > a.len() / 2, "{errors} of {} cuts failed", a.len());
+        // Cut inside the second member's header: that member is named.
+        let e = members_from_bytes(b"x.a", &a[..a.len() - 20])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("member 2: "), "{e}");
     }
 }

@@ -12,5 +12,5 @@ pub mod toolchain;
 pub use archive::{archive_members, order};
 pub use classify::{classify, classify_bytes};
 pub use link::ThinLink;
-pub use manifest::{Manifest, ManifestObject, ObjectKind};
+pub use manifest::{Manifest, ManifestObject, ObjectKind, ScanRecord};
 pub use toolchain::{Tool, Toolchain, ToolchainArgs};

@@ -539,10 +539,22 @@ mod tests {
             ..Default::default()
         };
         let hit = search_newest(env.path.as_ref()).unwrap();
-        // /usr/lib/llvm-N may exist on the machine; only check the PATH part
-        // when it won.
-        if hit.dir.is_none() {
-            assert_eq!(hit.name(Role::Cc), "clang-18");
+        // /usr/lib/llvm-N may exist on the machine: then it wins only with
+        // an N above 18 (tests/tests/toolchain.rs covers a PATH set that
+        // beats every installed one).
+        match &hit.dir {
+            None => assert_eq!(hit.name(Role::Cc), "clang-18"),
+            Some(dir) => {
+                let n: u32 = dir
+                    .strip_prefix("/usr/lib")
+                    .ok()
+                    .and_then(|d| d.to_str())
+                    .and_then(|d| d.strip_prefix("llvm-"))
+                    .and_then(|d| d.strip_suffix("/bin"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{dir:?} is not /usr/lib/llvm-N/bin"));
+                assert!(n > 18, "{dir:?} won over clang-18");
+            }
         }
     }
 

@@ -36,6 +36,10 @@ pub struct ScenarioResult {
     pub ours: Vec<Sample>,
     pub reference: Vec<Sample>,
     pub notes: Vec<String>,
+    /// Ours timed only as a whole (wall clock): its stages run as tool
+    /// processes started one after another by xtask itself, which no one
+    /// `wait4` covers, so its CPU and peak RSS cells are left empty.
+    pub ours_wall_only: bool,
 }
 
 impl ScenarioResult {
@@ -47,6 +51,7 @@ impl ScenarioResult {
             ours: vec![],
             reference: vec![],
             notes: vec![],
+            ours_wall_only: false,
         }
     }
 
@@ -60,18 +65,26 @@ impl ScenarioResult {
         let mut s = format!("### {}\n\n", self.title);
         s.push_str("| | runs | wall min | wall median | wall max | CPU median | peak RSS |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-        for (label, v) in [
-            (&self.ours_label, &self.ours),
-            (&self.ref_label, &self.reference),
+        for (label, v, wall_only) in [
+            (&self.ours_label, &self.ours, self.ours_wall_only),
+            (&self.ref_label, &self.reference, false),
         ] {
             let (min, med, max) = stats(&v.iter().map(|x| x.wall).collect::<Vec<_>>());
             let cpu = stats(&v.iter().map(|x| x.cpu).collect::<Vec<_>>()).1;
             let rss = v.iter().map(|x| x.rss_kib).max().unwrap_or(0);
+            // Not measured is an empty cell with a footnote, never a 0.
+            let (cpu, rss) = if wall_only {
+                (" ¹".to_string(), " ¹".to_string())
+            } else {
+                (
+                    format!(" {cpu:.3} s"),
+                    format!(" {:.1} MiB", rss as f64 / 1024.0),
+                )
+            };
             writeln!(
                 s,
-                "| {label} | {} | {min:.3} s | {med:.3} s | {max:.3} s | {cpu:.3} s | {:.1} MiB |",
+                "| {label} | {} | {min:.3} s | {med:.3} s | {max:.3} s |{cpu} |{rss} |",
                 v.len(),
-                rss as f64 / 1024.0
             )
             .unwrap();
         }
@@ -94,12 +107,18 @@ impl ScenarioResult {
         for n in &self.notes {
             writeln!(s, "- {n}").unwrap();
         }
-        if !self.notes.is_empty() {
+        if self.ours_wall_only {
+            writeln!(s, "- ¹ {WALL_ONLY_NOTE}").unwrap();
+        }
+        if !self.notes.is_empty() || self.ours_wall_only {
             s.push('\n');
         }
         s
     }
 }
+
+/// The footnote of an empty CPU / peak RSS cell.
+const WALL_ONLY_NOTE: &str = "not measured: ours is timed as a whole, its stages being tool processes that xtask starts one after another (no single process tree for `wait4` to measure)";
 
 /// The stub compiler of the scheduling benchmark: it is not a compiler. It
 /// only writes a few bytes to its `-o` file, so that what is measured is
@@ -654,6 +673,34 @@ fn first_line(prog: &str, args: &[&str]) -> String {
 /// `cargo xtask kernel`): the parts that need no second copy of the tree.
 /// Heavy scenarios run `heavy_runs` times; ours and the reference
 /// alternate, each from scratch.
+/// A path as a report shows it: under `$HOME` spelled `~/…` (what the
+/// user most likely typed, and no machine's local layout in a committed
+/// file); otherwise as given, never canonicalized.
+pub fn report_path(p: &Path, home: Option<&Path>) -> String {
+    match home.and_then(|h| p.strip_prefix(h).ok()) {
+        Some(rest) if !rest.as_os_str().is_empty() => format!("~/{}", rest.display()),
+        Some(_) => "~".into(),
+        None => p.display().to_string(),
+    }
+}
+
+/// The command line of this run for a report: the `--kernel` value (and
+/// every other argument) with [`report_path`]'s `~` spelling.
+pub fn report_command(args: &[String], home: Option<&Path>) -> String {
+    args.iter()
+        .map(|a| {
+            if let Some(v) = a.strip_prefix("--kernel=") {
+                format!("--kernel={}", report_path(Path::new(v), home))
+            } else if a.starts_with('/') {
+                report_path(Path::new(a), home)
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResult>> {
     let tree = linux
         .canonicalize()
@@ -810,8 +857,8 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
             Command::new(&argv[0]).current_dir(&tree).args(&argv[1..]),
         )?);
     }
-    r.notes
-        .push("ours is timed as a whole (CPU and RSS not collected for this composite)".into());
+    r.ours_wall_only = true;
+    inproc.ours_wall_only = true;
     results.push(r);
     results.push(inproc);
 
@@ -836,6 +883,7 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
             rss_kib: 0,
         });
     }
+    r.ours_wall_only = true;
     results.push(r);
 
     let modpost = tree.join("scripts/mod/modpost");
@@ -871,4 +919,62 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         results.push(r);
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(wall: f64, cpu: f64, rss_kib: u64) -> Sample {
+        Sample { wall, cpu, rss_kib }
+    }
+
+    #[test]
+    fn unmeasured_cells_are_empty_with_a_footnote() {
+        let mut r = ScenarioResult::new("K3. x", "ours", "reference");
+        r.ours.push(sample(2.0, 0.0, 0));
+        r.reference.push(sample(4.0, 3.5, 2048));
+        r.ours_wall_only = true;
+        let md = r.markdown();
+        assert!(
+            md.contains("| ours | 1 | 2.000 s | 2.000 s | 2.000 s | ¹ | ¹ |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| reference | 1 | 4.000 s | 4.000 s | 4.000 s | 3.500 s | 2.0 MiB |"),
+            "{md}"
+        );
+        assert!(!md.contains("0.000 s") && !md.contains("0.0 MiB"), "{md}");
+        assert!(md.contains(&format!("- ¹ {WALL_ONLY_NOTE}")), "{md}");
+        r.ours_wall_only = false;
+        assert!(!r.markdown().contains('¹'));
+    }
+
+    #[test]
+    fn reports_name_no_local_path() {
+        let home = Path::new("/home/dev");
+        assert_eq!(
+            report_path(Path::new("/home/dev/linux"), Some(home)),
+            "~/linux"
+        );
+        assert_eq!(report_path(Path::new("/home/dev"), Some(home)), "~");
+        assert_eq!(
+            report_path(Path::new("/home/devx/l"), Some(home)),
+            "/home/devx/l"
+        );
+        assert_eq!(report_path(Path::new("../linux"), Some(home)), "../linux");
+        let args: Vec<String> = ["bench", "--write", "--kernel", "/home/dev/src/linux"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            report_command(&args, Some(home)),
+            "bench --write --kernel ~/src/linux"
+        );
+        let args = vec!["bench".to_string(), "--kernel=/home/dev/linux".to_string()];
+        assert_eq!(report_command(&args, Some(home)), "bench --kernel=~/linux");
+        assert_eq!(
+            report_command(&args, None),
+            "bench --kernel=/home/dev/linux"
+        );
+    }
 }

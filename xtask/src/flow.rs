@@ -345,6 +345,8 @@ pub fn run_stages(
 pub fn symbols(path: &Path) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
     use object::{Object, ObjectSymbol};
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // Mapped: a real kernel's vmlinux.o is hundreds of MB, of which only the
+    // symbol table is read.
     // SAFETY: read-only map of a file nobody writes during the check.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     let obj = object::File::parse(&*map)

@@ -85,14 +85,14 @@ pub fn steps() -> Vec<Step> {
             "one-line edit of a leaf (init/calibrate.c)",
             StepAction::Append(
                 "init/calibrate.c".into(),
-                "int thinlto_bench_leaf(void) { return 1; }\n".into(),
+                "int thinlto_bench_leaf(void);\nint thinlto_bench_leaf(void) { return 1; }\n".into(),
             ),
         ),
         s(
             "one-line edit of a widely imported file (lib/string.c)",
             StepAction::Append(
                 "lib/string.c".into(),
-                "int thinlto_bench_wide(void) { return 2; }\n".into(),
+                "int thinlto_bench_wide(void);\nint thinlto_bench_wide(void) { return 2; }\n".into(),
             ),
         ),
     ]
@@ -248,7 +248,7 @@ fn outputs(tree: &Path) -> Result<Outputs> {
 /// Runs every mode's steps; returns the markdown section.
 pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<String> {
     let tree = tree.canonicalize()?;
-    if crate::kernel::detect_layout(&tree)? != crate::kernel::Layout::Dist {
+    if crate::kernel::detect_layout(&tree)? != crate::kernel::TreeLayout::Dist {
         bail!(
             "{}: not a tree of kbuild's distributed ThinLTO mode (CONFIG_LTO_CLANG_THIN_DIST)",
             tree.display()

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use modpost_ir::{read_exports_with, Layout, ReadOptions};
 use thinlto_cmdparse::{shell, CmdFile};
 use thinlto_index::{Toolchain, ToolchainArgs};
 
@@ -30,40 +31,40 @@ pub struct KernelOptions {
 
 #[derive(Debug, Clone)]
 pub struct KernelReport {
-    pub layout: Layout,
+    pub layout: TreeLayout,
     pub stages: Vec<StageTime>,
     pub checks: Vec<Check>,
 }
 
 /// How kbuild linked the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub enum TreeLayout {
     /// lld ran the backends inside the `vmlinux.o` link.
     InProcess,
     /// kbuild's distributed mode: its own index, natives and records.
     Dist,
 }
 
-impl Layout {
+impl TreeLayout {
     /// The front-end archive (what `builtin.order` lists).
     pub fn fe_archive(self, tree: &Path) -> &'static str {
         match self {
-            Layout::Dist => "built-in-fixup.a",
-            Layout::InProcess if tree.join("built-in-fixup.a").exists() => "built-in-fixup.a",
-            Layout::InProcess => "vmlinux.a",
+            TreeLayout::Dist => "built-in-fixup.a",
+            TreeLayout::InProcess if tree.join("built-in-fixup.a").exists() => "built-in-fixup.a",
+            TreeLayout::InProcess => "vmlinux.a",
         }
     }
 
     pub fn describe(self) -> &'static str {
         match self {
-            Layout::InProcess => "in-process ThinLTO (lld ran the backends)",
-            Layout::Dist => "kbuild's distributed ThinLTO (CONFIG_LTO_CLANG_THIN_DIST)",
+            TreeLayout::InProcess => "in-process ThinLTO (lld ran the backends)",
+            TreeLayout::Dist => "kbuild's distributed ThinLTO (CONFIG_LTO_CLANG_THIN_DIST)",
         }
     }
 }
 
 /// Which layout a tree has; an error names what is missing.
-pub fn detect_layout(tree: &Path) -> Result<Layout> {
+pub fn detect_layout(tree: &Path) -> Result<TreeLayout> {
     let has = |f: &str| tree.join(f).exists();
     let missing = |fs: &[&str]| -> Vec<String> {
         fs.iter().filter(|f| !has(f)).map(|f| f.to_string()).collect()
@@ -79,7 +80,7 @@ pub fn detect_layout(tree: &Path) -> Result<Layout> {
             "vmlinux.a",
         ]));
         if m.is_empty() {
-            return Ok(Layout::Dist);
+            return Ok(TreeLayout::Dist);
         }
         bail!(
             "{}: a distributed-ThinLTO tree (it has vmlinux.thinlto-index or builtin.order) without {}; finish the build first (make LLVM=-19 vmlinux)",
@@ -95,7 +96,7 @@ pub fn detect_layout(tree: &Path) -> Result<Layout> {
         m.push(".vmlinux.a.cmd (or .built-in-fixup.a.cmd)".into());
     }
     if m.is_empty() {
-        return Ok(Layout::InProcess);
+        return Ok(TreeLayout::InProcess);
     }
     bail!(
         "{}: neither an in-process nor a distributed ThinLTO kernel tree: no {}; build the kernel with CONFIG_LTO_CLANG_THIN=y or CONFIG_LTO_CLANG_THIN_DIST=y first (make LLVM=-19 vmlinux)",
@@ -133,7 +134,7 @@ fn replace_word(argv: &[String], from: &str, to: &str) -> Vec<String> {
 pub fn kernel_settings(
     tree: &Path,
     out: &Path,
-    layout: Layout,
+    layout: TreeLayout,
 ) -> Result<(Toolchain, LinkPlan, Vec<String>)> {
     let link_cmds = commands_of(&tree.join(".vmlinux.o.cmd"))?;
     let link = &link_cmds[0];
@@ -186,6 +187,71 @@ pub fn kernel_settings(
     ))
 }
 
+/// The names a `vmlinux.o` exports, read as modpost-ir reads them: the
+/// `.export_symbol` section (Linux ≥ 6.5) or `__ksymtab_<name>` symbols
+/// (before 6.5, e.g. the 6.1 LTS), whichever the object has.
+pub fn exports_of(vmlinux_o: &Path) -> Result<(Layout, BTreeSet<String>)> {
+    let file = std::fs::File::open(vmlinux_o)
+        .with_context(|| format!("{}: cannot open", vmlinux_o.display()))?;
+    // Mapped: a kernel's vmlinux.o is hundreds of MB, of which only the
+    // symbols and the export entries are read.
+    // SAFETY: read-only map of an object nobody rewrites during the check.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("{}: cannot map", vmlinux_o.display()))?;
+    let ex = read_exports_with(
+        &map,
+        "vmlinux",
+        ReadOptions {
+            modules: true,
+            section_mismatch: false,
+        },
+    )
+    .with_context(|| format!("{}", vmlinux_o.display()))?;
+    Ok((ex.layout, ex.exports.into_iter().map(|e| e.name).collect()))
+}
+
+/// `cargo xtask kernel`'s export check: our `vmlinux.o` exports what the
+/// tree's does, in either layout; and no exports at all, where the tree's
+/// `vmlinux.symvers` lists some, fails even when both sides agree (the
+/// exports were not found, e.g. a layout not understood).
+pub fn export_check(ours: &Path, tree_vmlinux_o: &Path, tree_symvers: &Path) -> Result<Check> {
+    let (layout, e_ours) = exports_of(ours)?;
+    let (_, e_tree) = exports_of(tree_vmlinux_o)?;
+    let listed = std::fs::read_to_string(tree_symvers)
+        .with_context(|| format!("{}: cannot read", tree_symvers.display()))?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    let layout = match layout {
+        Layout::ExportSymbol => ".export_symbol",
+        Layout::Ksymtab => "__ksymtab_",
+    };
+    let name = format!(
+        "exports same as the tree's vmlinux.o ({}, {layout})",
+        e_ours.len()
+    );
+    if e_ours.is_empty() && listed > 0 {
+        return Ok(Check {
+            name,
+            ok: false,
+            detail: format!(
+                "no exports found, but {} lists {listed}",
+                tree_symvers.display()
+            ),
+        });
+    }
+    Ok(Check {
+        name,
+        ok: e_ours == e_tree,
+        detail: e_ours
+            .symmetric_difference(&e_tree)
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
 fn sorted_lines(p: &Path) -> Result<Vec<String>> {
     let mut v: Vec<String> = std::fs::read_to_string(p)
         .with_context(|| format!("{}: cannot read", p.display()))?
@@ -209,7 +275,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     // in their place: the same paths, as kbuild's rules name them).
     let kbuild_natives = out.join("kbuild-natives");
     let mut set_aside = Vec::new();
-    if layout == Layout::Dist {
+    if layout == TreeLayout::Dist {
         let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index"))
             .context("vmlinux.thinlto-index: cannot read")?;
         for obj in index.lines().filter(|l| !l.is_empty()) {
@@ -252,7 +318,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         });
     }
     let mut checks = Vec::new();
-    if layout == Layout::Dist {
+    if layout == TreeLayout::Dist {
         let differ: Vec<&String> = set_aside
             .iter()
             .filter(|n| {
@@ -276,8 +342,8 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
             detail: String::new(),
         });
     }
-    let (g_ours, e_ours) = flow::symbols(&first.vmlinux_o)?;
-    let (g_tree, e_tree) = flow::symbols(&tree.join("vmlinux.o"))?;
+    let (g_ours, _) = flow::symbols(&first.vmlinux_o)?;
+    let (g_tree, _) = flow::symbols(&tree.join("vmlinux.o"))?;
     let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
         a.symmetric_difference(b)
             .take(5)
@@ -293,11 +359,11 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         ok: g_ours == g_tree,
         detail: diff(&g_ours, &g_tree),
     });
-    checks.push(Check {
-        name: format!("exports same as the tree's vmlinux.o ({})", e_ours.len()),
-        ok: e_ours == e_tree && !e_ours.is_empty(),
-        detail: diff(&e_ours, &e_tree),
-    });
+    checks.push(export_check(
+        &first.vmlinux_o,
+        &tree.join("vmlinux.o"),
+        &tree.join("vmlinux.symvers"),
+    )?);
     let ours = sorted_lines(&out.join("vmlinux.symvers"))?;
     let theirs = sorted_lines(&tree.join("vmlinux.symvers"))?;
     let zero = ours.iter().filter(|l| l.starts_with("0x00000000")).count();

@@ -141,7 +141,8 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
-    /// The project's checks: cargo fmt --check, clippy -D warnings, all tests.
+    /// The project's checks: unused dependencies, cargo fmt --check, clippy -D
+    /// warnings, all tests.
     Test {
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
@@ -291,11 +292,17 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: false,
                 workdir: xtask::target_dir().join("bench"),
             };
-            let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+            // As typed (`~/linux`, not the canonical or home-expanded path):
+            // the report is committed and must not name this machine's layout.
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let command = xtask::bench::report_command(
+                &std::env::args().skip(1).collect::<Vec<_>>(),
+                home.as_deref(),
+            );
             let kernel_section = match &kernel {
                 Some(k) => {
                     let results = xtask::bench::run_kernel(&opts, k)?;
-                    let mut s = format!("{KERNEL_MARKER}\n## Real kernel: {}\n\nMeasured by `cargo xtask {command}`: ours and the make reference alternate on the same tree, each from scratch (natives removed), heavy scenarios {} time(s).\n\n", k.display(), opts.heavy_runs);
+                    let mut s = format!("{KERNEL_MARKER}\n## Real kernel: {}\n\nMeasured by `cargo xtask {command}`: ours and the make reference alternate on the same tree, each from scratch (natives removed), heavy scenarios {} time(s).\n\n", xtask::bench::report_path(k, home.as_deref()), opts.heavy_runs);
                     for r in &results {
                         s.push_str(&r.markdown());
                     }
@@ -379,17 +386,25 @@ fn run(cli: Cli) -> Result<()> {
             let cases = xtask::oracle::run_modpost_oracle(&tc, update)?;
             let mut ok = true;
             for c in &cases {
+                // The golden column compares with the files as committed,
+                // before --update rewrote them.
+                let golden = match (c.golden_identical, update) {
+                    (true, _) => "yes".to_string(),
+                    (false, true) => format!("NO, updated: {}", c.golden_diff.join(", ")),
+                    (false, false) => format!("NO: {}", c.golden_diff.join(", ")),
+                };
                 println!(
                     "{:<24} exports {:>4}  modpost-ir == modpost: {}  golden == modpost: {}{}",
                     c.name,
                     c.exports,
                     if c.identical { "yes" } else { "NO" },
-                    if c.golden_identical { "yes" } else { "NO" },
+                    golden,
                     c.zero_crcs_unpatched
                         .map(|z| format!("  (unpatched modpost: {z} zero CRCs)"))
                         .unwrap_or_default()
                 );
-                ok &= c.identical && c.golden_identical;
+                // With --update the golden files now hold the oracle's output.
+                ok &= c.identical && (c.golden_identical || update);
             }
             if !ok {
                 bail!("the oracle disagrees");
@@ -490,6 +505,8 @@ fn run_tests(rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
     eprint!("xtask test: toolchain\n{tc}");
+    eprintln!("xtask test: unused dependencies");
+    xtask::deps::check(&xtask::workspace_root())?;
     step(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),

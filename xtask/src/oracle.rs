@@ -143,6 +143,9 @@ pub struct OracleCase {
     pub name: &'static str,
     pub identical: bool,
     pub golden_identical: bool,
+    /// The golden files that differed from the real modpost's output
+    /// (compared before `--update` rewrote them).
+    pub golden_diff: Vec<String>,
     pub exports: usize,
     pub zero_crcs_unpatched: Option<usize>,
 }
@@ -252,17 +255,20 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
         std::fs::write(scratch.join(".vmlinux.objs"), objects.join("\n") + "\n")?;
         let (ours_s, ours_c, ours_err) = run_ours(&bins, &scratch)?;
         let gdir = golden_dir().join(name);
+        // Compared with the committed files first, so that `--update`
+        // reports what it changes instead of comparing with its own write.
+        let golden_diff = golden_differences(
+            &gdir,
+            &[
+                ("vmlinux.symvers", Some(&symvers[..])),
+                (".vmlinux.export.c", Some(&export_c[..])),
+            ],
+        );
         if update {
             std::fs::create_dir_all(&gdir)?;
             std::fs::write(gdir.join("vmlinux.symvers"), &symvers)?;
             std::fs::write(gdir.join(".vmlinux.export.c"), &export_c)?;
         }
-        let golden_identical = std::fs::read(gdir.join("vmlinux.symvers")).ok().as_deref()
-            == Some(&symvers[..])
-            && std::fs::read(gdir.join(".vmlinux.export.c"))
-                .ok()
-                .as_deref()
-                == Some(&export_c[..]);
         cases.push(OracleCase {
             name: if name == "inprocess" {
                 "in-process vmlinux.o"
@@ -270,7 +276,8 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
                 "distributed vmlinux.o"
             },
             identical: ours_s == symvers && ours_c == export_c && ours_err == real_err,
-            golden_identical,
+            golden_identical: golden_diff.is_empty(),
+            golden_diff,
             exports: String::from_utf8_lossy(&symvers).lines().count(),
             zero_crcs_unpatched: zero,
         });
@@ -351,7 +358,21 @@ impl Outcome {
         })
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
+    /// The files of `dir` (golden outputs) that differ from this outcome.
+    pub fn differences(&self, dir: &Path) -> Vec<String> {
+        let status = format!("{}\n", self.status);
+        golden_differences(
+            dir,
+            &[
+                ("vmlinux.symvers", self.symvers.as_deref()),
+                (".vmlinux.export.c", self.export_c.as_deref()),
+                ("stderr", Some(&self.stderr[..])),
+                ("status", Some(status.as_bytes())),
+            ],
+        )
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -366,6 +387,33 @@ impl Outcome {
         std::fs::write(dir.join("status"), format!("{}\n", self.status))?;
         Ok(())
     }
+}
+
+/// The names of the files in `dir` whose content is not the expected one
+/// (`None`: the file must not exist), each with what differs.
+pub fn golden_differences(dir: &Path, expected: &[(&str, Option<&[u8]>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want) in expected {
+        let have = std::fs::read(dir.join(name)).ok();
+        let what = match (have.as_deref(), *want) {
+            (a, b) if a == b => continue,
+            (None, Some(_)) => "missing",
+            (Some(_), None) => "should not exist",
+            (Some(a), Some(b)) => {
+                let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+                match a.lines().zip(b.lines()).position(|(x, y)| x != y) {
+                    Some(i) => {
+                        out.push(format!("{name} (first difference at line {})", i + 1));
+                        continue;
+                    }
+                    None => "differs in length",
+                }
+            }
+            (None, None) => continue,
+        };
+        out.push(format!("{name} ({what})"));
+    }
+    out
 }
 
 /// One synthetic case: `case` names the modpost version and the arguments
@@ -492,6 +540,8 @@ fn synthetic_oracle(tc: &Toolchain, bins: &flow::Bins, update: bool) -> Result<V
         let real = run_real_case(&modpost, &case, &work)?;
         let ours = run_ours_case(&bins.path("modpost-ir"), &case, &work)?;
         let gdir = case.dir.join("out");
+        // Before `--update` overwrites them (see run_modpost_oracle).
+        let golden_diff = real.differences(&gdir);
         if update {
             real.write(&gdir)?;
         }
@@ -513,7 +563,8 @@ fn synthetic_oracle(tc: &Toolchain, bins: &flow::Bins, update: bool) -> Result<V
         cases.push(OracleCase {
             name: Box::leak(format!("synthetic/{}", case.name).into_boxed_str()),
             identical: ours == real,
-            golden_identical: Outcome::read(&gdir).ok().as_ref() == Some(&real),
+            golden_identical: golden_diff.is_empty(),
+            golden_diff,
             exports: real
                 .symvers
                 .as_deref()
@@ -523,4 +574,44 @@ fn synthetic_oracle(tc: &Toolchain, bins: &flow::Bins, update: bool) -> Result<V
         });
     }
     Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_differences_are_found_before_an_update_rewrites_them() {
+        let d = tempfile::tempdir().unwrap();
+        let old = Outcome {
+            symvers: Some(b"0x1\ta\n".to_vec()),
+            export_c: None,
+            stderr: b"".to_vec(),
+            status: 0,
+        };
+        old.write(d.path()).unwrap();
+        assert_eq!(old.differences(d.path()), Vec::<String>::new());
+        let new = Outcome {
+            symvers: Some(b"0x2\ta\n".to_vec()),
+            export_c: Some(b"x\n".to_vec()),
+            stderr: b"WARNING\n".to_vec(),
+            status: 1,
+        };
+        assert_eq!(
+            new.differences(d.path()),
+            vec![
+                "vmlinux.symvers (first difference at line 1)",
+                ".vmlinux.export.c (missing)",
+                "stderr (differs in length)",
+                "status (first difference at line 1)",
+            ]
+        );
+        new.write(d.path()).unwrap();
+        assert!(new.differences(d.path()).is_empty());
+        assert_eq!(old.differences(d.path()).len(), 4);
+        assert_eq!(
+            old.differences(d.path())[1],
+            ".vmlinux.export.c (should not exist)"
+        );
+    }
 }
