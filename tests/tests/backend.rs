@@ -32,7 +32,10 @@ fn natives_equal_the_reference_and_records_interoperate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(with_status(&recs, "built").len(), m.bitcode().count());
+    assert_eq!(
+        with_status(&recs, JobStatus::Built).len(),
+        m.bitcode().count()
+    );
     for (n, bytes) in natives(t.path(), &m) {
         assert_eq!(
             bytes,
@@ -69,14 +72,11 @@ fn natives_equal_the_reference_and_records_interoperate() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let recs = job_records(&out.stdout);
         assert_eq!(recs.len(), m.bitcode().count());
         for r in &recs {
-            assert_eq!(r["status"], "up-to-date", "{r}");
-            assert!(r["reason"].as_str().unwrap().contains(expect), "{r}");
+            assert_eq!(r.status, JobStatus::UpToDate, "{r:?}");
+            assert!(r.reason.contains(expect), "{r:?}");
         }
     };
     adopt("make's record adopted");
@@ -127,17 +127,24 @@ fn incremental_by_content() {
     let t = sample_tree();
     let m = thin_link(t.path());
     let all = m.bitcode().count();
-    assert_eq!(with_status(&backend(t.path(), &[]).1, "built").len(), all);
+    assert_eq!(
+        with_status(&backend(t.path(), &[]).1, JobStatus::Built).len(),
+        all
+    );
     // Nothing changed.
     assert_eq!(
-        with_status(&backend(t.path(), &[]).1, "up-to-date").len(),
+        with_status(&backend(t.path(), &[]).1, JobStatus::UpToDate).len(),
         all
     );
     // A forced thin link rewrites every .thinlto.bc (new mtimes, same bytes).
     std::thread::sleep(Duration::from_millis(20));
     thin_link_with(t.path(), &["--force"]);
     let (_, recs) = backend(t.path(), &[]);
-    assert_eq!(with_status(&recs, "up-to-date").len(), all, "{recs:?}");
+    assert_eq!(
+        with_status(&recs, JobStatus::UpToDate).len(),
+        all,
+        "{recs:?}"
+    );
     // An edit of a widely imported module: it and its importers run.
     let core = t.path().join("kernel/core.c");
     let text = std::fs::read_to_string(&core).unwrap();
@@ -149,7 +156,7 @@ fn incremental_by_content() {
     rebuild_fe(t.path());
     let m = thin_link(t.path());
     let (_, recs) = backend(t.path(), &[]);
-    let built = with_status(&recs, "built");
+    let built = with_status(&recs, JobStatus::Built);
     let importers: Vec<String> = m
         .bitcode()
         .filter(|o| {
@@ -167,7 +174,7 @@ fn incremental_by_content() {
         assert!(built.contains(i), "importer {i} not rebuilt: {built:?}");
     }
     assert!(built.len() < all, "everything rebuilt: {built:?}");
-    assert!(with_status(&recs, "up-to-date").contains(&"lib/crc_util.o".to_string()));
+    assert!(with_status(&recs, JobStatus::UpToDate).contains(&"lib/crc_util.o".to_string()));
     // The harness sees the new code.
     let exe = t.path().join("out/h");
     let o = stage4(t.path());
@@ -208,18 +215,12 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     // It reruns, and so do its importers (an imported function's inline
     // asm could .incbin too); nothing else.
     let expect = with_importers(&m, "kernel/config_blob.o");
-    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
     let r = recs
         .iter()
-        .find(|r| r["object"] == "kernel/config_blob.o")
+        .find(|r| r.object == "kernel/config_blob.o")
         .unwrap();
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap()
-            .contains("front-end object rebuilt"),
-        "{r}"
-    );
+    assert!(r.reason.contains("front-end object rebuilt"), "{r:?}");
     let o = stage4(t.path());
     let out =
         xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
@@ -240,7 +241,7 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     let (_, recs) = backend(t.path(), &[]);
     let expect = with_importers(&m, "kernel/core.o");
     assert!(expect.len() > 1);
-    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
 }
 
 /// A logging wrapper around the real compiler (not a stub): records when
@@ -363,7 +364,7 @@ fn backend_with(
     cc: &Path,
     env: &[(&str, &str)],
     args: &[&str],
-) -> (std::process::Output, Vec<serde_json::Value>) {
+) -> (std::process::Output, Vec<JobRecord>) {
     let mut c = tool("thinlto-backend", tree);
     c.args(["-q", "--index", "out/vmlinux.thinlto-index"])
         .args(args)
@@ -372,10 +373,7 @@ fn backend_with(
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    let recs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = job_records(&out.stdout);
     (out, recs)
 }
 
@@ -403,7 +401,7 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
         "{err}"
     );
     assert_eq!(
-        with_status(&recs, "failed"),
+        with_status(&recs, JobStatus::Failed),
         vec!["kernel/core.o".to_string()]
     );
     assert!(
@@ -418,7 +416,7 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
     let (out, recs) = backend_with(t.path(), &cc, &[], &["--only", "lib/crc_util.o"]);
     assert!(!out.status.success());
     assert_eq!(
-        with_status(&recs, "failed"),
+        with_status(&recs, JobStatus::Failed),
         vec!["lib/crc_util.o".to_string()]
     );
     std::fs::write(&bc, &good).unwrap();
@@ -430,11 +428,11 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        with_status(&recs, "built"),
+        with_status(&recs, JobStatus::Built),
         vec!["kernel/core.o".to_string(), "lib/crc_util.o".to_string()],
         "{recs:?}"
     );
-    assert_eq!(with_status(&recs, "up-to-date").len(), 8, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::UpToDate).len(), 8, "{recs:?}");
 }
 
 fn assert_no_temporaries(tree: &Path) {
@@ -495,11 +493,11 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
     let (out, recs) = backend_with(t.path(), &slow, &[], &["-j2"]);
     assert!(out.status.success());
     assert!(
-        !with_status(&recs, "up-to-date").is_empty(),
+        !with_status(&recs, JobStatus::UpToDate).is_empty(),
         "nothing was kept: {recs:?}"
     );
     assert!(
-        !with_status(&recs, "built").is_empty(),
+        !with_status(&recs, JobStatus::Built).is_empty(),
         "nothing was left to do"
     );
 }
@@ -632,7 +630,7 @@ fn explain_dry_run_and_only_run_nothing_or_one_job() {
     let (out, recs) = backend(t.path(), &["--only", "kernel/core.o"]);
     assert!(out.status.success());
     assert_eq!(
-        with_status(&recs, "built"),
+        with_status(&recs, JobStatus::Built),
         vec!["kernel/core.o".to_string()]
     );
     assert_eq!(recs.len(), 1);
@@ -649,5 +647,5 @@ fn explain_dry_run_and_only_run_nothing_or_one_job() {
     );
     // -B forces it.
     let (_, recs) = backend(t.path(), &["--only", "kernel/core.o", "-B"]);
-    assert_eq!(recs[0]["reason"], "forced (-B)");
+    assert_eq!(recs[0].reason, "forced (-B)");
 }

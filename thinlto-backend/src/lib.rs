@@ -15,4 +15,4 @@ pub mod record;
 pub mod run;
 
 pub use plan::{BackendJob, Decision, JobInput};
-pub use run::{JobRecord, RunOptions, RunSummary, Verbosity};
+pub use run::{JobRecord, JobStatus, RunOptions, RunSummary, Verbosity};

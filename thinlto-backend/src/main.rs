@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
-use thinlto_backend::run::{self, round3, JobRecord, RunOptions, Verbosity};
+use thinlto_backend::run::{self, round3, JobRecord, JobStatus, RunOptions, Verbosity};
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
 /// Stage 3 of kbuild's distributed ThinLTO: every backend compile
@@ -221,7 +221,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 print(&JobRecord {
                     object: job.input.object.clone(),
                     native: job.native.clone(),
-                    status: "up-to-date".into(),
+                    status: JobStatus::UpToDate,
                     reason: "command and inputs unchanged".into(),
                     seconds: 0.0,
                 });
@@ -237,7 +237,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 print(&JobRecord {
                     object: job.input.object.clone(),
                     native: job.native.clone(),
-                    status: "up-to-date".into(),
+                    status: JobStatus::UpToDate,
                     reason: reason.into(),
                     seconds: 0.0,
                 });
@@ -290,7 +290,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         progress,
     };
     let mut emit = |rec: JobRecord, output: Option<String>| {
-        if rec.status == "failed" {
+        if rec.status == JobStatus::Failed {
             let msg = format!(
                 "thinlto-backend: {}: {}\n{}",
                 rec.native,

@@ -19,11 +19,37 @@ use crate::record::NativeRecord;
 pub struct JobRecord {
     pub object: String,
     pub native: String,
-    /// "built", "up-to-date" or "failed"
-    pub status: String,
+    pub status: JobStatus,
     /// Why it ran (or why it is up to date, or why it failed).
     pub reason: String,
     pub seconds: f64,
+}
+
+/// What became of a job; in JSON "built", "up-to-date" or "failed" (the
+/// contract's spelling, which scripts compare against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    Built,
+    UpToDate,
+    Failed,
+}
+
+impl JobStatus {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Built => "built",
+            JobStatus::UpToDate => "up-to-date",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +280,7 @@ pub fn run_jobs(
                 }
                 Ok(Event::Done(rec, output)) => {
                     running -= 1;
-                    let failed = rec.status == "failed";
+                    let failed = rec.status == JobStatus::Failed;
                     if failed {
                         summary.failed += 1;
                         if !opts.keep_going {
@@ -414,7 +440,7 @@ fn build_one(
             JobRecord {
                 object: job.input.object.clone(),
                 native: job.native.clone(),
-                status: "failed".into(),
+                status: JobStatus::Failed,
                 reason: why,
                 seconds: round3(start.elapsed().as_secs_f64()),
             },
@@ -513,7 +539,7 @@ fn build_one(
         JobRecord {
             object: job.input.object.clone(),
             native: job.native.clone(),
-            status: "built".into(),
+            status: JobStatus::Built,
             reason: reason.to_string(),
             seconds: round3(seconds),
         },
@@ -523,4 +549,23 @@ fn build_one(
 
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_status_keeps_the_json_spelling() {
+        for (s, text) in [
+            (JobStatus::Built, "\"built\""),
+            (JobStatus::UpToDate, "\"up-to-date\""),
+            (JobStatus::Failed, "\"failed\""),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), text);
+            assert_eq!(serde_json::from_str::<JobStatus>(text).unwrap(), s);
+            assert_eq!(format!("\"{s}\""), text);
+        }
+        assert!(serde_json::from_str::<JobStatus>("\"done\"").is_err());
+    }
 }

@@ -196,7 +196,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     });
     let from_saved = first.jobs.len();
     let second = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
-    let up = second.count("up-to-date");
+    let up = second.count(thinlto_backend::JobStatus::UpToDate);
     checks.push(Check {
         name: format!("second run: every backend job up to date ({up}/{from_saved})"),
         ok: up == from_saved,
