@@ -481,7 +481,13 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
     // SAFETY: signalling our own child.
     unsafe { libc_kill(child.id() as i32, 2) };
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    // It dies by the signal (after stopping its children), as a shell
+    // script running it must see to stop too.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(2),
+        "{status:?}"
+    );
     assert_no_temporaries(t.path());
     // Every native left is whole: each one lld accepts as an object.
     for p in walk(t.path()) {
@@ -505,6 +511,102 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "pipe"]
+    fn libc_pipe(fds: *mut i32) -> i32;
+}
+
+/// A pipe whose reading end is already closed: a write gets EPIPE (Rust
+/// ignores SIGPIPE), as `tool | head -c1` does once head exits.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills two new descriptors, each then owned once.
+    assert_eq!(unsafe { libc_pipe(fds.as_mut_ptr()) }, 0);
+    drop(unsafe { std::fs::File::from_raw_fd(fds[0]) });
+    std::process::Stdio::from(unsafe { std::fs::File::from_raw_fd(fds[1]) })
+}
+
+#[test]
+fn a_closed_stdout_is_an_error() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let index = ["--index", "out/vmlinux.thinlto-index"];
+    for args in [&["-q", "-j1"][..], &["--explain"], &["--dry-run"]] {
+        let out = tool("thinlto-backend", t.path())
+            .args(index)
+            .args(args)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {:?}\n{err}",
+            out.status
+        );
+        assert!(
+            err.contains("writing to stdout") && err.contains("the reader closed it"),
+            "{args:?}: {err}"
+        );
+    }
+    // The run stopped at the first record it could not write: one job ran.
+    let (_, recs) = backend(t.path(), &[]);
+    assert_eq!(with_status(&recs, JobStatus::UpToDate).len(), 1, "{recs:?}");
+}
+
+#[test]
+fn a_signal_while_reading_or_planning_kills_it_by_that_signal() {
+    // Input that never comes (a pipe nobody writes, a fifo nobody opens):
+    // the tool waits in a read, and the signal must end it, by the signal.
+    let t = sample_tree();
+    thin_link(t.path());
+    run_ok(Command::new("mkfifo").arg(t.path().join("never.fifo")));
+    let runs: [(&[&str], i32); 4] = [
+        (&["-q"], 15),
+        (&["--index", "never.fifo", "--explain"], 2),
+        (&["--index", "never.fifo", "--dry-run"], 1),
+        (
+            &[
+                "archive",
+                "--order",
+                "never.fifo",
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "-o",
+                "a.a",
+            ],
+            2,
+        ),
+    ];
+    for (args, sig) in runs {
+        let mut child = tool("thinlto-backend", t.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(child.id() as i32, sig) };
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                child.kill().unwrap();
+                panic!("{args:?}: still running 5 s after signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(sig),
+            "{args:?}: {status:?}"
+        );
+    }
+    assert!(!t.path().join("a.a").exists());
 }
 
 #[test]

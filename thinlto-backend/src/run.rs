@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,35 +77,81 @@ pub struct RunSummary {
     pub not_started: usize,
     /// The signal that interrupted the run, if any.
     pub signal: Option<i32>,
+    /// Why `emit` failed (stdout closed or full disk), which stopped the
+    /// run as a failed job would.
+    pub output_error: Option<std::sync::Arc<std::io::Error>>,
     pub cpu_seconds: f64,
 }
 
+/// The first of SIGINT/SIGTERM/SIGHUP received, 0 before any.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// How many [`Deferred`] sections are open: while any is, a signal is only
+/// recorded (the section stops its children and removes its temporaries,
+/// and the process dies by it afterwards, [`die_if_signalled`]); while
+/// none is, it kills the process at once.
+static DEFER: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM/SIGHUP handlers that only record the signal;
-/// the run then stops its children and cleans up.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; sigaction is given a zeroed, valid struct.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+/// Handles SIGINT, SIGTERM and SIGHUP with signal-hook's iterator: a
+/// thread receives them, records the first, and — unless a [`Deferred`]
+/// section is open — makes the process die by it at once (default
+/// disposition restored, the signal raised), so that a calling shell
+/// script sees a death by the signal and stops too. Reading the input,
+/// planning, `--explain`, `--dry-run` and most of `archive` leave nothing
+/// to clean up, and a read blocked on a pipe ends this way too.
+pub fn install_signal_handlers() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                // Paired with Deferred's store-then-load of SIGNAL: one
+                // of the two sides sees the other (SeqCst), so a signal
+                // is never lost between "not deferred" and "deferred".
+                if DEFER.load(Ordering::SeqCst) == 0 {
+                    die_if_signalled();
+                }
+            }
+        })?;
+    Ok(())
 }
 
 pub fn pending_signal() -> Option<i32> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         s => Some(s),
+    }
+}
+
+/// A section that must clean up before the process dies by a signal
+/// (children to stop, temporaries to remove): while it lives, signals are
+/// only recorded; [`pending_signal`] tells the section, and the caller
+/// calls [`die_if_signalled`] once the section is over.
+pub struct Deferred(());
+
+/// Opens a [`Deferred`] section.
+pub fn defer_signals() -> Deferred {
+    DEFER.fetch_add(1, Ordering::SeqCst);
+    Deferred(())
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        DEFER.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// If a signal came, dies by it: the default disposition restored, the
+/// signal raised (so the parent sees WIFSIGNALED, as with any Unix tool,
+/// not an exit status). stdout is not flushed here: the signal thread may
+/// call this while the main thread holds stdout's lock, blocked on a full
+/// pipe; the job records are flushed one by one as they are printed.
+pub fn die_if_signalled() {
+    if let Some(sig) = pending_signal() {
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+        // Not reached: emulate_default_handler aborts if raising fails.
+        std::process::abort();
     }
 }
 
@@ -166,14 +212,16 @@ struct Ctx<'a> {
 /// same signal (SIGKILL 5 s later), nothing new starts, and the run
 /// returns once they are gone.
 ///
-/// `emit` receives every job's result on the calling thread, with the
-/// compiler's output for failures.
+/// `emit` receives every job's result on the calling thread, with what
+/// the compiler printed (its command first for a failure). An error from
+/// `emit` (the job records cannot be written) stops the run as a failure
+/// does, without `keep_going`, and is kept in the summary.
 pub fn run_jobs(
     jobs: &[(BackendJob, String, NativeRecord)],
     order: Vec<usize>,
     opts: &RunOptions,
     jobserver: Option<jobserver::Client>,
-    emit: &mut dyn FnMut(JobRecord, Option<String>),
+    emit: &mut dyn FnMut(JobRecord, Option<String>) -> std::io::Result<()>,
 ) -> RunSummary {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let had_jobserver = jobserver.is_some();
@@ -289,7 +337,12 @@ pub fn run_jobs(
                     } else {
                         summary.built += 1;
                     }
-                    emit(rec, output);
+                    if let Err(e) = emit(rec, output) {
+                        stop = true;
+                        summary
+                            .output_error
+                            .get_or_insert_with(|| std::sync::Arc::new(e));
+                    }
                 }
                 Err(_) => {}
             }
@@ -424,7 +477,8 @@ fn write_record_via_temp(
 }
 
 /// One compile: into a temporary beside the target, renamed on success,
-/// then the record. Returns the job's record and, on failure, the output.
+/// then the record. Returns the job's record and what the compiler
+/// printed (for a failure, after its command), if anything.
 fn build_one(
     ctx: &Ctx,
     job: &BackendJob,
@@ -497,9 +551,6 @@ fn build_one(
             Some(format!("{}\n{text}", job.command_text)),
         );
     }
-    if !text.is_empty() && ctx.opts.verbosity != Verbosity::Quiet {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    }
     match std::fs::metadata(&tmp) {
         Ok(m) if m.is_file() && m.len() > 0 => {}
         _ => {
@@ -543,7 +594,10 @@ fn build_one(
             reason: reason.to_string(),
             seconds: round3(seconds),
         },
-        None,
+        // Warnings of a job that succeeded (-Wframe-larger-than and the
+        // like fire only here, in the backend): shown whatever the
+        // verbosity, as kbuild shows them even under `make -s`.
+        (!text.is_empty()).then_some(text),
     )
 }
 
