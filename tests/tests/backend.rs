@@ -751,3 +751,60 @@ fn explain_dry_run_and_only_run_nothing_or_one_job() {
     let (_, recs) = backend(t.path(), &["--only", "kernel/core.o", "-B"]);
     assert_eq!(recs[0].reason, "forced (-B)");
 }
+
+#[test]
+fn warnings_of_successful_jobs_are_shown_at_every_verbosity() {
+    // -Wframe-larger-than is a front-end flag (it sets a function
+    // attribute) whose warning only the backend's codegen can give: the
+    // case kbuild's CONFIG_FRAME_WARN hits, shown even under `make -s`.
+    let t = sample_tree();
+    let kbuild = t.path().join("init/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_main.o += -Wframe-larger-than=16\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let warned = |stderr: &str| {
+        stderr.contains("stack frame size") && stderr.contains("[-Wframe-larger-than]")
+    };
+    for args in [&["-B"][..], &["-B", "-v"]] {
+        // backend() passes -q.
+        let (out, recs) = backend(t.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(with_status(&recs, JobStatus::Built).len(), 10);
+        assert!(warned(&err), "-q {args:?}: no warning on stderr:\n{err}");
+    }
+    let out = tool("thinlto-backend", t.path())
+        .args(["-B", "--index", "out/vmlinux.thinlto-index"])
+        .output()
+        .unwrap();
+    assert!(warned(&String::from_utf8_lossy(&out.stderr)));
+    // On a terminal (the progress bar): util-linux's script gives the
+    // tool a pty as stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no script(1): the terminal case is not tested");
+        return;
+    }
+    let tc = toolchain();
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "'{}' -B --index out/vmlinux.thinlto-index >/dev/null",
+            bin("thinlto-backend").display()
+        ))
+        .arg("/dev/null")
+        .current_dir(t.path())
+        .env("CC", &tc.cc.spelled)
+        .env("LD", &tc.ld.spelled)
+        .env("AR", &tc.ar.spelled)
+        .env_remove("MAKEFLAGS")
+        .env_remove("V")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("  BE      ["), "no progress bar: {tty}");
+    assert!(warned(&tty), "no warning with the progress bar:\n{tty}");
+}
