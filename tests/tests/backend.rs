@@ -808,3 +808,126 @@ fn warnings_of_successful_jobs_are_shown_at_every_verbosity() {
     assert!(tty.contains("  BE      ["), "no progress bar: {tty}");
     assert!(warned(&tty), "no warning with the progress bar:\n{tty}");
 }
+
+#[test]
+fn split_dwarf_outputs_are_named_as_by_the_reference_command() {
+    // With -gsplit-dwarf the compiler names the .dwo after -o, and the
+    // object records that name (DW_AT_dwo_name); -grecord-command-line
+    // records the argv. Both must come out as kbuild's command makes them.
+    let t = sample_tree();
+    let kbuild = t.path().join("kernel/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf -grecord-command-line\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    let ref_tree = tempfile::tempdir().unwrap();
+    let ref_path = ref_tree.path().join("tree");
+    xtask::flow::copy_fe_tree(t.path(), &ref_path).unwrap();
+    reference(&ref_path);
+    thin_link(t.path());
+    let (out, recs) = backend(t.path(), &["--only", "kernel/core.o"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(with_status(&recs, JobStatus::Built), vec!["kernel/core.o"]);
+    for f in [
+        "kernel/core.thinlto-native.o",
+        "kernel/core.thinlto-native.dwo",
+    ] {
+        let ours = std::fs::read(t.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(
+            ours,
+            std::fs::read(ref_path.join(f)).unwrap(),
+            "{f} differs from the reference's"
+        );
+    }
+    assert_no_temporaries(t.path());
+    for e in walk(t.path()) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".dwo") || name == "core.thinlto-native.dwo",
+            "stray split-DWARF file: {}",
+            e.display()
+        );
+    }
+    let ar = std::fs::canonicalize(&toolchain().ar.path).unwrap();
+    let mut dwarfdump = ar.with_file_name("llvm-dwarfdump");
+    if !dwarfdump.exists() {
+        dwarfdump = "llvm-dwarfdump-19".into();
+    }
+    let dump = run_ok(
+        Command::new(&dwarfdump)
+            .current_dir(t.path())
+            .args(["--debug-info", "kernel/core.thinlto-native.o"]),
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("DW_AT_dwo_name\t(\"kernel/core.thinlto-native.dwo\")"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn a_compiler_killed_by_sigkill_leaves_nothing_behind() {
+    // clang removes its temporary and the .dwo on SIGINT/SIGTERM, not on
+    // SIGKILL: then the tool removes the half-done object's leftovers (the
+    // temporary clang names after -o, the .dwo it writes in place).
+    let t = sample_tree();
+    let kbuild = t.path().join("kernel/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let cc = t.path().join("clang-sigkilled-midway");
+    script(
+        &cc,
+        &format!(
+            "#!/bin/sh
+cc={}
+case \"$*\" in *kernel/core.o.thinlto.bc*) ;; *) exec $cc \"$@\";; esac
+$cc \"$@\" & pid=$!
+while kill -0 $pid 2>/dev/null; do
+  for f in kernel/core.thinlto-native-*.o.tmp; do
+    if [ -e \"$f\" ] && [ -e kernel/core.thinlto-native.dwo ]; then
+      kill -9 $pid; wait $pid; exit 137
+    fi
+  done
+done
+wait $pid
+",
+            toolchain().cc.path.display()
+        ),
+    );
+    let mut killed = false;
+    // The compile may end before the wrapper sees its files: try again.
+    for _ in 0..20 {
+        let (out, recs) = backend_with(t.path(), &cc, &[], &["-B", "--only", "kernel/core.o"]);
+        if out.status.success() {
+            continue;
+        }
+        assert_eq!(
+            with_status(&recs, JobStatus::Failed),
+            vec!["kernel/core.o"],
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed = true;
+        break;
+    }
+    assert!(killed, "the compiler was never caught mid-way");
+    assert_no_temporaries(t.path());
+    for f in [
+        "kernel/core.thinlto-native.o",
+        "kernel/core.thinlto-native.dwo",
+    ] {
+        assert!(!t.path().join(f).exists(), "{f} left by a killed compile");
+    }
+    assert!(!t.path().join("kernel/.core.thinlto-native.o.cmd").exists());
+    let (out, recs) = backend_with(t.path(), toolchain().cc.path.as_ref(), &[], &[]);
+    assert!(out.status.success());
+    assert!(with_status(&recs, JobStatus::Built).contains(&"kernel/core.o".to_string()));
+    assert!(t.path().join("kernel/core.thinlto-native.dwo").exists());
+}

@@ -27,7 +27,11 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 ///
 /// stdout: one JSON record per job, {"object","native","status","reason","seconds"}.
 /// stderr: kbuild-style "  CC  dir/foo.thinlto-native.o" lines (-v or V=1:
-/// full commands; -q: nothing), a progress bar on a terminal, a summary.
+/// full commands; -q: none), a progress bar on a terminal, a summary, and
+/// always the compilers' warnings and errors.
+///
+/// A signal (INT, TERM, HUP) stops the running compilers, then the tool
+/// dies by it. A closed stdout is an error (exit 1).
 ///
 /// Examples (from the tree root):
 ///
@@ -76,7 +80,7 @@ struct RunArgs {
     /// Print full commands (also V=1 in the environment)
     #[arg(short, long)]
     verbose: bool,
-    /// Print nothing on stderr but errors
+    /// Print nothing on stderr but errors and the compilers' warnings
     #[arg(short, long)]
     quiet: bool,
     /// Print the commands that would run, run nothing

@@ -378,40 +378,67 @@ pub fn children_cpu_seconds() -> f64 {
     child_cpu()
 }
 
-/// The temporary a job's compiler writes: `dir/.foo.thinlto-native.o.<pid>.tmp`,
-/// beside the target (same filesystem: the rename is atomic). Not created
-/// in advance: the compiler creates it (clang through its own temporary,
-/// `<that>-XXXXXXXX`, renamed onto it), so a job costs no extra inode.
-pub fn temp_path(native: &Path) -> std::path::PathBuf {
-    let name = native
+/// The temporary through which a long record is written:
+/// `dir/.foo.thinlto-native.o.cmd.<pid>.tmp`, beside the target (same
+/// filesystem: the rename is atomic).
+pub fn temp_path(target: &Path) -> std::path::PathBuf {
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    native.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Removes a failed job's temporary and whatever the compiler left of it
-/// (clang, killed, leaves its own `.foo.thinlto-native.o.<pid>-XXXXXXXX.tmp.tmp`).
-fn remove_temporaries(tmp: &Path) {
-    let _ = std::fs::remove_file(tmp);
-    let (Some(name), Some(dir)) = (tmp.file_name(), tmp.parent()) else {
+/// The split-DWARF file the compiler writes beside `native`, if its argv
+/// asks for one: the last of `-gsplit-dwarf[=split|=single]` and
+/// `-gno-split-dwarf` decides, and clang names the file after `-o`
+/// (`dir/foo.thinlto-native.dwo`). Only used to clean up after a failure.
+pub fn split_dwarf_file(argv: &[String], native: &Path) -> Option<std::path::PathBuf> {
+    let split = argv.iter().fold(false, |on, a| match a.as_str() {
+        "-gsplit-dwarf" | "-gsplit-dwarf=split" => true,
+        "-gsplit-dwarf=single" | "-gno-split-dwarf" => false,
+        _ => on,
+    });
+    split.then(|| native.with_extension("dwo"))
+}
+
+/// Removes what a failed job left: its native object (as make's
+/// `.DELETE_ON_ERROR`, which kbuild sets, deletes a failed target; a
+/// compiler other than clang may have written it in place, half-way),
+/// its split-DWARF file, and what clang leaves of its own temporary when
+/// it is killed by SIGKILL (`dir/foo.thinlto-native-XXXXXXXX.o.tmp`;
+/// on SIGINT/SIGTERM and on errors clang removes it, and the .dwo, itself).
+fn remove_failed_outputs(native: &Path, dwo: Option<&Path>) {
+    for p in std::iter::once(native).chain(dwo) {
+        if std::fs::symlink_metadata(p).is_ok() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let (Some(stem), Some(dir)) = (native.file_stem(), native.parent()) else {
         return;
     };
+    let ext = native
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
-    let name = name.to_string_lossy();
-    let stem = name.strip_suffix(".tmp").unwrap_or(&name);
+    let prefix = format!("{}-", stem.to_string_lossy());
+    let suffix = format!("{ext}.tmp");
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let f = e.file_name();
             let f = f.to_string_lossy();
-            if let Some(rest) = f.strip_prefix(stem) {
-                if rest.starts_with('-') || rest.starts_with('.') {
-                    let _ = std::fs::remove_file(e.path());
-                }
+            // clang's unique part: 8 characters of [0-9a-f].
+            let ours = f
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(&suffix))
+                .is_some_and(|u| u.len() == 8 && u.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if ours {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
@@ -476,9 +503,24 @@ fn write_record_via_temp(
     r
 }
 
-/// One compile: into a temporary beside the target, renamed on success,
-/// then the record. Returns the job's record and what the compiler
-/// printed (for a failure, after its command), if anything.
+/// One compile, with exactly the reference's argv: whatever the compiler
+/// derives from `-o` (the split-DWARF file's name, which the object
+/// records as DW_AT_dwo_name; `-grecord-command-line`'s argv) comes out as
+/// kbuild's command makes it, byte for byte.
+///
+/// Crash safety without a temporary of our own: the old record and the
+/// old native go first, so that from then until the new record is
+/// written last no record vouches for whatever is on disk (the next run,
+/// ours or make's, reruns the job). clang writes the object through its
+/// own temporary and renames it into place, and removes its temporary
+/// and the split-DWARF file on an error, SIGINT or SIGTERM; the .dwo it
+/// writes in place, so after a SIGKILL a half-written .dwo (or, from
+/// another compiler, native) can be left — never with a record, and a
+/// failed job's outputs are removed. The compiler must leave a non-empty
+/// native (it was removed before, so one is this compile's).
+///
+/// Returns the job's record and what the compiler printed (for a
+/// failure, after its command), if anything.
 fn build_one(
     ctx: &Ctx,
     job: &BackendJob,
@@ -487,31 +529,44 @@ fn build_one(
 ) -> (JobRecord, Option<String>) {
     let start = Instant::now();
     let native = Path::new(&job.native);
-    let tmp = temp_path(native);
-    let fail = |why: String, output: Option<String>| {
-        remove_temporaries(&tmp);
+    let dwo = split_dwarf_file(&job.argv, native);
+    let result = |status: JobStatus, why: String, output: Option<String>| {
         (
             JobRecord {
                 object: job.input.object.clone(),
                 native: job.native.clone(),
-                status: JobStatus::Failed,
+                status,
                 reason: why,
                 seconds: round3(start.elapsed().as_secs_f64()),
             },
             output,
         )
     };
-    // (A leftover of a killed run with the same pid is simply overwritten.)
-    let mut argv = job.argv.clone();
-    // The compiler writes the temporary; the record names the target.
-    if let Some(o) = argv.iter().rposition(|a| a == "-o") {
-        argv[o + 1] = tmp.to_string_lossy().into_owned();
+    let fail = |why: String, output: Option<String>| {
+        remove_failed_outputs(native, dwo.as_deref());
+        result(JobStatus::Failed, why, output)
+    };
+    // (Each looked up first: an unlink takes the directory's lock even
+    // when there is nothing to remove, and jobs of one directory run
+    // together.)
+    for (what, p) in [("record", job.record_path.as_path()), ("native", native)] {
+        if std::fs::symlink_metadata(p).is_ok() {
+            if let Err(e) = std::fs::remove_file(p) {
+                // Nothing touched yet: the old outputs stay as they were.
+                return result(
+                    JobStatus::Failed,
+                    format!("{}: cannot remove the old {what}: {e}", p.display()),
+                    None,
+                );
+            }
+        }
     }
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
         Verbosity::Normal => eprintln!("  {:<7} {}", "CC", job.native),
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
+    let argv = &job.argv;
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -551,7 +606,7 @@ fn build_one(
             Some(format!("{}\n{text}", job.command_text)),
         );
     }
-    match std::fs::metadata(&tmp) {
+    match std::fs::metadata(native) {
         Ok(m) if m.is_file() && m.len() > 0 => {}
         _ => {
             return fail(
@@ -560,23 +615,11 @@ fn build_one(
             )
         }
     }
-    // The old record goes first: were we to die between the rename and the
-    // new record, an old record must not vouch for the new object.
-    // (Looked up first: an unlink takes the directory's lock even when
-    // there is nothing to remove, and jobs of one directory run together.)
-    if std::fs::symlink_metadata(&job.record_path).is_ok() {
-        if let Err(e) = std::fs::remove_file(&job.record_path) {
-            return fail(format!("cannot remove the old record: {e}"), None);
-        }
-    }
-    if let Err(e) = std::fs::rename(&tmp, native) {
-        return fail(format!("cannot move the output into place: {e}"), None);
-    }
     let seconds = start.elapsed().as_secs_f64();
     let mut rec = record.clone();
     rec.seconds = Some(seconds);
     // The record comes last: a crash before it leaves a native that the
-    // next run does not trust (no record, or one for other inputs).
+    // next run does not trust (no record).
     if let Err(e) = write_record(&job.record_path, &rec.render(&job.native)) {
         return fail(
             format!(
