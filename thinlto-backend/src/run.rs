@@ -665,4 +665,25 @@ mod tests {
         }
         assert!(serde_json::from_str::<JobStatus>("\"done\"").is_err());
     }
+
+    #[test]
+    fn split_dwarf_file_follows_the_last_flag() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let n = Path::new("d/foo.thinlto-native.o");
+        let dwo = Some(std::path::PathBuf::from("d/foo.thinlto-native.dwo"));
+        assert_eq!(split_dwarf_file(&argv(&["cc", "-g"]), n), None);
+        assert_eq!(split_dwarf_file(&argv(&["cc", "-gsplit-dwarf"]), n), dwo);
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gsplit-dwarf=split"]), n),
+            dwo
+        );
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gsplit-dwarf", "-gsplit-dwarf=single"]), n),
+            None
+        );
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gno-split-dwarf", "-gsplit-dwarf"]), n),
+            dwo
+        );
+    }
 }
