@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use tempfile::TempDir;
+pub use thinlto_backend::{JobRecord, JobStatus};
 use thinlto_index::{Toolchain, ToolchainArgs};
 use xtask::fe::{FeOptions, FeReport};
 
@@ -135,25 +136,31 @@ pub fn thin_link_with(tree: &Path, extra: &[&str]) -> thinlto_index::Manifest {
 
 /// Runs `thinlto-backend --index out/vmlinux.thinlto-index ARGS…`; returns
 /// the output and the parsed job records.
-pub fn backend(tree: &Path, args: &[&str]) -> (Output, Vec<serde_json::Value>) {
+pub fn backend(tree: &Path, args: &[&str]) -> (Output, Vec<JobRecord>) {
     let out = tool("thinlto-backend", tree)
         .args(["-q", "--index", "out/vmlinux.thinlto-index"])
         .args(args)
         .output()
         .expect("thinlto-backend runs");
-    let records = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let records = job_records(&out.stdout);
     (out, records)
 }
 
+/// thinlto-backend's stdout as typed job records (a line that is not one
+/// fails the test).
+pub fn job_records(stdout: &[u8]) -> Vec<JobRecord> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
 /// The records with a given status, by object.
-pub fn with_status(records: &[serde_json::Value], status: &str) -> Vec<String> {
+pub fn with_status(records: &[JobRecord], status: JobStatus) -> Vec<String> {
     let mut v: Vec<String> = records
         .iter()
-        .filter(|r| r["status"] == status)
-        .map(|r| r["object"].as_str().unwrap().to_string())
+        .filter(|r| r.status == status)
+        .map(|r| r.object.clone())
         .collect();
     v.sort();
     v

@@ -32,7 +32,10 @@ fn natives_equal_the_reference_and_records_interoperate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(with_status(&recs, "built").len(), m.bitcode().count());
+    assert_eq!(
+        with_status(&recs, JobStatus::Built).len(),
+        m.bitcode().count()
+    );
     for (n, bytes) in natives(t.path(), &m) {
         assert_eq!(
             bytes,
@@ -69,14 +72,11 @@ fn natives_equal_the_reference_and_records_interoperate() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let recs = job_records(&out.stdout);
         assert_eq!(recs.len(), m.bitcode().count());
         for r in &recs {
-            assert_eq!(r["status"], "up-to-date", "{r}");
-            assert!(r["reason"].as_str().unwrap().contains(expect), "{r}");
+            assert_eq!(r.status, JobStatus::UpToDate, "{r:?}");
+            assert!(r.reason.contains(expect), "{r:?}");
         }
     };
     adopt("make's record adopted");
@@ -127,17 +127,24 @@ fn incremental_by_content() {
     let t = sample_tree();
     let m = thin_link(t.path());
     let all = m.bitcode().count();
-    assert_eq!(with_status(&backend(t.path(), &[]).1, "built").len(), all);
+    assert_eq!(
+        with_status(&backend(t.path(), &[]).1, JobStatus::Built).len(),
+        all
+    );
     // Nothing changed.
     assert_eq!(
-        with_status(&backend(t.path(), &[]).1, "up-to-date").len(),
+        with_status(&backend(t.path(), &[]).1, JobStatus::UpToDate).len(),
         all
     );
     // A forced thin link rewrites every .thinlto.bc (new mtimes, same bytes).
     std::thread::sleep(Duration::from_millis(20));
     thin_link_with(t.path(), &["--force"]);
     let (_, recs) = backend(t.path(), &[]);
-    assert_eq!(with_status(&recs, "up-to-date").len(), all, "{recs:?}");
+    assert_eq!(
+        with_status(&recs, JobStatus::UpToDate).len(),
+        all,
+        "{recs:?}"
+    );
     // An edit of a widely imported module: it and its importers run.
     let core = t.path().join("kernel/core.c");
     let text = std::fs::read_to_string(&core).unwrap();
@@ -149,7 +156,7 @@ fn incremental_by_content() {
     rebuild_fe(t.path());
     let m = thin_link(t.path());
     let (_, recs) = backend(t.path(), &[]);
-    let built = with_status(&recs, "built");
+    let built = with_status(&recs, JobStatus::Built);
     let importers: Vec<String> = m
         .bitcode()
         .filter(|o| {
@@ -167,7 +174,7 @@ fn incremental_by_content() {
         assert!(built.contains(i), "importer {i} not rebuilt: {built:?}");
     }
     assert!(built.len() < all, "everything rebuilt: {built:?}");
-    assert!(with_status(&recs, "up-to-date").contains(&"lib/crc_util.o".to_string()));
+    assert!(with_status(&recs, JobStatus::UpToDate).contains(&"lib/crc_util.o".to_string()));
     // The harness sees the new code.
     let exe = t.path().join("out/h");
     let o = stage4(t.path());
@@ -208,18 +215,12 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     // It reruns, and so do its importers (an imported function's inline
     // asm could .incbin too); nothing else.
     let expect = with_importers(&m, "kernel/config_blob.o");
-    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
     let r = recs
         .iter()
-        .find(|r| r["object"] == "kernel/config_blob.o")
+        .find(|r| r.object == "kernel/config_blob.o")
         .unwrap();
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap()
-            .contains("front-end object rebuilt"),
-        "{r}"
-    );
+    assert!(r.reason.contains("front-end object rebuilt"), "{r:?}");
     let o = stage4(t.path());
     let out =
         xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
@@ -240,7 +241,7 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     let (_, recs) = backend(t.path(), &[]);
     let expect = with_importers(&m, "kernel/core.o");
     assert!(expect.len() > 1);
-    assert_eq!(with_status(&recs, "built"), expect, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
 }
 
 /// A logging wrapper around the real compiler (not a stub): records when
@@ -363,7 +364,7 @@ fn backend_with(
     cc: &Path,
     env: &[(&str, &str)],
     args: &[&str],
-) -> (std::process::Output, Vec<serde_json::Value>) {
+) -> (std::process::Output, Vec<JobRecord>) {
     let mut c = tool("thinlto-backend", tree);
     c.args(["-q", "--index", "out/vmlinux.thinlto-index"])
         .args(args)
@@ -372,10 +373,7 @@ fn backend_with(
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    let recs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = job_records(&out.stdout);
     (out, recs)
 }
 
@@ -403,7 +401,7 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
         "{err}"
     );
     assert_eq!(
-        with_status(&recs, "failed"),
+        with_status(&recs, JobStatus::Failed),
         vec!["kernel/core.o".to_string()]
     );
     assert!(
@@ -418,7 +416,7 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
     let (out, recs) = backend_with(t.path(), &cc, &[], &["--only", "lib/crc_util.o"]);
     assert!(!out.status.success());
     assert_eq!(
-        with_status(&recs, "failed"),
+        with_status(&recs, JobStatus::Failed),
         vec!["lib/crc_util.o".to_string()]
     );
     std::fs::write(&bc, &good).unwrap();
@@ -430,11 +428,11 @@ if [ -n \"$KILL_CORE\" ]; then case \"$*\" in *kernel/core.o.thinlto.bc*)\n  for
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        with_status(&recs, "built"),
+        with_status(&recs, JobStatus::Built),
         vec!["kernel/core.o".to_string(), "lib/crc_util.o".to_string()],
         "{recs:?}"
     );
-    assert_eq!(with_status(&recs, "up-to-date").len(), 8, "{recs:?}");
+    assert_eq!(with_status(&recs, JobStatus::UpToDate).len(), 8, "{recs:?}");
 }
 
 fn assert_no_temporaries(tree: &Path) {
@@ -483,7 +481,13 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
     // SAFETY: signalling our own child.
     unsafe { libc_kill(child.id() as i32, 2) };
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    // It dies by the signal (after stopping its children), as a shell
+    // script running it must see to stop too.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(2),
+        "{status:?}"
+    );
     assert_no_temporaries(t.path());
     // Every native left is whole: each one lld accepts as an object.
     for p in walk(t.path()) {
@@ -495,11 +499,11 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
     let (out, recs) = backend_with(t.path(), &slow, &[], &["-j2"]);
     assert!(out.status.success());
     assert!(
-        !with_status(&recs, "up-to-date").is_empty(),
+        !with_status(&recs, JobStatus::UpToDate).is_empty(),
         "nothing was kept: {recs:?}"
     );
     assert!(
-        !with_status(&recs, "built").is_empty(),
+        !with_status(&recs, JobStatus::Built).is_empty(),
         "nothing was left to do"
     );
 }
@@ -507,6 +511,102 @@ fn sigint_mid_run_stops_cleanly_and_a_rerun_finishes() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "pipe"]
+    fn libc_pipe(fds: *mut i32) -> i32;
+}
+
+/// A pipe whose reading end is already closed: a write gets EPIPE (Rust
+/// ignores SIGPIPE), as `tool | head -c1` does once head exits.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills two new descriptors, each then owned once.
+    assert_eq!(unsafe { libc_pipe(fds.as_mut_ptr()) }, 0);
+    drop(unsafe { std::fs::File::from_raw_fd(fds[0]) });
+    std::process::Stdio::from(unsafe { std::fs::File::from_raw_fd(fds[1]) })
+}
+
+#[test]
+fn a_closed_stdout_is_an_error() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let index = ["--index", "out/vmlinux.thinlto-index"];
+    for args in [&["-q", "-j1"][..], &["--explain"], &["--dry-run"]] {
+        let out = tool("thinlto-backend", t.path())
+            .args(index)
+            .args(args)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {:?}\n{err}",
+            out.status
+        );
+        assert!(
+            err.contains("writing to stdout") && err.contains("the reader closed it"),
+            "{args:?}: {err}"
+        );
+    }
+    // The run stopped at the first record it could not write: one job ran.
+    let (_, recs) = backend(t.path(), &[]);
+    assert_eq!(with_status(&recs, JobStatus::UpToDate).len(), 1, "{recs:?}");
+}
+
+#[test]
+fn a_signal_while_reading_or_planning_kills_it_by_that_signal() {
+    // Input that never comes (a pipe nobody writes, a fifo nobody opens):
+    // the tool waits in a read, and the signal must end it, by the signal.
+    let t = sample_tree();
+    thin_link(t.path());
+    run_ok(Command::new("mkfifo").arg(t.path().join("never.fifo")));
+    let runs: [(&[&str], i32); 4] = [
+        (&["-q"], 15),
+        (&["--index", "never.fifo", "--explain"], 2),
+        (&["--index", "never.fifo", "--dry-run"], 1),
+        (
+            &[
+                "archive",
+                "--order",
+                "never.fifo",
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "-o",
+                "a.a",
+            ],
+            2,
+        ),
+    ];
+    for (args, sig) in runs {
+        let mut child = tool("thinlto-backend", t.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(child.id() as i32, sig) };
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                child.kill().unwrap();
+                panic!("{args:?}: still running 5 s after signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(sig),
+            "{args:?}: {status:?}"
+        );
+    }
+    assert!(!t.path().join("a.a").exists());
 }
 
 #[test]
@@ -632,7 +732,7 @@ fn explain_dry_run_and_only_run_nothing_or_one_job() {
     let (out, recs) = backend(t.path(), &["--only", "kernel/core.o"]);
     assert!(out.status.success());
     assert_eq!(
-        with_status(&recs, "built"),
+        with_status(&recs, JobStatus::Built),
         vec!["kernel/core.o".to_string()]
     );
     assert_eq!(recs.len(), 1);
@@ -649,5 +749,185 @@ fn explain_dry_run_and_only_run_nothing_or_one_job() {
     );
     // -B forces it.
     let (_, recs) = backend(t.path(), &["--only", "kernel/core.o", "-B"]);
-    assert_eq!(recs[0]["reason"], "forced (-B)");
+    assert_eq!(recs[0].reason, "forced (-B)");
+}
+
+#[test]
+fn warnings_of_successful_jobs_are_shown_at_every_verbosity() {
+    // -Wframe-larger-than is a front-end flag (it sets a function
+    // attribute) whose warning only the backend's codegen can give: the
+    // case kbuild's CONFIG_FRAME_WARN hits, shown even under `make -s`.
+    let t = sample_tree();
+    let kbuild = t.path().join("init/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_main.o += -Wframe-larger-than=16\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let warned = |stderr: &str| {
+        stderr.contains("stack frame size") && stderr.contains("[-Wframe-larger-than]")
+    };
+    for args in [&["-B"][..], &["-B", "-v"]] {
+        // backend() passes -q.
+        let (out, recs) = backend(t.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(with_status(&recs, JobStatus::Built).len(), 10);
+        assert!(warned(&err), "-q {args:?}: no warning on stderr:\n{err}");
+    }
+    let out = tool("thinlto-backend", t.path())
+        .args(["-B", "--index", "out/vmlinux.thinlto-index"])
+        .output()
+        .unwrap();
+    assert!(warned(&String::from_utf8_lossy(&out.stderr)));
+    // On a terminal (the progress bar): util-linux's script gives the
+    // tool a pty as stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no script(1): the terminal case is not tested");
+        return;
+    }
+    let tc = toolchain();
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "'{}' -B --index out/vmlinux.thinlto-index >/dev/null",
+            bin("thinlto-backend").display()
+        ))
+        .arg("/dev/null")
+        .current_dir(t.path())
+        .env("CC", &tc.cc.spelled)
+        .env("LD", &tc.ld.spelled)
+        .env("AR", &tc.ar.spelled)
+        .env_remove("MAKEFLAGS")
+        .env_remove("V")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("  BE      ["), "no progress bar: {tty}");
+    assert!(warned(&tty), "no warning with the progress bar:\n{tty}");
+}
+
+#[test]
+fn split_dwarf_outputs_are_named_as_by_the_reference_command() {
+    // With -gsplit-dwarf the compiler names the .dwo after -o, and the
+    // object records that name (DW_AT_dwo_name); -grecord-command-line
+    // records the argv. Both must come out as kbuild's command makes them.
+    let t = sample_tree();
+    let kbuild = t.path().join("kernel/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf -grecord-command-line\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    let ref_tree = tempfile::tempdir().unwrap();
+    let ref_path = ref_tree.path().join("tree");
+    xtask::flow::copy_fe_tree(t.path(), &ref_path).unwrap();
+    reference(&ref_path);
+    thin_link(t.path());
+    let (out, recs) = backend(t.path(), &["--only", "kernel/core.o"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(with_status(&recs, JobStatus::Built), vec!["kernel/core.o"]);
+    for f in [
+        "kernel/core.thinlto-native.o",
+        "kernel/core.thinlto-native.dwo",
+    ] {
+        let ours = std::fs::read(t.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(
+            ours,
+            std::fs::read(ref_path.join(f)).unwrap(),
+            "{f} differs from the reference's"
+        );
+    }
+    assert_no_temporaries(t.path());
+    for e in walk(t.path()) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".dwo") || name == "core.thinlto-native.dwo",
+            "stray split-DWARF file: {}",
+            e.display()
+        );
+    }
+    let ar = std::fs::canonicalize(&toolchain().ar.path).unwrap();
+    let mut dwarfdump = ar.with_file_name("llvm-dwarfdump");
+    if !dwarfdump.exists() {
+        dwarfdump = "llvm-dwarfdump-19".into();
+    }
+    let dump = run_ok(
+        Command::new(&dwarfdump)
+            .current_dir(t.path())
+            .args(["--debug-info", "kernel/core.thinlto-native.o"]),
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("DW_AT_dwo_name\t(\"kernel/core.thinlto-native.dwo\")"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn a_compiler_killed_by_sigkill_leaves_nothing_behind() {
+    // clang removes its temporary and the .dwo on SIGINT/SIGTERM, not on
+    // SIGKILL: then the tool removes the half-done object's leftovers (the
+    // temporary clang names after -o, the .dwo it writes in place).
+    let t = sample_tree();
+    let kbuild = t.path().join("kernel/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let cc = t.path().join("clang-sigkilled-midway");
+    script(
+        &cc,
+        &format!(
+            "#!/bin/sh
+cc={}
+case \"$*\" in *kernel/core.o.thinlto.bc*) ;; *) exec $cc \"$@\";; esac
+$cc \"$@\" & pid=$!
+while kill -0 $pid 2>/dev/null; do
+  for f in kernel/core.thinlto-native-*.o.tmp; do
+    if [ -e \"$f\" ] && [ -e kernel/core.thinlto-native.dwo ]; then
+      kill -9 $pid; wait $pid; exit 137
+    fi
+  done
+done
+wait $pid
+",
+            toolchain().cc.path.display()
+        ),
+    );
+    let mut killed = false;
+    // The compile may end before the wrapper sees its files: try again.
+    for _ in 0..20 {
+        let (out, recs) = backend_with(t.path(), &cc, &[], &["-B", "--only", "kernel/core.o"]);
+        if out.status.success() {
+            continue;
+        }
+        assert_eq!(
+            with_status(&recs, JobStatus::Failed),
+            vec!["kernel/core.o"],
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed = true;
+        break;
+    }
+    assert!(killed, "the compiler was never caught mid-way");
+    assert_no_temporaries(t.path());
+    for f in [
+        "kernel/core.thinlto-native.o",
+        "kernel/core.thinlto-native.dwo",
+    ] {
+        assert!(!t.path().join(f).exists(), "{f} left by a killed compile");
+    }
+    assert!(!t.path().join("kernel/.core.thinlto-native.o.cmd").exists());
+    let (out, recs) = backend_with(t.path(), toolchain().cc.path.as_ref(), &[], &[]);
+    assert!(out.status.success());
+    assert!(with_status(&recs, JobStatus::Built).contains(&"kernel/core.o".to_string()));
+    assert!(t.path().join("kernel/core.thinlto-native.dwo").exists());
 }

@@ -35,7 +35,7 @@ fn a_malformed_symver_line_stops_no_backend_job() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(
-        with_status(&recs, "built").len(),
+        with_status(&recs, JobStatus::Built).len(),
         m.bitcode().count(),
         "{err}"
     );

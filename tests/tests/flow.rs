@@ -52,7 +52,7 @@ fn flow_is_all_green_and_the_examples_link_the_same_bytes() {
     let table = xtask::flow::table(&report.stages, &report.checks);
     assert!(report.ok(), "{table}");
     assert_eq!(report.checks.len(), 6, "{table}");
-    assert_eq!(report.second.count("up-to-date"), 10);
+    assert_eq!(report.second.count(JobStatus::UpToDate), 10);
     let flow_o = std::fs::read(tree.join("out/vmlinux.o")).unwrap();
 
     let pipe_tree = d.path().join("pipe");
@@ -84,8 +84,13 @@ fn flow_is_all_green_and_the_examples_link_the_same_bytes() {
         .modified()
         .unwrap();
     example(&mk_tree, Command::new("make").arg("-j2").arg("-f").arg(&mk));
-    let jobs = std::fs::read_to_string(mk_tree.join("out-mk/backend.jsonl")).unwrap();
-    assert_eq!(jobs.matches("\"up-to-date\"").count(), 10, "{jobs}");
+    let jobs = job_records(&std::fs::read(mk_tree.join("out-mk/backend.jsonl")).unwrap());
+    assert_eq!(jobs.len(), 10, "{jobs:?}");
+    assert_eq!(
+        with_status(&jobs, JobStatus::UpToDate).len(),
+        10,
+        "{jobs:?}"
+    );
     let after = std::fs::metadata(mk_tree.join("out-mk/vmlinux.o"))
         .unwrap()
         .modified()

@@ -5,7 +5,8 @@
 //!   file through `thinlto-cmdparse`) and decides by content whether it
 //!   must run;
 //! - [`run`] runs them: parallel, inside make's jobserver when given one,
-//!   longest first, outputs renamed into place, records written last;
+//!   longest first, with the reference's exact command, records removed
+//!   before and written last;
 //! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
 //! - [`archive`] writes the final thin archive;
 //! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
@@ -17,4 +18,4 @@ pub mod run;
 pub mod wrap;
 
 pub use plan::{BackendJob, Decision, JobInput};
-pub use run::{JobRecord, RunOptions, RunSummary, Verbosity};
+pub use run::{JobRecord, JobStatus, RunOptions, RunSummary, Verbosity};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
-use thinlto_backend::run::{self, round3, JobRecord, RunOptions, Verbosity};
+use thinlto_backend::run::{self, round3, JobRecord, JobStatus, RunOptions, Verbosity};
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
 /// Stage 3 of kbuild's distributed ThinLTO: every backend compile
@@ -27,7 +27,11 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 ///
 /// stdout: one JSON record per job, {"object","native","status","reason","seconds"}.
 /// stderr: kbuild-style "  CC  dir/foo.thinlto-native.o" lines (-v or V=1:
-/// full commands; -q: nothing), a progress bar on a terminal, a summary.
+/// full commands; -q: none), a progress bar on a terminal, a summary, and
+/// always the compilers' warnings and errors.
+///
+/// A signal (INT, TERM, HUP) stops the running compilers, then the tool
+/// dies by it. A closed stdout is an error (exit 1).
 ///
 /// Examples (from the tree root):
 ///
@@ -87,7 +91,7 @@ struct RunArgs {
     /// Print full commands (also V=1 in the environment)
     #[arg(short, long)]
     verbose: bool,
-    /// Print nothing on stderr but errors
+    /// Print nothing on stderr but errors and the compilers' warnings
     #[arg(short, long)]
     quiet: bool,
     /// No closing summary line (as in kbuild, where only each compile's
@@ -115,7 +119,10 @@ fn main() -> ExitCode {
     if let Some(argv) = thinlto_backend::wrap::wrap_argv() {
         thinlto_backend::wrap::main(argv)
     }
-    run::install_signal_handlers();
+    if let Err(e) = run::install_signal_handlers() {
+        eprintln!("thinlto-backend: error: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.verb {
         Some(Verb::Archive { order, index, o }) => {
@@ -124,6 +131,9 @@ fn main() -> ExitCode {
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         None => backend(cli.run),
     };
+    // A signal that came while cleanup was deferred: the cleanup is done,
+    // die by it (whatever the result says, e.g. a job failed by it).
+    run::die_if_signalled();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -144,13 +154,25 @@ fn read_list(p: &Path) -> Result<Vec<String>> {
 
 fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
     let cwd = std::env::current_dir()?;
-    thinlto_backend::archive::write_final_archive(
-        out,
-        &read_list(order)?,
-        &read_list(index)?,
-        &cwd,
-    )?;
+    let (order, index) = (read_list(order)?, read_list(index)?);
+    // The write goes through a temporary that a signal must not leave
+    // behind: the signal waits until the archive is renamed into place (or
+    // the temporary removed), then main dies by it.
+    let _deferred = run::defer_signals();
+    thinlto_backend::archive::write_final_archive(out, &order, &index, &cwd)?;
     Ok(())
+}
+
+/// An error writing to stdout (a closed pipe included: the tool exits 1
+/// saying so, rather than die silently by SIGPIPE, as the records of the
+/// jobs that ran are lost to the reader).
+fn stdout_error(e: impl std::borrow::Borrow<std::io::Error>) -> anyhow::Error {
+    let e = e.borrow();
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::anyhow!("writing to stdout: {e} (the reader closed it)")
+    } else {
+        anyhow::anyhow!("writing to stdout: {e}")
+    }
 }
 
 fn backend(args: RunArgs) -> Result<ExitCode> {
@@ -159,7 +181,10 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     if args.toolchain.print_toolchain {
         let mut tc = Toolchain::resolve(&args.toolchain)?;
         tc.probe()?;
-        println!("{}", serde_json::to_string_pretty(&tc)?);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&tc)?)
+            .and_then(|_| out.flush())
+            .map_err(stdout_error)?;
         return Ok(ExitCode::SUCCESS);
     }
     let inputs = match &args.index {
@@ -212,25 +237,31 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         for (job, d, _) in &planned {
             match (d, args.explain) {
-                (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native)?,
+                (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native),
                 (Decision::Adopt, true) => writeln!(
                     out,
                     "{}: up to date (make's record, the native newer than every input)",
                     job.native
-                )?,
-                (Decision::Run(why), true) => writeln!(out, "{}: would run: {why}", job.native)?,
-                (Decision::Run(_), false) => writeln!(out, "{}", job.command_text)?,
-                (Decision::UpToDate | Decision::Adopt, false) => {}
+                ),
+                (Decision::Run(why), true) => writeln!(out, "{}: would run: {why}", job.native),
+                (Decision::Run(_), false) => writeln!(out, "{}", job.command_text),
+                (Decision::UpToDate | Decision::Adopt, false) => Ok(()),
             }
+            .map_err(stdout_error)?;
         }
+        out.flush().map_err(stdout_error)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // From here on records are written and children run: a signal is
+    // recorded, the run stops its children and cleans up, and main dies
+    // by the signal afterwards.
+    let _deferred = run::defer_signals();
     let stdout = Mutex::new(std::io::stdout());
-    let print = |rec: &JobRecord| {
+    let print = |rec: &JobRecord| -> std::io::Result<()> {
         let mut o = stdout.lock().unwrap();
-        let _ = serde_json::to_writer(&mut *o, rec);
-        let _ = o.write_all(b"\n");
-        let _ = o.flush();
+        serde_json::to_writer(&mut *o, rec)?;
+        o.write_all(b"\n")?;
+        o.flush()
     };
     let mut to_run = Vec::new();
     let mut up_to_date = 0;
@@ -241,10 +272,11 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 print(&JobRecord {
                     object: job.input.object.clone(),
                     native: job.native.clone(),
-                    status: "up-to-date".into(),
+                    status: JobStatus::UpToDate,
                     reason: "command and inputs unchanged".into(),
                     seconds: 0.0,
-                });
+                })
+                .map_err(stdout_error)?;
             }
             Decision::Adopt => {
                 up_to_date += 1;
@@ -257,10 +289,11 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 print(&JobRecord {
                     object: job.input.object.clone(),
                     native: job.native.clone(),
-                    status: "up-to-date".into(),
+                    status: JobStatus::UpToDate,
                     reason: reason.into(),
                     seconds: 0.0,
-                });
+                })
+                .map_err(stdout_error)?;
             }
             Decision::Run(why) => to_run.push((job, why, rec)),
         }
@@ -309,14 +342,20 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         },
         progress,
     };
+    // Everything a job printed goes through here, on one thread: above the
+    // progress bar when there is one (a worker's eprint would tear it).
     let mut emit = |rec: JobRecord, output: Option<String>| {
-        if rec.status == "failed" {
-            let msg = format!(
+        let msg = match (rec.status, output) {
+            (JobStatus::Failed, output) => Some(format!(
                 "thinlto-backend: {}: {}\n{}",
                 rec.native,
                 rec.reason,
                 output.unwrap_or_default()
-            );
+            )),
+            // A successful job's warnings, shown at every verbosity.
+            (_, output) => output,
+        };
+        if let Some(msg) = msg {
             match &bar {
                 Some(b) => b.println(msg.trim_end()),
                 None => eprint!("{msg}"),
@@ -326,7 +365,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             b.set_message(rec.native.clone());
             b.inc(1);
         }
-        print(&rec);
+        print(&rec)
     };
     let client = match jobserver {
         run::MakeJobserver::Usable(c) => Some(c),
@@ -351,13 +390,21 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             run::children_cpu_seconds(),
         );
     }
-    Ok(match summary.signal {
-        Some(sig) => {
-            eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
-            ExitCode::from((128 + sig) as u8)
-        }
-        None if summary.failed > 0 || summary.not_started > 0 => ExitCode::FAILURE,
-        None => ExitCode::SUCCESS,
+    if let Some(sig) = summary.signal {
+        // main dies by the signal once this returns.
+        eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(e) = summary.output_error {
+        bail!(
+            "{:#}; no job started after it (the jobs that ran are recorded for the next run)",
+            stdout_error(&*e)
+        );
+    }
+    Ok(if summary.failed > 0 || summary.not_started > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

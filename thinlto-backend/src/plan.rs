@@ -297,43 +297,22 @@ pub fn plan(inputs: Vec<JobInput>, cc: &str) -> Result<Vec<(BackendJob, Decision
     if inputs.is_empty() {
         bail!("no bitcode objects to compile (is the manifest or index empty?)");
     }
+    use rayon::prelude::*;
     let cache = DigestCache::default();
-    let n = inputs.len();
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let chunk = n.div_ceil(threads);
-    let mut inputs = inputs.into_iter();
-    let chunks: Vec<Vec<JobInput>> = (0..threads)
-        .map(|_| inputs.by_ref().take(chunk).collect())
+    // Each job hashes its inputs and reads two small files: rayon spreads
+    // them over the cores, and an indexed collect keeps the input order
+    // (the order of the records and of `--explain`). Every result is
+    // collected and the first error in input order reported, so that the
+    // same bad tree always gives the same message.
+    let results: Vec<Result<(BackendJob, Decision, NativeRecord)>> = inputs
+        .into_par_iter()
+        .map(|i| {
+            let job = BackendJob::new(i, cc)?;
+            let (d, r) = decide(&job, &cache)?;
+            Ok((job, d, r))
+        })
         .collect();
-    let results: Vec<Result<Vec<_>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| {
-                let cache = &cache;
-                s.spawn(move || {
-                    c.into_iter()
-                        .map(|i| {
-                            let job = BackendJob::new(i, cc)?;
-                            let (d, r) = decide(&job, cache)?;
-                            Ok((job, d, r))
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("planner thread"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(n);
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(out)
+    results.into_iter().collect()
 }
 
 #[cfg(test)]

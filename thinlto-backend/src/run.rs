@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,37 @@ use crate::record::NativeRecord;
 pub struct JobRecord {
     pub object: String,
     pub native: String,
-    /// "built", "up-to-date" or "failed"
-    pub status: String,
+    pub status: JobStatus,
     /// Why it ran (or why it is up to date, or why it failed).
     pub reason: String,
     pub seconds: f64,
+}
+
+/// What became of a job; in JSON "built", "up-to-date" or "failed" (the
+/// contract's spelling, which scripts compare against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    Built,
+    UpToDate,
+    Failed,
+}
+
+impl JobStatus {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Built => "built",
+            JobStatus::UpToDate => "up-to-date",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,35 +77,81 @@ pub struct RunSummary {
     pub not_started: usize,
     /// The signal that interrupted the run, if any.
     pub signal: Option<i32>,
+    /// Why `emit` failed (stdout closed or full disk), which stopped the
+    /// run as a failed job would.
+    pub output_error: Option<std::sync::Arc<std::io::Error>>,
     pub cpu_seconds: f64,
 }
 
+/// The first of SIGINT/SIGTERM/SIGHUP received, 0 before any.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// How many [`Deferred`] sections are open: while any is, a signal is only
+/// recorded (the section stops its children and removes its temporaries,
+/// and the process dies by it afterwards, [`die_if_signalled`]); while
+/// none is, it kills the process at once.
+static DEFER: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM/SIGHUP handlers that only record the signal;
-/// the run then stops its children and cleans up.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; sigaction is given a zeroed, valid struct.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+/// Handles SIGINT, SIGTERM and SIGHUP with signal-hook's iterator: a
+/// thread receives them, records the first, and — unless a [`Deferred`]
+/// section is open — makes the process die by it at once (default
+/// disposition restored, the signal raised), so that a calling shell
+/// script sees a death by the signal and stops too. Reading the input,
+/// planning, `--explain`, `--dry-run` and most of `archive` leave nothing
+/// to clean up, and a read blocked on a pipe ends this way too.
+pub fn install_signal_handlers() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                // Paired with Deferred's store-then-load of SIGNAL: one
+                // of the two sides sees the other (SeqCst), so a signal
+                // is never lost between "not deferred" and "deferred".
+                if DEFER.load(Ordering::SeqCst) == 0 {
+                    die_if_signalled();
+                }
+            }
+        })?;
+    Ok(())
 }
 
 pub fn pending_signal() -> Option<i32> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         s => Some(s),
+    }
+}
+
+/// A section that must clean up before the process dies by a signal
+/// (children to stop, temporaries to remove): while it lives, signals are
+/// only recorded; [`pending_signal`] tells the section, and the caller
+/// calls [`die_if_signalled`] once the section is over.
+pub struct Deferred(());
+
+/// Opens a [`Deferred`] section.
+pub fn defer_signals() -> Deferred {
+    DEFER.fetch_add(1, Ordering::SeqCst);
+    Deferred(())
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        DEFER.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// If a signal came, dies by it: the default disposition restored, the
+/// signal raised (so the parent sees WIFSIGNALED, as with any Unix tool,
+/// not an exit status). stdout is not flushed here: the signal thread may
+/// call this while the main thread holds stdout's lock, blocked on a full
+/// pipe; the job records are flushed one by one as they are printed.
+pub fn die_if_signalled() {
+    if let Some(sig) = pending_signal() {
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+        // Not reached: emulate_default_handler aborts if raising fails.
+        std::process::abort();
     }
 }
 
@@ -140,14 +212,16 @@ struct Ctx<'a> {
 /// same signal (SIGKILL 5 s later), nothing new starts, and the run
 /// returns once they are gone.
 ///
-/// `emit` receives every job's result on the calling thread, with the
-/// compiler's output for failures.
+/// `emit` receives every job's result on the calling thread, with what
+/// the compiler printed (its command first for a failure). An error from
+/// `emit` (the job records cannot be written) stops the run as a failure
+/// does, without `keep_going`, and is kept in the summary.
 pub fn run_jobs(
     jobs: &[(BackendJob, String, NativeRecord)],
     order: Vec<usize>,
     opts: &RunOptions,
     jobserver: Option<jobserver::Client>,
-    emit: &mut dyn FnMut(JobRecord, Option<String>),
+    emit: &mut dyn FnMut(JobRecord, Option<String>) -> std::io::Result<()>,
 ) -> RunSummary {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let had_jobserver = jobserver.is_some();
@@ -254,7 +328,7 @@ pub fn run_jobs(
                 }
                 Ok(Event::Done(rec, output)) => {
                     running -= 1;
-                    let failed = rec.status == "failed";
+                    let failed = rec.status == JobStatus::Failed;
                     if failed {
                         summary.failed += 1;
                         if !opts.keep_going {
@@ -263,7 +337,12 @@ pub fn run_jobs(
                     } else {
                         summary.built += 1;
                     }
-                    emit(rec, output);
+                    if let Err(e) = emit(rec, output) {
+                        stop = true;
+                        summary
+                            .output_error
+                            .get_or_insert_with(|| std::sync::Arc::new(e));
+                    }
                 }
                 Err(_) => {}
             }
@@ -299,40 +378,67 @@ pub fn children_cpu_seconds() -> f64 {
     child_cpu()
 }
 
-/// The temporary a job's compiler writes: `dir/.foo.thinlto-native.o.<pid>.tmp`,
-/// beside the target (same filesystem: the rename is atomic). Not created
-/// in advance: the compiler creates it (clang through its own temporary,
-/// `<that>-XXXXXXXX`, renamed onto it), so a job costs no extra inode.
-pub fn temp_path(native: &Path) -> std::path::PathBuf {
-    let name = native
+/// The temporary through which a long record is written:
+/// `dir/.foo.thinlto-native.o.cmd.<pid>.tmp`, beside the target (same
+/// filesystem: the rename is atomic).
+pub fn temp_path(target: &Path) -> std::path::PathBuf {
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    native.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Removes a failed job's temporary and whatever the compiler left of it
-/// (clang, killed, leaves its own `.foo.thinlto-native.o.<pid>-XXXXXXXX.tmp.tmp`).
-fn remove_temporaries(tmp: &Path) {
-    let _ = std::fs::remove_file(tmp);
-    let (Some(name), Some(dir)) = (tmp.file_name(), tmp.parent()) else {
+/// The split-DWARF file the compiler writes beside `native`, if its argv
+/// asks for one: the last of `-gsplit-dwarf[=split|=single]` and
+/// `-gno-split-dwarf` decides, and clang names the file after `-o`
+/// (`dir/foo.thinlto-native.dwo`). Only used to clean up after a failure.
+pub fn split_dwarf_file(argv: &[String], native: &Path) -> Option<std::path::PathBuf> {
+    let split = argv.iter().fold(false, |on, a| match a.as_str() {
+        "-gsplit-dwarf" | "-gsplit-dwarf=split" => true,
+        "-gsplit-dwarf=single" | "-gno-split-dwarf" => false,
+        _ => on,
+    });
+    split.then(|| native.with_extension("dwo"))
+}
+
+/// Removes what a failed job left: its native object (as make's
+/// `.DELETE_ON_ERROR`, which kbuild sets, deletes a failed target; a
+/// compiler other than clang may have written it in place, half-way),
+/// its split-DWARF file, and what clang leaves of its own temporary when
+/// it is killed by SIGKILL (`dir/foo.thinlto-native-XXXXXXXX.o.tmp`;
+/// on SIGINT/SIGTERM and on errors clang removes it, and the .dwo, itself).
+fn remove_failed_outputs(native: &Path, dwo: Option<&Path>) {
+    for p in std::iter::once(native).chain(dwo) {
+        if std::fs::symlink_metadata(p).is_ok() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let (Some(stem), Some(dir)) = (native.file_stem(), native.parent()) else {
         return;
     };
+    let ext = native
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
-    let name = name.to_string_lossy();
-    let stem = name.strip_suffix(".tmp").unwrap_or(&name);
+    let prefix = format!("{}-", stem.to_string_lossy());
+    let suffix = format!("{ext}.tmp");
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let f = e.file_name();
             let f = f.to_string_lossy();
-            if let Some(rest) = f.strip_prefix(stem) {
-                if rest.starts_with('-') || rest.starts_with('.') {
-                    let _ = std::fs::remove_file(e.path());
-                }
+            // clang's unique part: 8 characters of [0-9a-f].
+            let ours = f
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(&suffix))
+                .is_some_and(|u| u.len() == 8 && u.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if ours {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
@@ -397,8 +503,24 @@ fn write_record_via_temp(
     r
 }
 
-/// One compile: into a temporary beside the target, renamed on success,
-/// then the record. Returns the job's record and, on failure, the output.
+/// One compile, with exactly the reference's argv: whatever the compiler
+/// derives from `-o` (the split-DWARF file's name, which the object
+/// records as DW_AT_dwo_name; `-grecord-command-line`'s argv) comes out as
+/// kbuild's command makes it, byte for byte.
+///
+/// Crash safety without a temporary of our own: the old record and the
+/// old native go first, so that from then until the new record is
+/// written last no record vouches for whatever is on disk (the next run,
+/// ours or make's, reruns the job). clang writes the object through its
+/// own temporary and renames it into place, and removes its temporary
+/// and the split-DWARF file on an error, SIGINT or SIGTERM; the .dwo it
+/// writes in place, so after a SIGKILL a half-written .dwo (or, from
+/// another compiler, native) can be left — never with a record, and a
+/// failed job's outputs are removed. The compiler must leave a non-empty
+/// native (it was removed before, so one is this compile's).
+///
+/// Returns the job's record and what the compiler printed (for a
+/// failure, after its command), if anything.
 fn build_one(
     ctx: &Ctx,
     job: &BackendJob,
@@ -407,31 +529,44 @@ fn build_one(
 ) -> (JobRecord, Option<String>) {
     let start = Instant::now();
     let native = Path::new(&job.native);
-    let tmp = temp_path(native);
-    let fail = |why: String, output: Option<String>| {
-        remove_temporaries(&tmp);
+    let dwo = split_dwarf_file(&job.argv, native);
+    let result = |status: JobStatus, why: String, output: Option<String>| {
         (
             JobRecord {
                 object: job.input.object.clone(),
                 native: job.native.clone(),
-                status: "failed".into(),
+                status,
                 reason: why,
                 seconds: round3(start.elapsed().as_secs_f64()),
             },
             output,
         )
     };
-    // (A leftover of a killed run with the same pid is simply overwritten.)
-    let mut argv = job.argv.clone();
-    // The compiler writes the temporary; the record names the target.
-    if let Some(o) = argv.iter().rposition(|a| a == "-o") {
-        argv[o + 1] = tmp.to_string_lossy().into_owned();
+    let fail = |why: String, output: Option<String>| {
+        remove_failed_outputs(native, dwo.as_deref());
+        result(JobStatus::Failed, why, output)
+    };
+    // (Each looked up first: an unlink takes the directory's lock even
+    // when there is nothing to remove, and jobs of one directory run
+    // together.)
+    for (what, p) in [("record", job.record_path.as_path()), ("native", native)] {
+        if std::fs::symlink_metadata(p).is_ok() {
+            if let Err(e) = std::fs::remove_file(p) {
+                // Nothing touched yet: the old outputs stay as they were.
+                return result(
+                    JobStatus::Failed,
+                    format!("{}: cannot remove the old {what}: {e}", p.display()),
+                    None,
+                );
+            }
+        }
     }
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
         Verbosity::Normal => eprintln!("  {:<7} {}", "CC", job.native),
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
+    let argv = &job.argv;
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -471,10 +606,7 @@ fn build_one(
             Some(format!("{}\n{text}", job.command_text)),
         );
     }
-    if !text.is_empty() && ctx.opts.verbosity != Verbosity::Quiet {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    }
-    match std::fs::metadata(&tmp) {
+    match std::fs::metadata(native) {
         Ok(m) if m.is_file() && m.len() > 0 => {}
         _ => {
             return fail(
@@ -483,23 +615,11 @@ fn build_one(
             )
         }
     }
-    // The old record goes first: were we to die between the rename and the
-    // new record, an old record must not vouch for the new object.
-    // (Looked up first: an unlink takes the directory's lock even when
-    // there is nothing to remove, and jobs of one directory run together.)
-    if std::fs::symlink_metadata(&job.record_path).is_ok() {
-        if let Err(e) = std::fs::remove_file(&job.record_path) {
-            return fail(format!("cannot remove the old record: {e}"), None);
-        }
-    }
-    if let Err(e) = std::fs::rename(&tmp, native) {
-        return fail(format!("cannot move the output into place: {e}"), None);
-    }
     let seconds = start.elapsed().as_secs_f64();
     let mut rec = record.clone();
     rec.seconds = Some(seconds);
     // The record comes last: a crash before it leaves a native that the
-    // next run does not trust (no record, or one for other inputs).
+    // next run does not trust (no record).
     if let Err(e) = write_record(&job.record_path, &rec.render(&job.native)) {
         return fail(
             format!(
@@ -513,14 +633,57 @@ fn build_one(
         JobRecord {
             object: job.input.object.clone(),
             native: job.native.clone(),
-            status: "built".into(),
+            status: JobStatus::Built,
             reason: reason.to_string(),
             seconds: round3(seconds),
         },
-        None,
+        // Warnings of a job that succeeded (-Wframe-larger-than and the
+        // like fire only here, in the backend): shown whatever the
+        // verbosity, as kbuild shows them even under `make -s`.
+        (!text.is_empty()).then_some(text),
     )
 }
 
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_status_keeps_the_json_spelling() {
+        for (s, text) in [
+            (JobStatus::Built, "\"built\""),
+            (JobStatus::UpToDate, "\"up-to-date\""),
+            (JobStatus::Failed, "\"failed\""),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), text);
+            assert_eq!(serde_json::from_str::<JobStatus>(text).unwrap(), s);
+            assert_eq!(format!("\"{s}\""), text);
+        }
+        assert!(serde_json::from_str::<JobStatus>("\"done\"").is_err());
+    }
+
+    #[test]
+    fn split_dwarf_file_follows_the_last_flag() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let n = Path::new("d/foo.thinlto-native.o");
+        let dwo = Some(std::path::PathBuf::from("d/foo.thinlto-native.dwo"));
+        assert_eq!(split_dwarf_file(&argv(&["cc", "-g"]), n), None);
+        assert_eq!(split_dwarf_file(&argv(&["cc", "-gsplit-dwarf"]), n), dwo);
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gsplit-dwarf=split"]), n),
+            dwo
+        );
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gsplit-dwarf", "-gsplit-dwarf=single"]), n),
+            None
+        );
+        assert_eq!(
+            split_dwarf_file(&argv(&["cc", "-gno-split-dwarf", "-gsplit-dwarf"]), n),
+            dwo
+        );
+    }
 }

@@ -279,10 +279,12 @@ impl Ctx<'_> {
                 .current_dir(tree)
                 .args(&self.plan.vmlinux_o[1..]),
         )?);
-        let built = std::fs::read_to_string(&jobs_file)?
-            .lines()
-            .filter(|l| l.contains("\"built\""))
-            .count();
+        let mut built = 0;
+        for l in std::fs::read_to_string(&jobs_file)?.lines() {
+            let r: thinlto_backend::JobRecord = serde_json::from_str(l)
+                .with_context(|| format!("{}: not a job record: {l}", jobs_file.display()))?;
+            built += usize::from(r.status == thinlto_backend::JobStatus::Built);
+        }
         Ok((total, built))
     }
 

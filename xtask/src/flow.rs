@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use thinlto_backend::{JobRecord, JobStatus};
 use thinlto_index::fsutil::write_atomic;
 use thinlto_index::Toolchain;
 
@@ -108,17 +109,14 @@ pub fn run_tool(
 pub struct StagesRun {
     pub stages: Vec<StageTime>,
     /// The backend's JSON records.
-    pub jobs: Vec<serde_json::Value>,
+    pub jobs: Vec<JobRecord>,
     pub manifest: thinlto_index::Manifest,
     pub vmlinux_o: PathBuf,
 }
 
 impl StagesRun {
-    pub fn count(&self, status: &str) -> usize {
-        self.jobs
-            .iter()
-            .filter(|j| j["status"].as_str() == Some(status))
-            .count()
+    pub fn count(&self, status: JobStatus) -> usize {
+        self.jobs.iter().filter(|j| j.status == status).count()
     }
 
     pub fn total_seconds(&self) -> f64 {
@@ -198,14 +196,6 @@ impl LinkPlan {
     }
 }
 
-/// `dir/foo.o` → `dir/foo.thinlto-native.o`.
-pub fn native_of(object: &str) -> String {
-    format!(
-        "{}.thinlto-native.o",
-        object.strip_suffix(".o").unwrap_or(object)
-    )
-}
-
 pub fn run_stages(
     bins: &Bins,
     tc: &Toolchain,
@@ -271,9 +261,12 @@ pub fn run_stages(
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(serde_json::from_slice)
-            .collect::<Result<Vec<serde_json::Value>, _>>()
-            .context("thinlto-backend printed a record that is not JSON")?;
-        let built = records.iter().filter(|j| j["status"] == "built").count();
+            .collect::<Result<Vec<JobRecord>, _>>()
+            .context("thinlto-backend printed a line that is not a job record")?;
+        let built = records
+            .iter()
+            .filter(|j| j.status == JobStatus::Built)
+            .count();
         Ok(format!(
             "{built} built, {} up to date",
             records.len() - built
@@ -621,7 +614,7 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         ));
     }
     let second = run_stages(&bins, tc, tree, "out", opts.jobs, &plan)?;
-    let up = second.count("up-to-date");
+    let up = second.count(JobStatus::UpToDate);
     checks.push(check(
         format!(
             "second run: every backend job up to date ({up}/{})",

@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::flow::{self, native_of};
+use crate::flow;
+use thinlto_backend::plan::native_of;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

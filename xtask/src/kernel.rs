@@ -279,7 +279,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index"))
             .context("vmlinux.thinlto-index: cannot read")?;
         for obj in index.lines().filter(|l| !l.is_empty()) {
-            let native = crate::flow::native_of(obj);
+            let native = thinlto_backend::plan::native_of(obj);
             let to = kbuild_natives.join(&native);
             std::fs::create_dir_all(to.parent().unwrap())?;
             std::fs::copy(tree.join(&native), &to).with_context(|| {
@@ -377,7 +377,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     });
     let from_saved = first.jobs.len();
     let second = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan)?;
-    let up = second.count("up-to-date");
+    let up = second.count(thinlto_backend::JobStatus::UpToDate);
     checks.push(Check {
         name: format!("second run: every backend job up to date ({up}/{from_saved})"),
         ok: up == from_saved,
