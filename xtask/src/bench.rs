@@ -292,7 +292,7 @@ fn edit_source(path: &Path, run: usize) -> Result<()> {
         "\nint bench_edit_{stem}_{run}(int x);\nint bench_edit_{stem}_{run}(int x)\n{{\n\treturn x * {};\n}}\n",
         run + 7
     ));
-    std::fs::write(path, text)?;
+    thinlto_index::fsutil::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 

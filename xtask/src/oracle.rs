@@ -254,8 +254,8 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
         let gdir = golden_dir().join(name);
         if update {
             std::fs::create_dir_all(&gdir)?;
-            std::fs::write(gdir.join("vmlinux.symvers"), &symvers)?;
-            std::fs::write(gdir.join(".vmlinux.export.c"), &export_c)?;
+            thinlto_index::fsutil::write_atomic(&gdir.join("vmlinux.symvers"), &symvers)?;
+            thinlto_index::fsutil::write_atomic(&gdir.join(".vmlinux.export.c"), &export_c)?;
         }
         let golden_identical = std::fs::read(gdir.join("vmlinux.symvers")).ok().as_deref()
             == Some(&symvers[..])
