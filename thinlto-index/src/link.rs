@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 
 use crate::classify::classify;
+use crate::fsutil::AtomicFile;
 use crate::manifest::{Manifest, ManifestObject};
 
 /// One thin link to run.
@@ -130,15 +131,22 @@ impl ThinLink {
                 return Ok((m, LinkOutcome::UpToDate));
             }
         }
-        let dir = match self.index.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".thinlto-index.")
-            .tempfile_in(&dir)
-            .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-        let tmp_path = tmp.path().to_path_buf();
+        // lld rewrites every `.thinlto.bc` in place while it runs: from the
+        // moment it starts, the record no longer describes the outputs. A
+        // failed or killed link must not leave it to vouch for a mix of old
+        // and new summaries once the inputs are back as recorded.
+        match std::fs::remove_file(self.record_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!("{}: cannot remove", self.record_path().display())
+                })
+            }
+            _ => {}
+        }
+        // lld truncates and writes the temporary it is given, so the index
+        // keeps the temporary's mode (0666 minus the umask).
+        let tmp = AtomicFile::new(&self.index)?;
+        let tmp_path = tmp.temp_path().to_path_buf();
         let started = SystemTime::now();
         let mut cmd = self.command(&tmp_path);
         let shown = format!("{cmd:?}");
@@ -152,14 +160,8 @@ impl ThinLink {
         let manifest = self
             .manifest_from_outputs_at(objects, &tmp_path, Some(started))
             .map_err(|e| anyhow::anyhow!("{e:#}: {shown}"))?;
-        // The record goes away first and comes back last: an interrupted
-        // run can never leave a record that vouches for stale outputs.
-        let _ = std::fs::remove_file(self.record_path());
-        tmp.persist(&self.index)
-            .map_err(|e| e.error)
-            .with_context(|| {
-                format!("{}: cannot move the index into place", self.index.display())
-            })?;
+        tmp.commit()?;
+        // The record comes back last, once every output is in place.
         crate::fsutil::write_atomic(&self.record_path(), record_text.as_bytes())?;
         Ok((manifest, LinkOutcome::Linked))
     }
