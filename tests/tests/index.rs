@@ -286,7 +286,11 @@ fn a_failed_link_leaves_no_record_to_skip_the_next() {
     assert!(record.is_file(), "the first link recorded nothing");
     let link = |extra: &str| {
         tool("thinlto-index", t.path())
-            .args(["link", "--ldflags", &format!("{} {extra}", ldflags(t.path()))])
+            .args([
+                "link",
+                "--ldflags",
+                &format!("{} {extra}", ldflags(t.path())),
+            ])
             .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
             .arg("out/builtin.order")
             .output()
@@ -298,7 +302,11 @@ fn a_failed_link_leaves_no_record_to_skip_the_next() {
     assert!(!out.status.success(), "lld accepted a bad flag");
     assert!(!record.exists(), "a failed link left its record");
     let out = link("");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("up to date"),
         "the link after a failed one was skipped"

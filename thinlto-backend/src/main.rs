@@ -169,8 +169,15 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             bail!("--only {:?}: no such job", args.only);
         }
     }
-    let tc = Toolchain::resolve(&args.toolchain)?;
-    let mut planned = plan(inputs, &tc.cc.spelled)?;
+    let cc = Toolchain::resolve_cc(&args.toolchain)?;
+    let mut planned = plan(inputs, &cc.spelled)?;
+    // The plan spells `$(CC)` as one word; a CC with a launcher
+    // (`ccache clang-19`) runs as its words.
+    if cc.argv.len() > 1 {
+        for (job, _, _) in &mut planned {
+            job.argv.splice(0..1, cc.argv.iter().cloned());
+        }
+    }
     if args.always_make {
         for p in &mut planned {
             if matches!(p.1, Decision::UpToDate | Decision::Adopt) {

@@ -70,12 +70,15 @@ impl AtomicFile {
             .flush()
             .with_context(|| format!("{}: write failed", self.path.display()))?;
         let path = self.path;
-        self.tmp.persist(&path).map_err(|e| e.error).with_context(|| {
-            format!(
-                "{}: cannot rename the temporary file into place",
-                path.display()
-            )
-        })?;
+        self.tmp
+            .persist(&path)
+            .map_err(|e| e.error)
+            .with_context(|| {
+                format!(
+                    "{}: cannot rename the temporary file into place",
+                    path.display()
+                )
+            })?;
         Ok(())
     }
 }

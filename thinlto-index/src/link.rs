@@ -14,8 +14,8 @@ use crate::manifest::{Manifest, ManifestObject};
 /// One thin link to run.
 #[derive(Debug, Clone)]
 pub struct ThinLink {
-    /// The linker program (kbuild's `$(LD)`).
-    pub ld: PathBuf,
+    /// The linker (kbuild's `$(LD)`).
+    pub ld: crate::Tool,
     /// `KBUILD_LDFLAGS`, already split into words.
     pub ldflags: Vec<String>,
     /// The index file to write (the list of bitcode inputs).
@@ -51,7 +51,7 @@ pub fn read_order(path: &Path) -> Result<Vec<String>> {
 impl ThinLink {
     /// The command line, as it will run (lld writes the index to `tmp`).
     pub fn command(&self, tmp_index: &Path) -> Command {
-        let mut c = Command::new(&self.ld);
+        let mut c = self.ld.command();
         c.args(&self.ldflags)
             .arg("-r")
             .arg(format!("--thinlto-index-only={}", tmp_index.display()));
@@ -79,7 +79,7 @@ impl ThinLink {
         h.update(command.as_bytes());
         h.update(b"\0");
         // A new linker binary may index differently.
-        if let Ok(m) = std::fs::metadata(&self.ld) {
+        if let Ok(m) = std::fs::metadata(&self.ld.path) {
             h.update(format!("{} {:?}\0", m.len(), m.modified().ok()).as_bytes());
         }
         for obj in inputs {
@@ -137,9 +137,8 @@ impl ThinLink {
         // and new summaries once the inputs are back as recorded.
         match std::fs::remove_file(self.record_path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| {
-                    format!("{}: cannot remove", self.record_path().display())
-                })
+                return Err(e)
+                    .with_context(|| format!("{}: cannot remove", self.record_path().display()))
             }
             _ => {}
         }

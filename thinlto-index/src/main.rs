@@ -120,9 +120,8 @@ fn run(cli: Cli) -> Result<()> {
             order_file,
         } => {
             let ldflags = thinlto_cmdparse::shell::split(&ldflags).context("--ldflags")?;
-            let tc = Toolchain::resolve(&cli.toolchain)?;
             let (manifest, outcome) = ThinLink {
-                ld: tc.ld.path.clone(),
+                ld: Toolchain::resolve_ld(&cli.toolchain)?,
                 ldflags,
                 index,
                 imports,
