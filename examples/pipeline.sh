@@ -18,7 +18,7 @@ mkdir -p "$out"
 # Stage 2: member order, then the thin link; the manifest goes straight to
 # the backend (stage 3), whose per-job JSON records we keep.
 thinlto-index order vmlinux.a > "$out/builtin.order"
-thinlto-index link --ldflags "$ldflags" --index "$out/vmlinux.thinlto-index" \
+thinlto-index link --ldflags "$ldflags" -o "$out/vmlinux.thinlto-index" \
 	--imports "$out/builtin.order" |
 	thinlto-backend -q -j "$jobs" > "$out/backend.jsonl"
 

@@ -53,8 +53,10 @@ enum Verb {
     /// index replaced by its .thinlto-native.o (exact path match), byte
     /// for byte what `llvm-ar cDPrS --thin` writes
     Archive {
+        /// builtin.order (`-`: from stdin)
         #[arg(long, value_name = "FILE")]
         order: PathBuf,
+        /// The index file (`-`: from stdin)
         #[arg(long, value_name = "FILE")]
         index: PathBuf,
         #[arg(short, value_name = "ARCHIVE")]
@@ -64,7 +66,8 @@ enum Verb {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The index file (one bitcode object per line) instead of a manifest on stdin
+    /// The index file (one bitcode object per line; `-`: from stdin)
+    /// instead of a manifest on stdin
     #[arg(long, value_name = "FILE")]
     index: Option<PathBuf>,
     /// Parallel jobs [default: available cores; under make, make's jobserver]
@@ -114,8 +117,16 @@ fn main() -> ExitCode {
 }
 
 fn read_list(p: &Path) -> Result<Vec<String>> {
-    Ok(std::fs::read_to_string(p)
-        .with_context(|| format!("{}: cannot read", p.display()))?
+    let text = if p == Path::new("-") {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .context("stdin: cannot read")?;
+        t
+    } else {
+        std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?
+    };
+    Ok(text
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -123,6 +134,9 @@ fn read_list(p: &Path) -> Result<Vec<String>> {
 }
 
 fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
+    if order == Path::new("-") && index == Path::new("-") {
+        bail!("--order - and --index -: only one list can come from stdin");
+    }
     let cwd = std::env::current_dir()?;
     thinlto_backend::archive::write_final_archive(
         out,
@@ -143,6 +157,8 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let inputs = match &args.index {
+        // The index from stdin: the same reader, on the same bytes.
+        Some(p) if p == Path::new("-") => inputs_from_index(Path::new("/dev/stdin"))?,
         Some(p) => inputs_from_index(p)?,
         None => {
             if std::io::stdin().is_terminal() {
@@ -299,7 +315,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let mut emit = |rec: JobRecord, output: Option<String>| {
         if rec.status == "failed" {
             let msg = format!(
-                "thinlto-backend: {}: {}\n{}",
+                "thinlto-backend: error: {}: {}\n{}",
                 rec.native,
                 rec.reason,
                 output.unwrap_or_default()

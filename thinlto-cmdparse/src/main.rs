@@ -62,7 +62,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("thinlto-cmdparse: {e}");
+                eprintln!("thinlto-cmdparse: error: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     if let Some(f) = &cli.field {
         if !FIELDS.contains(&f.as_str()) {
             eprintln!(
-                "thinlto-cmdparse: unknown --field {f:?}; expected one of {}",
+                "thinlto-cmdparse: error: unknown --field {f:?}; expected one of {}",
                 FIELDS.join(", ")
             );
             return ExitCode::from(2);
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 Ok(l) if !l.is_empty() => inputs.push(PathBuf::from(l)),
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("thinlto-cmdparse: reading paths from stdin: {e}");
+                    eprintln!("thinlto-cmdparse: error: stdin: cannot read the paths: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     let mut failed = false;
     for r in &records {
         if let Some(e) = &r.error {
-            eprintln!("thinlto-cmdparse: {e}");
+            eprintln!("thinlto-cmdparse: error: {e}");
             failed = true;
         }
         let res = if cli.symvers {
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("thinlto-cmdparse: writing output: {e}");
+            eprintln!("thinlto-cmdparse: error: stdout: {e}");
             return ExitCode::FAILURE;
         }
     }

@@ -158,11 +158,10 @@ impl Tool {
         }
         let real = real_program(&argv);
         let find = |name: &str| {
-            find_program(name, path_var).with_context(|| {
-                format!(
-                    "{} {spelled:?} (from {origin}): {name} was not found{}; {}",
+            find_program(name, path_var).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} {spelled:?} (from {origin}): {e:#}; {}",
                     role.var(),
-                    if name.contains('/') { "" } else { " on PATH" },
                     install_hint()
                 )
             })
@@ -248,7 +247,12 @@ pub struct ToolchainArgs {
     #[arg(long, value_name = "COMMAND", global = true)]
     pub ar: Option<String>,
     /// kbuild's LLVM=: `1` (names on PATH), `-19` (suffix) or `/path/to/bin/` (prefix)
-    #[arg(long, value_name = "1|-N|DIR/", global = true)]
+    #[arg(
+        long,
+        value_name = "1|-N|DIR/",
+        global = true,
+        allow_hyphen_values = true
+    )]
     pub llvm: Option<String>,
     /// Print the resolved toolchain (paths, origins, versions) as JSON and exit
     #[arg(long, global = true)]
@@ -738,7 +742,7 @@ mod tests {
         assert_eq!(cc.path, d.path().join("clang-19"));
         Toolchain::resolve_one(&args, &env, Role::Ld).unwrap();
         let e = format!("{:#}", Toolchain::resolve_in(&args, &env).unwrap_err());
-        assert!(e.contains("llvm-ar-19 was not found on PATH"), "{e}");
+        assert!(e.contains("llvm-ar-19 is not on PATH"), "{e}");
     }
 
     #[test]
