@@ -101,3 +101,29 @@ fn a_cc_with_a_launcher_runs_through_it() {
         "{rec}"
     );
 }
+
+#[test]
+fn the_front_end_needs_no_linker() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    path_with(
+        bin_dir.path(),
+        &[("clang-19", "clang"), ("llvm-ar-19", "llvm-ar")],
+    );
+    let tree = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("xtask"))
+        .args(["fe", "--quiet", "--tree"])
+        .arg(tree.path())
+        .env_remove("CC")
+        .env_remove("LD")
+        .env_remove("AR")
+        .env("LLVM", "-19")
+        .env("PATH", bin_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.path().join("vmlinux.a").is_file());
+}
