@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use modpost_ir::{crcs, read_exports_with, read_object_list, render, Mapping, ReadOptions};
 use thinlto_index::fsutil::write_atomic;
+use thinlto_index::ToolchainArgs;
 
 /// modpost's side of kbuild's distributed ThinLTO: symbol CRCs looked up
 /// with the `.thinlto-native.o` → `.o.cmd` mapping, and `vmlinux.symvers`
@@ -19,21 +20,24 @@ use thinlto_index::fsutil::write_atomic;
 ///   modpost-ir symvers vmlinux.o --objects .vmlinux.objs \
 ///       -o vmlinux.symvers --export-c .vmlinux.export.c
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
-    verb: Verb,
+    verb: Option<Verb>,
+    /// Accepted as by every tool of the family; modpost-ir runs none of them
+    #[command(flatten)]
+    toolchain: ToolchainArgs,
 }
 
 #[derive(Args)]
 struct ObjectSource {
-    /// An object list, one per line (kbuild's .vmlinux.objs)
+    /// An object list, one per line (kbuild's .vmlinux.objs); `-`: stdin
     #[arg(long, value_name = "FILE")]
     objects: Option<PathBuf>,
     /// The members of an archive (e.g. vmlinux.a)
     #[arg(long, value_name = "ARCHIVE", conflicts_with = "objects")]
     archive: Option<PathBuf>,
-    /// A module's object list (foo.mod)
+    /// A module's object list (foo.mod); `-`: stdin
     #[arg(long = "mod", value_name = "FILE", conflicts_with_all = ["objects", "archive"])]
     module: Option<PathBuf>,
     /// Read CRCs as modpost did before kbuild's change (dir/.foo.thinlto-native.o.cmd)
@@ -95,6 +99,10 @@ fn objects_of(
     default_list: bool,
 ) -> Result<Vec<String>> {
     if let Some(p) = source.objects.as_ref().or(source.module.as_ref()) {
+        if p == std::path::Path::new("-") {
+            // The same reader, on the same bytes.
+            return read_object_list(std::path::Path::new("/dev/stdin"));
+        }
         return read_object_list(p);
     }
     if let Some(a) = &source.archive {
@@ -113,7 +121,23 @@ fn objects_of(
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.verb {
+    if cli.toolchain.print_toolchain {
+        let mut tc = thinlto_index::Toolchain::resolve(&cli.toolchain)?;
+        tc.probe()?;
+        let text = serde_json::to_string_pretty(&tc)? + "\n";
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(verb) = cli.verb else {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "no command given: use crcs or symvers",
+            )
+            .exit();
+    };
+    match verb {
         Verb::Crcs { source, paths } => {
             let list = objects_of(&source, &paths, false)?;
             let mapping = if source.unpatched {

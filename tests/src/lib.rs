@@ -126,7 +126,7 @@ pub fn thin_link_with(tree: &Path, extra: &[&str]) -> thinlto_index::Manifest {
     let m = run_ok(
         tool("thinlto-index", tree)
             .args(["link", "--ldflags", &ldflags(tree)])
-            .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+            .args(["-o", "out/vmlinux.thinlto-index", "--imports"])
             .args(extra)
             .arg("out/builtin.order"),
     );

@@ -284,3 +284,39 @@ fn an_unchanged_thin_link_is_skipped_by_content() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("up to date"));
 }
+
+#[test]
+fn a_failed_link_leaves_no_record_to_skip_the_next() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let record = t.path().join("out/.vmlinux.thinlto-index.cmd");
+    assert!(record.is_file(), "the first link recorded nothing");
+    let link = |extra: &str| {
+        tool("thinlto-index", t.path())
+            .args([
+                "link",
+                "--ldflags",
+                &format!("{} {extra}", ldflags(t.path())),
+            ])
+            .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+            .arg("out/builtin.order")
+            .output()
+            .unwrap()
+    };
+    // lld rewrites the summaries while it runs; one that fails (or is
+    // killed) leaves them in an unknown state, so the record must go.
+    let out = link("--no-such-lld-flag");
+    assert!(!out.status.success(), "lld accepted a bad flag");
+    assert!(!record.exists(), "a failed link left its record");
+    let out = link("");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("up to date"),
+        "the link after a failed one was skipped"
+    );
+    assert!(record.is_file());
+}

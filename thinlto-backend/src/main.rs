@@ -57,8 +57,10 @@ enum Verb {
     /// index replaced by its .thinlto-native.o (exact path match), byte
     /// for byte what `llvm-ar cDPrS --thin` writes
     Archive {
+        /// builtin.order (`-`: from stdin)
         #[arg(long, value_name = "FILE")]
         order: PathBuf,
+        /// The index file (`-`: from stdin)
         #[arg(long, value_name = "FILE")]
         index: PathBuf,
         #[arg(short, value_name = "ARCHIVE")]
@@ -79,7 +81,8 @@ enum Verb {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The index file (one bitcode object per line) instead of a manifest on stdin
+    /// The index file (one bitcode object per line; `-`: from stdin)
+    /// instead of a manifest on stdin
     #[arg(long, value_name = "FILE")]
     index: Option<PathBuf>,
     /// Parallel jobs [default: available cores; under make, make's jobserver]
@@ -144,8 +147,16 @@ fn main() -> ExitCode {
 }
 
 fn read_list(p: &Path) -> Result<Vec<String>> {
-    Ok(std::fs::read_to_string(p)
-        .with_context(|| format!("{}: cannot read", p.display()))?
+    let text = if p == Path::new("-") {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .context("stdin: cannot read")?;
+        t
+    } else {
+        std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?
+    };
+    Ok(text
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -153,6 +164,9 @@ fn read_list(p: &Path) -> Result<Vec<String>> {
 }
 
 fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
+    if order == Path::new("-") && index == Path::new("-") {
+        bail!("--order - and --index -: only one list can come from stdin");
+    }
     let cwd = std::env::current_dir()?;
     let (order, index) = (read_list(order)?, read_list(index)?);
     // The write goes through a temporary that a signal must not leave
@@ -188,6 +202,8 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let inputs = match &args.index {
+        // The index from stdin: the same reader, on the same bytes.
+        Some(p) if p == Path::new("-") => inputs_from_index(Path::new("/dev/stdin"))?,
         Some(p) => inputs_from_index(p)?,
         None => {
             if std::io::stdin().is_terminal() {
@@ -214,8 +230,15 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             bail!("--only {:?}: no such job", args.only);
         }
     }
-    let tc = Toolchain::resolve(&args.toolchain)?;
-    let mut planned = plan(inputs, &tc.cc.spelled)?;
+    let cc = Toolchain::resolve_cc(&args.toolchain)?;
+    let mut planned = plan(inputs, &cc.spelled)?;
+    // The plan spells `$(CC)` as one word; a CC with a launcher
+    // (`ccache clang-19`) runs as its words.
+    if cc.argv.len() > 1 {
+        for (job, _, _) in &mut planned {
+            job.argv.splice(0..1, cc.argv.iter().cloned());
+        }
+    }
     if args.always_make {
         for p in &mut planned {
             if matches!(p.1, Decision::UpToDate | Decision::Adopt) {
@@ -347,7 +370,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let mut emit = |rec: JobRecord, output: Option<String>| {
         let msg = match (rec.status, output) {
             (JobStatus::Failed, output) => Some(format!(
-                "thinlto-backend: {}: {}\n{}",
+                "thinlto-backend: error: {}: {}\n{}",
                 rec.native,
                 rec.reason,
                 output.unwrap_or_default()

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("thinlto-cmdparse: {e}");
+                eprintln!("thinlto-cmdparse: error: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     if let Some(f) = &cli.field {
         if !FIELDS.contains(&f.as_str()) {
             eprintln!(
-                "thinlto-cmdparse: unknown --field {f:?}; expected one of {}",
+                "thinlto-cmdparse: error: unknown --field {f:?}; expected one of {}",
                 FIELDS.join(", ")
             );
             return ExitCode::from(2);
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
                 Ok(l) if !l.is_empty() => inputs.push(PathBuf::from(l)),
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("thinlto-cmdparse: reading paths from stdin: {e}");
+                    eprintln!("thinlto-cmdparse: error: stdin: cannot read the paths: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             eprintln!("thinlto-cmdparse: warning: {w}");
         }
         if let Some(e) = &r.error {
-            eprintln!("thinlto-cmdparse: {e}");
+            eprintln!("thinlto-cmdparse: error: {e}");
             failed = true;
         }
         let res = if cli.symvers {
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("thinlto-cmdparse: writing output: {e}");
+            eprintln!("thinlto-cmdparse: error: stdout: {e}");
             return ExitCode::FAILURE;
         }
     }

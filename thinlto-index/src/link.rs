@@ -8,13 +8,14 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 
 use crate::classify::classify;
+use crate::fsutil::AtomicFile;
 use crate::manifest::{Manifest, ManifestObject};
 
 /// One thin link to run.
 #[derive(Debug, Clone)]
 pub struct ThinLink {
-    /// The linker program (kbuild's `$(LD)`).
-    pub ld: PathBuf,
+    /// The linker (kbuild's `$(LD)`).
+    pub ld: crate::Tool,
     /// `KBUILD_LDFLAGS`, already split into words.
     pub ldflags: Vec<String>,
     /// The index file to write (the list of bitcode inputs).
@@ -50,7 +51,7 @@ pub fn read_order(path: &Path) -> Result<Vec<String>> {
 impl ThinLink {
     /// The command line, as it will run (lld writes the index to `tmp`).
     pub fn command(&self, tmp_index: &Path) -> Command {
-        let mut c = Command::new(&self.ld);
+        let mut c = self.ld.command();
         c.args(&self.ldflags)
             .arg("-r")
             .arg(format!("--thinlto-index-only={}", tmp_index.display()));
@@ -78,7 +79,7 @@ impl ThinLink {
         h.update(command.as_bytes());
         h.update(b"\0");
         // A new linker binary may index differently.
-        if let Ok(m) = std::fs::metadata(&self.ld) {
+        if let Ok(m) = std::fs::metadata(&self.ld.path) {
             h.update(format!("{} {:?}\0", m.len(), m.modified().ok()).as_bytes());
         }
         for obj in inputs {
@@ -130,15 +131,21 @@ impl ThinLink {
                 return Ok((m, LinkOutcome::UpToDate));
             }
         }
-        let dir = match self.index.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".thinlto-index.")
-            .tempfile_in(&dir)
-            .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-        let tmp_path = tmp.path().to_path_buf();
+        // lld rewrites every `.thinlto.bc` in place while it runs: from the
+        // moment it starts, the record no longer describes the outputs. A
+        // failed or killed link must not leave it to vouch for a mix of old
+        // and new summaries once the inputs are back as recorded.
+        match std::fs::remove_file(self.record_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("{}: cannot remove", self.record_path().display()))
+            }
+            _ => {}
+        }
+        // lld truncates and writes the temporary it is given, so the index
+        // keeps the temporary's mode (0666 minus the umask).
+        let tmp = AtomicFile::new(&self.index)?;
+        let tmp_path = tmp.temp_path().to_path_buf();
         let started = SystemTime::now();
         let mut cmd = self.command(&tmp_path);
         let shown = format!("{cmd:?}");
@@ -152,14 +159,8 @@ impl ThinLink {
         let manifest = self
             .manifest_from_outputs_at(objects, &tmp_path, Some(started))
             .map_err(|e| anyhow::anyhow!("{e:#}: {shown}"))?;
-        // The record goes away first and comes back last: an interrupted
-        // run can never leave a record that vouches for stale outputs.
-        let _ = std::fs::remove_file(self.record_path());
-        tmp.persist(&self.index)
-            .map_err(|e| e.error)
-            .with_context(|| {
-                format!("{}: cannot move the index into place", self.index.display())
-            })?;
+        tmp.commit()?;
+        // The record comes back last, once every output is in place.
         crate::fsutil::write_atomic(&self.record_path(), record_text.as_bytes())?;
         Ok((manifest, LinkOutcome::Linked))
     }

@@ -1,8 +1,8 @@
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use thinlto_index::{classify, order, ThinLink, Toolchain, ToolchainArgs};
 
@@ -14,10 +14,11 @@ use thinlto_index::{classify, order, ThinLink, Toolchain, ToolchainArgs};
 ///   thinlto-index order vmlinux.a > builtin.order        # == llvm-ar t
 ///   thinlto-index scan builtin.order                     # {"object","kind"} per line
 ///   thinlto-index link --ldflags '-m elf_x86_64 -z noexecstack' \
-///       --index vmlinux.thinlto-index --imports builtin.order > manifest.json
+///       -o vmlinux.thinlto-index --imports builtin.order > manifest.json
 ///   thinlto-index link ... builtin.order | thinlto-backend
+///   thinlto-index order vmlinux.a | thinlto-index link -o vmlinux.thinlto-index -
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, arg_required_else_help = true)]
 struct Cli {
     #[command(flatten)]
     toolchain: ToolchainArgs,
@@ -46,8 +47,14 @@ enum Verb {
         /// KBUILD_LDFLAGS, as shell text (e.g. '-m elf_x86_64 -mllvm -import-instr-limit=5')
         #[arg(long, default_value = "", allow_hyphen_values = true)]
         ldflags: String,
-        /// The index file to write
-        #[arg(long, default_value = "vmlinux.thinlto-index")]
+        /// The index file to write (`--index FILE`, the old spelling, still works)
+        #[arg(
+            short = 'o',
+            value_name = "INDEX",
+            long = "output",
+            alias = "index",
+            default_value = "vmlinux.thinlto-index"
+        )]
         index: PathBuf,
         /// Have lld write foo.o.imports files and list them in the manifest
         #[arg(long)]
@@ -56,6 +63,8 @@ enum Verb {
         /// link recorded in dir/.INDEX.cmd (by default such a link is skipped)
         #[arg(long)]
         force: bool,
+        /// The inputs, one per line (builtin.order), or `-` for stdin (kept
+        /// as dir/.INDEX.order, the file lld reads and the record names)
         order_file: PathBuf,
     },
 }
@@ -85,7 +94,13 @@ fn run(cli: Cli) -> Result<()> {
         return write_stdout(format!("{}\n", serde_json::to_string_pretty(&tc)?).as_bytes());
     }
     let Some(verb) = cli.verb else {
-        bail!("no command given: use order, scan or link (see --help)");
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "no command given: use order, scan or link",
+            )
+            .exit();
     };
     match verb {
         Verb::Order { archives } => write_stdout(&order(&archives)?),
@@ -120,9 +135,23 @@ fn run(cli: Cli) -> Result<()> {
             order_file,
         } => {
             let ldflags = thinlto_cmdparse::shell::split(&ldflags).context("--ldflags")?;
-            let tc = Toolchain::resolve(&cli.toolchain)?;
+            let order_file = if order_file == Path::new("-") {
+                // lld reads the list itself (@FILE) and the record names it:
+                // it needs a file, and one with a stable name.
+                let mut text = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut text)
+                    .context("reading the order list from stdin")?;
+                let kept = thinlto_cmdparse::dot_cmd_path(&index).with_extension("order");
+                if std::fs::read(&kept).ok().as_deref() != Some(&text[..]) {
+                    thinlto_index::fsutil::write_atomic(&kept, &text)?;
+                }
+                kept
+            } else {
+                order_file
+            };
             let (manifest, outcome) = ThinLink {
-                ld: tc.ld.path.clone(),
+                ld: Toolchain::resolve_ld(&cli.toolchain)?,
                 ldflags,
                 index,
                 imports,

@@ -3,13 +3,25 @@
 //! Resolution follows kbuild, most specific first, for each of `CC`, `LD`
 //! and `AR` separately:
 //!
-//! 1. an explicit `--cc`/`--ld`/`--ar` flag;
-//! 2. the `CC`/`LD`/`AR` environment variable;
-//! 3. `LLVM=…` (flag `--llvm` or environment): `1` means the unversioned
+//! 1. an explicit `--cc`/`--ld`/`--ar` flag (kbuild: `make CC=…` on the
+//!    command line, which beats every assignment);
+//! 2. `LLVM=…` (flag `--llvm` or environment): `1` means the unversioned
 //!    names on `PATH` (`clang`, `ld.lld`, `llvm-ar`), `-19` a suffix
-//!    (`clang-19`, …), `/usr/lib/llvm-19/bin/` a prefix (it must end in `/`);
+//!    (`clang-19`, …), `/usr/lib/llvm-19/bin/` a prefix (it must end in `/`).
+//!    It beats the environment's `CC`/`LD`/`AR` because the top Makefile
+//!    *assigns* `CC = $(LLVM_PREFIX)clang$(LLVM_SUFFIX)` when LLVM is set,
+//!    and a makefile assignment overrides an environment variable;
+//! 3. the `CC`/`LD`/`AR` environment variable;
 //! 4. otherwise the newest complete `clang-N`/`ld.lld-N`/`llvm-ar-N` set on
 //!    `PATH`, or `/usr/lib/llvm-N/bin/{clang,ld.lld,llvm-ar}`.
+//!
+//! A value may be a command with arguments (`CC="ccache clang-19"`), split
+//! as `/bin/sh` splits it, as in kbuild's `$(CC) …` recipes: the text is
+//! kept for command lines and records, the words for running, and the real
+//! program (the word after any launcher such as `ccache`) for identity.
+//!
+//! Tools resolve only what they run ([`Toolchain::resolve_cc`], …): a
+//! machine without `llvm-ar` can still run the backend compiles.
 //!
 //! Resolving only looks at the file system (cheap: tools call it on every
 //! run); [`Toolchain::probe`] runs `--version` and checks that each tool is
@@ -96,14 +108,24 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Programs that run the compiler named after them (and their own
+/// options and `VAR=value` words, for `env`): skipped to find the real one.
+const LAUNCHERS: &[&str] = &["ccache", "sccache", "distcc", "icecc", "buildcache", "env"];
+
 /// One resolved tool.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tool {
     pub role: Role,
-    /// The name as it will appear in command lines (kbuild's `$(CC)` text),
-    /// e.g. `clang-19` or `/usr/lib/llvm-19/bin/clang`.
+    /// The text as it will appear in command lines (kbuild's `$(CC)` text),
+    /// e.g. `clang-19`, `/usr/lib/llvm-19/bin/clang` or `ccache clang-19`.
     pub spelled: String,
-    /// The executable found for `spelled`.
+    /// `spelled` split as `/bin/sh` splits it: what runs.
+    pub argv: Vec<String>,
+    /// The executable found for `argv[0]`.
+    pub exe: PathBuf,
+    /// The real program (clang, ld.lld, llvm-ar) behind any launcher: what
+    /// is probed, and what a flag such as `--ld-path=` must name. Equal to
+    /// `exe` for a one-word tool.
     pub path: PathBuf,
     pub origin: Origin,
     /// First line of `--version`, filled by [`Toolchain::probe`].
@@ -112,10 +134,94 @@ pub struct Tool {
 }
 
 impl Tool {
-    /// A `Command` for this tool, spelled as resolved.
+    /// A `Command` running this tool as spelled (launcher and all).
     pub fn command(&self) -> Command {
-        Command::new(&self.path)
+        let mut c = Command::new(&self.exe);
+        c.args(&self.argv[1..]);
+        c
     }
+
+    /// Finds the executables for a spelled value.
+    fn new(
+        role: Role,
+        spelled: String,
+        origin: Origin,
+        path_var: Option<&OsString>,
+    ) -> Result<Tool> {
+        let argv = thinlto_cmdparse::shell::split(&spelled)
+            .map_err(|e| anyhow::anyhow!("{}={spelled:?} (from {origin}): {e}", role.var()))?;
+        if argv.is_empty() {
+            bail!(
+                "{}={spelled:?} (from {origin}) names no program",
+                role.var()
+            );
+        }
+        let real = real_program(&argv);
+        let find = |name: &str| {
+            find_program(name, path_var).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} {spelled:?} (from {origin}): {e:#}; {}",
+                    role.var(),
+                    install_hint()
+                )
+            })
+        };
+        let exe = find(&argv[0])?;
+        let path = if real == 0 {
+            exe.clone()
+        } else {
+            find(&argv[real])?
+        };
+        Ok(Tool {
+            role,
+            spelled,
+            argv,
+            exe,
+            path,
+            origin,
+            version: None,
+        })
+    }
+
+    /// Runs `--version` on the real program, records the first line, and
+    /// checks that it is what the role needs (clang, LLD, llvm-ar).
+    pub fn probe(&mut self) -> Result<()> {
+        let out = Command::new(&self.path)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running `{} --version`", self.path.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        if !out.status.success() || !text.contains(self.role.version_marker()) {
+            bail!(
+                "{}={} is not {}: `{} --version` says {:?}; {}",
+                self.role.var(),
+                self.spelled,
+                self.role.llvm_name(),
+                self.path.display(),
+                first,
+                install_hint()
+            );
+        }
+        self.version = Some(first);
+        Ok(())
+    }
+}
+
+/// The index of the real program in a tool's words: the first word that is
+/// neither a launcher nor a launcher's option (`-…`) or `VAR=value`.
+fn real_program(argv: &[String]) -> usize {
+    let mut after_launcher = false;
+    for (i, w) in argv.iter().enumerate() {
+        let base = w.rsplit('/').next().unwrap_or(w);
+        if LAUNCHERS.contains(&base) {
+            after_launcher = true;
+        } else if !(after_launcher && (w.starts_with('-') || w.contains('='))) {
+            return i;
+        }
+    }
+    0
 }
 
 /// `CC`, `LD` and `AR`, resolved.
@@ -129,20 +235,27 @@ pub struct Toolchain {
 /// What the user asked for. Empty fields fall through to the environment.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ToolchainArgs {
-    /// C compiler (kbuild's CC); default from $CC, then LLVM=, then a search
-    #[arg(long, value_name = "PROGRAM")]
+    // `global`: accepted before or after a subcommand, in every tool.
+    /// C compiler (kbuild's CC), a command with arguments allowed ('ccache
+    /// clang-19'); default from LLVM=, then $CC, then a search
+    #[arg(long, value_name = "COMMAND", global = true)]
     pub cc: Option<String>,
-    /// Linker (kbuild's LD); default from $LD, then LLVM=, then a search
-    #[arg(long, value_name = "PROGRAM")]
+    /// Linker (kbuild's LD); default from LLVM=, then $LD, then a search
+    #[arg(long, value_name = "COMMAND", global = true)]
     pub ld: Option<String>,
-    /// Archiver (kbuild's AR); default from $AR, then LLVM=, then a search
-    #[arg(long, value_name = "PROGRAM")]
+    /// Archiver (kbuild's AR); default from LLVM=, then $AR, then a search
+    #[arg(long, value_name = "COMMAND", global = true)]
     pub ar: Option<String>,
     /// kbuild's LLVM=: `1` (names on PATH), `-19` (suffix) or `/path/to/bin/` (prefix)
-    #[arg(long, value_name = "1|-N|DIR/")]
+    #[arg(
+        long,
+        value_name = "1|-N|DIR/",
+        global = true,
+        allow_hyphen_values = true
+    )]
     pub llvm: Option<String>,
     /// Print the resolved toolchain (paths, origins, versions) as JSON and exit
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub print_toolchain: bool,
 }
 
@@ -213,88 +326,90 @@ impl LlvmSpec {
     }
 }
 
+impl ToolchainArgs {
+    fn flag(&self, role: Role) -> Option<&str> {
+        match role {
+            Role::Cc => self.cc.as_deref(),
+            Role::Ld => self.ld.as_deref(),
+            Role::Ar => self.ar.as_deref(),
+        }
+        .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Resolves the given roles from flags and `env`, in that order; the search
+/// (step 4) looks for a version providing all of them, and only them.
+pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Result<Vec<Tool>> {
+    let llvm_value = args.llvm.as_deref().or(env.llvm.as_deref());
+    let llvm = llvm_value.map(LlvmSpec::parse).transpose()?;
+    let mut searched: Option<Result<SearchHit>> = None;
+    // The search must not fail for a program nobody asked it for.
+    let unnamed: Vec<Role> = roles
+        .iter()
+        .copied()
+        .filter(|&r| args.flag(r).is_none() && llvm.is_none() && env.var(r).is_none())
+        .collect();
+    let mut tools = Vec::with_capacity(roles.len());
+    for &role in roles {
+        let (spelled, origin) = if let Some(v) = args.flag(role) {
+            (v.to_string(), Origin::Flag)
+        } else if let Some(spec) = &llvm {
+            (
+                spec.name(role),
+                Origin::Llvm(llvm_value.unwrap().to_string()),
+            )
+        } else if let Some(v) = env.var(role) {
+            (v.to_string(), Origin::Env)
+        } else {
+            let hit = searched.get_or_insert_with(|| search_newest(env.path.as_ref(), &unnamed));
+            match hit {
+                Ok(hit) => (hit.name(role), Origin::Search),
+                Err(e) => bail!("{e:#}"),
+            }
+        };
+        tools.push(Tool::new(role, spelled, origin, env.path.as_ref())?);
+    }
+    Ok(tools)
+}
+
 impl Toolchain {
-    /// Resolves from flags and the process environment.
+    /// Resolves all three from flags and the process environment.
     pub fn resolve(args: &ToolchainArgs) -> Result<Toolchain> {
         Self::resolve_in(args, &ToolEnv::from_process())
     }
 
-    /// Resolves from flags and the given environment.
+    /// Resolves all three from flags and the given environment.
     pub fn resolve_in(args: &ToolchainArgs, env: &ToolEnv) -> Result<Toolchain> {
-        let llvm_value = args.llvm.as_deref().or(env.llvm.as_deref());
-        let llvm = llvm_value.map(LlvmSpec::parse).transpose()?;
-        let mut searched: Option<Result<SearchHit>> = None;
-        let mut pick = |role: Role| -> Result<Tool> {
-            let flag = match role {
-                Role::Cc => args.cc.as_deref(),
-                Role::Ld => args.ld.as_deref(),
-                Role::Ar => args.ar.as_deref(),
-            };
-            let (spelled, origin) = if let Some(v) = flag {
-                (v.to_string(), Origin::Flag)
-            } else if let Some(v) = env.var(role) {
-                (v.to_string(), Origin::Env)
-            } else if let Some(spec) = &llvm {
-                (
-                    spec.name(role),
-                    Origin::Llvm(llvm_value.unwrap().to_string()),
-                )
-            } else {
-                let hit = searched.get_or_insert_with(|| search_newest(env.path.as_ref()));
-                match hit {
-                    Ok(hit) => (hit.name(role), Origin::Search),
-                    Err(e) => bail!("{e:#}"),
-                }
-            };
-            let path = find_program(&spelled, env.path.as_ref()).with_context(|| {
-                format!(
-                    "{} {spelled:?} (from {origin}) was not found{}; {}",
-                    role.var(),
-                    if spelled.contains('/') {
-                        String::new()
-                    } else {
-                        " on PATH".to_string()
-                    },
-                    install_hint()
-                )
-            })?;
-            Ok(Tool {
-                role,
-                spelled,
-                path,
-                origin,
-                version: None,
-            })
-        };
-        let cc = pick(Role::Cc)?;
-        let ld = pick(Role::Ld)?;
-        let ar = pick(Role::Ar)?;
+        let mut t = resolve_roles(args, env, &Role::ALL)?.into_iter();
+        let (cc, ld, ar) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
         Ok(Toolchain { cc, ld, ar })
+    }
+
+    /// Only `CC`, for a command that runs only the compiler.
+    pub fn resolve_cc(args: &ToolchainArgs) -> Result<Tool> {
+        Self::resolve_one(args, &ToolEnv::from_process(), Role::Cc)
+    }
+
+    /// Only `LD`, for a command that runs only the linker.
+    pub fn resolve_ld(args: &ToolchainArgs) -> Result<Tool> {
+        Self::resolve_one(args, &ToolEnv::from_process(), Role::Ld)
+    }
+
+    /// Only `AR`, for a command that runs only the archiver.
+    pub fn resolve_ar(args: &ToolchainArgs) -> Result<Tool> {
+        Self::resolve_one(args, &ToolEnv::from_process(), Role::Ar)
+    }
+
+    /// One role from flags and the given environment.
+    pub fn resolve_one(args: &ToolchainArgs, env: &ToolEnv, role: Role) -> Result<Tool> {
+        Ok(resolve_roles(args, env, &[role])?.remove(0))
     }
 
     /// Runs `--version` on each tool, records the first line, and checks
     /// that `CC` is clang, `LD` is LLD and `AR` is llvm-ar.
     pub fn probe(&mut self) -> Result<()> {
         for tool in [&mut self.cc, &mut self.ld, &mut self.ar] {
-            let out = Command::new(&tool.path)
-                .arg("--version")
-                .output()
-                .with_context(|| format!("running `{} --version`", tool.spelled))?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            let first = text.lines().next().unwrap_or("").trim().to_string();
-            if !out.status.success() || !text.contains(tool.role.version_marker()) {
-                bail!(
-                    "{}={} is not {}: `{} --version` says {:?}; {}",
-                    tool.role.var(),
-                    tool.spelled,
-                    tool.role.llvm_name(),
-                    tool.spelled,
-                    first,
-                    install_hint()
-                );
-            }
-            tool.version = Some(first);
+            tool.probe()?;
         }
         Ok(())
     }
@@ -350,9 +465,9 @@ impl SearchHit {
     }
 }
 
-/// The newest version N with all of `clang-N`, `ld.lld-N`, `llvm-ar-N` on
-/// PATH, or all of `/usr/lib/llvm-N/bin/{clang,ld.lld,llvm-ar}`.
-fn search_newest(path: Option<&OsString>) -> Result<SearchHit> {
+/// The newest version N with all of `clang-N`, `ld.lld-N`, `llvm-ar-N` (of
+/// those in `roles`) on PATH, or all of `/usr/lib/llvm-N/bin/{clang,ld.lld,llvm-ar}`.
+fn search_newest(path: Option<&OsString>, roles: &[Role]) -> Result<SearchHit> {
     let mut best: Option<(u32, SearchHit)> = None;
     let mut consider = |version: u32, hit: SearchHit| {
         if best.as_ref().is_none_or(|(v, _)| version > *v) {
@@ -377,7 +492,7 @@ fn search_newest(path: Option<&OsString>) -> Result<SearchHit> {
                 continue;
             };
             let suffix = format!("-{version}");
-            let complete = Role::ALL
+            let complete = roles
                 .iter()
                 .all(|r| find_program(&format!("{}{suffix}", r.llvm_name()), path).is_ok());
             if complete {
@@ -402,7 +517,7 @@ fn search_newest(path: Option<&OsString>) -> Result<SearchHit> {
                 continue;
             };
             let bin = entry.path().join("bin");
-            if Role::ALL
+            if roles
                 .iter()
                 .all(|r| is_executable(&bin.join(r.llvm_name())))
             {
@@ -419,8 +534,14 @@ fn search_newest(path: Option<&OsString>) -> Result<SearchHit> {
     match best {
         Some((_, hit)) => Ok(hit),
         None => bail!(
-            "no LLVM toolchain found: CC, LD, AR and LLVM are unset, and no complete \
-             clang-N/ld.lld-N/llvm-ar-N set is on PATH or in /usr/lib/llvm-*/bin; {}",
+            "no LLVM toolchain found: {} and LLVM are unset, and no complete {} set is on \
+             PATH or in /usr/lib/llvm-*/bin; {}",
+            roles.iter().map(|r| r.var()).collect::<Vec<_>>().join(", "),
+            roles
+                .iter()
+                .map(|r| format!("{}-N", r.llvm_name()))
+                .collect::<Vec<_>>()
+                .join("/"),
             install_hint()
         ),
     }
@@ -481,40 +602,147 @@ mod tests {
         }
     }
 
+    /// A PATH directory of symlinks to the real LLVM 19 tools, named as
+    /// given (`clang-19` → `/usr/lib/llvm-19/bin/clang`, …).
+    fn real_bin(dir: &Path, links: &[(&str, &str)]) {
+        for (name, target) in links {
+            let real = Path::new("/usr/lib/llvm-19/bin").join(target);
+            assert!(
+                real.exists(),
+                "{}: LLVM 19 is not installed",
+                real.display()
+            );
+            std::os::unix::fs::symlink(real, dir.join(name)).unwrap();
+        }
+    }
+
+    fn env_in(dir: &Path) -> ToolEnv {
+        ToolEnv {
+            path: Some(dir.as_os_str().to_owned()),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn precedence_flag_env_llvm() {
+    fn precedence_flag_llvm_env() {
         let d = tempfile::tempdir().unwrap();
-        fake_bin(
+        fake_bin(d.path(), &["gcc", "myld", "mycc"]);
+        real_bin(
             d.path(),
             &[
-                "clang-7",
-                "ld.lld-7",
-                "llvm-ar-7",
-                "mycc",
-                "myld",
-                "clang",
-                "ld.lld",
-                "llvm-ar",
+                ("clang", "clang"),
+                ("ld.lld", "ld.lld"),
+                ("llvm-ar", "llvm-ar"),
             ],
         );
+        // kbuild: `CC=gcc make LLVM=1` builds with clang (the Makefile
+        // assigns CC when LLVM is set, and an assignment beats the
+        // environment).
         let env = ToolEnv {
-            cc: Some("mycc".into()),
-            ld: None,
-            ar: None,
-            llvm: Some("-7".into()),
-            path: Some(d.path().as_os_str().to_owned()),
-        };
-        let args = ToolchainArgs {
+            cc: Some("gcc".into()),
             ld: Some("myld".into()),
+            llvm: Some("1".into()),
+            ..env_in(d.path())
+        };
+        let tc = Toolchain::resolve_in(&ToolchainArgs::default(), &env).unwrap();
+        assert_eq!(tc.cc.spelled, "clang");
+        assert_eq!(tc.cc.origin, Origin::Llvm("1".into()));
+        assert_eq!(tc.ld.spelled, "ld.lld");
+        // `make CC=… LLVM=1`: the command line beats the assignment.
+        let args = ToolchainArgs {
+            cc: Some("mycc".into()),
             ..Default::default()
         };
         let tc = Toolchain::resolve_in(&args, &env).unwrap();
         assert_eq!(tc.cc.spelled, "mycc");
-        assert_eq!(tc.cc.origin, Origin::Env);
+        assert_eq!(tc.cc.origin, Origin::Flag);
+        assert_eq!(tc.ar.spelled, "llvm-ar");
+        // Without LLVM=, the environment's CC is taken.
+        let env = ToolEnv { llvm: None, ..env };
+        let tc = Toolchain::resolve_in(&args, &env).unwrap();
         assert_eq!(tc.ld.spelled, "myld");
-        assert_eq!(tc.ld.origin, Origin::Flag);
-        assert_eq!(tc.ar.spelled, "llvm-ar-7");
-        assert_eq!(tc.ar.origin, Origin::Llvm("-7".into()));
+        assert_eq!(tc.ld.origin, Origin::Env);
+        assert_eq!(
+            Toolchain::resolve_one(&ToolchainArgs::default(), &env, Role::Cc)
+                .unwrap()
+                .spelled,
+            "gcc"
+        );
+    }
+
+    #[test]
+    fn a_cc_with_a_launcher_runs_the_launcher_and_probes_the_compiler() {
+        let d = tempfile::tempdir().unwrap();
+        real_bin(d.path(), &[("clang-19", "clang")]);
+        // A stand-in for ccache (which may not be installed): runs its
+        // arguments, as ccache does.
+        let ccache = d.path().join("ccache");
+        std::fs::write(&ccache, "#!/bin/sh\necho ran >> \"$0.log\"\nexec \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ccache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (cc, words, launcher) in [
+            (
+                "ccache clang-19",
+                vec!["ccache", "clang-19"],
+                Some(ccache.clone()),
+            ),
+            (
+                "env  LC_ALL=C clang-19",
+                vec!["env", "LC_ALL=C", "clang-19"],
+                None,
+            ),
+        ] {
+            let env = ToolEnv {
+                cc: Some(cc.into()),
+                path: Some(
+                    std::env::join_paths([d.path(), Path::new("/usr/bin"), Path::new("/bin")])
+                        .unwrap(),
+                ),
+                ..Default::default()
+            };
+            let mut tool =
+                Toolchain::resolve_one(&ToolchainArgs::default(), &env, Role::Cc).unwrap();
+            assert_eq!(tool.spelled, cc);
+            assert_eq!(tool.argv, words);
+            assert_eq!(tool.path, d.path().join("clang-19"));
+            if let Some(l) = &launcher {
+                assert_eq!(&tool.exe, l);
+            }
+            tool.probe().unwrap();
+            assert!(tool
+                .version
+                .as_deref()
+                .unwrap()
+                .contains("clang version 19"));
+            let out = tool
+                .command()
+                .arg("--version")
+                .env("PATH", env.path.as_ref().unwrap())
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&out.stdout).contains("clang version"));
+        }
+        // The launcher really ran (once, for `command()`; the probe ran clang).
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("ccache.log")).unwrap(),
+            "ran\n"
+        );
+    }
+
+    #[test]
+    fn only_the_tools_asked_for_must_exist() {
+        let d = tempfile::tempdir().unwrap();
+        real_bin(d.path(), &[("clang-19", "clang"), ("ld.lld-19", "ld.lld")]);
+        let env = ToolEnv {
+            llvm: Some("-19".into()),
+            ..env_in(d.path())
+        };
+        let args = ToolchainArgs::default();
+        let cc = Toolchain::resolve_one(&args, &env, Role::Cc).unwrap();
+        assert_eq!(cc.path, d.path().join("clang-19"));
+        Toolchain::resolve_one(&args, &env, Role::Ld).unwrap();
+        let e = format!("{:#}", Toolchain::resolve_in(&args, &env).unwrap_err());
+        assert!(e.contains("llvm-ar-19 is not on PATH"), "{e}");
     }
 
     #[test]
@@ -538,7 +766,7 @@ mod tests {
             path: Some(d.path().as_os_str().to_owned()),
             ..Default::default()
         };
-        let hit = search_newest(env.path.as_ref()).unwrap();
+        let hit = search_newest(env.path.as_ref(), &Role::ALL).unwrap();
         // /usr/lib/llvm-N may exist on the machine: then it wins only with
         // an N above 18 (tests/tests/toolchain.rs covers a PATH set that
         // beats every installed one).
@@ -584,30 +812,16 @@ mod tests {
         std::fs::write(&gcc, "#!/bin/sh\necho 'gcc (Debian 12.2.0-14) 12.2.0'\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&gcc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tool = |role| Tool::new(role, gcc.to_string_lossy().into(), Origin::Env, None).unwrap();
         let mut tc = Toolchain {
-            cc: Tool {
-                role: Role::Cc,
-                spelled: "gcc".into(),
-                path: gcc.clone(),
-                origin: Origin::Env,
-                version: None,
-            },
-            ld: Tool {
-                role: Role::Ld,
-                spelled: "gcc".into(),
-                path: gcc.clone(),
-                origin: Origin::Env,
-                version: None,
-            },
-            ar: Tool {
-                role: Role::Ar,
-                spelled: "gcc".into(),
-                path: gcc,
-                origin: Origin::Env,
-                version: None,
-            },
+            cc: tool(Role::Cc),
+            ld: tool(Role::Ld),
+            ar: tool(Role::Ar),
         };
         let e = tc.probe().unwrap_err().to_string();
-        assert!(e.starts_with("CC=gcc is not clang"), "{e}");
+        assert!(
+            e.starts_with(&format!("CC={} is not clang", gcc.display())),
+            "{e}"
+        );
     }
 }

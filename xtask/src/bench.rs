@@ -251,7 +251,7 @@ impl Ctx<'_> {
         total = total.then(measure(
             b.tool("thinlto-index", self.tc, tree)
                 .args(["link", "--ldflags", &self.plan.ldflags])
-                .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+                .args(["-o", "out/vmlinux.thinlto-index", "--imports"])
                 .args(force_thin_link.then_some("--force"))
                 .arg("out/builtin.order")
                 .stdout(std::fs::File::create(tree.join("out/manifest.json"))?),
@@ -313,7 +313,7 @@ fn edit_source(path: &Path, run: usize) -> Result<()> {
         "\nint bench_edit_{stem}_{run}(int x);\nint bench_edit_{stem}_{run}(int x)\n{{\n\treturn x * {};\n}}\n",
         run + 7
     ));
-    std::fs::write(path, text)?;
+    thinlto_index::fsutil::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
@@ -463,7 +463,7 @@ fn scenario_thin_link(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
             cx.bins
                 .tool("thinlto-index", cx.tc, &cx.tree)
                 .args(["link", "--force", "--ldflags", &cx.plan.ldflags])
-                .args(["--index", "out/vmlinux.thinlto-index", "--imports"])
+                .args(["-o", "out/vmlinux.thinlto-index", "--imports"])
                 .arg("out/builtin.order")
                 .stdout(Stdio::null()),
         )?);

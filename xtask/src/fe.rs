@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use thinlto_cmdparse::make::escape_savedcmd;
 use thinlto_index::fsutil::write_atomic;
-use thinlto_index::Toolchain;
+use thinlto_index::{Tool, Toolchain};
 
 use crate::gen;
 use crate::tree::{exported_symbols, symbol_crc, Archive, Lang, Object, Tree};
@@ -48,8 +48,27 @@ pub struct FeReport {
     pub archives_written: usize,
 }
 
+/// The two programs the front end runs: the compiler and the archiver.
+#[derive(Debug, Clone, Copy)]
+pub struct FeTools<'a> {
+    pub cc: &'a Tool,
+    pub ar: &'a Tool,
+}
+
 /// Builds the front end of the tree and returns what it did.
 pub fn build(opts: &FeOptions, tc: &Toolchain) -> Result<FeReport> {
+    build_with(
+        opts,
+        FeTools {
+            cc: &tc.cc,
+            ar: &tc.ar,
+        },
+    )
+}
+
+/// [`build`] with only the compiler and the archiver resolved (what
+/// `cargo xtask fe` asks for: no linker needed).
+pub fn build_with(opts: &FeOptions, tc: FeTools) -> Result<FeReport> {
     prepare_dir(&opts.tree)?;
     sync_fixtures(&fixture_dir(), &opts.tree, opts.objects > 0)?;
     if opts.objects > 0 {
@@ -132,7 +151,7 @@ fn sync_fixtures(from: &Path, to: &Path, with_gen: bool) -> Result<()> {
 }
 
 /// Compiles what is out of date, `opts.jobs` at a time.
-fn compile_all(tree: &Tree, tc: &Toolchain, opts: &FeOptions) -> Result<usize> {
+fn compile_all(tree: &Tree, tc: FeTools, opts: &FeOptions) -> Result<usize> {
     let mut todo = Vec::new();
     for obj in &tree.objects {
         let cmd = obj.command(&tc.cc.spelled, &tree.top);
@@ -337,7 +356,7 @@ fn archive_cmd_file(archive: &Archive) -> String {
     }
 }
 
-fn archive_needed(tree: &Tree, archive: &Archive, tc: &Toolchain) -> Result<bool> {
+fn archive_needed(tree: &Tree, archive: &Archive, tc: FeTools) -> Result<bool> {
     let Some(t) = mtime(&tree.path(&archive.path)) else {
         return Ok(true);
     };
@@ -355,7 +374,7 @@ fn archive_needed(tree: &Tree, archive: &Archive, tc: &Toolchain) -> Result<bool
         .any(|m| mtime(&tree.path(m)).is_none_or(|mt| mt > t)))
 }
 
-fn write_archive(tree: &Tree, archive: &Archive, tc: &Toolchain, quiet: bool) -> Result<()> {
+fn write_archive(tree: &Tree, archive: &Archive, tc: FeTools, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("  {:<7} {}", "AR", archive.path);
     }

@@ -230,7 +230,7 @@ pub fn run_stages(
                 .arg("link")
                 .arg("--ldflags")
                 .arg(ldflags)
-                .arg("--index")
+                .arg("-o")
                 .arg(&index)
                 .arg("--imports")
                 .args(plan.force_thin_link.then_some("--force"))

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use thinlto_index::toolchain::Role;
 use thinlto_index::ToolchainArgs;
 use xtask::fe::{self, FeOptions};
 use xtask::provision;
@@ -217,8 +218,13 @@ fn run(cli: Cli) -> Result<()> {
             no_saved_c_flags,
             toolchain,
         } => {
-            let tc = provision::ensure_llvm(&toolchain)?;
-            run_fe(&tree, &tc, !no_saved_c_flags)
+            // The front end compiles and archives; it needs no linker.
+            let tools = provision::ensure_tools(&toolchain, &[Role::Cc, Role::Ar])?;
+            let tc = fe::FeTools {
+                cc: &tools[0],
+                ar: &tools[1],
+            };
+            run_fe(&tree, tc, !no_saved_c_flags)
         }
         Verb::Reference {
             tree,
@@ -415,10 +421,10 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_fe(tree: &TreeArgs, tc: &thinlto_index::Toolchain, saved_c_flags: bool) -> Result<()> {
+fn run_fe(tree: &TreeArgs, tc: fe::FeTools, saved_c_flags: bool) -> Result<()> {
     let dir = tree.dir();
     let start = Instant::now();
-    let report = fe::build(
+    let report = fe::build_with(
         &FeOptions {
             tree: dir.clone(),
             objects: tree.objects,

@@ -266,8 +266,8 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
         );
         if update {
             std::fs::create_dir_all(&gdir)?;
-            std::fs::write(gdir.join("vmlinux.symvers"), &symvers)?;
-            std::fs::write(gdir.join(".vmlinux.export.c"), &export_c)?;
+            thinlto_index::fsutil::write_atomic(&gdir.join("vmlinux.symvers"), &symvers)?;
+            thinlto_index::fsutil::write_atomic(&gdir.join(".vmlinux.export.c"), &export_c)?;
         }
         cases.push(OracleCase {
             name: if name == "inprocess" {

@@ -6,11 +6,20 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use thinlto_index::toolchain::{Toolchain, ToolchainArgs, APT_PACKAGES};
+use thinlto_index::toolchain::{
+    resolve_roles, Role, Tool, ToolEnv, Toolchain, ToolchainArgs, APT_PACKAGES,
+};
 
 /// Resolves (and probes) the toolchain, installing LLVM first if needed and
 /// possible.
 pub fn ensure_llvm(args: &ToolchainArgs) -> Result<Toolchain> {
+    let mut t = ensure_tools(args, &Role::ALL)?.into_iter();
+    let (cc, ld, ar) = (t.next().unwrap(), t.next().unwrap(), t.next().unwrap());
+    Ok(Toolchain { cc, ld, ar })
+}
+
+/// [`ensure_llvm`] for only the tools a verb runs.
+pub fn ensure_tools(args: &ToolchainArgs, roles: &[Role]) -> Result<Vec<Tool>> {
     let explicit = args.cc.is_some()
         || args.ld.is_some()
         || args.ar.is_some()
@@ -18,20 +27,22 @@ pub fn ensure_llvm(args: &ToolchainArgs) -> Result<Toolchain> {
         || ["CC", "LD", "AR", "LLVM"]
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    match Toolchain::resolve(args) {
-        Ok(mut tc) => {
-            tc.probe()?;
-            return Ok(tc);
+    let resolve = || -> Result<Vec<Tool>> {
+        let mut tools = resolve_roles(args, &ToolEnv::from_process(), roles)?;
+        for t in &mut tools {
+            t.probe()?;
         }
+        Ok(tools)
+    };
+    match resolve() {
+        Ok(tools) => return Ok(tools),
         // A toolchain the user named but that is broken is their error to
         // fix, not a reason to install another one.
         Err(e) if explicit => return Err(e),
         Err(_) => {}
     }
     install_llvm()?;
-    let mut tc = Toolchain::resolve(args)?;
-    tc.probe()?;
-    Ok(tc)
+    resolve()
 }
 
 /// The command a user must run when we cannot install for them.

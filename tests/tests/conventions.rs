@@ -1,0 +1,441 @@
+//! The conventions of README.md's "Conventions" section, checked across
+//! the four tools: toolchain flags anywhere, `-o` for what a command
+//! writes, `-` for stdin, exit status 0/1/2 with `<tool>: error: <file>`
+//! messages, and outputs whose mode follows the umask.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use thinlto_dist_tests::*;
+
+const TOOLS: [&str; 4] = [
+    "thinlto-index",
+    "thinlto-backend",
+    "thinlto-cmdparse",
+    "modpost-ir",
+];
+
+/// Runs `cmd` with `input` on stdin.
+fn with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A tool that fails early need not read it all.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Exit status 1, and stderr says `<tool>: error: ` and names `file`.
+fn bad_input(name: &str, out: Output, file: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}: error: ")))
+        .unwrap_or_else(|| panic!("{name}: no `{name}: error:` line in:\n{err}"));
+    assert!(line.contains(file), "{name}: {file} not named in {line:?}");
+}
+
+#[test]
+fn toolchain_flags_go_after_the_subcommand_too() {
+    let t = sample_tree();
+    thin_link(t.path());
+    assert!(backend(t.path(), &[]).0.status.success());
+    let tc = toolchain();
+    // Accepted, and used: a linker named after `link` is the one that runs.
+    let out = tool("thinlto-index", t.path())
+        .args(["link", "--ld", "/bin/false", "-o", "out/x.index"])
+        .arg("out/builtin.order")
+        .output()
+        .unwrap();
+    bad_input("thinlto-index", out, "/bin/false");
+    ok(
+        tool("thinlto-index", t.path())
+            .args(["link", "--ldflags", &ldflags(t.path())])
+            .args(["--ld", &tc.ld.spelled, "-o", "out/vmlinux.thinlto-index"])
+            .arg("out/builtin.order")
+            .output()
+            .unwrap(),
+        "link --ld",
+    );
+    ok(
+        tool("thinlto-index", t.path())
+            .args(["order", "--llvm", "-19", "vmlinux.a"])
+            .output()
+            .unwrap(),
+        "order --llvm",
+    );
+    ok(
+        tool("thinlto-backend", t.path())
+            .args([
+                "archive",
+                "--ar",
+                &tc.ar.spelled,
+                "--order",
+                "out/builtin.order",
+            ])
+            .args([
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "-o",
+                "out/vmlinux.a",
+            ])
+            .output()
+            .unwrap(),
+        "archive --ar",
+    );
+    // The compiler named after the options is the one that runs.
+    let out = tool("thinlto-backend", t.path())
+        .args([
+            "--index",
+            "out/vmlinux.thinlto-index",
+            "-B",
+            "--cc",
+            "/bin/false",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("thinlto-backend: error: "));
+    ok(
+        tool("modpost-ir", t.path())
+            .args(["crcs", "--llvm", "-19", "kernel/core.o"])
+            .output()
+            .unwrap(),
+        "crcs --llvm",
+    );
+    let out = ok(
+        tool("modpost-ir", t.path())
+            .args(["crcs", "--print-toolchain"])
+            .output()
+            .unwrap(),
+        "crcs --print-toolchain",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["cc"]["version"]
+        .as_str()
+        .unwrap()
+        .contains("clang version"));
+}
+
+#[test]
+fn link_writes_dash_o_and_still_takes_index() {
+    let t = sample_tree();
+    thin_link(t.path());
+    for flag in ["-o", "--index"] {
+        let idx = format!("out/{}.index", flag.trim_start_matches('-'));
+        ok(
+            tool("thinlto-index", t.path())
+                .args(["link", "--ldflags", &ldflags(t.path()), flag, &idx])
+                .arg("out/builtin.order")
+                .output()
+                .unwrap(),
+            flag,
+        );
+        assert_eq!(
+            std::fs::read(t.path().join(&idx)).unwrap(),
+            std::fs::read(t.path().join("out/vmlinux.thinlto-index")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn dash_is_stdin_everywhere() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let p = t.path();
+    let order = std::fs::read(p.join("out/builtin.order")).unwrap();
+    let index = std::fs::read(p.join("out/vmlinux.thinlto-index")).unwrap();
+    // thinlto-index scan -
+    let from_file = ok(
+        tool("thinlto-index", p)
+            .args(["scan", "out/builtin.order"])
+            .output()
+            .unwrap(),
+        "scan FILE",
+    );
+    let from_stdin = ok(
+        with_stdin(tool("thinlto-index", p).args(["scan", "-"]), &order),
+        "scan -",
+    );
+    assert_eq!(from_stdin.stdout, from_file.stdout);
+    // thinlto-index link -: the same manifest; a second run is up to date.
+    let link = || {
+        with_stdin(
+            tool("thinlto-index", p)
+                .args(["link", "--ldflags", &ldflags(p), "--imports"])
+                .args(["-o", "out/stdin.index", "-"]),
+            &order,
+        )
+    };
+    let first = ok(link(), "link -");
+    let m: thinlto_index::Manifest = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(m.objects.len(), thin_link(p).objects.len());
+    assert_eq!(std::fs::read(p.join("out/stdin.index")).unwrap(), index);
+    let again = ok(link(), "link - again");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("up to date"));
+    // thinlto-backend --index -
+    let out = ok(
+        with_stdin(
+            tool("thinlto-backend", p).args(["-q", "--explain", "--index", "-"]),
+            &index,
+        ),
+        "backend --index -",
+    );
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        explained.lines().count(),
+        m.bitcode().count(),
+        "{explained}"
+    );
+    // thinlto-backend archive --order - / --index -
+    let (_, _) = backend(p, &[]);
+    let archive = |args: &[&str], input: &[u8], out: &str| {
+        ok(
+            with_stdin(
+                tool("thinlto-backend", p)
+                    .arg("archive")
+                    .args(args)
+                    .args(["-o", out]),
+                input,
+            ),
+            out,
+        );
+        std::fs::read(p.join(out)).unwrap()
+    };
+    let a = archive(
+        &[
+            "--order",
+            "out/builtin.order",
+            "--index",
+            "out/vmlinux.thinlto-index",
+        ],
+        b"",
+        "out/a.a",
+    );
+    let b = archive(
+        &["--order", "-", "--index", "out/vmlinux.thinlto-index"],
+        &order,
+        "out/b.a",
+    );
+    let c = archive(
+        &["--order", "out/builtin.order", "--index", "-"],
+        &index,
+        "out/c.a",
+    );
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    // thinlto-cmdparse -
+    let direct = ok(
+        tool("thinlto-cmdparse", p)
+            .arg("kernel/core.o")
+            .output()
+            .unwrap(),
+        "cmdparse FILE",
+    );
+    let piped = ok(
+        with_stdin(tool("thinlto-cmdparse", p).arg("-"), b"kernel/core.o\n"),
+        "cmdparse -",
+    );
+    assert_eq!(piped.stdout, direct.stdout);
+    // modpost-ir --objects -
+    std::fs::write(p.join("objs"), &order).unwrap();
+    let direct = ok(
+        tool("modpost-ir", p)
+            .args(["crcs", "--objects", "objs"])
+            .output()
+            .unwrap(),
+        "crcs --objects FILE",
+    );
+    assert!(!direct.stdout.is_empty());
+    let piped = ok(
+        with_stdin(
+            tool("modpost-ir", p).args(["crcs", "--objects", "-"]),
+            &order,
+        ),
+        "crcs --objects -",
+    );
+    assert_eq!(piped.stdout, direct.stdout);
+}
+
+#[test]
+fn exit_status_and_error_messages() {
+    let t = sample_tree();
+    let p = t.path();
+    // 2: usage errors, from every tool.
+    for name in TOOLS {
+        let out = tool(name, p).arg("--no-such-flag").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name} --no-such-flag");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    }
+    for name in ["thinlto-index", "modpost-ir"] {
+        let out = tool(name, p).arg("--llvm=-19").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name} without a subcommand");
+    }
+    // 1: bad input, named.
+    std::fs::write(p.join("bad.order"), "kernel/gone.o\n").unwrap();
+    std::fs::write(p.join("garbage.a"), "hello\n").unwrap();
+    std::fs::write(
+        p.join("kernel/.broken.o.cmd"),
+        "savedcmd_kernel/broken.o := $(\n",
+    )
+    .unwrap();
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("thinlto-index", &["order", "garbage.a"], "garbage.a"),
+        ("thinlto-index", &["scan", "bad.order"], "kernel/gone.o"),
+        (
+            "thinlto-backend",
+            &["--index", "bad.order"],
+            "kernel/gone.o",
+        ),
+        (
+            "thinlto-backend",
+            &[
+                "archive",
+                "--order",
+                "nope.order",
+                "--index",
+                "bad.order",
+                "-o",
+                "x.a",
+            ],
+            "nope.order",
+        ),
+        ("thinlto-cmdparse", &["kernel/gone.o"], "kernel/.gone.o.cmd"),
+        (
+            "modpost-ir",
+            &["crcs", "--objects", "bad.order"],
+            "kernel/gone.o",
+        ),
+    ];
+    for (name, args, file) in cases {
+        bad_input(name, tool(name, p).args(args).output().unwrap(), file);
+    }
+    // 0: success (the other tests run every tool successfully, too).
+    for name in TOOLS {
+        ok(tool(name, p).arg("--version").output().unwrap(), name);
+    }
+}
+
+/// A tool run under `umask MASK` (set by sh, which then execs it).
+fn umasked(mask: &str, program: &Path, dir: &Path) -> Command {
+    let tc = toolchain();
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!("umask {mask} && exec \"$@\""))
+        .arg("sh")
+        .arg(program)
+        .current_dir(dir)
+        .env("CC", &tc.cc.spelled)
+        .env("LD", &tc.ld.spelled)
+        .env("AR", &tc.ar.spelled)
+        .env_remove("MAKEFLAGS");
+    c
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn outputs_follow_the_umask() {
+    let t = sample_tree();
+    let p = t.path();
+    thin_link(p);
+    let (out, _) = backend(p, &[]);
+    assert!(out.status.success());
+    stage4(p);
+    // Every mismatch, not only the first: each tool is checked.
+    let mut wrong = Vec::new();
+    for (mask, want) in [("022", 0o644), ("077", 0o600), ("002", 0o664)] {
+        let run = |name: &str, args: &[&str]| {
+            ok(
+                umasked(mask, &bin(name), p).args(args).output().unwrap(),
+                name,
+            );
+        };
+        let mut check = |what: &str, file: &Path| {
+            let m = mode(file);
+            if m != want {
+                wrong.push(format!(
+                    "umask {mask}: {what} {} is {m:o}, not {want:o}",
+                    file.display()
+                ));
+            }
+        };
+        // (--index: the spelling every version accepts)
+        run(
+            "thinlto-index",
+            &[
+                "link",
+                "--force",
+                "--ldflags",
+                &ldflags(p),
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "out/builtin.order",
+            ],
+        );
+        check(
+            "thinlto-index link: index",
+            &p.join("out/vmlinux.thinlto-index"),
+        );
+        check(
+            "thinlto-index link: record",
+            &p.join("out/.vmlinux.thinlto-index.cmd"),
+        );
+        run(
+            "thinlto-backend",
+            &[
+                "archive",
+                "--order",
+                "out/builtin.order",
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "-o",
+                "out/vmlinux.a",
+            ],
+        );
+        check("thinlto-backend archive", &p.join("out/vmlinux.a"));
+        run(
+            "modpost-ir",
+            &[
+                "symvers",
+                "out/vmlinux.o",
+                "--archive",
+                "out/vmlinux.a",
+                "-o",
+                "out/vmlinux.symvers",
+                "--export-c",
+                "out/export.c",
+            ],
+        );
+        check("modpost-ir symvers -o", &p.join("out/vmlinux.symvers"));
+        check("modpost-ir symvers --export-c", &p.join("out/export.c"));
+        // xtask fe lays out the sample tree's sources and writes .cmd files.
+        let tree = p.join(format!("fe-{mask}"));
+        run("xtask", &["fe", "--tree", tree.to_str().unwrap()]);
+        check("xtask fe: source", &tree.join("kernel/core.c"));
+        check("xtask fe: .cmd", &tree.join("kernel/.core.o.cmd"));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -1,0 +1,129 @@
+//! Toolchain resolution as the tools see it: only what a command runs must
+//! exist, and a CC with a launcher (`ccache clang-19`) works end to end.
+
+use std::path::Path;
+
+use thinlto_dist_tests::*;
+
+/// A PATH directory holding only the given links to the real LLVM 19 tools.
+fn path_with(dir: &Path, links: &[(&str, &str)]) {
+    for (name, target) in links {
+        std::os::unix::fs::symlink(
+            Path::new("/usr/lib/llvm-19/bin").join(target),
+            dir.join(name),
+        )
+        .unwrap();
+    }
+}
+
+fn natives(tree: &Path, m: &thinlto_index::Manifest) -> Vec<Vec<u8>> {
+    m.bitcode()
+        .map(|o| {
+            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
+            std::fs::read(tree.join(n)).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_backend_needs_no_archiver_or_linker() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let bin = tempfile::tempdir().unwrap();
+    path_with(bin.path(), &[("clang-19", "clang")]);
+    let out = tool("thinlto-backend", t.path())
+        .env_remove("CC")
+        .env_remove("LD")
+        .env_remove("AR")
+        .env("LLVM", "-19")
+        .env("PATH", bin.path())
+        .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        m.bitcode().count()
+    );
+    // And the archive needs no tool at all.
+    run_ok(
+        tool("thinlto-backend", t.path())
+            .env("PATH", bin.path())
+            .env("LLVM", "-19")
+            .args(["archive", "--order", "out/builtin.order"])
+            .args([
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "-o",
+                "out/vmlinux.a",
+            ]),
+    );
+}
+
+#[test]
+fn a_cc_with_a_launcher_runs_through_it() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let (out, _) = backend(t.path(), &[]);
+    assert!(out.status.success());
+    let plain = natives(t.path(), &m);
+    let bin = tempfile::tempdir().unwrap();
+    path_with(bin.path(), &[("clang-19", "clang")]);
+    // Stands in for ccache (which may not be installed): logs, then runs
+    // its arguments.
+    script(
+        &bin.path().join("ccache"),
+        "#!/bin/sh\necho \"$*\" >> \"$0.log\"\nexec \"$@\"\n",
+    );
+    let out = tool("thinlto-backend", t.path())
+        .env("CC", "ccache clang-19")
+        .env("PATH", bin.path())
+        .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(bin.path().join("ccache.log")).unwrap();
+    assert_eq!(log.lines().count(), m.bitcode().count(), "{log}");
+    assert!(log.lines().all(|l| l.starts_with("clang-19 ")), "{log}");
+    assert_eq!(natives(t.path(), &m), plain);
+    // The record spells $(CC) as given, as make's would.
+    let rec = std::fs::read_to_string(t.path().join("kernel/.core.thinlto-native.o.cmd")).unwrap();
+    assert!(
+        rec.starts_with("savedcmd_kernel/core.thinlto-native.o := ccache clang-19 "),
+        "{rec}"
+    );
+}
+
+#[test]
+fn the_front_end_needs_no_linker() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    path_with(
+        bin_dir.path(),
+        &[("clang-19", "clang"), ("llvm-ar-19", "llvm-ar")],
+    );
+    let tree = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("xtask"))
+        .args(["fe", "--quiet", "--tree"])
+        .arg(tree.path())
+        .env_remove("CC")
+        .env_remove("LD")
+        .env_remove("AR")
+        .env("LLVM", "-19")
+        .env("PATH", bin_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.path().join("vmlinux.a").is_file());
+}
