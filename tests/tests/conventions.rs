@@ -401,7 +401,7 @@ fn outputs_follow_the_umask() {
         );
         check(
             "thinlto-index link: record",
-            &p.join("out/.vmlinux.thinlto-index.cmd"),
+            &p.join("out/.vmlinux.thinlto-index.digests.cmd"),
         );
         run(
             "thinlto-backend",

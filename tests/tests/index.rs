@@ -289,7 +289,7 @@ fn an_unchanged_thin_link_is_skipped_by_content() {
 fn a_failed_link_leaves_no_record_to_skip_the_next() {
     let t = sample_tree();
     thin_link(t.path());
-    let record = t.path().join("out/.vmlinux.thinlto-index.cmd");
+    let record = t.path().join("out/.vmlinux.thinlto-index.digests.cmd");
     assert!(record.is_file(), "the first link recorded nothing");
     let link = |extra: &str| {
         tool("thinlto-index", t.path())

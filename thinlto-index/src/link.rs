@@ -68,10 +68,18 @@ impl ThinLink {
         Ok(self.run_incremental()?.0)
     }
 
-    /// The record of the last link: `dir/.vmlinux.thinlto-index.cmd`, in
-    /// kbuild's `savedcmd_` form plus a digest of every input's content.
+    /// The record of the last link: `dir/.vmlinux.thinlto-index.digests.cmd`,
+    /// in kbuild's `savedcmd_` form plus a digest of every input's content.
+    /// Not kbuild's own `dir/.vmlinux.thinlto-index.cmd`: when kbuild runs
+    /// this tool under `if_changed` (examples/kbuild/thinlto-tools.patch),
+    /// make truncates that file after every run of the recipe.
     pub fn record_path(&self) -> PathBuf {
-        thinlto_cmdparse::dot_cmd_path(&self.index)
+        let name = self
+            .index
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        thinlto_cmdparse::dot_cmd_path(&self.index).with_file_name(format!(".{name}.digests.cmd"))
     }
 
     fn inputs_digest(&self, inputs: &[String], command: &str) -> Result<String> {
@@ -128,6 +136,16 @@ impl ThinLink {
                 == Some(record_text.as_str())
         {
             if let Ok(m) = self.manifest_from_outputs(objects.clone(), None) {
+                // make asked because the order file is newer than the
+                // index: an index as new as a link would leave it lets the
+                // next make find nothing to redo (the bytes are the same).
+                std::fs::File::options()
+                    .write(true)
+                    .open(&self.index)
+                    .and_then(|f| f.set_modified(SystemTime::now()))
+                    .with_context(|| {
+                        format!("{}: cannot update its mtime", self.index.display())
+                    })?;
                 return Ok((m, LinkOutcome::UpToDate));
             }
         }

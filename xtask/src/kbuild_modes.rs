@@ -81,19 +81,24 @@ pub fn steps() -> Vec<Step> {
     vec![
         s("from scratch (stages 2–4)", StepAction::Scratch),
         s("no-op", StepAction::Nothing),
-        s("touch lib/kstrtox.c", StepAction::Touch("lib/kstrtox.c".into())),
+        s(
+            "touch lib/kstrtox.c",
+            StepAction::Touch("lib/kstrtox.c".into()),
+        ),
         s(
             "one-line edit of a leaf (init/calibrate.c)",
             StepAction::Append(
                 "init/calibrate.c".into(),
-                "int thinlto_bench_leaf(void);\nint thinlto_bench_leaf(void) { return 1; }\n".into(),
+                "int thinlto_bench_leaf(void);\nint thinlto_bench_leaf(void) { return 1; }\n"
+                    .into(),
             ),
         ),
         s(
             "one-line edit of a widely imported file (lib/string.c)",
             StepAction::Append(
                 "lib/string.c".into(),
-                "int thinlto_bench_wide(void);\nint thinlto_bench_wide(void) { return 2; }\n".into(),
+                "int thinlto_bench_wide(void);\nint thinlto_bench_wide(void) { return 2; }\n"
+                    .into(),
             ),
         ),
     ]
@@ -113,7 +118,12 @@ pub fn llvm_var(cc: &str) -> String {
 }
 
 /// Runs `make vmlinux`, timing stages 2–4 off its output.
-fn make_vmlinux(tree: &Path, jobs: usize, extra: &[(String, String)], args: &[String]) -> Result<MakeRun> {
+fn make_vmlinux(
+    tree: &Path,
+    jobs: usize,
+    extra: &[(String, String)],
+    args: &[String],
+) -> Result<MakeRun> {
     let mut cmd = Command::new("make");
     cmd.current_dir(tree)
         .arg(format!("-j{jobs}"))
@@ -152,7 +162,12 @@ fn make_vmlinux(tree: &Path, jobs: usize, extra: &[(String, String)], args: &[St
     let status = child.wait()?;
     let wall = start.elapsed().as_secs_f64();
     if !status.success() {
-        let tail: Vec<&str> = lines.iter().rev().take(20).map(|(_, l)| l.as_str()).collect();
+        let tail: Vec<&str> = lines
+            .iter()
+            .rev()
+            .take(20)
+            .map(|(_, l)| l.as_str())
+            .collect();
         bail!(
             "make vmlinux failed ({status}) in {}:\n{}",
             tree.display(),
@@ -365,7 +380,9 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
     let cell = |r: &MakeRun| {
         format!(
             "{} / {:.2} s / {}",
-            r.stages.map(|x| format!("{x:.2} s")).unwrap_or_else(|| "—".into()),
+            r.stages
+                .map(|x| format!("{x:.2} s"))
+                .unwrap_or_else(|| "—".into()),
             r.wall,
             r.compiles.len()
         )
