@@ -397,3 +397,73 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         checks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree_with(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), b"").unwrap();
+        }
+        d
+    }
+
+    const COMMON: [&str; 3] = ["vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"];
+
+    #[test]
+    fn layouts_are_told_apart_and_a_partial_tree_names_what_it_lacks() {
+        let inproc = tree_with(&[&COMMON[..], &["vmlinux.a", ".vmlinux.a.cmd"]].concat());
+        assert_eq!(detect_layout(inproc.path()).unwrap(), TreeLayout::InProcess);
+        assert_eq!(TreeLayout::InProcess.fe_archive(inproc.path()), "vmlinux.a");
+        // Linux >= 7.2 without DIST: vmlinux.a is a copy of built-in-fixup.a.
+        let copy = tree_with(
+            &[
+                &COMMON[..],
+                &["vmlinux.a", "built-in-fixup.a", ".built-in-fixup.a.cmd"],
+            ]
+            .concat(),
+        );
+        assert_eq!(detect_layout(copy.path()).unwrap(), TreeLayout::InProcess);
+        assert_eq!(
+            TreeLayout::InProcess.fe_archive(copy.path()),
+            "built-in-fixup.a"
+        );
+        let dist = [
+            &COMMON[..],
+            &[
+                "vmlinux.a",
+                "built-in-fixup.a",
+                ".built-in-fixup.a.cmd",
+                "builtin.order",
+                "vmlinux.thinlto-index",
+            ],
+        ]
+        .concat();
+        let d = tree_with(&dist);
+        assert_eq!(detect_layout(d.path()).unwrap(), TreeLayout::Dist);
+        assert_eq!(TreeLayout::Dist.fe_archive(d.path()), "built-in-fixup.a");
+        // An unfinished DIST build: the error names what is missing.
+        let partial: Vec<&str> = dist
+            .iter()
+            .copied()
+            .filter(|f| *f != "vmlinux.a" && *f != "vmlinux.o")
+            .collect();
+        let e = detect_layout(tree_with(&partial).path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("distributed") && e.contains("vmlinux.o, vmlinux.a"),
+            "{e}"
+        );
+        // Neither kind.
+        let e = detect_layout(tree_with(&["vmlinux.o"]).path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("neither") && e.contains(".vmlinux.o.cmd") && e.contains("vmlinux.a"),
+            "{e}"
+        );
+    }
+}

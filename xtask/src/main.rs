@@ -271,8 +271,14 @@ fn run(cli: Cli) -> Result<()> {
             if kbuild_modes_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
-                let text = xtask::kbuild_modes::run(k, &k.display().to_string(), jobs, false)?;
-                let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                // As typed (`~/linux`): the report names no local layout.
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let shown = xtask::bench::report_path(k, home.as_deref());
+                let text = xtask::kbuild_modes::run(k, &shown, jobs, false)?;
+                let command = xtask::bench::report_command(
+                    &std::env::args().skip(1).collect::<Vec<_>>(),
+                    home.as_deref(),
+                );
                 let section = format!("{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
                 print!("{section}");
                 if write {
