@@ -97,10 +97,7 @@ fn kmake_cmd(tree: &Path, mode: Mode, cc: &str) -> Command {
         .env_remove("V");
     match mode {
         Mode::Stock => c.arg(format!("CC={cc}")),
-        Mode::Wrap => c.arg(format!(
-            "CC={} wrap {cc}",
-            bin("thinlto-backend").display()
-        )),
+        Mode::Wrap => c.arg(format!("CC={} wrap {cc}", bin("thinlto-backend").display())),
         Mode::Tools => c.arg(format!("CC={cc}")).arg("THINLTO_TOOLS=1"),
     };
     c.arg("vmlinux.o");
@@ -310,7 +307,10 @@ fn interrupted_kbuild_runs_resume_to_the_same_bytes() {
         // SAFETY: signalling the process group we just made.
         unsafe { libc_kill(-(child.id() as i32), 2) };
         let status = child.wait().unwrap();
-        assert!(!status.success(), "{mode:?}: make finished before the signal");
+        assert!(
+            !status.success(),
+            "{mode:?}: make finished before the signal"
+        );
         for o in index_objects(t.path()) {
             let n = t.path().join(native(&o));
             if let Ok(m) = std::fs::metadata(&n) {
@@ -326,7 +326,10 @@ fn interrupted_kbuild_runs_resume_to_the_same_bytes() {
             .collect();
         assert!(leftovers.is_empty(), "{mode:?}: {leftovers:?}");
         let out = run_ok(&mut kmake_cmd(t.path(), mode, &slow_s));
-        assert!(!compiled(mode, &out).is_empty(), "{mode:?}: rerun did nothing");
+        assert!(
+            !compiled(mode, &out).is_empty(),
+            "{mode:?}: rerun did nothing"
+        );
         assert_same_outputs(stock.path(), t.path(), mode, "after an interrupted run");
     }
 }
@@ -345,7 +348,10 @@ fn wrap_passes_other_commands_through_unchanged() {
             .unwrap()
     };
     let bare = |args: &[&str]| Command::new(cc).args(args).output().unwrap();
-    for args in [&["--version"][..], &["-x", "c", "-E", "-", "-o", "/dev/null"]] {
+    for args in [
+        &["--version"][..],
+        &["-x", "c", "-E", "-", "-o", "/dev/null"],
+    ] {
         let (w, b) = (wrap(args), bare(args));
         assert_eq!(w.status.code(), b.status.code(), "{args:?}");
         assert_eq!(w.stdout, b.stdout, "{args:?}");
@@ -411,7 +417,11 @@ fn masquerading_wrapper_decides_by_content() {
     };
     let first = run();
     let all: BTreeSet<String> = index_objects(t.path()).into_iter().collect();
-    assert_eq!(compiled(Mode::Wrap, &first), all, "first run: every job runs");
+    assert_eq!(
+        compiled(Mode::Wrap, &first),
+        all,
+        "first run: every job runs"
+    );
     // A thin link rewrites every shard with the same bytes: make reruns
     // every recipe, the wrapper compiles nothing.
     let bc = t.path().join("kernel/core.o.thinlto.bc");

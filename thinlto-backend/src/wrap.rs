@@ -72,7 +72,7 @@ pub fn recognise(argv: &[OsString]) -> Option<BackendCommand> {
                 return None;
             }
         } else if *w == "-x" {
-            x_ir = it.next() == Some(&&"ir");
+            x_ir = it.next() == Some(&"ir");
         } else if *w == "-c" {
             c = true;
         }
@@ -92,7 +92,9 @@ pub fn digests_path(native: &str) -> PathBuf {
     let p = Path::new(native);
     let name = format!(
         ".{}.digests.cmd",
-        p.file_name().map(OsStr::to_string_lossy).unwrap_or_default()
+        p.file_name()
+            .map(OsStr::to_string_lossy)
+            .unwrap_or_default()
     );
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.join(name),
@@ -174,7 +176,9 @@ pub fn main(argv: Vec<OsString>) -> ! {
         eprintln!("thinlto-backend wrap: usage: thinlto-backend wrap COMPILER [ARG]...\n  (as kbuild's CC: make CC=\"thinlto-backend wrap clang-19\" vmlinux)");
         std::process::exit(2);
     }
-    let Some(cmd) = recognise(&argv) else { exec(&argv) };
+    let Some(cmd) = recognise(&argv) else {
+        exec(&argv)
+    };
     let job = job_for(&argv, &cmd);
     let (decision, mut record) = match decide(&job, &DigestCache::default()) {
         Ok(d) => d,
@@ -345,9 +349,37 @@ mod tests {
         for argv in [
             vec!["clang-19", "--version"],
             vec!["clang-19", "-flto=thin", "-c", "-o", "a.o", "a.c"],
-            vec!["clang-19", "-x", "c", "-fthinlto-index=a.o.thinlto.bc", "-c", "-o", "n.o", "a.o"],
-            vec!["clang-19", "-x", "ir", "-fthinlto-index=s", "-o", "n.o", "a.o"],
-            vec!["clang-19", "-x", "ir", "-fthinlto-index=s", "-c", "-o", "n.o", "-o", "m.o", "a.o"],
+            vec![
+                "clang-19",
+                "-x",
+                "c",
+                "-fthinlto-index=a.o.thinlto.bc",
+                "-c",
+                "-o",
+                "n.o",
+                "a.o",
+            ],
+            vec![
+                "clang-19",
+                "-x",
+                "ir",
+                "-fthinlto-index=s",
+                "-o",
+                "n.o",
+                "a.o",
+            ],
+            vec![
+                "clang-19",
+                "-x",
+                "ir",
+                "-fthinlto-index=s",
+                "-c",
+                "-o",
+                "n.o",
+                "-o",
+                "m.o",
+                "a.o",
+            ],
             vec!["clang-19", "-x", "ir", "-c", "-o", "n.o", "a.o"],
         ] {
             assert_eq!(recognise(&os(&argv)), None, "{argv:?}");
@@ -360,9 +392,6 @@ mod tests {
             digests_path("lib/str.thinlto-native.o"),
             Path::new("lib/.str.thinlto-native.o.digests.cmd")
         );
-        assert_eq!(
-            digests_path("n.o"),
-            Path::new(".n.o.digests.cmd")
-        );
+        assert_eq!(digests_path("n.o"), Path::new(".n.o.digests.cmd"));
     }
 }

@@ -20,7 +20,8 @@ pub fn default_bin_dir() -> Result<PathBuf> {
     if let Some(h) = std::env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(h).join("bin"));
     }
-    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set: give --bin-dir")?;
+    let home =
+        std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set: give --bin-dir")?;
     Ok(PathBuf::from(home).join(".cargo/bin"))
 }
 

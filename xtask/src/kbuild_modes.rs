@@ -80,7 +80,10 @@ pub fn steps() -> Vec<Step> {
     vec![
         s("from scratch (stages 2–4)", StepAction::Scratch),
         s("no-op", StepAction::Nothing),
-        s("touch lib/kstrtox.c", StepAction::Touch("lib/kstrtox.c".into())),
+        s(
+            "touch lib/kstrtox.c",
+            StepAction::Touch("lib/kstrtox.c".into()),
+        ),
         s(
             "one-line edit of a leaf (init/calibrate.c)",
             StepAction::Append(
@@ -112,7 +115,12 @@ pub fn llvm_var(cc: &str) -> String {
 }
 
 /// Runs `make vmlinux`, timing stages 2–4 off its output.
-fn make_vmlinux(tree: &Path, jobs: usize, extra: &[(String, String)], args: &[String]) -> Result<MakeRun> {
+fn make_vmlinux(
+    tree: &Path,
+    jobs: usize,
+    extra: &[(String, String)],
+    args: &[String],
+) -> Result<MakeRun> {
     let mut cmd = Command::new("make");
     cmd.current_dir(tree)
         .arg(format!("-j{jobs}"))
@@ -151,7 +159,12 @@ fn make_vmlinux(tree: &Path, jobs: usize, extra: &[(String, String)], args: &[St
     let status = child.wait()?;
     let wall = start.elapsed().as_secs_f64();
     if !status.success() {
-        let tail: Vec<&str> = lines.iter().rev().take(20).map(|(_, l)| l.as_str()).collect();
+        let tail: Vec<&str> = lines
+            .iter()
+            .rev()
+            .take(20)
+            .map(|(_, l)| l.as_str())
+            .collect();
         bail!(
             "make vmlinux failed ({status}) in {}:\n{}",
             tree.display(),
@@ -364,7 +377,9 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
     let cell = |r: &MakeRun| {
         format!(
             "{} / {:.2} s / {}",
-            r.stages.map(|x| format!("{x:.2} s")).unwrap_or_else(|| "—".into()),
+            r.stages
+                .map(|x| format!("{x:.2} s"))
+                .unwrap_or_else(|| "—".into()),
             r.wall,
             r.compiles.len()
         )

@@ -66,7 +66,10 @@ impl Layout {
 pub fn detect_layout(tree: &Path) -> Result<Layout> {
     let has = |f: &str| tree.join(f).exists();
     let missing = |fs: &[&str]| -> Vec<String> {
-        fs.iter().filter(|f| !has(f)).map(|f| f.to_string()).collect()
+        fs.iter()
+            .filter(|f| !has(f))
+            .map(|f| f.to_string())
+            .collect()
     };
     let common = ["vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"];
     if has("vmlinux.thinlto-index") || has("builtin.order") {
@@ -266,7 +269,12 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
                 set_aside.len()
             ),
             ok: differ.is_empty() && !set_aside.is_empty(),
-            detail: differ.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+            detail: differ
+                .iter()
+                .take(3)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
         });
         let same = std::fs::read(out.join("vmlinux.symvers")).ok()
             == std::fs::read(tree.join("vmlinux.symvers")).ok();
