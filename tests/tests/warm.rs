@@ -4,6 +4,7 @@
 //! its own death, and leaves no process behind.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -383,6 +384,19 @@ fn a_crashing_compile_fails_alone_and_sigterm_stops_the_run() {
     unsafe { libc_kill(child.id() as i32, 15) };
     let (out, _) = finish(child, reader);
     assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert_nothing_left(&mark);
+    // SIGKILL: no cleanup in the backend, yet the warm compiler and its
+    // compiles go with it (PDEATHSIG), unlike the orphans plain spawns
+    // would leave.
+    let (child, reader) = start_warm(t.path(), &mark, &["-j2"]);
+    // SAFETY: signalling the run we started.
+    unsafe { libc_kill(child.id() as i32, 9) };
+    let (out, _) = finish(child, reader);
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !marked(&mark).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_nothing_left(&mark);
 }
 
