@@ -442,6 +442,9 @@ static int zygote_main(int argc, char **argv, char **envp)
     signal(SIGHUP, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    /* Children stay zombies until reaped (never auto-reaped), whatever
+     * the compiler's constructors did: their status is read by waitid. */
+    signal(SIGCHLD, SIG_DFL);
     unsetenv("THINLTO_ZYGOTE_FD");
     unsetenv("THINLTO_ZYGOTE_EXE");
     unsetenv("THINLTO_ZYGOTE_PARENT");
