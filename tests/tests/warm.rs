@@ -407,7 +407,7 @@ fn a_static_or_foreign_compiler_is_not_served() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("fake.c");
     std::fs::write(&src, "int main(void) { return 3; }\n").unwrap();
-    let fake = t.path().join("fake-cc");
+    let fake = t.path().join("fake-clang");
     let built = Command::new("cc")
         .args(["-static", "-o"])
         .arg(&fake)
@@ -431,6 +431,27 @@ fn a_static_or_foreign_compiler_is_not_served() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did not load the zygote shim"), "{err}");
     assert!(err.contains("exit status: 3"), "{err}");
+    assert_eq!(stats(&out), (0, 1));
+    assert_nothing_left(&mark);
+    // An executable not named clang (ccache, say), even through a symlink
+    // named like the compiler, is not made a warm compiler.
+    let ccache = t.path().join("ccache");
+    std::fs::rename(&fake, &ccache).unwrap();
+    let link = t.path().join("clang-19");
+    std::os::unix::fs::symlink(&ccache, &link).unwrap();
+    let out = run(
+        tree.path(),
+        Some(&link),
+        &mark,
+        &["--warm", "--only", "kernel/core.o"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not clang"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.ends_with("plain spawns")).count(),
+        1,
+        "{err}"
+    );
     assert_eq!(stats(&out), (0, 1));
     assert_nothing_left(&mark);
 }

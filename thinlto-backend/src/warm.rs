@@ -15,8 +15,8 @@
 //! a [`ChildHandle`], a job of the warm compiler or a plain spawn. Plain
 //! spawns are used, with one line on stderr saying why, when the shim
 //! does not load (a static compiler, another libc), when the compiler is
-//! a wrapper (a shell script, ccache: another executable loads the shim
-//! and refuses), when the compiler on disk is not the one the zygote runs
+//! a wrapper (a shell script: another executable loads the shim and
+//! refuses; an executable not named clang, such as ccache), when the compiler on disk is not the one the zygote runs
 //! (keyed on the canonical path and dev/ino/size/mtime), and after the
 //! zygote died (the jobs it had running are run again, plainly).
 //!
@@ -249,6 +249,17 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 fn start(cc: &str) -> Result<State, String> {
     let shim = shim_file()?;
     let exe = resolve(cc).ok_or_else(|| format!("cannot find the compiler {cc}"))?;
+    // A wrapper that is an ELF program (ccache, sccache, distcc) would load
+    // the shim and serve jobs correctly but uselessly (each one execs the
+    // real compiler): the warm compiler is clang itself, by its file name
+    // once every symlink is resolved (clang-19 -> …/llvm-19/bin/clang).
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    if !name.contains("clang") {
+        return Err(format!(
+            "{} is not clang (a wrapper such as ccache?)",
+            exe.display()
+        ));
+    }
     let key = Identity::of(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
     let (ctl, theirs) = socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let mut preload = shim.into_os_string();
