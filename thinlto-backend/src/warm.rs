@@ -200,7 +200,8 @@ fn shim_file() -> Result<PathBuf, String> {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
+        // Not a shared directory such as /tmp: what we preload must be ours.
+        .ok_or("no cache directory for the zygote shim (neither XDG_CACHE_HOME nor HOME)")?
         .join("thinlto-dist");
     let hash = blake3::hash(SHIM).to_hex();
     let file = cache.join(format!("zygote-{}.so", &hash[..16]));
