@@ -260,6 +260,13 @@ fn children_of(parent: u32) -> Vec<u32> {
     v
 }
 
+/// The state letter of a process (R, S, T, Z…), None once it is gone.
+fn state_of(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').next().map(str::to_string)
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
@@ -356,14 +363,27 @@ fn a_crashing_compile_fails_alone_and_sigterm_stops_the_run() {
     // (A compile still running: the warm compiler keeps a finished one
     // unreaped only until the backend has taken its status.)
     let zygote = zygote_of(child.id()).expect("a warm compiler runs");
-    let compile = loop {
-        if let Some(c) = children_of(zygote).first() {
-            break *c;
+    // Stopped first, so that it is surely killed before it exits.
+    loop {
+        let Some(&c) = children_of(zygote).first() else {
+            std::thread::yield_now();
+            continue;
+        };
+        // SAFETY: a compile of the run we started (a zombie ignores it).
+        unsafe { libc_kill(c as i32, 19) };
+        let state = loop {
+            match state_of(c).as_deref() {
+                Some("T") => break "T",
+                Some("Z") | None => break "Z",
+                _ => std::thread::yield_now(),
+            }
+        };
+        if state == "T" {
+            // SAFETY: as above; stopped, it is still a running compile.
+            unsafe { libc_kill(c as i32, 9) };
+            break;
         }
-        std::thread::yield_now();
-    };
-    // SAFETY: a compile of the run we started.
-    unsafe { libc_kill(compile as i32, 9) };
+    }
     let (out, recs) = finish(child, reader);
     assert!(!out.status.success());
     let failed = with_status(&recs, "failed");
