@@ -9,12 +9,14 @@
 //!   before and written last;
 //! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
 //! - [`archive`] writes the final thin archive;
+//! - [`warm`] serves the compiles from a warm compiler (`--warm`, a fork server);
 //! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
 
 pub mod archive;
 pub mod plan;
 pub mod record;
 pub mod run;
+pub mod warm;
 pub mod wrap;
 
 pub use plan::{BackendJob, Decision, JobInput};

@@ -113,6 +113,11 @@ struct RunArgs {
     /// Run every job, up to date or not
     #[arg(short = 'B', long)]
     always_make: bool,
+    /// Compile in a warm compiler: one compiler process, started once,
+    /// forks a child per job (no start-up cost per job; same objects).
+    /// Plain spawns when it cannot (a static compiler, a wrapper script)
+    #[arg(long)]
+    warm: bool,
     #[command(flatten)]
     toolchain: ToolchainArgs,
 }
@@ -394,7 +399,10 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         run::MakeJobserver::Usable(c) => Some(c),
         _ => None,
     };
+    let warm =
+        (args.warm && !to_run.is_empty()).then(|| thinlto_backend::warm::Warm::start(&cc.argv[0]));
     let summary = run::run_jobs(&to_run, order, &opts, client, &mut emit);
+    drop(warm);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

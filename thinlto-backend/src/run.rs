@@ -4,7 +4,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -567,30 +566,36 @@ fn build_one(
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let argv = &job.argv;
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(
-                format!("cannot run {}: {e}", argv[0]),
-                Some(job.command_text.clone()),
-            )
+    // The compiler process: a plain spawn, or a job of the warm compiler
+    // (--warm, see warm.rs). A job lost with the warm compiler (it died
+    // under it) runs again, plainly.
+    let out = loop {
+        let mut child = match crate::warm::spawn_compiler(argv) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    format!("cannot run {}: {e}", argv[0]),
+                    Some(job.command_text.clone()),
+                )
+            }
+        };
+        let pid = child.id();
+        ctx.children.lock().unwrap().insert(pid);
+        // A signal that came between the scheduler's kill and our insert.
+        if let Some(sig) = pending_signal() {
+            // SAFETY: signalling our own, not yet reaped, child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+        let out = child.wait_with_output();
+        ctx.children.lock().unwrap().remove(&pid);
+        drop(child);
+        match out {
+            Err(e) if crate::warm::is_lost(&e) && pending_signal().is_none() => {
+                remove_failed_outputs(native, dwo.as_deref())
+            }
+            out => break out,
         }
     };
-    let pid = child.id();
-    ctx.children.lock().unwrap().insert(pid);
-    // A signal that came between the scheduler's kill and our insert.
-    if let Some(sig) = pending_signal() {
-        // SAFETY: signalling our own, not yet reaped, child.
-        unsafe { libc::kill(pid as i32, sig) };
-    }
-    let out = child.wait_with_output();
-    ctx.children.lock().unwrap().remove(&pid);
     let out = match out {
         Ok(o) => o,
         Err(e) => return fail(format!("waiting for the compiler: {e}"), None),

@@ -72,7 +72,7 @@ pub fn recognise(argv: &[OsString]) -> Option<BackendCommand> {
                 return None;
             }
         } else if *w == "-x" {
-            x_ir = it.next() == Some(&&"ir");
+            x_ir = it.next() == Some(&"ir");
         } else if *w == "-c" {
             c = true;
         }

@@ -120,6 +120,7 @@ pub fn llvm_var(cc: &str) -> String {
 /// Runs `make vmlinux`, timing stages 2–4 off its output.
 fn make_vmlinux(
     tree: &Path,
+    mode: Mode,
     jobs: usize,
     extra: &[(String, String)],
     args: &[String],
@@ -191,7 +192,9 @@ fn make_vmlinux(
     let compiles = lines
         .iter()
         .filter_map(|(_, l)| {
-            if let Some(rest) = l.strip_prefix("thinlto-backend wrap: ") {
+            // Under the wrapper kbuild echoes CC before the wrapper decides.
+            if mode == Mode::Wrap {
+                let rest = l.strip_prefix("thinlto-backend wrap: ")?;
                 return rest.split_once(": runs: ").map(|(n, _)| n.to_string());
             }
             let t = l.trim();
@@ -339,7 +342,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
                         std::fs::write(&p, new)?;
                     }
                 }
-                runs.push(make_vmlinux(&tree, jobs, &env, &args)?);
+                runs.push(make_vmlinux(&tree, mode, jobs, &env, &args)?);
             }
             let o = outputs(&tree)?;
             match &reference {
@@ -353,7 +356,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
             std::fs::write(p, old)?;
         }
         say(&format!("{}: undoing the edits", mode.name()));
-        let undo = make_vmlinux(&tree, jobs, &env, &args);
+        let undo = make_vmlinux(&tree, mode, jobs, &env, &args);
         if mode == Mode::Tools {
             Command::new("patch")
                 .args(["-p1", "-R", "-i"])

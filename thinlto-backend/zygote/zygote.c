@@ -1,0 +1,471 @@
+/*
+ * The warm compiler of `thinlto-backend --warm`: an LD_PRELOAD shim that
+ * turns the compiler into a fork server (a "zygote").
+ *
+ * The compiler is started once with this shim preloaded. The shim hooks
+ * __libc_start_main: the dynamic loader has then mapped and relocated
+ * every library and run their static constructors, and the real
+ * __libc_start_main runs the executable's own constructors before calling
+ * what it takes for main -- our zygote_main. There, instead of compiling,
+ * the process serves jobs: for each, it forks one child, which calls the
+ * compiler's real main with the job's argv, environment, working directory
+ * and standard streams, and exits with its return value. Each child thus
+ * starts exactly where a fresh `clang ...` would enter main, minus the
+ * start-up cost.
+ *
+ * Without THINLTO_ZYGOTE_FD in the environment the shim does nothing.
+ *
+ * Protocol (SOCK_SEQPACKET unix sockets, native byte order):
+ *   zygote -> client on the control socket, once:
+ *     'H' dev:u64 ino:u64 size:i64 mtime_s:i64 mtime_ns:i64 pid:i32   ready
+ *     'R' text                                                        refused
+ *   client -> zygote on the control socket, one message per job:
+ *     'J' argc:u32 envc:u32 argv strings\0... env strings\0...
+ *     with SCM_RIGHTS [connection, stdin, stdout, stderr, cwd]
+ *   zygote -> client on that job's connection:
+ *     'P' pid:i32 with SCM_RIGHTS [pidfd of the child]                forked
+ *     'S' wait-status:i32                                             exited
+ *     'E' text                                                        refused
+ *   The client closes the connection once it has the status; only then
+ *   does the zygote reap the child (until then the pid stays a zombie, so
+ *   the client's kill-by-pid never hits a recycled pid). A connection
+ *   closed before the child exits kills the child. EOF on the control
+ *   socket (the client exited) kills every child and ends the zygote; so
+ *   does the death of the client's thread that started it (PDEATHSIG), and
+ *   the children die with the zygote (PDEATHSIG).
+ *
+ * The zygote is single-threaded and must stay so: fork() copies only the
+ * calling thread, so a thread that held a lock (malloc's, LLVM's) at fork
+ * time would leave the child deadlocked or inconsistent. Before each fork
+ * it checks that /proc/self/task has exactly one entry and refuses the job
+ * otherwise (the client then falls back to plain spawns).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+#define MAX_JOBS 512
+#define MAX_REQUEST (1 << 20)
+
+typedef int (*main_fn)(int, char **, char **);
+typedef int (*start_fn)(main_fn, int, char **, void (*)(void), void (*)(void),
+                        void (*)(void), void *);
+
+static main_fn real_main;
+
+struct job {
+    int conn;     /* the client's connection, -1 once closed */
+    pid_t pid;
+    int pidfd;    /* -1 once the exit is reported (or abandoned) */
+    int exited;   /* the status went to the client */
+};
+
+static struct job jobs[MAX_JOBS];
+static int njobs;
+static int ctl = -1;
+static char request[MAX_REQUEST];
+
+static void send_msg(int fd, const void *buf, size_t len, int pass_fd)
+{
+    struct iovec iov = {(void *)buf, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (pass_fd >= 0) {
+        memset(&u, 0, sizeof u);
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    while (sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+}
+
+static void send_text(int fd, char tag, const char *text)
+{
+    char buf[512];
+    buf[0] = tag;
+    size_t n = strlen(text);
+    if (n > sizeof buf - 1)
+        n = sizeof buf - 1;
+    memcpy(buf + 1, text, n);
+    send_msg(fd, buf, n + 1, -1);
+}
+
+static int task_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* The wait status (as waitpid encodes it) from waitid's siginfo. */
+static int wait_status(const siginfo_t *si)
+{
+    switch (si->si_code) {
+    case CLD_EXITED:
+        return (si->si_status & 0xff) << 8;
+    case CLD_DUMPED:
+        return (si->si_status & 0x7f) | 0x80;
+    default:
+        return si->si_status & 0x7f;
+    }
+}
+
+/* In the child: become the job, then run the compiler's main. */
+static void child(int argc, char **argv, char **env, const int *fds, pid_t zygote)
+{
+    /* Die with the zygote (and so with thinlto-backend). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != zygote)
+        _exit(127);
+    /* As a fresh exec would have it: default dispositions, nothing blocked. */
+    for (int s = 1; s < NSIG; s++)
+        if (s != SIGKILL && s != SIGSTOP)
+            signal(s, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (fchdir(fds[4]) < 0) {
+        dprintf(fds[3], "thinlto-backend zygote: fchdir: %s\n", strerror(errno));
+        _exit(127);
+    }
+    for (int i = 0; i < 3; i++)
+        if (dup2(fds[1 + i], i) < 0)
+            _exit(127);
+    /* Nothing of the zygote's stays open: only what the compiler itself
+     * opened before main (as in a fresh process) and the job's 0, 1, 2. */
+    for (int i = 0; i < 5; i++)
+        close(fds[i]);
+    close(ctl);
+    for (int i = 0; i < njobs; i++) {
+        if (jobs[i].conn >= 0)
+            close(jobs[i].conn);
+        if (jobs[i].pidfd >= 0)
+            close(jobs[i].pidfd);
+    }
+    environ = env;
+    program_invocation_name = argv[0];
+    char *slash = strrchr(argv[0], '/');
+    program_invocation_short_name = slash ? slash + 1 : argv[0];
+    exit(real_main(argc, argv, environ));
+}
+
+static void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+/* One request from the control socket; returns 0 on EOF. */
+static int take_request(pid_t self)
+{
+    struct iovec iov = {request, sizeof request - 1};
+    union {
+        char buf[CMSG_SPACE(5 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return errno == EINTR || errno == EAGAIN ? 1 : 0;
+    if (n == 0)
+        return 0;
+    int fds[5] = {-1, -1, -1, -1, -1};
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (int i = 0; i < k; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                if (nfds < 5)
+                    fds[nfds++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    }
+    if (nfds != 5 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n < 9 ||
+        request[0] != 'J') {
+        if (fds[0] >= 0)
+            send_text(fds[0], 'E', "malformed request");
+        close_fds(fds, nfds);
+        return 1;
+    }
+    request[n] = 0;
+    uint32_t argc, envc;
+    memcpy(&argc, request + 1, 4);
+    memcpy(&envc, request + 5, 4);
+    if (argc == 0 || argc > (uint32_t)n || envc > (uint32_t)n || njobs == MAX_JOBS) {
+        send_text(fds[0], 'E', njobs == MAX_JOBS ? "too many jobs" : "malformed request");
+        close_fds(fds, 5);
+        return 1;
+    }
+    char **argv = malloc((argc + 1) * sizeof *argv);
+    char **env = malloc((envc + 1) * sizeof *env);
+    char *p = request + 9, *end = request + n;
+    uint32_t i;
+    for (i = 0; i < argc + envc && p < end; i++) {
+        if (i < argc)
+            argv[i] = p;
+        else
+            env[i - argc] = p;
+        p += strlen(p) + 1;
+    }
+    if (i != argc + envc) {
+        send_text(fds[0], 'E', "malformed request");
+        close_fds(fds, 5);
+        free(argv);
+        free(env);
+        return 1;
+    }
+    argv[argc] = NULL;
+    env[envc] = NULL;
+    /* fork() copies the calling thread only: with another thread running
+     * (one that may hold a lock) the child could deadlock, so there must be
+     * exactly one task here. Checked before every fork; refused otherwise,
+     * and the client runs the job (and the rest) by plain spawns. */
+    int tasks = task_count();
+    if (tasks != 1) {
+        char why[128];
+        snprintf(why, sizeof why, "%d threads in the warm compiler (must be 1 to fork)", tasks);
+        send_text(fds[0], 'E', why);
+        close_fds(fds, 5);
+        free(argv);
+        free(env);
+        return 1;
+    }
+    pid_t pid = fork();
+    if (pid == 0)
+        child((int)argc, argv, env, fds, self);
+    free(argv);
+    free(env);
+    if (pid < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "fork: %s", strerror(errno));
+        send_text(fds[0], 'E', why);
+        close_fds(fds, 5);
+        return 1;
+    }
+    close_fds(fds + 1, 4);
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    char msgbuf[5];
+    msgbuf[0] = 'P';
+    memcpy(msgbuf + 1, &pid, 4);
+    send_msg(fds[0], msgbuf, sizeof msgbuf, pidfd);
+    if (pidfd < 0) {
+        /* Too old a kernel: not expected (pidfd_open is Linux 5.3); the
+         * job still completes, reaped in the loop below by waitpid. */
+    }
+    jobs[njobs].conn = fds[0];
+    jobs[njobs].pid = pid;
+    jobs[njobs].pidfd = pidfd;
+    jobs[njobs].exited = 0;
+    njobs++;
+    return 1;
+}
+
+static void drop_job(int i)
+{
+    if (jobs[i].conn >= 0)
+        close(jobs[i].conn);
+    if (jobs[i].pidfd >= 0)
+        close(jobs[i].pidfd);
+    jobs[i] = jobs[--njobs];
+}
+
+static void serve(pid_t self)
+{
+    static struct pollfd pfd[1 + 2 * MAX_JOBS];
+    static int who[1 + 2 * MAX_JOBS]; /* job index * 2 (+1 for the pidfd) */
+    for (;;) {
+        int n = 0;
+        pfd[n].fd = ctl;
+        pfd[n].events = POLLIN;
+        who[n++] = -1;
+        for (int i = 0; i < njobs; i++) {
+            if (jobs[i].conn >= 0) {
+                pfd[n].fd = jobs[i].conn;
+                pfd[n].events = POLLIN;
+                who[n++] = 2 * i;
+            }
+            if (jobs[i].pidfd >= 0) {
+                pfd[n].fd = jobs[i].pidfd;
+                pfd[n].events = POLLIN;
+                who[n++] = 2 * i + 1;
+            }
+        }
+        /* Without pidfds (old kernels), poll the children every 10 ms. */
+        int no_pidfd = 0;
+        for (int i = 0; i < njobs; i++)
+            if (jobs[i].pidfd < 0 && !jobs[i].exited)
+                no_pidfd = 1;
+        int r = poll(pfd, n, no_pidfd ? 10 : -1);
+        if (r < 0 && errno != EINTR)
+            break;
+        int eof = 0;
+        /* Children first (indexes stay valid: jobs are dropped after). */
+        for (int i = 0; i < njobs; i++) {
+            if (jobs[i].exited)
+                continue;
+            siginfo_t si;
+            si.si_pid = 0;
+            if (waitid(P_PID, jobs[i].pid, &si, WEXITED | WNOWAIT | WNOHANG) == 0 && si.si_pid) {
+                int st = wait_status(&si);
+                char msg[5];
+                msg[0] = 'S';
+                memcpy(msg + 1, &st, 4);
+                if (jobs[i].conn >= 0)
+                    send_msg(jobs[i].conn, msg, sizeof msg, -1);
+                jobs[i].exited = 1;
+                if (jobs[i].pidfd >= 0) {
+                    close(jobs[i].pidfd);
+                    jobs[i].pidfd = -1;
+                }
+            }
+        }
+        for (int k = 1; k < n && r > 0; k++) {
+            if (!pfd[k].revents || who[k] % 2)
+                continue;
+            struct job *j = &jobs[who[k] / 2];
+            char c;
+            ssize_t got = recv(j->conn, &c, 1, MSG_DONTWAIT);
+            if (got > 0 || (got < 0 && (errno == EAGAIN || errno == EINTR)))
+                continue;
+            /* The client closed its connection. */
+            close(j->conn);
+            j->conn = -1;
+            if (!j->exited)
+                kill(j->pid, SIGKILL); /* abandoned: reaped when it exits */
+        }
+        /* Reap and forget the jobs that are over on both sides. */
+        for (int i = njobs - 1; i >= 0; i--) {
+            if (jobs[i].exited && jobs[i].conn < 0) {
+                waitpid(jobs[i].pid, NULL, 0);
+                drop_job(i);
+            }
+        }
+        if (pfd[0].revents) {
+            if (!take_request(self))
+                eof = 1;
+        }
+        if (eof)
+            break;
+    }
+    /* The client is gone: so are its jobs. */
+    for (int i = 0; i < njobs; i++)
+        kill(jobs[i].pid, SIGKILL);
+    while (njobs > 0) {
+        waitpid(jobs[njobs - 1].pid, NULL, 0);
+        drop_job(njobs - 1);
+    }
+}
+
+static int zygote_main(int argc, char **argv, char **envp)
+{
+    const char *fd_s = getenv("THINLTO_ZYGOTE_FD");
+    if (!fd_s)
+        return real_main(argc, argv, envp);
+    ctl = atoi(fd_s);
+    const char *want = getenv("THINLTO_ZYGOTE_EXE");
+    const char *parent = getenv("THINLTO_ZYGOTE_PARENT");
+    pid_t self = getpid();
+    struct stat st;
+    char have[160];
+    if (stat("/proc/self/exe", &st) < 0) {
+        send_text(ctl, 'R', "cannot stat /proc/self/exe");
+        _exit(0);
+    }
+    snprintf(have, sizeof have, "%llu:%llu:%lld:%lld:%ld", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino, (long long)st.st_size,
+             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+    if (!want || strcmp(want, have) != 0) {
+        /* Another program loaded the shim: a wrapper (a shell script,
+         * ccache ...) in front of the compiler. It must not serve jobs. */
+        char exe[PATH_MAX];
+        ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[k > 0 ? k : 0] = 0;
+        char text[PATH_MAX + 64];
+        snprintf(text, sizeof text, "the compiler is a wrapper (%s runs first)", exe);
+        send_text(ctl, 'R', text);
+        _exit(0);
+    }
+    /* Gone with the thread that started it (and it checks the race). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (parent && getppid() != (pid_t)atoi(parent))
+        _exit(0);
+    /* Ctrl-C (or a kill of the process group) reaches the jobs, which die
+     * of it as plain compiles would; the zygote stays to report them and
+     * ends with its control socket (or SIGKILL). */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    /* Children stay zombies until reaped (never auto-reaped), whatever
+     * the compiler's constructors did: their status is read by waitid. */
+    signal(SIGCHLD, SIG_DFL);
+    unsetenv("THINLTO_ZYGOTE_FD");
+    unsetenv("THINLTO_ZYGOTE_EXE");
+    unsetenv("THINLTO_ZYGOTE_PARENT");
+    unsetenv("LD_PRELOAD");
+    {
+        char hello[1 + 8 * 5 + 4];
+        uint64_t v[5] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
+                         (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec};
+        hello[0] = 'H';
+        memcpy(hello + 1, v, sizeof v);
+        memcpy(hello + 1 + sizeof v, &self, 4);
+        send_msg(ctl, hello, sizeof hello, -1);
+    }
+    serve(self);
+    _exit(0);
+}
+
+EXPORT int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void),
+                             void (*fini)(void), void (*rtld_fini)(void), void *stack_end)
+{
+    start_fn real = (start_fn)dlsym(RTLD_NEXT, "__libc_start_main");
+    real_main = main;
+    return real(zygote_main, argc, argv, init, fini, rtld_fini, stack_end);
+}
