@@ -123,7 +123,7 @@ const WALL_ONLY_NOTE: &str = "not measured: ours is timed as a whole, its stages
 /// The stub compiler of the scheduling benchmark: it is not a compiler. It
 /// only writes a few bytes to its `-o` file, so that what is measured is
 /// the scheduling around the jobs.
-const STUB_CC: &str = r#"/* thinlto-stub-cc: a STUB, not a compiler (scheduling benchmarks only). */
+const STUB_CC: &str = r#"/* thinlto-stub-clang: a STUB, not a compiler (scheduling benchmarks only). */
 #include <stdio.h>
 #include <string.h>
 int main(int argc, char **argv)
@@ -142,8 +142,8 @@ int main(int argc, char **argv)
 
 fn build_stub(tc: &Toolchain, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let src = dir.join("thinlto-stub-cc.c");
-    let exe = dir.join("thinlto-stub-cc");
+    let src = dir.join("thinlto-stub-clang.c");
+    let exe = dir.join("thinlto-stub-clang");
     std::fs::write(&src, STUB_CC)?;
     let st = Command::new(&tc.cc.path)
         .args(["-O2", "-o"])
@@ -198,8 +198,25 @@ impl Ctx<'_> {
     }
 
     fn backend(&self, cc: &str) -> Command {
+        self.backend_with(cc, &[])
+    }
+
+    /// The backend jobs of the current index.
+    fn objects_in_index(&self) -> Result<usize> {
+        Ok(
+            std::fs::read_to_string(self.tree.join("out/vmlinux.thinlto-index"))?
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count(),
+        )
+    }
+
+    fn backend_with(&self, cc: &str, extra: &[&str]) -> Command {
         let mut c = self.bins.tool("thinlto-backend", self.tc, &self.tree);
         c.env("CC", cc)
+            .arg("--cc")
+            .arg(cc)
+            .args(extra)
             .arg("-q")
             .arg(format!("-j{}", self.jobs))
             .arg("--index")
@@ -240,6 +257,10 @@ impl Ctx<'_> {
 
     /// Stages 2–4 with our binaries, measured step by step.
     fn ours_stages(&self, force_thin_link: bool) -> Result<(Sample, usize)> {
+        self.ours_stages_with(force_thin_link, false)
+    }
+
+    fn ours_stages_with(&self, force_thin_link: bool, warm: bool) -> Result<(Sample, usize)> {
         let tree = &self.tree;
         let b = &self.bins;
         let mut total = measure(
@@ -260,6 +281,7 @@ impl Ctx<'_> {
         total = total.then(measure(
             b.tool("thinlto-backend", self.tc, tree)
                 .arg("-q")
+                .args(warm.then_some("--warm"))
                 .arg(format!("-j{}", self.jobs))
                 .stdin(std::fs::File::open(tree.join("out/manifest.json"))?)
                 .stdout(std::fs::File::create(&jobs_file)?),
@@ -367,11 +389,13 @@ pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<Scenario
         scenario_order_scan(&cx, opts.runs)?,
         scenario_thin_link(&cx, opts.runs)?,
         scenario_backend_scratch(&cx, opts.heavy_runs)?,
-        scenario_stub(&cx, opts.runs, &base)?,
-        scenario_noop(&cx, opts.runs)?,
+        scenario_backend_warm(&cx, opts.heavy_runs)?,
     ];
+    results.extend(scenario_stub(&cx, opts.runs, &base)?);
+    results.push(scenario_noop(&cx, opts.runs)?);
     results.extend(scenario_incremental(&cx, opts.heavy_runs)?);
-    results.push(scenario_inprocess(&cx, opts.heavy_runs)?);
+    results.push(scenario_inprocess(&cx, opts.heavy_runs, false)?);
+    results.push(scenario_inprocess(&cx, opts.heavy_runs, true)?);
     Ok(results)
 }
 
@@ -501,12 +525,44 @@ fn scenario_backend_scratch(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
     Ok(r)
 }
 
-fn scenario_stub(cx: &Ctx, runs: usize, base: &Path) -> Result<ScenarioResult> {
+/// CPU seconds per job of a backend run's median sample.
+fn cpu_per_job_ms(samples: &[Sample], jobs: usize) -> f64 {
+    stats(&samples.iter().map(|s| s.cpu).collect::<Vec<_>>()).1 / jobs.max(1) as f64 * 1000.0
+}
+
+fn scenario_backend_warm(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
+    cx.say("3w. backend from scratch, --warm vs plain spawns (real clang)");
+    let cc = &cx.tc.cc.spelled;
+    let mut r = ScenarioResult::new(
+        &format!(
+            "3w. Backend from scratch, real clang, -j{}: the warm compiler vs plain spawns",
+            cx.jobs
+        ),
+        &format!("ours: `thinlto-backend --warm -j{}`", cx.jobs),
+        &format!("plain: `thinlto-backend -j{}`", cx.jobs),
+    );
+    for _ in 0..runs {
+        clean_natives(&cx.tree)?;
+        r.ours.push(measure(&mut cx.backend_with(cc, &["--warm"]))?);
+        clean_natives(&cx.tree)?;
+        r.reference.push(measure(&mut cx.backend(cc))?);
+    }
+    let jobs = cx.objects_in_index()?;
+    r.notes.push(format!(
+        "backend CPU per job ({jobs} jobs): warm {:.1} ms, plain {:.1} ms; peak RSS is the largest single process (a compile; with --warm the zygote's children)",
+        cpu_per_job_ms(&r.ours, jobs),
+        cpu_per_job_ms(&r.reference, jobs)
+    ));
+    Ok(r)
+}
+
+fn scenario_stub(cx: &Ctx, runs: usize, base: &Path) -> Result<Vec<ScenarioResult>> {
     cx.say("4. scheduling overhead with the stub compiler");
+    // Named like a clang so that --warm serves it (it serves only clang).
     let stub = build_stub(cx.tc, &base.join("stub"))?;
     let stub_s = stub.to_string_lossy().into_owned();
     let mut r = ScenarioResult::new(
-        &format!("4. Scheduling overhead: STUB compiler (`thinlto-stub-cc`, writes its -o file only), -j{}", cx.jobs),
+        &format!("4. Scheduling overhead: STUB compiler (`thinlto-stub-clang`, writes its -o file only), -j{}", cx.jobs),
         "ours: `thinlto-backend` with CC=stub",
         "reference: `make -f Makefile.backend` with CC=stub",
     );
@@ -519,12 +575,30 @@ fn scenario_stub(cx: &Ctx, runs: usize, base: &Path) -> Result<ScenarioResult> {
     r.notes.push(
         "peak RSS here is the largest process of the run: with the stub, that is the scheduler itself (our thinlto-backend, or make)".into(),
     );
+    let mut w = ScenarioResult::new(
+        &format!(
+            "4w. Scheduling overhead: the STUB served by the warm compiler (`--warm`), -j{}",
+            cx.jobs
+        ),
+        "ours: `thinlto-backend --warm` with CC=stub",
+        "reference: `make -f Makefile.backend` with CC=stub",
+    );
+    for _ in 0..runs {
+        clean_natives(&cx.tree)?;
+        w.ours
+            .push(measure(&mut cx.backend_with(&stub_s, &["--warm"]))?);
+        clean_natives(&cx.ref_tree)?;
+        w.reference.push(measure(&mut cx.make_backend(&stub_s))?);
+    }
+    w.notes.push(
+        "the stub is named `thinlto-stub-clang` because --warm serves only compilers named clang (an executable of another name, such as ccache, gets plain spawns)".into(),
+    );
     // Put real natives back for the scenarios that follow.
     clean_natives(&cx.tree)?;
     clean_natives(&cx.ref_tree)?;
     measure(&mut cx.backend(&cx.tc.cc.spelled))?;
     measure(&mut cx.make_all())?;
-    Ok(r)
+    Ok(vec![r, w])
 }
 
 fn scenario_noop(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
@@ -597,19 +671,20 @@ fn scenario_incremental(cx: &Ctx, runs: usize) -> Result<Vec<ScenarioResult>> {
     Ok(out)
 }
 
-fn scenario_inprocess(cx: &Ctx, runs: usize) -> Result<ScenarioResult> {
-    cx.say("7. stages 2-4 vs in-process ThinLTO");
+fn scenario_inprocess(cx: &Ctx, runs: usize, warm: bool) -> Result<ScenarioResult> {
+    let (n, w) = if warm { ("7w", " --warm") } else { ("7", "") };
+    cx.say(&format!("{n}. stages 2-4 vs in-process ThinLTO"));
     let mut r = ScenarioResult::new(
         &format!(
-            "7. Stages 2–4 from scratch vs in-process ThinLTO (`ld.lld -r --thinlto-jobs={}`)",
+            "{n}. Stages 2–4 from scratch{w} vs in-process ThinLTO (`ld.lld -r --thinlto-jobs={}`)",
             cx.jobs
         ),
-        "ours: order + link + backend + archive + ld.lld -r",
+        &format!("ours: order + link + backend{w} + archive + ld.lld -r"),
         "in-process: `ld.lld -r` over the bitcode",
     );
     for _ in 0..runs {
         clean_natives(&cx.tree)?;
-        r.ours.push(cx.ours_stages(true)?.0);
+        r.ours.push(cx.ours_stages_with(true, warm)?.0);
         let mut ld = Command::new(&cx.tc.ld.path);
         ld.current_dir(&cx.tree)
             .args(cx.plan.ldflags.split_whitespace())
@@ -736,6 +811,7 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
             .arg(crate::workspace_root().join("tests/reference/Makefile"))
             .args(tc.make_vars())
             .arg(format!("KBUILD_LDFLAGS={}", plan.ldflags))
+            .arg(format!("BUILTIN={fe}"))
             .arg(format!("O={kref_s}"))
             .env_remove("MAKEFLAGS")
             .stdout(Stdio::null());
@@ -824,6 +900,11 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         "ours: order + link + backend + archive + vmlinux.o link (+ objtool)",
         "in-process: the tree's own `ld.lld -r` (ThinLTO inside lld)",
     );
+    let mut inproc_warm = ScenarioResult::new(
+        "K4w. Stages 2–4 from scratch with the warm compiler (`thinlto-backend --warm`) vs the tree's in-process `vmlinux.o` link",
+        "ours: order + link + backend --warm + archive + vmlinux.o link (+ objtool)",
+        "in-process: the tree's own `ld.lld -r` (ThinLTO inside lld), as in K4",
+    );
     for _ in 0..opts.heavy_runs {
         clean_natives(&tree)?;
         let t = std::time::Instant::now();
@@ -843,6 +924,28 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         r.ours.push(s);
         inproc.ours.push(s);
         clean_natives(&tree)?;
+        let t = std::time::Instant::now();
+        let run = flow::run_stages(
+            &bins,
+            &tc,
+            &tree,
+            &out_s,
+            opts.jobs,
+            &plan.forced().warmed(),
+        )?;
+        let wall = t.elapsed().as_secs_f64()
+            - run
+                .stages
+                .iter()
+                .find(|s| s.name.starts_with("modpost"))
+                .map(|s| s.seconds)
+                .unwrap_or(0.0);
+        inproc_warm.ours.push(Sample {
+            wall,
+            cpu: 0.0,
+            rss_kib: 0,
+        });
+        clean_natives(&tree)?;
         std::fs::remove_dir_all(&kref)?;
         std::fs::create_dir_all(&kref)?;
         r.reference.push(measure(&mut make_all())?);
@@ -855,14 +958,47 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
                 _ => w.clone(),
             })
             .collect();
-        inproc.reference.push(measure(
-            Command::new(&argv[0]).current_dir(&tree).args(&argv[1..]),
-        )?);
+        let lld = measure(Command::new(&argv[0]).current_dir(&tree).args(&argv[1..]))?;
+        inproc.reference.push(lld);
+        inproc_warm.reference.push(lld);
     }
     r.ours_wall_only = true;
     inproc.ours_wall_only = true;
+    inproc_warm.ours_wall_only = true;
     results.push(r);
     results.push(inproc);
+    results.push(inproc_warm);
+
+    say("8. backend alone, --warm vs plain spawns");
+    let index = format!("{out_s}/vmlinux.thinlto-index");
+    let njobs = std::fs::read_to_string(&index)?.lines().count();
+    let mut k8 = ScenarioResult::new(
+        &format!(
+            "K8. Backend alone from scratch (`-B`, {njobs} jobs), -j{}: the warm compiler vs plain spawns",
+            opts.jobs
+        ),
+        "ours: `thinlto-backend --warm -B`",
+        "plain: `thinlto-backend -B`",
+    );
+    let backend = |warm: bool| {
+        let mut c = bins.tool("thinlto-backend", &tc, &tree);
+        c.args(["-q", "-B"])
+            .args(warm.then_some("--warm"))
+            .arg(format!("-j{}", opts.jobs))
+            .args(["--index", &index])
+            .stdout(Stdio::null());
+        c
+    };
+    for _ in 0..opts.heavy_runs {
+        k8.ours.push(measure(&mut backend(true))?);
+        k8.reference.push(measure(&mut backend(false))?);
+    }
+    k8.notes.push(format!(
+        "backend CPU per job: warm {:.1} ms, plain {:.1} ms; peak RSS is the largest single process (a compile); in-process lld's (K4) is all backends in one process",
+        cpu_per_job_ms(&k8.ours, njobs),
+        cpu_per_job_ms(&k8.reference, njobs)
+    ));
+    results.push(k8);
 
     say("5. no-op");
     let mut r = ScenarioResult::new(

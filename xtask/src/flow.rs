@@ -157,12 +157,21 @@ pub struct LinkPlan {
     /// front end leaves it, or kbuild's `built-in-fixup.a` in trees of
     /// Linux >= 7.2's `scripts/Makefile.vmlinux_a`.
     pub fe_archive: String,
+    /// Run the backend with `--warm` (the warm compiler).
+    pub warm: bool,
 }
 
 impl LinkPlan {
     pub fn forced(&self) -> LinkPlan {
         LinkPlan {
             force_thin_link: true,
+            ..self.clone()
+        }
+    }
+
+    pub fn warmed(&self) -> LinkPlan {
+        LinkPlan {
+            warm: true,
             ..self.clone()
         }
     }
@@ -192,6 +201,7 @@ impl LinkPlan {
             post: None,
             force_thin_link: false,
             fe_archive: "vmlinux.a".into(),
+            warm: false,
         }
     }
 }
@@ -253,6 +263,7 @@ pub fn run_stages(
         let text = run_tool(
             bins.tool("thinlto-backend", tc, tree)
                 .arg("-q")
+                .args(plan.warm.then_some("--warm"))
                 .arg(format!("-j{jobs}")),
             Some(&manifest_path),
             Some(&jobs_path),

@@ -185,6 +185,7 @@ pub fn kernel_settings(
             post,
             force_thin_link: false,
             fe_archive: fe.to_string(),
+            warm: false,
         },
         link.clone(),
     ))

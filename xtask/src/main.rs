@@ -318,6 +318,13 @@ fn run(cli: Cli) -> Result<()> {
                     for r in &results {
                         s.push_str(&r.markdown());
                     }
+                    // A tree of kbuild's distributed mode: `make vmlinux`
+                    // with the stock rules, the wrapper and THINLTO_TOOLS=1.
+                    if xtask::kernel::detect_layout(k)? == xtask::kernel::TreeLayout::Dist {
+                        let shown = xtask::bench::report_path(k, home.as_deref());
+                        let text = xtask::kbuild_modes::run(k, &shown, opts.jobs, false)?;
+                        s.push_str(&format!("\n{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by the same run.\n\n{text}\n"));
+                    }
                     Some(s)
                 }
                 None => None,
