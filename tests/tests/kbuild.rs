@@ -293,11 +293,7 @@ fn interrupted_kbuild_runs_resume_to_the_same_bytes() {
         // Wait until a backend compile is under way.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let running = Command::new("pgrep")
-                .args(["-f", "clang-slow.*-x ir"])
-                .output()
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false);
+            let running = backend_compile_running(&slow_s);
             if running || std::time::Instant::now() > deadline {
                 break;
             }
@@ -370,6 +366,20 @@ fn wrap_passes_other_commands_through_unchanged() {
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/clang-0"));
+}
+
+/// Whether a process runs `slow … -x ir …` (a backend compile), read off
+/// /proc as pgrep would.
+fn backend_compile_running(slow: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let argv = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+        words.iter().any(|w| w.ends_with(slow.as_bytes()))
+            && words.windows(2).any(|p| p[0] == b"-x" && p[1] == b"ir")
+    })
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

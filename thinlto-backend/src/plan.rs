@@ -75,16 +75,21 @@ pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
         .map(|o| JobInput {
             object: o.to_string(),
             summary: format!("{o}.thinlto.bc"),
-            imports: std::fs::read_to_string(format!("{o}.imports"))
-                .ok()
-                .map(|t| {
-                    t.lines()
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }),
+            imports: imports_of(o),
         })
         .collect())
+}
+
+/// The modules `object` imports, from the `object.imports` lld wrote
+/// (`--thinlto-emit-imports-files`); None where there is none.
+pub fn imports_of(object: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("{object}.imports")).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// `dir/foo.o` → `dir/foo.thinlto-native.o`.

@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use thinlto_cmdparse::shell;
 
-use crate::plan::{decide, BackendJob, Decision, DigestCache, JobInput};
+use crate::plan::{decide, imports_of, BackendJob, Decision, DigestCache, JobInput};
 use crate::run::write_record;
 
 /// A compiler command recognised as a ThinLTO backend compile.
@@ -109,19 +109,11 @@ pub fn job_for(argv: &[OsString], cmd: &BackendCommand) -> BackendJob {
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let imports = std::fs::read_to_string(format!("{}.imports", cmd.object))
-        .ok()
-        .map(|t| {
-            t.lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect()
-        });
     BackendJob {
         input: JobInput {
             object: cmd.object.clone(),
             summary: cmd.summary.clone(),
-            imports,
+            imports: imports_of(&cmd.object),
         },
         native: cmd.native.clone(),
         record_path: digests_path(&cmd.native),

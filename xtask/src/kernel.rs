@@ -27,6 +27,8 @@ pub struct KernelOptions {
     pub out: PathBuf,
     pub jobs: usize,
     pub time_inprocess: bool,
+    /// The backend with `--warm`.
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +277,10 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
     let (tc, plan, tree_link) = kernel_settings(&tree, &out, layout)?;
+    let plan = LinkPlan {
+        warm: opts.warm,
+        ..plan
+    };
     // kbuild's own natives, set aside for the comparison (ours are built
     // in their place: the same paths, as kbuild's rules name them).
     let kbuild_natives = out.join("kbuild-natives");

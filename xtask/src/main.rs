@@ -128,6 +128,9 @@ enum Verb {
         /// Also time the tree's own in-process vmlinux.o link
         #[arg(long)]
         time_inprocess: bool,
+        /// Run the backend with the warm compiler (thinlto-backend --warm)
+        #[arg(long)]
+        warm: bool,
     },
     /// Oracles that need more than the default machine: `modpost` builds the
     /// kernel's real modpost from Debian's linux-source-6.12 and compares
@@ -381,12 +384,14 @@ fn run(cli: Cli) -> Result<()> {
             out,
             jobs,
             time_inprocess,
+            warm,
         } => {
             let report = xtask::kernel::run_kernel(&xtask::kernel::KernelOptions {
                 out: out.unwrap_or_else(|| tree.join("thinlto-dist-out")),
                 tree,
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
                 time_inprocess,
+                warm,
             })?;
             println!("layout: {}", report.layout.describe());
             print!("{}", xtask::flow::table(&report.stages, &report.checks));

@@ -94,16 +94,32 @@ fn run_apt(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure `make` is there too (the reference flow needs it).
+/// The host programs the flows and tests run besides LLVM: GNU make (the
+/// reference flow, kbuild's rules) and patch (examples/kbuild's patch, as a
+/// user applies it). Installed with apt-get when missing (root, Debian).
 pub fn ensure_make() -> Result<()> {
-    if thinlto_index::toolchain::find_program("make", std::env::var_os("PATH").as_ref()).is_ok() {
+    let path = std::env::var_os("PATH");
+    let missing: Vec<&str> = ["make", "patch"]
+        .into_iter()
+        .filter(|p| thinlto_index::toolchain::find_program(p, path.as_ref()).is_err())
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 && Path::new("/etc/debian_version").exists() {
-        eprintln!("xtask: make not found; installing it with apt-get");
+        eprintln!(
+            "xtask: {} not found; installing with apt-get",
+            missing.join(", ")
+        );
         run_apt(&["update"])?;
-        return run_apt(&["install", "-y", "--no-install-recommends", "make"]);
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend(&missing);
+        return run_apt(&args);
     }
-    bail!("GNU make is not installed; run: sudo apt-get install -y make")
+    bail!(
+        "{} not installed; run: sudo apt-get install -y {}",
+        missing.join(", "),
+        missing.join(" ")
+    )
 }
