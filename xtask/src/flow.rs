@@ -159,12 +159,17 @@ pub struct LinkPlan {
     pub fe_archive: String,
     /// Run the backend with `--warm` (the warm compiler).
     pub warm: bool,
+    /// Run every backend job, up to date or not (`-B`).
+    pub force_backend: bool,
 }
 
 impl LinkPlan {
+    /// From scratch: the thin link and every backend job run whatever
+    /// the records say (`--force`, `-B`).
     pub fn forced(&self) -> LinkPlan {
         LinkPlan {
             force_thin_link: true,
+            force_backend: true,
             ..self.clone()
         }
     }
@@ -202,6 +207,7 @@ impl LinkPlan {
             force_thin_link: false,
             fe_archive: "vmlinux.a".into(),
             warm: false,
+            force_backend: false,
         }
     }
 }
@@ -264,6 +270,7 @@ pub fn run_stages(
             bins.tool("thinlto-backend", tc, tree)
                 .arg("-q")
                 .args(plan.warm.then_some("--warm"))
+                .args(plan.force_backend.then_some("-B"))
                 .arg(format!("-j{jobs}")),
             Some(&manifest_path),
             Some(&jobs_path),

@@ -188,6 +188,7 @@ pub fn kernel_settings(
             force_thin_link: false,
             fe_archive: fe.to_string(),
             warm: false,
+            force_backend: false,
         },
         link.clone(),
     ))
