@@ -1028,7 +1028,7 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
     if modpost.exists() {
         say("6. modpost");
         let mut r = ScenarioResult::new(
-            "K6. vmlinux.symvers + .vmlinux.export.c from the tree's in-process vmlinux.o",
+            "K6. vmlinux.symvers + .vmlinux.export.c from the tree's own vmlinux.o",
             "ours: `modpost-ir symvers vmlinux.o --objects .vmlinux.objs`",
             "reference: the tree's `scripts/mod/modpost -M -m`",
         );
