@@ -5,7 +5,8 @@
 //! driven three ways —
 //! - stock: the rules as merged;
 //! - wrap: `CC="thinlto-backend wrap clang-19"`, no change to kbuild;
-//! - tools: `examples/kbuild/thinlto-tools.patch` applied, `THINLTO_TOOLS=1`;
+//! - tools: `examples/kbuild/thinlto-tools.patch` applied, `THINLTO_TOOLS=1`
+//!   (and `THINLTO_BACKEND_FLAGS=--warm`: the warm compiler);
 //!
 //! through a from-scratch build, a no-op, a touch, an edit, an `.incbin`
 //! change and an interrupted run.
@@ -98,7 +99,11 @@ fn kmake_cmd(tree: &Path, mode: Mode, cc: &str) -> Command {
     match mode {
         Mode::Stock => c.arg(format!("CC={cc}")),
         Mode::Wrap => c.arg(format!("CC={} wrap {cc}", bin("thinlto-backend").display())),
-        Mode::Tools => c.arg(format!("CC={cc}")).arg("THINLTO_TOOLS=1"),
+        // With the warm compiler too: the same bytes as the stock rules'.
+        Mode::Tools => c
+            .arg(format!("CC={cc}"))
+            .arg("THINLTO_TOOLS=1")
+            .arg("THINLTO_BACKEND_FLAGS=--warm"),
     };
     c.arg("vmlinux.o");
     c
@@ -198,6 +203,9 @@ fn three_ways_through_kbuild_same_bytes_fewer_compiles() {
         let all: BTreeSet<String> = index_objects(t.path()).into_iter().collect();
         assert!(all.len() >= 8, "{all:?}");
         assert_eq!(compiled(mode, &out), all, "{mode:?} from scratch");
+        // The warm compiler served them (no fallback line).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("--warm:"), "{mode:?}: {stderr}");
         assert_same_outputs(stock, t.path(), mode, "from scratch");
     }
     let n = index_objects(stock).len();
