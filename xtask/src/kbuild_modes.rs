@@ -5,7 +5,8 @@
 //!   masquerading as the compiler through a symlink first on PATH: the
 //!   same decisions as `CC="thinlto-backend wrap clang-19"`, without a
 //!   `$(CC)` change that would rebuild every front-end object);
-//! - tools: `examples/kbuild/thinlto-tools.patch` and `THINLTO_TOOLS=1`.
+//! - tools: `examples/kbuild/thinlto-tools.patch` and `THINLTO_TOOLS=1`,
+//!   also with `THINLTO_BACKEND_FLAGS=--warm` (the warm compiler).
 //!
 //! Each mode runs the same steps: stages 2–4 from scratch, a no-op, a
 //! `touch` of one `.c`, a one-line edit of a leaf file and one of a widely
@@ -34,16 +35,19 @@ pub enum Mode {
     Stock,
     Wrap,
     Tools,
+    /// `THINLTO_TOOLS=1 THINLTO_BACKEND_FLAGS=--warm`: the warm compiler.
+    ToolsWarm,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Stock, Mode::Wrap, Mode::Tools];
+    pub const ALL: [Mode; 4] = [Mode::Stock, Mode::Wrap, Mode::Tools, Mode::ToolsWarm];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Stock => "stock",
             Mode::Wrap => "wrap",
             Mode::Tools => "THINLTO_TOOLS=1",
+            Mode::ToolsWarm => "THINLTO_TOOLS=1 THINLTO_BACKEND_FLAGS=--warm",
         }
     }
 }
@@ -305,9 +309,12 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
                 env.push(("PATH".into(), format!("{}:{path}", masq.display())));
                 env.push(("THINLTO_WRAP_EXPLAIN".into(), "1".into()));
             }
-            Mode::Tools => {
+            Mode::Tools | Mode::ToolsWarm => {
                 env.push(("PATH".into(), format!("{}:{path}", bins.dir.display())));
                 args.push("THINLTO_TOOLS=1".into());
+                if mode == Mode::ToolsWarm {
+                    args.push("THINLTO_BACKEND_FLAGS=--warm".into());
+                }
                 let ok = Command::new("patch")
                     .args(["-p1", "-N", "-i"])
                     .arg(&patch)
@@ -357,7 +364,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
         }
         say(&format!("{}: undoing the edits", mode.name()));
         let undo = make_vmlinux(&tree, mode, jobs, &env, &args);
-        if mode == Mode::Tools {
+        if matches!(mode, Mode::Tools | Mode::ToolsWarm) {
             Command::new("patch")
                 .args(["-p1", "-R", "-i"])
                 .arg(&patch)
@@ -372,14 +379,14 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
     writeln!(
         s,
         "### K7. `make vmlinux` in kbuild's distributed mode: stock rules, the wrapper, `THINLTO_TOOLS=1`\n\n\
-         Tree: {display} (`CONFIG_LTO_CLANG_THIN_DIST`, {} backend jobs), `make {} -j{jobs} vmlinux`, one run per cell, the three modes one after the other on the same tree. \
+         Tree: {display} (`CONFIG_LTO_CLANG_THIN_DIST`, {} backend jobs), `make {} -j{jobs} vmlinux`, one run per cell, the modes one after the other on the same tree (\"tools+warm\": `THINLTO_TOOLS=1 THINLTO_BACKEND_FLAGS=--warm`). \
          \"2–4\" is stages 2–4 as make's own output times them (first line of `scripts/Makefile.vmlinux_a` to `LD vmlinux.o`); \"make\" is the whole `make vmlinux` (front-end descent, vmlinux.o, modpost, the final link); \"jobs\" are backend compiles run.\n",
         table[0].1[0].compiles.len(),
         make_args.join(" ")
     )
     .unwrap();
-    writeln!(s, "| step | stock 2–4 / make / jobs | wrap 2–4 / make / jobs | tools 2–4 / make / jobs | stock÷wrap (2–4) | stock÷tools (2–4) |").unwrap();
-    writeln!(s, "|---|---|---|---|---|---|").unwrap();
+    writeln!(s, "| step | stock 2–4 / make / jobs | wrap 2–4 / make / jobs | tools 2–4 / make / jobs | tools+warm 2–4 / make / jobs | stock÷wrap (2–4) | stock÷tools (2–4) | stock÷tools+warm (2–4) |").unwrap();
+    writeln!(s, "|---|---|---|---|---|---|---|---|").unwrap();
     let cell = |r: &MakeRun| {
         format!(
             "{} / {:.2} s / {}",
@@ -396,16 +403,23 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
         _ => "—".into(),
     };
     for (i, step) in steps.iter().enumerate() {
-        let (st, wr, to) = (&table[0].1[i], &table[1].1[i], &table[2].1[i]);
+        let (st, wr, to, tw) = (
+            &table[0].1[i],
+            &table[1].1[i],
+            &table[2].1[i],
+            &table[3].1[i],
+        );
         writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             step.name,
             cell(st),
             cell(wr),
             cell(to),
+            cell(tw),
             ratio(st, wr),
-            ratio(st, to)
+            ratio(st, to),
+            ratio(st, tw)
         )
         .unwrap();
     }
