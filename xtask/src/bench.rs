@@ -905,46 +905,30 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         "ours: order + link + backend --warm + archive + vmlinux.o link (+ objtool)",
         "in-process: the tree's own `ld.lld -r` (ThinLTO inside lld), as in K4",
     );
-    for _ in 0..opts.heavy_runs {
+    // Stages 2-4 from scratch, timed as a whole, modpost left out.
+    let stages_from_scratch = |plan: &LinkPlan| -> Result<Sample> {
         clean_natives(&tree)?;
         let t = std::time::Instant::now();
-        let run = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, &plan.forced())?;
-        let wall = t.elapsed().as_secs_f64()
-            - run
-                .stages
-                .iter()
-                .find(|s| s.name.starts_with("modpost"))
-                .map(|s| s.seconds)
-                .unwrap_or(0.0);
-        let s = Sample {
-            wall,
+        let run = flow::run_stages(&bins, &tc, &tree, &out_s, opts.jobs, plan)?;
+        let modpost = run
+            .stages
+            .iter()
+            .find(|s| s.name.starts_with("modpost"))
+            .map(|s| s.seconds)
+            .unwrap_or(0.0);
+        Ok(Sample {
+            wall: t.elapsed().as_secs_f64() - modpost,
             cpu: 0.0,
             rss_kib: 0,
-        };
+        })
+    };
+    for _ in 0..opts.heavy_runs {
+        let s = stages_from_scratch(&plan.forced())?;
         r.ours.push(s);
         inproc.ours.push(s);
-        clean_natives(&tree)?;
-        let t = std::time::Instant::now();
-        let run = flow::run_stages(
-            &bins,
-            &tc,
-            &tree,
-            &out_s,
-            opts.jobs,
-            &plan.forced().warmed(),
-        )?;
-        let wall = t.elapsed().as_secs_f64()
-            - run
-                .stages
-                .iter()
-                .find(|s| s.name.starts_with("modpost"))
-                .map(|s| s.seconds)
-                .unwrap_or(0.0);
-        inproc_warm.ours.push(Sample {
-            wall,
-            cpu: 0.0,
-            rss_kib: 0,
-        });
+        inproc_warm
+            .ours
+            .push(stages_from_scratch(&plan.forced().warmed())?);
         clean_natives(&tree)?;
         std::fs::remove_dir_all(&kref)?;
         std::fs::create_dir_all(&kref)?;
