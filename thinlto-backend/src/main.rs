@@ -77,6 +77,38 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// The backend cache: what it holds, and its upkeep
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// The cache directory [default: $THINLTO_CACHE_DIR, else
+        /// $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
+        #[arg(long, value_name = "DIR", global = true)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Print the directory, its entries and size, and the hit/miss counters
+    /// of every run since the last clear (as JSON with --json)
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the least recently used entries until the cache holds at most
+    /// --max-size (builds do this themselves after storing)
+    Prune {
+        /// The limit [default: $THINLTO_CACHE_SIZE, else 5G]
+        #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+    /// Remove every entry and the counters
+    Clear,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    thinlto_backend::cache::local::parse_size(s)
 }
 
 #[derive(Args)]
@@ -118,6 +150,22 @@ struct RunArgs {
     /// Plain spawns when it cannot (a static compiler, a wrapper script)
     #[arg(long)]
     warm: bool,
+    /// Take natives from the backend cache, and store what compiles (also
+    /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
+    /// the object, its shard, its imports and every file the compile read
+    /// (an .incbin'd file included); see README, "The backend cache"
+    #[arg(long, env = "THINLTO_CACHE")]
+    cache: bool,
+    /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
+    /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The cache's size limit; least recently used entries go first
+    #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size, default_value = "5G")]
+    cache_size: u64,
+    /// No cache, whatever the environment says
+    #[arg(long, conflicts_with_all = ["cache", "cache_dir"])]
+    no_cache: bool,
     #[command(flatten)]
     toolchain: ToolchainArgs,
 }
@@ -137,6 +185,7 @@ fn main() -> ExitCode {
             archive(&order, &index, &o).map(|_| ExitCode::SUCCESS)
         }
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
+        Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
         None => backend(cli.run),
     };
     // A signal that came while cleanup was deferred: the cleanup is done,
@@ -149,6 +198,69 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cache_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    explicit
+        .or_else(thinlto_backend::cache::default_dir)
+        .context("no cache directory: give --cache-dir (neither THINLTO_CACHE_DIR, XDG_CACHE_HOME nor HOME is set)")
+}
+
+fn cache_verb(action: CacheAction, dir: Option<PathBuf>) -> Result<ExitCode> {
+    let dir = cache_dir(dir)?;
+    let store = thinlto_backend::cache::local::LocalStore::new(&dir);
+    let mut out = std::io::stdout().lock();
+    match action {
+        CacheAction::Stats { json } => {
+            let (u, c) = (store.usage(), store.counters());
+            if json {
+                let v = serde_json::json!({
+                    "dir": store.root(),
+                    "usage": u,
+                    "counters": c,
+                });
+                writeln!(out, "{v}")
+            } else {
+                let lookups = c.hits_local + c.hits_remote + c.misses;
+                writeln!(
+                    out,
+                    "cache directory  {}\nentries          {} ({} objects, {:.1} MiB)\nhits             {} local, {} remote ({:.1} % of {} lookups)\nmisses           {}\nstored           {} ({} compiles not stored: untraceable)",
+                    store.root().display(),
+                    u.manifests,
+                    u.blobs,
+                    u.bytes as f64 / (1u64 << 20) as f64,
+                    c.hits_local,
+                    c.hits_remote,
+                    if lookups > 0 {
+                        100.0 * (c.hits_local + c.hits_remote) as f64 / lookups as f64
+                    } else {
+                        0.0
+                    },
+                    lookups,
+                    c.misses,
+                    c.stored,
+                    c.uncacheable,
+                )
+            }
+        }
+        CacheAction::Prune { max_size } => {
+            let max = max_size.unwrap_or(thinlto_backend::cache::DEFAULT_MAX_SIZE);
+            let (n, bytes) = store.prune(max);
+            writeln!(
+                out,
+                "removed {n} files ({:.1} MiB); {:.1} MiB left",
+                bytes as f64 / (1u64 << 20) as f64,
+                store.usage().bytes as f64 / (1u64 << 20) as f64
+            )
+        }
+        CacheAction::Clear => {
+            store.clear()?;
+            writeln!(out, "cleared {}", store.root().display())
+        }
+    }
+    .and_then(|_| out.flush())
+    .map_err(stdout_error)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_list(p: &Path) -> Result<Vec<String>> {
@@ -261,9 +373,26 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     } else {
         Verbosity::Normal
     };
+    let use_cache = !args.no_cache && (args.cache || args.cache_dir.is_some());
+    let needs_run = planned
+        .iter()
+        .any(|(_, d, _)| matches!(d, Decision::Run(_)));
+    let cache = if use_cache && needs_run {
+        let opts = thinlto_backend::cache::CacheOptions {
+            dir: cache_dir(args.cache_dir.clone())?,
+            max_size: args.cache_size,
+        };
+        Some(thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)?)
+    } else {
+        None
+    };
     if args.explain || args.dry_run {
         let mut out = std::io::stdout().lock();
-        for (job, d, _) in &planned {
+        for (job, d, rec) in &planned {
+            let cached = match (&cache, d, args.explain) {
+                (Some(c), Decision::Run(_), true) => c.probe(job, rec),
+                _ => None,
+            };
             match (d, args.explain) {
                 (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native),
                 (Decision::Adopt, true) => writeln!(
@@ -271,7 +400,15 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                     "{}: up to date (make's record, the native newer than every input)",
                     job.native
                 ),
-                (Decision::Run(why), true) => writeln!(out, "{}: would run: {why}", job.native),
+                (Decision::Run(why), true) => match cached {
+                    Some((tier, key)) => writeln!(
+                        out,
+                        "{}: would run: {why}; cache-hit ({}) {key}",
+                        job.native,
+                        tier.as_str()
+                    ),
+                    None => writeln!(out, "{}: would run: {why}", job.native),
+                },
                 (Decision::Run(_), false) => writeln!(out, "{}", job.command_text),
                 (Decision::UpToDate | Decision::Adopt, false) => Ok(()),
             }
@@ -303,6 +440,8 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                     status: JobStatus::UpToDate,
                     reason: "command and inputs unchanged".into(),
                     seconds: 0.0,
+                    cache: None,
+                    key: None,
                 })
                 .map_err(stdout_error)?;
             }
@@ -320,6 +459,8 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                     status: JobStatus::UpToDate,
                     reason: reason.into(),
                     seconds: 0.0,
+                    cache: None,
+                    key: None,
                 })
                 .map_err(stdout_error)?;
             }
@@ -401,14 +542,22 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     };
     let warm =
         (args.warm && !to_run.is_empty()).then(|| thinlto_backend::warm::Warm::start(&cc.argv[0]));
-    let summary = run::run_jobs(&to_run, order, &opts, client, &mut emit);
+    let summary = run::run_jobs(&to_run, order, &opts, client, cache.as_ref(), &mut emit);
     drop(warm);
+    let cache_summary = cache.as_ref().map(|c| c.finish());
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     if (verbosity != Verbosity::Quiet && !args.no_summary) || summary.failed > 0 {
+        let cached = match &cache_summary {
+            Some(c) => format!(
+                ", {} from the cache ({} local, {} remote; {} misses)",
+                summary.cache_hits, c.hits_local, c.hits_remote, c.misses
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "thinlto-backend: {} built, {} up to date, {} failed{}; wall {:.2} s, CPU {:.2} s",
+            "thinlto-backend: {} built, {} up to date{cached}, {} failed{}; wall {:.2} s, CPU {:.2} s",
             summary.built,
             up_to_date,
             summary.failed,

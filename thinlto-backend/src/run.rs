@@ -22,15 +22,23 @@ pub struct JobRecord {
     /// Why it ran (or why it is up to date, or why it failed).
     pub reason: String,
     pub seconds: f64,
+    /// For "cache-hit": the tier that had it ("local" or "remote").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::Tier>,
+    /// For "cache-hit": the job's cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
-/// What became of a job; in JSON "built", "up-to-date" or "failed" (the
-/// contract's spelling, which scripts compare against).
+/// What became of a job; in JSON "built", "up-to-date", "cache-hit" or
+/// "failed" (the contract's spelling, which scripts compare against).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobStatus {
     Built,
     UpToDate,
+    /// The native was taken from the backend cache (`--cache`).
+    CacheHit,
     Failed,
 }
 
@@ -40,6 +48,7 @@ impl JobStatus {
         match self {
             JobStatus::Built => "built",
             JobStatus::UpToDate => "up-to-date",
+            JobStatus::CacheHit => "cache-hit",
             JobStatus::Failed => "failed",
         }
     }
@@ -72,6 +81,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub built: usize,
+    /// Jobs whose native came from the cache (not counted in `built`).
+    pub cache_hits: usize,
     pub failed: usize,
     pub not_started: usize,
     /// The signal that interrupted the run, if any.
@@ -193,6 +204,7 @@ enum Event {
 /// What the worker threads share.
 struct Ctx<'a> {
     opts: &'a RunOptions,
+    cache: Option<&'a crate::cache::BackendCache>,
     /// Children running now, by pid, so that a signal can stop them.
     children: Mutex<HashSet<u32>>,
 }
@@ -220,6 +232,7 @@ pub fn run_jobs(
     order: Vec<usize>,
     opts: &RunOptions,
     jobserver: Option<jobserver::Client>,
+    cache: Option<&crate::cache::BackendCache>,
     emit: &mut dyn FnMut(JobRecord, Option<String>) -> std::io::Result<()>,
 ) -> RunSummary {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
@@ -243,6 +256,7 @@ pub fn run_jobs(
     };
     let ctx = Ctx {
         opts,
+        cache,
         children: Mutex::new(HashSet::new()),
     };
     let mut summary = RunSummary::default();
@@ -333,6 +347,8 @@ pub fn run_jobs(
                         if !opts.keep_going {
                             stop = true;
                         }
+                    } else if rec.status == JobStatus::CacheHit {
+                        summary.cache_hits += 1;
                     } else {
                         summary.built += 1;
                     }
@@ -537,6 +553,8 @@ fn build_one(
                 status,
                 reason: why,
                 seconds: round3(start.elapsed().as_secs_f64()),
+                cache: None,
+                key: None,
             },
             output,
         )
@@ -560,17 +578,53 @@ fn build_one(
             }
         }
     }
+    if let Some(cache) = ctx.cache {
+        if let Some(hit) = cache.lookup(job, record) {
+            match put_in_place(job, record, &hit, dwo.as_deref()) {
+                Ok(()) => {
+                    if ctx.opts.verbosity != Verbosity::Quiet {
+                        eprintln!("  {:<7} {}", "HIT", job.native);
+                    }
+                    return (
+                        JobRecord {
+                            object: job.input.object.clone(),
+                            native: job.native.clone(),
+                            status: JobStatus::CacheHit,
+                            reason: format!("{reason}; from the {} cache", hit.tier.as_str()),
+                            seconds: round3(start.elapsed().as_secs_f64()),
+                            cache: Some(hit.tier),
+                            key: Some(hit.key),
+                        },
+                        (!hit.output.is_empty()).then_some(hit.output),
+                    );
+                }
+                Err(e) => {
+                    // Compiled instead; whatever was put in place goes.
+                    remove_failed_outputs(native, dwo.as_deref());
+                    eprintln!(
+                        "thinlto-backend: cache: {}: cannot put the cached object in place: {e:#}; compiling",
+                        job.native
+                    );
+                }
+            }
+        }
+    }
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
         Verbosity::Normal => eprintln!("  {:<7} {}", "CC", job.native),
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let argv = &job.argv;
+    let trace = ctx.cache.map(|c| c.trace_file());
     // The compiler process: a plain spawn, or a job of the warm compiler
     // (--warm, see warm.rs). A job lost with the warm compiler (it died
     // under it) runs again, plainly.
     let out = loop {
-        let mut child = match crate::warm::spawn_compiler(argv) {
+        if let Some(t) = &trace {
+            // The shim appends: a lost warm job's trace starts afresh.
+            let _ = std::fs::remove_file(t);
+        }
+        let mut child = match crate::warm::spawn_compiler(argv, trace.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 return fail(
@@ -634,6 +688,9 @@ fn build_one(
             None,
         );
     }
+    if let (Some(cache), Some(t)) = (ctx.cache, &trace) {
+        cache.store(job, record, t, &text, seconds);
+    }
     (
         JobRecord {
             object: job.input.object.clone(),
@@ -641,12 +698,40 @@ fn build_one(
             status: JobStatus::Built,
             reason: reason.to_string(),
             seconds: round3(seconds),
+            cache: None,
+            key: None,
         },
         // Warnings of a job that succeeded (-Wframe-larger-than and the
         // like fire only here, in the backend): shown whatever the
         // verbosity, as kbuild shows them even under `make -s`.
         (!text.is_empty()).then_some(text),
     )
+}
+
+/// A cache hit's outputs, then its record last (the crash-safety order of
+/// a compile: the old record and native were removed before).
+fn put_in_place(
+    job: &BackendJob,
+    record: &NativeRecord,
+    hit: &crate::cache::Hit,
+    dwo: Option<&Path>,
+) -> anyhow::Result<()> {
+    use thinlto_index::fsutil::write_atomic;
+    match (dwo, &hit.dwo) {
+        (Some(p), Some(bytes)) => write_atomic(p, bytes)?,
+        (None, None) => {}
+        // The key holds the argv, so this is a foreign entry.
+        _ => anyhow::bail!("the entry's split-DWARF file does not match the command"),
+    }
+    write_atomic(Path::new(&job.native), &hit.native)?;
+    let mut rec = record.clone();
+    rec.seconds = hit.seconds.or(record.seconds);
+    write_record(&job.record_path, &rec.render(&job.native)).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot write the record: {e}",
+            job.record_path.display()
+        )
+    })
 }
 
 pub fn round3(x: f64) -> f64 {
@@ -662,6 +747,7 @@ mod tests {
         for (s, text) in [
             (JobStatus::Built, "\"built\""),
             (JobStatus::UpToDate, "\"up-to-date\""),
+            (JobStatus::CacheHit, "\"cache-hit\""),
             (JobStatus::Failed, "\"failed\""),
         ] {
             assert_eq!(serde_json::to_string(&s).unwrap(), text);

@@ -176,7 +176,7 @@ fn shutdown_fd(fd: RawFd) {
 
 /// argv[0] as Command would find it: a path, or the first executable of
 /// that name on PATH.
-fn resolve(argv0: &str) -> Option<PathBuf> {
+pub(crate) fn resolve(argv0: &str) -> Option<PathBuf> {
     if argv0.contains('/') {
         return std::fs::canonicalize(argv0).ok();
     }
@@ -191,8 +191,13 @@ fn resolve(argv0: &str) -> Option<PathBuf> {
 }
 
 /// The shim in the user's cache, written atomically when missing or
-/// different (an installed binary carries its own copy).
+/// different (an installed binary carries its own copy); looked up once.
 fn shim_file() -> Result<PathBuf, String> {
+    static FILE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FILE.get_or_init(write_shim_file).clone()
+}
+
+fn write_shim_file() -> Result<PathBuf, String> {
     if SHIM.is_empty() {
         return Err(
             "this thinlto-backend was built without the zygote shim (no C compiler)".into(),
@@ -215,6 +220,16 @@ fn shim_file() -> Result<PathBuf, String> {
     thinlto_index::fsutil::write_atomic(&file, SHIM)
         .map_err(|e| format!("cannot write {}: {e:#}", file.display()))?;
     Ok(file)
+}
+
+/// LD_PRELOAD with the shim first (and whatever the user preloads after).
+fn preload_with(shim: PathBuf) -> OsString {
+    let mut preload = shim.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    preload
 }
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -261,11 +276,7 @@ fn start(cc: &str) -> Result<State, String> {
     }
     let key = Identity::of(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
     let (ctl, theirs) = socketpair().map_err(|e| format!("socketpair: {e}"))?;
-    let mut preload = shim.into_os_string();
-    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
-        preload.push(":");
-        preload.push(old);
-    }
+    let preload = preload_with(shim);
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(cc);
     cmd.env("LD_PRELOAD", preload)
@@ -550,10 +561,13 @@ pub struct WarmChild {
 }
 
 /// Starts the compile `argv` (stdin /dev/null, stdout and stderr piped),
-/// in the warm compiler when `--warm` started one for `argv[0]`.
-pub fn spawn_compiler(argv: &[String]) -> io::Result<ChildHandle> {
+/// in the warm compiler when `--warm` started one for `argv[0]`. With
+/// `trace`, the shim appends to that file what the compile reads (the
+/// backend cache's extras, `cache/trace.rs`): a warm job gets
+/// THINLTO_TRACE in its environment, a plain spawn the shim preloaded too.
+pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<ChildHandle> {
     if let Some(z) = zygote_for(&argv[0]) {
-        match spawn_warm(&z, argv) {
+        match spawn_warm(&z, argv, trace) {
             Ok(c) => {
                 z.served.fetch_add(1, Ordering::Relaxed);
                 return Ok(ChildHandle::Warm(c));
@@ -567,7 +581,16 @@ pub fn spawn_compiler(argv: &[String]) -> io::Result<ChildHandle> {
         }
     }
     PLAIN.fetch_add(1, Ordering::Relaxed);
-    let c = Command::new(&argv[0])
+    let mut cmd = Command::new(&argv[0]);
+    if let Some(t) = trace {
+        cmd.env("THINLTO_TRACE", t);
+        // Without the shim the trace has no header, and the result is
+        // simply not stored (cache/trace.rs).
+        if let Ok(shim) = shim_file() {
+            cmd.env("LD_PRELOAD", preload_with(shim));
+        }
+    }
+    let c = cmd
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -576,8 +599,11 @@ pub fn spawn_compiler(argv: &[String]) -> io::Result<ChildHandle> {
     Ok(ChildHandle::Plain(Some(c)))
 }
 
-fn spawn_warm(z: &Arc<Zygote>, argv: &[String]) -> io::Result<WarmChild> {
+fn spawn_warm(z: &Arc<Zygote>, argv: &[String], trace: Option<&Path>) -> io::Result<WarmChild> {
+    let trace_var = trace.map(|t| (OsString::from("THINLTO_TRACE"), t.as_os_str().to_owned()));
     let env: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(k, _)| k != "THINLTO_TRACE")
+        .chain(trace_var)
         .map(|(k, v)| {
             let mut e = k.as_bytes().to_vec();
             e.push(b'=');

@@ -13,7 +13,18 @@
  * starts exactly where a fresh `clang ...` would enter main, minus the
  * start-up cost.
  *
- * Without THINLTO_ZYGOTE_FD in the environment the shim does nothing.
+ * Without THINLTO_ZYGOTE_FD in the environment the shim serves no jobs.
+ *
+ * The same shim traces, for the backend cache (src/cache/), the files a
+ * compile reads: with THINLTO_TRACE=FILE in a compile's environment (a
+ * plain spawn preloads the shim; a job of the zygote gets it in its job
+ * environment), it appends to FILE a header line "thinlto-trace 1", then
+ * "r PATH" for every regular file the process opens read-only (PATH as
+ * /proc/self/fd resolves it: absolute, symlinks resolved) and "x PATH" for
+ * every program it execs. That is how a file that inline asm `.incbin`s
+ * -- read by the backend, though in no input list -- becomes part of the
+ * cache entry. A trace without the header means the shim did not load (a
+ * static compiler): the cache then does not store the result.
  *
  * Protocol (SOCK_SEQPACKET unix sockets, native byte order):
  *   zygote -> client on the control socket, once:
@@ -44,9 +55,11 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +97,9 @@ static struct job jobs[MAX_JOBS];
 static int njobs;
 static int ctl = -1;
 static char request[MAX_REQUEST];
+/* Tracing (below): -2 not looked up yet in this process (or job), -1 off,
+ * else the trace file's descriptor. */
+static volatile int trace_fd = -2;
 
 static void send_msg(int fd, const void *buf, size_t len, int pass_fd)
 {
@@ -180,6 +196,8 @@ static void child(int argc, char **argv, char **env, const int *fds, pid_t zygot
             close(jobs[i].pidfd);
     }
     environ = env;
+    /* The job's THINLTO_TRACE, not the zygote's (looked up afresh). */
+    trace_fd = -2;
     program_invocation_name = argv[0];
     char *slash = strrchr(argv[0], '/');
     program_invocation_short_name = slash ? slash + 1 : argv[0];
@@ -460,6 +478,161 @@ static int zygote_main(int argc, char **argv, char **envp)
     }
     serve(self);
     _exit(0);
+}
+
+
+/* ---- tracing: the files a compile reads (THINLTO_TRACE) ---- */
+
+
+static int trace_init(void)
+{
+    int fd = trace_fd;
+    if (fd != -2)
+        return fd;
+    const char *path = getenv("THINLTO_TRACE");
+    fd = -1;
+    if (path && *path) {
+        fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+                          0600);
+        if (fd >= 0) {
+            static const char header[] = "thinlto-trace 1\n";
+            if (write(fd, header, sizeof header - 1) < 0) {
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    /* Two threads may race here: the loser's descriptor is closed. */
+    if (!__sync_bool_compare_and_swap(&trace_fd, -2, fd) && fd >= 0)
+        close(fd);
+    return trace_fd;
+}
+
+static void trace_line(char kind, const char *path)
+{
+    int fd = trace_init();
+    if (fd < 0)
+        return;
+    char line[PATH_MAX + 4];
+    int n = snprintf(line, sizeof line, "%c %s\n", kind, path);
+    if (n > 0 && n < (int)sizeof line)
+        (void)!write(fd, line, n); /* one write: lines of concurrent writers do not mix */
+}
+
+static void trace_open(int fd, int flags)
+{
+    if (fd < 0 || (flags & O_ACCMODE) != O_RDONLY || (flags & O_DIRECTORY) || trace_fd == -1)
+        return;
+    if (trace_init() < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return;
+    char link[64], path[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t k = readlink(link, path, sizeof path - 1);
+    if (k <= 0)
+        return;
+    path[k] = 0;
+    trace_line('r', path);
+}
+
+#define REAL(name, type) \
+    static type real_##name; \
+    if (!real_##name) \
+        real_##name = (type)dlsym(RTLD_NEXT, #name)
+
+typedef int (*open_fn)(const char *, int, ...);
+typedef int (*openat_fn)(int, const char *, int, ...);
+typedef int (*open2_fn)(const char *, int);
+typedef int (*openat2_fn)(int, const char *, int);
+typedef FILE *(*fopen_fn)(const char *, const char *);
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+
+static mode_t mode_arg(int flags, va_list ap)
+{
+    return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+#define OPEN_HOOK(name)                                   \
+    EXPORT int name(const char *p, int flags, ...)        \
+    {                                                     \
+        va_list ap;                                       \
+        va_start(ap, flags);                              \
+        mode_t m = mode_arg(flags, ap);                   \
+        va_end(ap);                                       \
+        REAL(name, open_fn);                              \
+        int fd = real_##name(p, flags, m);                \
+        trace_open(fd, flags);                            \
+        return fd;                                        \
+    }
+#define OPENAT_HOOK(name)                                         \
+    EXPORT int name(int dir, const char *p, int flags, ...)       \
+    {                                                             \
+        va_list ap;                                               \
+        va_start(ap, flags);                                      \
+        mode_t m = mode_arg(flags, ap);                           \
+        va_end(ap);                                               \
+        REAL(name, openat_fn);                                    \
+        int fd = real_##name(dir, p, flags, m);                   \
+        trace_open(fd, flags);                                    \
+        return fd;                                                \
+    }
+OPEN_HOOK(open)
+OPEN_HOOK(open64)
+OPENAT_HOOK(openat)
+OPENAT_HOOK(openat64)
+
+/* _FORTIFY_SOURCE's variants (no mode argument). */
+EXPORT int __open_2(const char *p, int flags)
+{
+    REAL(__open_2, open2_fn);
+    int fd = real___open_2(p, flags);
+    trace_open(fd, flags);
+    return fd;
+}
+EXPORT int __open64_2(const char *p, int flags)
+{
+    REAL(__open64_2, open2_fn);
+    int fd = real___open64_2(p, flags);
+    trace_open(fd, flags);
+    return fd;
+}
+EXPORT int __openat_2(int dir, const char *p, int flags)
+{
+    REAL(__openat_2, openat2_fn);
+    int fd = real___openat_2(dir, p, flags);
+    trace_open(fd, flags);
+    return fd;
+}
+
+/* libc's own fopen opens through an internal call no preload sees. */
+static FILE *traced_fopen(FILE *f, const char *mode)
+{
+    if (f && mode[0] == 'r' && !strchr(mode, '+'))
+        trace_open(fileno(f), O_RDONLY);
+    return f;
+}
+EXPORT FILE *fopen(const char *p, const char *mode)
+{
+    REAL(fopen, fopen_fn);
+    return traced_fopen(real_fopen(p, mode), mode);
+}
+EXPORT FILE *fopen64(const char *p, const char *mode)
+{
+    REAL(fopen64, fopen_fn);
+    return traced_fopen(real_fopen64(p, mode), mode);
+}
+
+/* A wrapper script's compiler: the program it execs is an input too. */
+EXPORT int execve(const char *p, char *const argv[], char *const envp[])
+{
+    REAL(execve, execve_fn);
+    if (trace_init() >= 0 && access(p, X_OK) == 0) {
+        char abs[PATH_MAX];
+        trace_line('x', realpath(p, abs) ? abs : p);
+    }
+    return real_execve(p, argv, envp);
 }
 
 EXPORT int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void),
