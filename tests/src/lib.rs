@@ -108,7 +108,13 @@ pub fn tool(name: &str, tree: &Path) -> Command {
         .env("LD", &tc.ld.spelled)
         .env("AR", &tc.ar.spelled)
         .env_remove("MAKEFLAGS")
-        .env_remove("V");
+        .env_remove("V")
+        // The backend cache is opt-in; a developer's own settings must not
+        // turn it on (or point it elsewhere) in tests that do not ask.
+        .env_remove("THINLTO_CACHE")
+        .env_remove("THINLTO_CACHE_DIR")
+        .env_remove("THINLTO_CACHE_SIZE")
+        .env_remove("THINLTO_REMOTE_CACHE");
     c
 }
 

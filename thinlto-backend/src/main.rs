@@ -154,7 +154,7 @@ struct RunArgs {
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
     /// (an .incbin'd file included); see README, "The backend cache"
-    #[arg(long, env = "THINLTO_CACHE")]
+    #[arg(long, env = "THINLTO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     cache: bool,
     /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
     /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
@@ -163,8 +163,8 @@ struct RunArgs {
     /// The cache's size limit; least recently used entries go first
     #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size, default_value = "5G")]
     cache_size: u64,
-    /// No cache, whatever the environment says
-    #[arg(long, conflicts_with_all = ["cache", "cache_dir"])]
+    /// No cache, whatever the environment and the other flags say
+    #[arg(long)]
     no_cache: bool,
     #[command(flatten)]
     toolchain: ToolchainArgs,

@@ -50,6 +50,10 @@ pub struct Variant {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The key it was stored under: a manifest found under another name
+    /// (copied, or a foreign store's) is not used.
+    #[serde(default)]
+    pub key: String,
     pub variants: Vec<Variant>,
 }
 
@@ -99,19 +103,24 @@ impl LocalStore {
         self.root.join("blobs").join(&digest[..2]).join(digest)
     }
 
-    /// The manifest of `key`; a missing one is empty, an unreadable or
-    /// malformed one is removed (and empty).
+    /// The manifest of `key`; a missing one is empty, an unreadable,
+    /// malformed or foreign one (stored for another key) is removed, and
+    /// empty.
     pub fn manifest(&self, key: &str) -> Manifest {
         let p = self.manifest_path(key);
+        let empty = Manifest {
+            key: key.to_string(),
+            variants: Vec::new(),
+        };
         match std::fs::read(&p) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(m) => m,
-                Err(_) => {
+            Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(m) if m.key == key => m,
+                _ => {
                     let _ = std::fs::remove_file(&p);
-                    Manifest::default()
+                    empty
                 }
             },
-            Err(_) => Manifest::default(),
+            Err(_) => empty,
         }
     }
 
@@ -366,8 +375,17 @@ mod tests {
         let m = s.manifest(&key);
         assert_eq!(m.variants.len(), MAX_VARIANTS);
         assert_eq!(m.variants[0].extras[0].1, "9");
+        // Another key's manifest under this name: not used.
+        let other = "cd".repeat(32);
+        std::fs::copy(s.manifest_path(&key), {
+            let p = s.manifest_path(&other);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            p
+        })
+        .unwrap();
+        assert!(s.manifest(&other).variants.is_empty());
         std::fs::write(s.manifest_path(&key), b"{not json").unwrap();
-        assert_eq!(s.manifest(&key), Manifest::default());
+        assert!(s.manifest(&key).variants.is_empty());
     }
 
     #[test]

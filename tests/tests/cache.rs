@@ -1,0 +1,471 @@
+//! The backend cache (`thinlto-backend --cache`) with the real toolchain:
+//! a warm cache rebuilds a tree, or another checkout of it, without a
+//! compile and with the same bytes; an `.incbin`'d file that changed is
+//! never served stale; corrupt, truncated and foreign entries are misses;
+//! untraceable compiles are not stored; concurrent builds share one cache;
+//! the upkeep verbs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thinlto_dist_tests::*;
+
+fn native_files(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
+    m.bitcode()
+        .map(|o| {
+            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
+            let bytes = std::fs::read(tree.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            (n, bytes)
+        })
+        .collect()
+}
+
+/// thinlto-backend with the cache in `cache`, plus `args`; asserts success.
+fn cached(tree: &Path, cache: &Path, args: &[&str]) -> (String, Vec<JobRecord>) {
+    let mut a = vec!["--cache-dir", cache.to_str().unwrap()];
+    a.extend_from_slice(args);
+    // Not -q: the summary line is part of what is checked.
+    let out = tool("thinlto-backend", tree)
+        .args(["--index", "out/vmlinux.thinlto-index"])
+        .args(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    (err, job_records(&out.stdout))
+}
+
+fn all(m: &thinlto_index::Manifest) -> Vec<String> {
+    let mut v: Vec<String> = m.bitcode().map(|o| o.object.clone()).collect();
+    v.sort();
+    v
+}
+
+fn stats(cache: &Path) -> serde_json::Value {
+    let out = Command::new(bin("thinlto-backend"))
+        .args(["cache", "stats", "--json", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_warm_cache_rebuilds_a_tree_and_another_checkout_without_compiling() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    let (_, recs) = cached(t.path(), cache.path(), &[]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    let cold = native_files(t.path(), &m);
+
+    // The same tree, every job forced: all from the cache, same bytes.
+    let (err, recs) = cached(t.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    for r in &recs {
+        assert_eq!(r.cache, Some(thinlto_backend::cache::Tier::Local), "{r:?}");
+        assert_eq!(r.key.as_ref().map(String::len), Some(64), "{r:?}");
+    }
+    let n = m.bitcode().count();
+    assert!(
+        err.contains(&format!(
+            "{n} from the cache ({n} local, 0 remote; 0 misses)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("  CC "), "something compiled:\n{err}");
+    assert_eq!(native_files(t.path(), &m), cold);
+    // A hit writes the record: the next run finds everything up to date.
+    let (_, recs) = cached(t.path(), cache.path(), &[]);
+    assert_eq!(with_status(&recs, JobStatus::UpToDate), all(&m));
+
+    // Another checkout of the tree, at a path with a space and a quote:
+    // no compile, and the bytes a cold build gives there.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("second 'checkout'");
+    xtask::flow::copy_fe_tree(t.path(), &other).unwrap();
+    for (n, _) in &cold {
+        let _ = std::fs::remove_file(other.join(n));
+    }
+    thin_link(&other);
+    let (err, recs) = cached(&other, cache.path(), &[]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    let hit = native_files(&other, &m);
+    let (_, recs) = cached(&other, cache.path(), &["-B", "--no-cache"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    assert_eq!(hit, native_files(&other, &m));
+    assert_eq!(hit, cold);
+}
+
+/// Writes the `.incbin`'d file and rebuilds the front end: the bitcode of
+/// kernel/config_blob.o does not change, only the file does.
+fn set_config_data(tree: &Path, text: &str) {
+    let before = std::fs::read(tree.join("kernel/config_blob.o")).unwrap();
+    std::fs::write(tree.join("kernel/config_data.txt"), text).unwrap();
+    rebuild_fe(tree);
+    assert_eq!(
+        before,
+        std::fs::read(tree.join("kernel/config_blob.o")).unwrap()
+    );
+    thin_link(tree);
+}
+
+fn incbin_is_never_served_stale(extra: &[&str]) {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    let original = std::fs::read_to_string(t.path().join("kernel/config_data.txt")).unwrap();
+    cached(t.path(), cache.path(), extra);
+    let blob = "kernel/config_blob.thinlto-native.o";
+    let first = std::fs::read(t.path().join(blob)).unwrap();
+
+    set_config_data(t.path(), "CONFIG_CHANGED=y\n");
+    let mut args = vec!["-B"];
+    args.extend_from_slice(extra);
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    // The jobs that read the file compile (config_blob.o, and any module
+    // that imports from it and assembled its asm); every other job hits.
+    let built = with_status(&recs, JobStatus::Built);
+    assert!(
+        built.contains(&"kernel/config_blob.o".to_string()),
+        "{recs:?}\n{err}"
+    );
+    let hits = with_status(&recs, JobStatus::CacheHit);
+    assert_eq!(built.len() + hits.len(), m.bitcode().count());
+    assert!(!hits.is_empty(), "{recs:?}");
+    let changed = std::fs::read(t.path().join(blob)).unwrap();
+    assert_ne!(changed, first, "the native must carry the new file");
+    // What a build without the cache gives now.
+    cached(t.path(), cache.path(), &["-B", "--no-cache"]);
+    assert_eq!(std::fs::read(t.path().join(blob)).unwrap(), changed);
+    let o = stage4(t.path());
+    let out =
+        xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
+    assert!(out.contains("blob: size=17 "), "{out}");
+
+    // Back to the old content: both variants are kept, all hits.
+    set_config_data(t.path(), &original);
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    assert_eq!(std::fs::read(t.path().join(blob)).unwrap(), first);
+}
+
+#[test]
+fn an_incbin_change_is_never_served_stale() {
+    incbin_is_never_served_stale(&[]);
+}
+
+#[test]
+fn an_incbin_change_is_never_served_stale_with_the_warm_compiler() {
+    incbin_is_never_served_stale(&["--warm"]);
+}
+
+fn store_file(cache: &Path, dir: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for fan in std::fs::read_dir(cache.join("backend-v1").join(dir)).unwrap() {
+        for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            v.push(f.unwrap().path());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The blob that holds `bytes`.
+fn blob_of(cache: &Path, bytes: &[u8]) -> PathBuf {
+    let d = blake3::hash(bytes).to_hex().to_string();
+    cache.join("backend-v1/blobs").join(&d[..2]).join(&d)
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_entries_are_misses() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    cached(t.path(), cache.path(), &[]);
+    let cold = native_files(t.path(), &m);
+    let get = |n: &str| cold.iter().find(|(p, _)| p == n).unwrap().1.clone();
+    let core = get("kernel/core.thinlto-native.o");
+    let printk = get("kernel/printk_lite.thinlto-native.o");
+    // One byte flipped in one blob; another blob cut short.
+    let p = blob_of(cache.path(), &core);
+    let mut bad = core.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&p, &bad).unwrap();
+    let p = blob_of(cache.path(), &printk);
+    std::fs::write(&p, &printk[..printk.len() / 2]).unwrap();
+    // A foreign manifest: string-helpers' entry copied under lib/crc_util's
+    // key (the key as the last run reported it).
+    let (_, recs) = cached(t.path(), cache.path(), &["-B", "--only", "lib/crc_util.o"]);
+    assert_eq!(recs[0].status, JobStatus::CacheHit);
+    let crc_key = recs[0].key.clone().unwrap();
+    let (_, recs) = cached(
+        t.path(),
+        cache.path(),
+        &["-B", "--only", "lib/string-helpers.o"],
+    );
+    let sh_key = recs[0].key.clone().unwrap();
+    let mpath = |k: &str| {
+        cache
+            .path()
+            .join("backend-v1/manifests")
+            .join(&k[..2])
+            .join(k)
+    };
+    std::fs::copy(mpath(&sh_key), mpath(&crc_key)).unwrap();
+
+    let (err, recs) = cached(t.path(), cache.path(), &["-B"]);
+    let mut built = with_status(&recs, JobStatus::Built);
+    built.sort();
+    assert_eq!(
+        built,
+        ["kernel/core.o", "kernel/printk_lite.o", "lib/crc_util.o"],
+        "{err}"
+    );
+    // Nothing wrong was put in place: the bytes of the cold build.
+    assert_eq!(native_files(t.path(), &m), cold);
+    // The bad entries were replaced by good ones: all hits now.
+    let (_, recs) = cached(t.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+}
+
+#[test]
+fn compiles_that_cannot_be_traced_are_not_stored() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    // A wrapper that drops LD_PRELOAD: the compile's reads are unknown.
+    let cc = t.path().join("scrub-cc");
+    script(
+        &cc,
+        &format!(
+            "#!/bin/sh\nexec env -u LD_PRELOAD {} \"$@\"\n",
+            toolchain().cc.spelled
+        ),
+    );
+    let cc_arg = format!("--cc={}", cc.display());
+    let (err, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    assert_eq!(
+        err.matches("results not stored").count(),
+        1,
+        "said once:\n{err}"
+    );
+    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    let s = stats(cache.path());
+    assert_eq!(s["usage"]["manifests"], 0, "{s}");
+    assert_eq!(
+        s["counters"]["uncacheable"],
+        2 * m.bitcode().count() as u64,
+        "{s}"
+    );
+}
+
+#[test]
+fn the_compiler_is_part_of_the_key() {
+    // Build ids of clang and of the libraries it loads, its version.
+    let (id, text) =
+        thinlto_backend::cache::identity::compiler_identity(&[toolchain().cc.spelled.clone()])
+            .unwrap();
+    assert_eq!(id.len(), 64);
+    assert!(text.contains("build-id "), "{text}");
+    assert!(
+        text.contains("  lib ") && text.contains("libLLVM"),
+        "{text}"
+    );
+    assert!(
+        text.contains("version ") && text.contains("clang"),
+        "{text}"
+    );
+
+    // The same path, another program: nothing is shared.
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    let cc = t.path().join("cc");
+    let cc_text = format!("#!/bin/sh\nexec {} \"$@\"\n", toolchain().cc.spelled);
+    script(&cc, &cc_text);
+    let cc_arg = format!("--cc={}", cc.display());
+    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+    script(&cc, &format!("{cc_text}# another build\n"));
+    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+}
+
+#[test]
+fn concurrent_builds_share_one_cache() {
+    let a = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(a.path());
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = b_dir.path().join("b");
+    xtask::flow::copy_fe_tree(a.path(), &b).unwrap();
+    thin_link(&b);
+    let start = |tree: &Path| {
+        tool("thinlto-backend", tree)
+            .args([
+                "-q",
+                "-j2",
+                "--index",
+                "out/vmlinux.thinlto-index",
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (pa, pb) = (start(a.path()), start(&b));
+    for p in [pa, pb] {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let na = native_files(a.path(), &m);
+    assert_eq!(na, native_files(&b, &m));
+    let (_, recs) = cached(a.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+    assert_eq!(native_files(a.path(), &m), na);
+    // No temporaries left in the store.
+    for dir in ["blobs", "manifests"] {
+        for f in store_file(cache.path(), dir) {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "{}", f.display());
+        }
+    }
+}
+
+#[test]
+fn explain_stats_prune_clear_and_the_default_off() {
+    let t = sample_tree();
+    let home = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    let n = m.bitcode().count() as u64;
+    // Off unless asked for: nothing appears under XDG_CACHE_HOME.
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = tool("thinlto-backend", t.path())
+            .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+            .args(args)
+            .env("XDG_CACHE_HOME", home.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        job_records(&out.stdout)
+    };
+    run(&[], &["-B"]);
+    let dir = home.path().join("thinlto-dist");
+    assert!(!dir.join("backend-v1").exists());
+    // THINLTO_CACHE=1: the default directory.
+    run(&[("THINLTO_CACHE", "1")], &["-B"]);
+    let s = stats(&dir);
+    assert_eq!(s["usage"]["manifests"], n, "{s}");
+    assert_eq!(s["counters"]["misses"], n, "{s}");
+    assert_eq!(s["counters"]["stored"], n, "{s}");
+    // --explain says which jobs the cache has, with the key; runs nothing.
+    let out = tool("thinlto-backend", t.path())
+        .args([
+            "--index",
+            "out/vmlinux.thinlto-index",
+            "-B",
+            "--explain",
+            "--cache-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("cache-hit (local) ").count() as u64,
+        n,
+        "{text}"
+    );
+    assert_eq!(stats(&dir)["counters"]["hits_local"], 0);
+    let recs = run(&[("THINLTO_CACHE", "1")], &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+    assert_eq!(stats(&dir)["counters"]["hits_local"], n);
+    // --no-cache wins over the environment.
+    let recs = run(&[("THINLTO_CACHE", "1")], &["-B", "--no-cache"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+
+    // prune to a tiny size: the oldest go; what is left is still valid.
+    let cache_cmd = |args: &[&str]| {
+        let out = Command::new(bin("thinlto-backend"))
+            .arg("cache")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = stats(&dir)["usage"]["bytes"].as_u64().unwrap();
+    let said = cache_cmd(&["prune", "--max-size", &(before / 2).to_string()]);
+    assert!(said.starts_with("removed "), "{said}");
+    let after = stats(&dir)["usage"]["bytes"].as_u64().unwrap();
+    assert!(after <= before / 2 && after > 0, "{before} -> {after}");
+    let recs = run(&[("THINLTO_CACHE", "1")], &["-B"]);
+    assert!(!with_status(&recs, JobStatus::Built).is_empty());
+    let text = cache_cmd(&["stats"]);
+    assert!(text.contains("hits ") && text.contains("misses"), "{text}");
+    cache_cmd(&["clear"]);
+    let s = stats(&dir);
+    assert_eq!(s["usage"]["bytes"], 0, "{s}");
+    assert_eq!(s["counters"]["misses"], 0, "{s}");
+    // A bad size is an error that says what is expected.
+    let out = Command::new(bin("thinlto-backend"))
+        .args(["cache", "prune", "--max-size", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5G"));
+}
+
+#[test]
+fn split_dwarf_files_come_back_with_their_object() {
+    let t = sample_tree();
+    let kbuild = t.path().join("kernel/Kbuild");
+    let mut text = std::fs::read_to_string(&kbuild).unwrap();
+    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf\n");
+    std::fs::write(&kbuild, text).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let cache = tempfile::tempdir().unwrap();
+    let only = ["--only", "kernel/core.o"];
+    cached(t.path(), cache.path(), &only);
+    let files = [
+        "kernel/core.thinlto-native.o",
+        "kernel/core.thinlto-native.dwo",
+    ];
+    let cold: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(t.path().join(f)).unwrap())
+        .collect();
+    for f in files {
+        std::fs::remove_file(t.path().join(f)).unwrap();
+    }
+    let (_, recs) = cached(t.path(), cache.path(), &only);
+    assert_eq!(recs[0].status, JobStatus::CacheHit, "{recs:?}");
+    for (f, bytes) in files.iter().zip(&cold) {
+        assert_eq!(&std::fs::read(t.path().join(f)).unwrap(), bytes, "{f}");
+    }
+}
