@@ -43,7 +43,7 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
-    fn new(title: &str, ours_label: &str, ref_label: &str) -> ScenarioResult {
+    pub(crate) fn new(title: &str, ours_label: &str, ref_label: &str) -> ScenarioResult {
         ScenarioResult {
             title: title.into(),
             ours_label: ours_label.into(),
@@ -159,7 +159,7 @@ fn build_stub(tc: &Toolchain, dir: &Path) -> Result<PathBuf> {
 
 /// Removes every backend output so the next backend run starts from
 /// scratch: natives and their records.
-fn clean_natives(tree: &Path) -> Result<usize> {
+pub(crate) fn clean_natives(tree: &Path) -> Result<usize> {
     let mut n = 0;
     let mut stack = vec![tree.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -161,6 +161,8 @@ pub struct LinkPlan {
     pub warm: bool,
     /// Run every backend job, up to date or not (`-B`).
     pub force_backend: bool,
+    /// More arguments for `thinlto-backend` (`--cache-dir DIR`, …).
+    pub backend_args: Vec<String>,
 }
 
 impl LinkPlan {
@@ -208,6 +210,7 @@ impl LinkPlan {
             fe_archive: "vmlinux.a".into(),
             warm: false,
             force_backend: false,
+            backend_args: Vec::new(),
         }
     }
 }
@@ -271,6 +274,7 @@ pub fn run_stages(
                 .arg("-q")
                 .args(plan.warm.then_some("--warm"))
                 .args(plan.force_backend.then_some("-B"))
+                .args(&plan.backend_args)
                 .arg(format!("-j{jobs}")),
             Some(&manifest_path),
             Some(&jobs_path),

@@ -189,6 +189,7 @@ pub fn kernel_settings(
             fe_archive: fe.to_string(),
             warm: false,
             force_backend: false,
+            backend_args: Vec::new(),
         },
         link.clone(),
     ))

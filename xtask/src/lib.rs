@@ -3,6 +3,7 @@
 //! Integration tests use it as a library.
 
 pub mod bench;
+pub mod bench_cache;
 pub mod deps;
 pub mod fe;
 pub mod flow;

@@ -107,6 +107,11 @@ enum Verb {
         /// THINLTO_TOOLS=1, from scratch, no-op, touch, edits
         #[arg(long, requires = "kernel")]
         kbuild_modes_only: bool,
+        /// Only the backend cache's scenarios (cold, clean rebuild, second
+        /// checkout, second machine with BuildGrid) on the generated tree
+        /// and, with --kernel, on the kernel
+        #[arg(long, conflicts_with = "kbuild_modes_only")]
+        cache_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -267,10 +272,42 @@ fn run(cli: Cli) -> Result<()> {
             kernel,
             kernel_only,
             kbuild_modes_only,
+            cache_only,
             toolchain,
         } => {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
+            if cache_only {
+                let jobs = jobs.unwrap_or_else(xtask::default_jobs);
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let command = xtask::bench::report_command(
+                    &std::env::args().skip(1).collect::<Vec<_>>(),
+                    home.as_deref(),
+                );
+                let text = bench_cache(
+                    &tc,
+                    if quick { 200 } else { objects },
+                    jobs,
+                    if quick { 1 } else { heavy_runs },
+                    kernel.as_deref(),
+                    home.as_deref(),
+                )?;
+                let section = format!("{CACHE_MARKER}\n## The backend cache (`thinlto-backend --cache`)\n\nMeasured by `cargo xtask {command}`: stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch, each cached run against runs without the cache in the same session; ratios of medians.\n\n{text}\n");
+                print!("{section}");
+                if write {
+                    let path = xtask::workspace_root().join("BENCHMARKS.md");
+                    let old = std::fs::read_to_string(&path).unwrap_or_default();
+                    let notes_at = old.find(NOTES_MARKER).unwrap_or(old.len());
+                    let (head, tail) = match old.find(CACHE_MARKER) {
+                        Some(at) => (&old[..at], &old[notes_at.max(at)..]),
+                        None => (&old[..notes_at], &old[notes_at..]),
+                    };
+                    let new = format!("{head}{section}{tail}");
+                    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
+                    eprintln!("xtask: wrote {}", path.display());
+                }
+                return Ok(());
+            }
             if kbuild_modes_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
@@ -509,6 +546,102 @@ const NOTES_MARKER: &str = "<!-- notes -->";
 /// Where the kbuild-mode section (bench --kbuild-modes-only) starts; it ends
 /// at the notes.
 const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
+/// Where the backend cache's section (bench --cache-only) starts; it ends
+/// at the notes.
+const CACHE_MARKER: &str = "<!-- cache -->";
+
+/// The cache scenarios on a generated tree (and a kernel), as markdown.
+fn bench_cache(
+    tc: &thinlto_index::Toolchain,
+    objects: usize,
+    jobs: usize,
+    runs: usize,
+    kernel: Option<&std::path::Path>,
+    home: Option<&std::path::Path>,
+) -> Result<String> {
+    use xtask::bench_cache::{CacheBench, CacheTree};
+    let bins = xtask::flow::build_bins()?;
+    let workdir = xtask::target_dir().join("bench");
+    std::fs::create_dir_all(&workdir)?;
+    let remote = None;
+    let mut text = String::new();
+    let tree = workdir.join(format!("cache-gen-{objects}"));
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree)?;
+    }
+    eprintln!("bench (cache): front end of a {objects}-object tree");
+    xtask::fe::build(
+        &xtask::fe::FeOptions {
+            tree: tree.clone(),
+            objects,
+            jobs,
+            saved_c_flags: true,
+            quiet: true,
+        },
+        tc,
+    )?;
+    let ldflags = xtask::tree::Tree::load(&tree)?.top.ldflags;
+    let plan = xtask::flow::LinkPlan::plain(tc, &ldflags, "out");
+    // The second checkout: a path with a space.
+    let second = workdir.join(format!("cache-gen-{objects} second checkout"));
+    xtask::flow::copy_fe_tree(&tree, &second)?;
+    let cb = CacheBench {
+        label: "C",
+        bins: &bins,
+        tc,
+        jobs,
+        runs,
+        workdir: workdir.clone(),
+        remote: remote.clone(),
+    };
+    let first = CacheTree {
+        tree: tree.clone(),
+        out: "out".into(),
+        plan: plan.clone(),
+    };
+    let second = CacheTree {
+        tree: second,
+        out: "out".into(),
+        plan,
+    };
+    text.push_str(&format!("### Generated tree: {objects} generated objects + the sample tree, -j{jobs}\n\n"));
+    for r in cb.run(&first, &second)? {
+        text.push_str(&r.markdown());
+    }
+    if let Some(k) = kernel {
+        let tree = k.canonicalize()?;
+        let layout = xtask::kernel::detect_layout(&tree)?;
+        let copy = workdir.join("linux second checkout");
+        eprintln!("bench (cache): copying {} to {}", tree.display(), copy.display());
+        xtask::flow::copy_fe_tree(&tree, &copy)?;
+        let mut trees = Vec::new();
+        for (t, out) in [(&tree, "kc-out-1"), (&copy, "kc-out-2")] {
+            let out = workdir.join(out);
+            std::fs::create_dir_all(&out)?;
+            let (_, plan, _) = xtask::kernel::kernel_settings(t, &out, layout)?;
+            trees.push(CacheTree {
+                tree: t.to_path_buf(),
+                out: out.to_string_lossy().into_owned(),
+                plan,
+            });
+        }
+        let (ktc, _, _) = xtask::kernel::kernel_settings(&tree, &workdir.join("kc-out-1"), layout)?;
+        let cb = CacheBench {
+            label: "KC",
+            tc: &ktc,
+            ..cb
+        };
+        text.push_str(&format!(
+            "### Real kernel: {}, -j{jobs}\n\n",
+            xtask::bench::report_path(k, home)
+        ));
+        for r in cb.run(&trees[0], &trees[1])? {
+            text.push_str(&r.markdown());
+        }
+        std::fs::remove_dir_all(&copy)?;
+    }
+    Ok(text)
+}
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
