@@ -9,10 +9,12 @@
 //!   before and written last;
 //! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
 //! - [`archive`] writes the final thin archive;
+//! - [`cache`] is the backend-job cache (its remote tier: a REAPI client);
 //! - [`warm`] serves the compiles from a warm compiler (`--warm`, a fork server);
 //! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
 
 pub mod archive;
+pub mod cache;
 pub mod plan;
 pub mod record;
 pub mod run;

@@ -1,0 +1,3 @@
+//! The backend-job cache.
+
+pub mod remote;
