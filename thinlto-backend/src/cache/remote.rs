@@ -56,7 +56,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// limit when the server advertises none.
 const GRPC_MAX_MESSAGE: usize = 4 << 20;
 /// Room left in a batch for the request's own fields (instance name,
-/// digests): the server's limit is on the whole message.
+/// digests), as servers may apply their limit to the whole message: this
+/// much, or a sixteenth of a small limit.
 const BATCH_OVERHEAD: usize = 16 << 10;
 /// Per-blob framing in a batch (digest, tags), counted with its size.
 const PER_BLOB_OVERHEAD: usize = 128;
@@ -466,7 +467,7 @@ impl RemoteCache {
             cas,
             ac,
             bs,
-            batch_limit: limit.saturating_sub(BATCH_OVERHEAD),
+            batch_limit: limit - BATCH_OVERHEAD.min(limit / 16),
             update_enabled,
             uploads: AtomicU64::new(0),
         })
@@ -684,7 +685,9 @@ impl RemoteCache {
         let want = d.size_bytes as usize;
         let read = async move {
             let mut stream = bs.read(req).await?.into_inner();
-            let mut data = Vec::with_capacity(want);
+            // The size is the server's word: reserve no more than a
+            // plausible object up front.
+            let mut data = Vec::with_capacity(want.min(64 << 20));
             while let Some(chunk) = stream.message().await? {
                 data.extend_from_slice(&chunk.data);
                 // More than the digest's size can only be a wrong blob.
@@ -805,10 +808,12 @@ impl RemoteCache {
             }
         }
         let stream = tonic::codegen::tokio_stream::iter(requests);
-        let resp = timed(async move { bs.write(stream).await })
-            .await
-            .map_err(|s| status_error(s, "ByteStream.Write"))?
-            .into_inner();
+        let resp = match timed(async move { bs.write(stream).await }).await {
+            Ok(r) => r.into_inner(),
+            // Some servers say so when another client uploaded it first.
+            Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
+            Err(s) => return Err(status_error(s, "ByteStream.Write")),
+        };
         // A server that already had the blob may answer early with the
         // full size; anything else short of it is a failed upload.
         if resp.committed_size != total as i64 {
