@@ -9,12 +9,12 @@
 //!
 //! An install is built in a temporary directory beside the target and
 //! renamed into place when pip is done, so a venv that exists is a complete
-//! one (an interrupted or failed install leaves only a `.tmp-…` directory,
-//! removed by the next attempt of the same process id or left for the user),
-//! and two concurrent installers cannot mix their files: the first rename
+//! one (an interrupted install leaves only a `.tmp-PID` directory, removed
+//! by the next install once that process is gone), and two concurrent
+//! installers cannot mix their files: the first rename
 //! wins and the loser uses the winner's venv. A venv is not relocatable —
 //! pip writes the venv's absolute path into the shebang of every script in
-//! `bin/` — so those scripts are rewritten to the final path before the
+//! `bin/` — so those files are rewritten to the final path before the
 //! rename.
 
 use std::path::{Path, PathBuf};
@@ -63,12 +63,14 @@ fn install(dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("the venv dir has a parent");
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = dir.file_name().expect("the venv dir has a name");
-    let tmp = parent.join(format!(
-        "{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let prefix = format!(
+        "{}.tmp-",
+        dir.file_name()
+            .expect("the venv dir has a name")
+            .to_string_lossy()
+    );
+    remove_abandoned(parent, &prefix);
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("cannot remove a stale {}", tmp.display()))?;
@@ -83,6 +85,29 @@ fn install(dir: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Removes the `PREFIX<pid>` directories of installs whose process is gone
+/// (interrupted ones); a live one is a concurrent install, left alone.
+fn remove_abandoned(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid).exists();
+        if pid.parse::<u32>().is_ok() && !alive {
+            eprintln!(
+                "xtask: removing an interrupted install, {}",
+                e.path().display()
+            );
+            // Best effort: failing to tidy up is no reason not to install.
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A complete venv with BuildGrid at `tmp`, its scripts pointing at `dir`.
@@ -115,7 +140,11 @@ fn build_venv(tmp: &Path, dir: &Path) -> Result<()> {
 }
 
 fn make_venv(tmp: &Path) -> Result<()> {
-    run(Command::new("python3").arg("-m").arg("venv").arg(tmp))
+    // The prompt would otherwise be the temporary directory's name.
+    let prompt = format!("buildgrid-{VERSION}");
+    run(Command::new("python3")
+        .args(["-m", "venv", "--prompt", &prompt])
+        .arg(tmp))
 }
 
 /// Root on Debian/Ubuntu with apt-get: we may install system packages.
@@ -182,6 +211,27 @@ fn run(cmd: &mut Command) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removes_only_installs_whose_process_is_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str| std::fs::create_dir(d.path().join(n)).unwrap();
+        // pid_max is at most 2^22: this process cannot exist.
+        mk("bg.tmp-99999999");
+        let me = format!("bg.tmp-{}", std::process::id());
+        mk(&me);
+        mk("bg");
+        mk("bg.tmp-notapid");
+        remove_abandoned(d.path(), "bg.tmp-");
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec!["bg".to_string(), "bg.tmp-notapid".into(), me];
+        want.sort();
+        assert_eq!(left, want);
+    }
 
     #[test]
     fn relocates_the_text_files_that_name_the_temporary_venv() {

@@ -402,13 +402,16 @@ pub struct RemoteCache {
 
 impl RemoteCache {
     /// Connects (within [`CONNECT_TIMEOUT`]) and calls GetCapabilities (it
-    /// gives the batch limit; the server must support SHA-256).
+    /// gives the batch limit; the server must support SHA-256). Errors name
+    /// the URL.
     pub fn connect(opts: &RemoteOptions) -> Result<RemoteCache> {
         let url = &opts.url;
         let endpoint = endpoint(opts).with_context(|| format!("remote cache {url}"))?;
         let headers = Headers(std::sync::Arc::new(
             parse_headers(&opts.headers).with_context(|| format!("remote cache {url}"))?,
         ));
+        // Two threads: the work is waiting on the network, and the machine's
+        // cores belong to the compiles.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("remote-cache")
@@ -423,52 +426,29 @@ impl RemoteCache {
                 }
             })
             .with_context(|| format!("cannot connect to the remote cache {url}"))?;
-        let caps = {
-            let mut c = CapabilitiesClient::with_interceptor(channel.clone(), headers.clone());
-            let req = re::GetCapabilitiesRequest {
-                instance_name: opts.instance.clone(),
-            };
-            rt.block_on(timed(async move { c.get_capabilities(req).await }))
-                .map_err(|s| status_error(s, "GetCapabilities"))
-                .with_context(|| format!("remote cache {url}"))?
-                .into_inner()
+        let mut caps = CapabilitiesClient::with_interceptor(channel.clone(), headers.clone());
+        let req = re::GetCapabilitiesRequest {
+            instance_name: opts.instance.clone(),
         };
-        let cache = caps.cache_capabilities.with_context(|| {
-            format!("remote cache {url}: the server has no cache capabilities (not a REAPI cache?)")
-        })?;
-        let sha256 = re::digest_function::Value::Sha256 as i32;
-        // An empty list is an old server's way of saying SHA-256 only.
-        if !cache.digest_functions.is_empty() && !cache.digest_functions.contains(&sha256) {
-            bail!(
-                "remote cache {url}: the server does not support SHA-256 digests (it offers {:?})",
-                cache.digest_functions
-            );
-        }
-        let advertised = usize::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
-        let limit = if advertised == 0 {
-            GRPC_MAX_MESSAGE
-        } else {
-            advertised.min(GRPC_MAX_MESSAGE)
-        };
-        let update_enabled = cache
-            .action_cache_update_capabilities
-            .is_some_and(|u| u.update_enabled);
-        // Replies may be a full batch; tonic's default decoding limit is
-        // gRPC's 4 MiB, the most a batch can be here.
-        let cas =
-            ContentAddressableStorageClient::with_interceptor(channel.clone(), headers.clone());
-        let ac = ActionCacheClient::with_interceptor(channel.clone(), headers.clone());
-        let bs =
-            bytestream::byte_stream_client::ByteStreamClient::with_interceptor(channel, headers);
+        let caps = rt
+            .block_on(timed(async move { caps.get_capabilities(req).await }))
+            .map_err(|s| status_error(s, "GetCapabilities"))
+            .and_then(|r| CacheTerms::of(r.into_inner()))
+            .with_context(|| format!("remote cache {url}"))?;
         Ok(RemoteCache {
             rt,
             url: url.clone(),
             instance: opts.instance.clone(),
-            cas,
-            ac,
-            bs,
-            batch_limit: limit - BATCH_OVERHEAD.min(limit / 16),
-            update_enabled,
+            cas: ContentAddressableStorageClient::with_interceptor(
+                channel.clone(),
+                headers.clone(),
+            ),
+            ac: ActionCacheClient::with_interceptor(channel.clone(), headers.clone()),
+            bs: bytestream::byte_stream_client::ByteStreamClient::with_interceptor(
+                channel, headers,
+            ),
+            batch_limit: caps.batch_limit,
+            update_enabled: caps.update_enabled,
             uploads: AtomicU64::new(0),
         })
     }
@@ -547,7 +527,10 @@ impl RemoteCache {
         if !self.update_enabled {
             bail!("the server does not let clients update its action cache");
         }
-        for (path, _) in outputs {
+        for (i, (path, _)) in outputs.iter().enumerate() {
+            if outputs[..i].iter().any(|(p, _)| p == path) {
+                bail!("output {path:?} is given twice");
+            }
             if key.output_paths.binary_search(path).is_err() {
                 bail!(
                     "{path:?} is not one of the action's output paths {:?}",
@@ -833,6 +816,41 @@ impl RemoteCache {
         } else {
             format!("{}/", self.instance)
         }
+    }
+}
+
+/// What a server's capabilities mean for this client.
+struct CacheTerms {
+    batch_limit: usize,
+    update_enabled: bool,
+}
+
+impl CacheTerms {
+    fn of(caps: re::ServerCapabilities) -> Result<CacheTerms> {
+        let cache = caps
+            .cache_capabilities
+            .context("the server has no cache capabilities (not a REAPI cache?)")?;
+        let sha256 = re::digest_function::Value::Sha256 as i32;
+        // An empty list is an old server's way of saying SHA-256 only.
+        if !cache.digest_functions.is_empty() && !cache.digest_functions.contains(&sha256) {
+            bail!(
+                "the server does not support SHA-256 digests (it offers {:?})",
+                cache.digest_functions
+            );
+        }
+        // 0 is "no limit" but gRPC's message limit still applies (tonic's
+        // decoding limit too, for the replies).
+        let advertised = usize::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
+        let limit = match advertised {
+            0 => GRPC_MAX_MESSAGE,
+            n => n.min(GRPC_MAX_MESSAGE),
+        };
+        Ok(CacheTerms {
+            batch_limit: limit - BATCH_OVERHEAD.min(limit / 16),
+            update_enabled: cache
+                .action_cache_update_capabilities
+                .is_some_and(|u| u.update_enabled),
+        })
     }
 }
 
@@ -1234,6 +1252,29 @@ mod tests {
             assert!(total <= 1000 + 2 * PER_BLOB_OVERHEAD, "{batch:?}");
         }
         assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn capabilities_give_the_batch_limit() {
+        let caps = |max: i64, fns: Vec<i32>| re::ServerCapabilities {
+            cache_capabilities: Some(re::CacheCapabilities {
+                digest_functions: fns,
+                max_batch_total_size_bytes: max,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sha256 = re::digest_function::Value::Sha256 as i32;
+        let limit = |max| CacheTerms::of(caps(max, vec![sha256])).unwrap().batch_limit;
+        assert_eq!(limit(0), (4 << 20) - (16 << 10));
+        assert_eq!(limit(64 << 20), (4 << 20) - (16 << 10));
+        assert_eq!(limit(4096), 4096 - 256);
+        assert_eq!(limit(-1), (4 << 20) - (16 << 10));
+        let t = CacheTerms::of(caps(0, vec![])).unwrap();
+        assert!(!t.update_enabled);
+        let sha1 = re::digest_function::Value::Sha1 as i32;
+        assert!(CacheTerms::of(caps(0, vec![sha1])).is_err());
+        assert!(CacheTerms::of(re::ServerCapabilities::default()).is_err());
     }
 
     #[test]
