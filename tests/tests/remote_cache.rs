@@ -445,6 +445,7 @@ fn unreachable_server_is_a_named_error(bg: BuildGrid) {
         .err()
         .expect("nothing listens any more");
     let msg = format!("{e:#}");
+    eprintln!("server gone: {msg}");
     assert!(msg.contains(&o.url), "{msg}");
     assert!(t.elapsed().as_secs() < 10, "connect took {:?}", t.elapsed());
 }

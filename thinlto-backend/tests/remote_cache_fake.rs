@@ -272,6 +272,16 @@ struct Server {
 }
 
 fn serve(max_batch: i64, digest_functions: Vec<i32>) -> Server {
+    serve_with(max_batch, digest_functions, None)
+}
+
+/// [`serve`], over TLS with `tls`'s identity when given (then the URL is
+/// `grpcs://localhost:PORT`).
+fn serve_with(
+    max_batch: i64,
+    digest_functions: Vec<i32>,
+    tls: Option<tonic::transport::Identity>,
+) -> Server {
     let fake = Fake::default();
     {
         let mut s = fake.0.lock().unwrap();
@@ -288,8 +298,18 @@ fn serve(max_batch: i64, digest_functions: Vec<i32>) -> Server {
             tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
         })
         .expect("bind 127.0.0.1:0");
-    let url = format!("grpc://{}", incoming.local_addr().unwrap());
-    let router = tonic::transport::Server::builder()
+    let port = incoming.local_addr().unwrap().port();
+    let mut builder = tonic::transport::Server::builder();
+    let url = match tls {
+        Some(id) => {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(id))
+                .expect("server TLS config");
+            format!("grpcs://localhost:{port}")
+        }
+        None => format!("grpc://127.0.0.1:{port}"),
+    };
+    let router = builder
         .add_service(CapabilitiesServer::new(fake.clone()))
         .add_service(ActionCacheServer::new(fake.clone()))
         .add_service(ContentAddressableStorageServer::new(fake.clone()))
@@ -442,4 +462,51 @@ fn server_errors_are_errors_not_misses() {
     drop(server);
     let e = cache.lookup(&key).unwrap_err();
     assert!(format!("{e:#}").contains("GetActionResult"), "{e:#}");
+}
+
+/// The TLS fixtures (tests/fixtures/tls): a test CA and a certificate it
+/// signed for localhost and 127.0.0.1, valid for a century, made with
+/// openssl (`req -x509 … CA:TRUE`, then `x509 -req … -extfile` with
+/// `subjectAltName=DNS:localhost,IP:127.0.0.1`,
+/// `extendedKeyUsage=serverAuth`). The CA's key was discarded.
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+#[test]
+fn grpcs_with_a_private_ca() {
+    let id = tonic::transport::Identity::from_pem(
+        std::fs::read(fixture("server.pem")).unwrap(),
+        std::fs::read(fixture("server.key")).unwrap(),
+    );
+    let server = serve_with(MAX_BATCH, vec![SHA256], Some(id));
+    let opts = |tls_ca: Option<std::path::PathBuf>| RemoteOptions {
+        url: server.url.clone(),
+        tls_ca,
+        ..Default::default()
+    };
+    let cache = RemoteCache::connect(&opts(Some(fixture("ca.pem"))))
+        .unwrap_or_else(|e| panic!("grpcs:// with the test CA: {e:#}"));
+    let key = spec().key().unwrap();
+    cache
+        .store(&key, &[("a.o".into(), b"over TLS".to_vec())], b"", b"")
+        .unwrap();
+    let hit = cache.lookup(&key).unwrap().expect("a hit");
+    assert_eq!(hit.outputs["a.o"], b"over TLS");
+
+    // The system roots alone do not know the test CA.
+    let e = match RemoteCache::connect(&opts(None)) {
+        Ok(_) => panic!("a certificate of an unknown CA was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("without the CA: {e}");
+    assert!(e.contains(&server.url), "{e}");
+    // And a CA file that is not there is named.
+    let e = match RemoteCache::connect(&opts(Some(fixture("missing.pem")))) {
+        Ok(_) => panic!("a missing CA file was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("missing.pem"), "{e}");
 }

@@ -1041,10 +1041,14 @@ fn status_error(s: Status, call: &str) -> anyhow::Error {
 /// The causes of an error, joined (tonic's transport errors say little on
 /// top: "transport error").
 fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut cur = e.source();
     while let Some(c) = cur {
-        parts.push(c.to_string());
+        let text = c.to_string();
+        // Wrappers often repeat their cause's text: say it once.
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
         cur = c.source();
     }
     parts.join(": ")
