@@ -87,6 +87,7 @@ fn remote_cache_against_buildgrid() {
     unknown_action_is_a_miss(&cache);
     store_then_lookup_round_trips(&cache);
     large_blob_goes_through_bytestream(&cache);
+    blobs_over_the_batch_limit_together_take_several_batches(&cache);
     different_salt_or_input_is_a_miss(&cache);
     corrupt_entries_are_misses(&bg, &cache);
     headers_are_accepted(&bg);
@@ -167,6 +168,20 @@ fn large_blob_goes_through_bytestream(cache: &RemoteCache) {
     assert!(hit.outputs["out/a.o"] == big, "the 5 MiB output differs");
     assert!(hit.stdout == stdout, "the 5 MiB stdout differs");
     assert_eq!(hit.outputs["out/a.o.d"], outs[1].1);
+}
+
+fn blobs_over_the_batch_limit_together_take_several_batches(cache: &RemoteCache) {
+    let mut s = spec("several batches");
+    s.output_paths = (0..4).map(|i| format!("out/{i}.o")).collect();
+    let key = s.key().unwrap();
+    // Each fits a batch, all four do not.
+    let each = cache.batch_limit() * 2 / 5;
+    let outs: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("out/{i}.o"), noise(each, 20 + i as u64)))
+        .collect();
+    cache.store(&key, &outs, b"", b"").unwrap();
+    let hit = cache.lookup(&key).unwrap().expect("a hit after a store");
+    assert!(hit.outputs == as_map(&outs), "the batched outputs differ");
 }
 
 fn different_salt_or_input_is_a_miss(cache: &RemoteCache) {

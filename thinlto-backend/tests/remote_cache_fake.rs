@@ -29,6 +29,8 @@ struct State {
     blobs: HashMap<String, Vec<u8>>,
     /// Every call: the RPC and its `authorization` metadata.
     calls: Vec<(&'static str, Option<String>)>,
+    /// The instance names and ByteStream resource names of the calls.
+    names: BTreeSet<String>,
     max_batch: i64,
     digest_functions: Vec<i32>,
 }
@@ -44,6 +46,10 @@ impl Fake {
             .and_then(|v| v.to_str().ok())
             .map(String::from);
         self.0.lock().unwrap().calls.push((rpc, auth));
+    }
+
+    fn named(&self, name: &str) {
+        self.0.lock().unwrap().names.insert(name.to_string());
     }
 
     fn blob(&self, hash: &str) -> Option<Vec<u8>> {
@@ -64,6 +70,7 @@ impl Capabilities for Fake {
         req: Request<re::GetCapabilitiesRequest>,
     ) -> Result<Response<re::ServerCapabilities>, Status> {
         self.saw("GetCapabilities", &req);
+        self.named(&req.get_ref().instance_name);
         let s = self.0.lock().unwrap();
         Ok(Response::new(re::ServerCapabilities {
             cache_capabilities: Some(re::CacheCapabilities {
@@ -86,6 +93,7 @@ impl ActionCache for Fake {
         req: Request<re::GetActionResultRequest>,
     ) -> Result<Response<re::ActionResult>, Status> {
         self.saw("GetActionResult", &req);
+        self.named(&req.get_ref().instance_name);
         let r = self.0.lock().unwrap().result.clone();
         r.map(Response::new)
             .ok_or_else(|| Status::not_found("no such action"))
@@ -96,6 +104,7 @@ impl ActionCache for Fake {
         req: Request<re::UpdateActionResultRequest>,
     ) -> Result<Response<re::ActionResult>, Status> {
         self.saw("UpdateActionResult", &req);
+        self.named(&req.get_ref().instance_name);
         let r = req.into_inner().action_result.unwrap_or_default();
         self.0.lock().unwrap().result = Some(r.clone());
         Ok(Response::new(r))
@@ -109,6 +118,7 @@ impl ContentAddressableStorage for Fake {
         req: Request<re::FindMissingBlobsRequest>,
     ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
         self.saw("FindMissingBlobs", &req);
+        self.named(&req.get_ref().instance_name);
         let missing = req
             .into_inner()
             .blob_digests
@@ -125,6 +135,7 @@ impl ContentAddressableStorage for Fake {
         req: Request<re::BatchUpdateBlobsRequest>,
     ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
         self.saw("BatchUpdateBlobs", &req);
+        self.named(&req.get_ref().instance_name);
         let mut responses = Vec::new();
         for r in req.into_inner().requests {
             let d = r.digest.unwrap_or_default();
@@ -142,6 +153,7 @@ impl ContentAddressableStorage for Fake {
         req: Request<re::BatchReadBlobsRequest>,
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         self.saw("BatchReadBlobs", &req);
+        self.named(&req.get_ref().instance_name);
         let responses = req
             .into_inner()
             .digests
@@ -220,6 +232,7 @@ impl bytestream::byte_stream_server::ByteStream for Fake {
         req: Request<bytestream::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.saw("ByteStream.Read", &req);
+        self.named(&req.get_ref().resource_name);
         let data = self
             .blob(&resource_hash(&req.get_ref().resource_name))
             .ok_or_else(|| Status::not_found("no such blob"))?;
@@ -240,6 +253,7 @@ impl bytestream::byte_stream_server::ByteStream for Fake {
         while let Some(w) = stream.message().await? {
             if name.is_empty() {
                 name = w.resource_name;
+                self.named(&name);
             }
             assert_eq!(w.write_offset as usize, data.len(), "writes are in order");
             data.extend_from_slice(&w.data);
@@ -339,8 +353,13 @@ fn spec() -> ActionSpec {
 }
 
 fn connect(server: &Server, headers: &[(&str, &str)]) -> RemoteCache {
+    connect_to(server, "", headers)
+}
+
+fn connect_to(server: &Server, instance: &str, headers: &[(&str, &str)]) -> RemoteCache {
     RemoteCache::connect(&RemoteOptions {
         url: server.url.clone(),
+        instance: instance.into(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -351,9 +370,9 @@ fn connect(server: &Server, headers: &[(&str, &str)]) -> RemoteCache {
 }
 
 #[test]
-fn headers_reach_every_call() {
+fn headers_and_the_instance_reach_every_call() {
     let server = serve(MAX_BATCH, vec![SHA256]);
-    let cache = connect(&server, &[("Authorization", "Bearer secret")]);
+    let cache = connect_to(&server, "ci/main", &[("Authorization", "Bearer secret")]);
     assert!(cache.batch_limit() < 4096);
     let key = spec().key().unwrap();
     // A small output (batched) and a large stderr (ByteStream).
@@ -382,6 +401,27 @@ fn headers_reach_every_call() {
     for (rpc, auth) in &calls {
         assert_eq!(auth.as_deref(), Some("Bearer secret"), "{rpc}");
     }
+    // Every request names the instance: the instance_name fields, and the
+    // ByteStream resources start with it.
+    let d = Digest::of_bytes(&stderr);
+    let names = server.fake.0.lock().unwrap().names.clone();
+    let mut names = names.into_iter();
+    assert_eq!(names.next().as_deref(), Some("ci/main"));
+    let rest: Vec<String> = names.collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!(
+        rest[0],
+        format!("ci/main/blobs/{}/{}", d.hash, d.size_bytes)
+    );
+    let upload = rest[1]
+        .strip_prefix("ci/main/uploads/")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, tail)| tail);
+    assert_eq!(
+        upload,
+        Some(format!("blobs/{}/{}", d.hash, d.size_bytes).as_str()),
+        "{rest:?}"
+    );
 }
 
 /// Serves an ActionResult whose one output is `claimed`, with `served` as
