@@ -390,7 +390,7 @@ pub struct RemoteCache {
 }
 
 impl RemoteCache {
-    /// Connects (within [`CONNECT_TIMEOUT`]) and calls GetCapabilities (it
+    /// Connects (within 5 s) and calls GetCapabilities (it
     /// gives the batch limit; the server must support SHA-256). Errors name
     /// the URL.
     pub fn connect(opts: &RemoteOptions) -> Result<RemoteCache> {
