@@ -550,3 +550,41 @@ fn grpcs_with_a_private_ca() {
     };
     assert!(e.contains("missing.pem"), "{e}");
 }
+
+#[test]
+fn a_failed_action_is_a_miss() {
+    // BuildGrid's cache-failed-actions: false never serves one; a server
+    // that does must not make a failed compile's outputs a hit.
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let d = Digest::of_bytes(b"obj");
+    {
+        let mut s = server.fake.0.lock().unwrap();
+        s.blobs.insert(d.hash.clone(), b"obj".to_vec());
+        s.result = Some(re::ActionResult {
+            output_files: vec![re::OutputFile {
+                path: "a.o".into(),
+                digest: Some(re::Digest {
+                    hash: d.hash.clone(),
+                    size_bytes: d.size_bytes,
+                }),
+                ..Default::default()
+            }],
+            exit_code: 1,
+            ..Default::default()
+        });
+    }
+    let cache = connect(&server, &[]);
+    let key = spec().key().unwrap();
+    assert_eq!(cache.lookup(&key).unwrap(), None);
+    // The same entry with exit code 0 is a hit: the exit code decided.
+    server
+        .fake
+        .0
+        .lock()
+        .unwrap()
+        .result
+        .as_mut()
+        .unwrap()
+        .exit_code = 0;
+    assert!(cache.lookup(&key).unwrap().is_some());
+}
