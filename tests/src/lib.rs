@@ -1,5 +1,8 @@
 //! Shared helpers for the cross-tool integration tests: the real toolchain,
-//! the workspace's built binaries, and fresh front-end trees.
+//! the workspace's built binaries, fresh front-end trees, and a real
+//! BuildGrid for the remote cache ([`buildgrid`]).
+
+pub mod buildgrid;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

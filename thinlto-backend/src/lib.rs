@@ -10,6 +10,7 @@
 //! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
 //! - [`archive`] writes the final thin archive;
 //! - [`cache`] stores results by content, locally and in a Remote Execution API cache;
+//! - [`cache`] is the backend-job cache (its remote tier: a REAPI client);
 //! - [`warm`] serves the compiles from a warm compiler (`--warm`, a fork server);
 //! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
 

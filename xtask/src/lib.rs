@@ -1,9 +1,10 @@
-//! The automation behind `cargo xtask`: provisioning, the bundled sample tree
+//! The automation behind `cargo xtask`: provisioning (LLVM, BuildGrid), the bundled sample tree
 //! and its front end, the make reference flow, and the test entry point.
 //! Integration tests use it as a library.
 
 pub mod bench;
 pub mod bench_cache;
+pub mod buildgrid;
 pub mod deps;
 pub mod fe;
 pub mod flow;

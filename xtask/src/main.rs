@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Verb {
     /// Install what this machine lacks (LLVM 19 via apt-get when root on
-    /// Debian/Ubuntu) and print the resolved toolchain.
+    /// Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
+    /// into a venv from PyPI) and print the resolved toolchain and bgd.
     Setup {
         #[command(flatten)]
         toolchain: ToolchainArgs,
@@ -202,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
+            println!("bgd: {}", xtask::buildgrid::ensure()?.display());
             Ok(())
         }
         Verb::Install { bin_dir } => {
@@ -662,6 +664,9 @@ fn run_tests(rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
     eprint!("xtask test: toolchain\n{tc}");
+    // The remote-cache tests run a real BuildGrid; they find its bgd here.
+    let bgd = xtask::buildgrid::ensure()?;
+    eprintln!("xtask test: bgd {}", bgd.display());
     eprintln!("xtask test: unused dependencies");
     xtask::deps::check(&xtask::workspace_root())?;
     step(
@@ -686,7 +691,10 @@ fn run_tests(rest: &[String]) -> Result<()> {
     )?;
     step(
         "cargo test",
-        cargo().args(["test", "--workspace"]).args(rest),
+        cargo()
+            .args(["test", "--workspace"])
+            .args(rest)
+            .env("THINLTO_TEST_BGD", &bgd),
     )?;
     Ok(())
 }

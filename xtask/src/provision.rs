@@ -81,7 +81,7 @@ fn install_llvm() -> Result<()> {
     run_apt(&install)
 }
 
-fn run_apt(args: &[&str]) -> Result<()> {
+pub(crate) fn run_apt(args: &[&str]) -> Result<()> {
     eprintln!("xtask: apt-get {}", args.join(" "));
     let status = Command::new("apt-get")
         .args(args)

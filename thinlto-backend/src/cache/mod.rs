@@ -27,6 +27,7 @@
 
 pub mod identity;
 pub mod local;
+pub mod remote;
 pub mod trace;
 
 use std::collections::HashSet;

@@ -1,0 +1,590 @@
+//! `cache::remote` against an in-process fake REAPI server that does what
+//! a real one (BuildGrid, in tests/tests/remote_cache.rs) never does on
+//! purpose: serves bytes that are not the requested digest's, truncated or
+//! overlong ByteStream reads, capabilities without SHA-256. It also records
+//! the metadata of every call, to show the `--remote-header`s reach each
+//! RPC.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::bytestream;
+use re::action_cache_server::{ActionCache, ActionCacheServer};
+use re::capabilities_server::{Capabilities, CapabilitiesServer};
+use re::content_addressable_storage_server::{
+    ContentAddressableStorage, ContentAddressableStorageServer,
+};
+use thinlto_backend::cache::remote::{ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
+use tonic::codegen::tokio_stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// What the fake serves, and what it saw.
+#[derive(Default)]
+struct State {
+    /// The answer of every GetActionResult (None: NOT_FOUND).
+    result: Option<re::ActionResult>,
+    /// Blob bytes by hash, served as they are, whatever the digest says.
+    blobs: HashMap<String, Vec<u8>>,
+    /// Every call: the RPC and its `authorization` metadata.
+    calls: Vec<(&'static str, Option<String>)>,
+    /// The instance names and ByteStream resource names of the calls.
+    names: BTreeSet<String>,
+    max_batch: i64,
+    digest_functions: Vec<i32>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+impl Fake {
+    fn saw<T>(&self, rpc: &'static str, req: &Request<T>) {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        self.0.lock().unwrap().calls.push((rpc, auth));
+    }
+
+    fn named(&self, name: &str) {
+        self.0.lock().unwrap().names.insert(name.to_string());
+    }
+
+    fn blob(&self, hash: &str) -> Option<Vec<u8>> {
+        self.0.lock().unwrap().blobs.get(hash).cloned()
+    }
+}
+
+fn unimplemented<T>() -> Result<T, Status> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Capabilities for Fake {
+    async fn get_capabilities(
+        &self,
+        req: Request<re::GetCapabilitiesRequest>,
+    ) -> Result<Response<re::ServerCapabilities>, Status> {
+        self.saw("GetCapabilities", &req);
+        self.named(&req.get_ref().instance_name);
+        let s = self.0.lock().unwrap();
+        Ok(Response::new(re::ServerCapabilities {
+            cache_capabilities: Some(re::CacheCapabilities {
+                digest_functions: s.digest_functions.clone(),
+                max_batch_total_size_bytes: s.max_batch,
+                action_cache_update_capabilities: Some(re::ActionCacheUpdateCapabilities {
+                    update_enabled: true,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for Fake {
+    async fn get_action_result(
+        &self,
+        req: Request<re::GetActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        self.saw("GetActionResult", &req);
+        self.named(&req.get_ref().instance_name);
+        let r = self.0.lock().unwrap().result.clone();
+        r.map(Response::new)
+            .ok_or_else(|| Status::not_found("no such action"))
+    }
+
+    async fn update_action_result(
+        &self,
+        req: Request<re::UpdateActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        self.saw("UpdateActionResult", &req);
+        self.named(&req.get_ref().instance_name);
+        let r = req.into_inner().action_result.unwrap_or_default();
+        self.0.lock().unwrap().result = Some(r.clone());
+        Ok(Response::new(r))
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for Fake {
+    async fn find_missing_blobs(
+        &self,
+        req: Request<re::FindMissingBlobsRequest>,
+    ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
+        self.saw("FindMissingBlobs", &req);
+        self.named(&req.get_ref().instance_name);
+        let missing = req
+            .into_inner()
+            .blob_digests
+            .into_iter()
+            .filter(|d| self.blob(&d.hash).is_none())
+            .collect();
+        Ok(Response::new(re::FindMissingBlobsResponse {
+            missing_blob_digests: missing,
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        req: Request<re::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
+        self.saw("BatchUpdateBlobs", &req);
+        self.named(&req.get_ref().instance_name);
+        let mut responses = Vec::new();
+        for r in req.into_inner().requests {
+            let d = r.digest.unwrap_or_default();
+            self.0.lock().unwrap().blobs.insert(d.hash.clone(), r.data);
+            responses.push(re::batch_update_blobs_response::Response {
+                digest: Some(d),
+                status: None,
+            });
+        }
+        Ok(Response::new(re::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        req: Request<re::BatchReadBlobsRequest>,
+    ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
+        self.saw("BatchReadBlobs", &req);
+        self.named(&req.get_ref().instance_name);
+        let responses = req
+            .into_inner()
+            .digests
+            .into_iter()
+            .map(|d| {
+                let blob = self.blob(&d.hash);
+                re::batch_read_blobs_response::Response {
+                    status: blob
+                        .is_none()
+                        .then(|| bazel_remote_apis::google::rpc::Status {
+                            code: tonic::Code::NotFound as i32,
+                            ..Default::default()
+                        }),
+                    data: blob.unwrap_or_default(),
+                    digest: Some(d),
+                    compressor: 0,
+                }
+            })
+            .collect();
+        Ok(Response::new(re::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = BoxStream<re::GetTreeResponse>;
+    async fn get_tree(
+        &self,
+        _: Request<re::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        unimplemented()
+    }
+
+    async fn split_blob(
+        &self,
+        _: Request<re::SplitBlobRequest>,
+    ) -> Result<Response<re::SplitBlobResponse>, Status> {
+        unimplemented()
+    }
+
+    type GetChunkMappingStream = BoxStream<re::GetChunkMappingResponse>;
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<re::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        unimplemented()
+    }
+
+    async fn splice_blob(
+        &self,
+        _: Request<re::SpliceBlobRequest>,
+    ) -> Result<Response<re::SpliceBlobResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<Streaming<re::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<re::RegisterChunkMappingResponse>, Status> {
+        unimplemented()
+    }
+}
+
+/// The hash of a `…/blobs/HASH/SIZE` resource name.
+fn resource_hash(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').collect();
+    let i = parts
+        .iter()
+        .rposition(|p| *p == "blobs")
+        .expect("a blobs/ resource");
+    parts[i + 1].to_string()
+}
+
+#[tonic::async_trait]
+impl bytestream::byte_stream_server::ByteStream for Fake {
+    type ReadStream = BoxStream<bytestream::ReadResponse>;
+    async fn read(
+        &self,
+        req: Request<bytestream::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        self.saw("ByteStream.Read", &req);
+        self.named(&req.get_ref().resource_name);
+        let data = self
+            .blob(&resource_hash(&req.get_ref().resource_name))
+            .ok_or_else(|| Status::not_found("no such blob"))?;
+        let chunks: Vec<Result<bytestream::ReadResponse, Status>> = data
+            .chunks(100_000)
+            .map(|c| Ok(bytestream::ReadResponse { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn write(
+        &self,
+        req: Request<Streaming<bytestream::WriteRequest>>,
+    ) -> Result<Response<bytestream::WriteResponse>, Status> {
+        self.saw("ByteStream.Write", &req);
+        let mut stream = req.into_inner();
+        let (mut name, mut data) = (String::new(), Vec::new());
+        while let Some(w) = stream.message().await? {
+            if name.is_empty() {
+                name = w.resource_name;
+                self.named(&name);
+            }
+            assert_eq!(w.write_offset as usize, data.len(), "writes are in order");
+            data.extend_from_slice(&w.data);
+            if w.finish_write {
+                break;
+            }
+        }
+        let committed_size = data.len() as i64;
+        self.0
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(resource_hash(&name), data);
+        Ok(Response::new(bytestream::WriteResponse { committed_size }))
+    }
+
+    async fn query_write_status(
+        &self,
+        _: Request<bytestream::QueryWriteStatusRequest>,
+    ) -> Result<Response<bytestream::QueryWriteStatusResponse>, Status> {
+        unimplemented()
+    }
+}
+
+/// The fake, serving on a localhost port from its own runtime.
+struct Server {
+    fake: Fake,
+    url: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn serve(max_batch: i64, digest_functions: Vec<i32>) -> Server {
+    serve_with(max_batch, digest_functions, None)
+}
+
+/// [`serve`], over TLS with `tls`'s identity when given (then the URL is
+/// `grpcs://localhost:PORT`).
+fn serve_with(
+    max_batch: i64,
+    digest_functions: Vec<i32>,
+    tls: Option<tonic::transport::Identity>,
+) -> Server {
+    let fake = Fake::default();
+    {
+        let mut s = fake.0.lock().unwrap();
+        s.max_batch = max_batch;
+        s.digest_functions = digest_functions;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let incoming = rt
+        .block_on(async {
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+        })
+        .expect("bind 127.0.0.1:0");
+    let port = incoming.local_addr().unwrap().port();
+    let mut builder = tonic::transport::Server::builder();
+    let url = match tls {
+        Some(id) => {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(id))
+                .expect("server TLS config");
+            format!("grpcs://localhost:{port}")
+        }
+        None => format!("grpc://127.0.0.1:{port}"),
+    };
+    let router = builder
+        .add_service(CapabilitiesServer::new(fake.clone()))
+        .add_service(ActionCacheServer::new(fake.clone()))
+        .add_service(ContentAddressableStorageServer::new(fake.clone()))
+        .add_service(bytestream::byte_stream_server::ByteStreamServer::new(
+            fake.clone(),
+        ));
+    rt.spawn(router.serve_with_incoming(incoming));
+    Server { fake, url, _rt: rt }
+}
+
+const SHA256: i32 = re::digest_function::Value::Sha256 as i32;
+/// The fake's batch limit: small, so a few kB already go through ByteStream.
+const MAX_BATCH: i64 = 4096;
+
+fn spec() -> ActionSpec {
+    ActionSpec {
+        argv: vec!["clang".into(), "-c".into(), "a.bc".into()],
+        env: vec![],
+        output_paths: vec!["a.o".into()],
+        inputs: vec![InputFile {
+            path: "a.bc".into(),
+            digest: Digest::of_bytes(b"a"),
+            executable: false,
+        }],
+        salt: b"fake".to_vec(),
+    }
+}
+
+fn connect(server: &Server, headers: &[(&str, &str)]) -> RemoteCache {
+    connect_to(server, "", headers)
+}
+
+fn connect_to(server: &Server, instance: &str, headers: &[(&str, &str)]) -> RemoteCache {
+    RemoteCache::connect(&RemoteOptions {
+        url: server.url.clone(),
+        instance: instance.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("connect: {e:#}"))
+}
+
+#[test]
+fn headers_and_the_instance_reach_every_call() {
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let cache = connect_to(&server, "ci/main", &[("Authorization", "Bearer secret")]);
+    assert!(cache.batch_limit() < 4096);
+    let key = spec().key().unwrap();
+    // A small output (batched) and a large stderr (ByteStream).
+    let stderr: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    cache
+        .store(&key, &[("a.o".into(), b"object".to_vec())], b"", &stderr)
+        .unwrap();
+    let hit = cache.lookup(&key).unwrap().expect("a hit");
+    assert_eq!(hit.outputs["a.o"], b"object");
+    assert_eq!(hit.stderr, stderr);
+
+    let calls = server.fake.0.lock().unwrap().calls.clone();
+    let rpcs: BTreeSet<&str> = calls.iter().map(|(r, _)| *r).collect();
+    let want: BTreeSet<&str> = [
+        "GetCapabilities",
+        "FindMissingBlobs",
+        "BatchUpdateBlobs",
+        "ByteStream.Write",
+        "UpdateActionResult",
+        "GetActionResult",
+        "BatchReadBlobs",
+        "ByteStream.Read",
+    ]
+    .into();
+    assert_eq!(rpcs, want);
+    for (rpc, auth) in &calls {
+        assert_eq!(auth.as_deref(), Some("Bearer secret"), "{rpc}");
+    }
+    // Every request names the instance: the instance_name fields, and the
+    // ByteStream resources start with it.
+    let d = Digest::of_bytes(&stderr);
+    let names = server.fake.0.lock().unwrap().names.clone();
+    let mut names = names.into_iter();
+    assert_eq!(names.next().as_deref(), Some("ci/main"));
+    let rest: Vec<String> = names.collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!(
+        rest[0],
+        format!("ci/main/blobs/{}/{}", d.hash, d.size_bytes)
+    );
+    let upload = rest[1]
+        .strip_prefix("ci/main/uploads/")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, tail)| tail);
+    assert_eq!(
+        upload,
+        Some(format!("blobs/{}/{}", d.hash, d.size_bytes).as_str()),
+        "{rest:?}"
+    );
+}
+
+/// Serves an ActionResult whose one output is `claimed`, with `served` as
+/// the bytes behind its hash; returns what lookup made of it.
+fn lookup_with(claimed: &[u8], served: &[u8]) -> Option<Vec<u8>> {
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let d = Digest::of_bytes(claimed);
+    {
+        let mut s = server.fake.0.lock().unwrap();
+        s.blobs.insert(d.hash.clone(), served.to_vec());
+        s.result = Some(re::ActionResult {
+            output_files: vec![re::OutputFile {
+                path: "a.o".into(),
+                digest: Some(re::Digest {
+                    hash: d.hash,
+                    size_bytes: d.size_bytes,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    let cache = connect(&server, &[]);
+    let hit = cache
+        .lookup(&spec().key().unwrap())
+        .unwrap_or_else(|e| panic!("lookup failed instead of missing: {e:#}"));
+    hit.map(|h| h.outputs["a.o"].clone())
+}
+
+#[test]
+fn forged_or_truncated_blobs_are_misses() {
+    let small = b"the genuine object".to_vec();
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    for (what, genuine) in [("batched", &small), ("ByteStream", &large)] {
+        // The control: the genuine bytes are a hit.
+        assert_eq!(
+            lookup_with(genuine, genuine).as_ref(),
+            Some(genuine),
+            "{what}"
+        );
+        let mut forged = genuine.clone();
+        forged[3] ^= 1;
+        assert_eq!(
+            lookup_with(genuine, &forged),
+            None,
+            "{what}: same size, other bytes"
+        );
+        let truncated = &genuine[..genuine.len() - 1];
+        assert_eq!(lookup_with(genuine, truncated), None, "{what}: truncated");
+        let mut longer = genuine.clone();
+        longer.push(0);
+        assert_eq!(lookup_with(genuine, &longer), None, "{what}: overlong");
+    }
+}
+
+#[test]
+fn a_server_without_sha256_is_refused_by_name() {
+    let sha1 = re::digest_function::Value::Sha1 as i32;
+    let server = serve(MAX_BATCH, vec![sha1]);
+    let e = match RemoteCache::connect(&RemoteOptions {
+        url: server.url.clone(),
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("a SHA-1-only server was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("SHA-256") && e.contains(&server.url), "{e}");
+}
+
+#[test]
+fn server_errors_are_errors_not_misses() {
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let cache = connect(&server, &[]);
+    let key = spec().key().unwrap();
+    assert_eq!(cache.lookup(&key).unwrap(), None, "NOT_FOUND is a miss");
+    // A server gone away is an error the caller reports, not a miss it
+    // would silently recompile around.
+    drop(server);
+    let e = cache.lookup(&key).unwrap_err();
+    assert!(format!("{e:#}").contains("GetActionResult"), "{e:#}");
+}
+
+/// The TLS fixtures (tests/fixtures/tls): a test CA and a certificate it
+/// signed for localhost and 127.0.0.1, valid for a century, made with
+/// openssl (`req -x509 … CA:TRUE`, then `x509 -req … -extfile` with
+/// `subjectAltName=DNS:localhost,IP:127.0.0.1`,
+/// `extendedKeyUsage=serverAuth`). The CA's key was discarded.
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+#[test]
+fn grpcs_with_a_private_ca() {
+    let id = tonic::transport::Identity::from_pem(
+        std::fs::read(fixture("server.pem")).unwrap(),
+        std::fs::read(fixture("server.key")).unwrap(),
+    );
+    let server = serve_with(MAX_BATCH, vec![SHA256], Some(id));
+    let opts = |tls_ca: Option<std::path::PathBuf>| RemoteOptions {
+        url: server.url.clone(),
+        tls_ca,
+        ..Default::default()
+    };
+    let cache = RemoteCache::connect(&opts(Some(fixture("ca.pem"))))
+        .unwrap_or_else(|e| panic!("grpcs:// with the test CA: {e:#}"));
+    let key = spec().key().unwrap();
+    cache
+        .store(&key, &[("a.o".into(), b"over TLS".to_vec())], b"", b"")
+        .unwrap();
+    let hit = cache.lookup(&key).unwrap().expect("a hit");
+    assert_eq!(hit.outputs["a.o"], b"over TLS");
+
+    // The system roots alone do not know the test CA.
+    let e = match RemoteCache::connect(&opts(None)) {
+        Ok(_) => panic!("a certificate of an unknown CA was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("without the CA: {e}");
+    assert!(e.contains(&server.url), "{e}");
+    // And a CA file that is not there is named.
+    let e = match RemoteCache::connect(&opts(Some(fixture("missing.pem")))) {
+        Ok(_) => panic!("a missing CA file was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("missing.pem"), "{e}");
+}
+
+#[test]
+fn a_failed_action_is_a_miss() {
+    // BuildGrid's cache-failed-actions: false never serves one; a server
+    // that does must not make a failed compile's outputs a hit.
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let d = Digest::of_bytes(b"obj");
+    {
+        let mut s = server.fake.0.lock().unwrap();
+        s.blobs.insert(d.hash.clone(), b"obj".to_vec());
+        s.result = Some(re::ActionResult {
+            output_files: vec![re::OutputFile {
+                path: "a.o".into(),
+                digest: Some(re::Digest {
+                    hash: d.hash.clone(),
+                    size_bytes: d.size_bytes,
+                }),
+                ..Default::default()
+            }],
+            exit_code: 1,
+            ..Default::default()
+        });
+    }
+    let cache = connect(&server, &[]);
+    let key = spec().key().unwrap();
+    assert_eq!(cache.lookup(&key).unwrap(), None);
+    // The same entry with exit code 0 is a hit: the exit code decided.
+    server
+        .fake
+        .0
+        .lock()
+        .unwrap()
+        .result
+        .as_mut()
+        .unwrap()
+        .exit_code = 0;
+    assert!(cache.lookup(&key).unwrap().is_some());
+}
