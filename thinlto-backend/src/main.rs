@@ -107,6 +107,13 @@ enum CacheAction {
     Clear,
 }
 
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected NAME=VALUE")),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     thinlto_backend::cache::local::parse_size(s)
 }
@@ -166,6 +173,26 @@ struct RunArgs {
     /// No cache, whatever the environment and the other flags say
     #[arg(long)]
     no_cache: bool,
+    /// A Remote Execution API (v2) cache shared with other machines:
+    /// grpc://HOST:PORT, or grpcs://HOST:PORT with TLS (implies --cache;
+    /// also THINLTO_REMOTE_CACHE). Hits are copied to the local cache
+    #[arg(long, value_name = "URL", env = "THINLTO_REMOTE_CACHE")]
+    remote_cache: Option<String>,
+    /// The REAPI instance name
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "THINLTO_REMOTE_INSTANCE",
+        default_value = ""
+    )]
+    remote_instance: String,
+    /// gRPC metadata sent with every remote call, e.g.
+    /// 'authorization=Bearer TOKEN' (repeatable)
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_header)]
+    remote_header: Vec<(String, String)>,
+    /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
+    #[arg(long, value_name = "FILE")]
+    remote_tls_ca: Option<PathBuf>,
     #[command(flatten)]
     toolchain: ToolchainArgs,
 }
@@ -373,7 +400,9 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     } else {
         Verbosity::Normal
     };
-    let use_cache = !args.no_cache && (args.cache || args.cache_dir.is_some());
+    let remote_url = args.remote_cache.clone().filter(|u| !u.is_empty());
+    let use_cache =
+        !args.no_cache && (args.cache || args.cache_dir.is_some() || remote_url.is_some());
     let needs_run = planned
         .iter()
         .any(|(_, d, _)| matches!(d, Decision::Run(_)));
@@ -381,6 +410,12 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         let opts = thinlto_backend::cache::CacheOptions {
             dir: cache_dir(args.cache_dir.clone())?,
             max_size: args.cache_size,
+            remote: remote_url.map(|url| thinlto_backend::cache::remote::RemoteOptions {
+                url,
+                instance: args.remote_instance.clone(),
+                headers: args.remote_header.clone(),
+                tls_ca: args.remote_tls_ca.clone(),
+            }),
         };
         Some(thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)?)
     } else {

@@ -182,7 +182,9 @@ impl CacheBench<'_> {
             same("remote fill", &r.natives, &reference)?;
             upload.ours.push(r.sample);
             upload.ours_wall_only = true;
-            upload.notes.push("one run: the remote cache is filled once".into());
+            upload
+                .notes
+                .push("one run: the remote cache is filled once".into());
             let mut machine = ScenarioResult::new(
                 &format!("{l}4. A second machine: a fresh copy of the tree, empty local cache, warm remote cache (BuildGrid on 127.0.0.1)"),
                 "ours: --cache-dir (empty) --remote-cache (warm)",

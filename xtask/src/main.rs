@@ -606,7 +606,9 @@ fn bench_cache(
         out: "out".into(),
         plan,
     };
-    text.push_str(&format!("### Generated tree: {objects} generated objects + the sample tree, -j{jobs}\n\n"));
+    text.push_str(&format!(
+        "### Generated tree: {objects} generated objects + the sample tree, -j{jobs}\n\n"
+    ));
     for r in cb.run(&first, &second)? {
         text.push_str(&r.markdown());
     }
@@ -614,7 +616,11 @@ fn bench_cache(
         let tree = k.canonicalize()?;
         let layout = xtask::kernel::detect_layout(&tree)?;
         let copy = workdir.join("linux second checkout");
-        eprintln!("bench (cache): copying {} to {}", tree.display(), copy.display());
+        eprintln!(
+            "bench (cache): copying {} to {}",
+            tree.display(),
+            copy.display()
+        );
         xtask::flow::copy_fe_tree(&tree, &copy)?;
         let mut trees = Vec::new();
         for (t, out) in [(&tree, "kc-out-1"), (&copy, "kc-out-2")] {

@@ -28,12 +28,13 @@
 pub mod identity;
 pub mod local;
 pub mod remote;
+mod shared;
 pub mod trace;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -59,11 +60,12 @@ impl Tier {
     }
 }
 
-/// Where the cache lives and how big it may grow.
+/// Where the cache lives, how big it may grow, and the remote tier.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
     pub dir: PathBuf,
     pub max_size: u64,
+    pub remote: Option<remote::RemoteOptions>,
 }
 
 /// `--cache-dir`, else `$THINLTO_CACHE_DIR`, else
@@ -102,8 +104,21 @@ pub struct CacheSummary {
     pub uncacheable: u64,
 }
 
-pub struct BackendCache {
+/// What a compile left, to be stored by a storer thread.
+struct Finished {
+    job: BackendJob,
+    key: String,
+    trace: String,
+    native: Vec<u8>,
+    dwo: Option<Vec<u8>>,
+    output: String,
+    seconds: f64,
+}
+
+/// The state the workers and the storer threads share.
+struct Inner {
     local: LocalStore,
+    remote: Option<shared::RemoteTier>,
     max_size: u64,
     identity: String,
     cwd: PathBuf,
@@ -116,13 +131,28 @@ pub struct BackendCache {
     uncacheable: AtomicU64,
     /// The kinds of trouble already reported (each once per run).
     warned: Mutex<HashSet<String>>,
+}
+
+pub struct BackendCache {
+    inner: Arc<Inner>,
     /// Where this run's trace files go (removed at the end).
     traces: tempfile::TempDir,
     trace_seq: AtomicU64,
+    /// Results are stored off the jobs' path: a job slot is free as soon
+    /// as its compile is done, and the uploads overlap the next compiles.
+    storers: Mutex<Option<Storers>>,
 }
+
+/// The storer threads and the channel that feeds them.
+type Storers = (mpsc::Sender<Finished>, Vec<std::thread::JoinHandle<()>>);
+
+/// Storer threads: the local tier is quick; the remote one waits on the
+/// network.
+const STORERS: usize = 2;
 
 impl BackendCache {
     /// Opens the cache for jobs compiled by `cc_argv` (the words of `$(CC)`).
+    /// A remote cache that cannot be reached is reported, and left out.
     pub fn open(opts: &CacheOptions, cc_argv: &[String]) -> Result<BackendCache> {
         let local = LocalStore::new(&opts.dir);
         std::fs::create_dir_all(local.root())
@@ -132,8 +162,19 @@ impl BackendCache {
             .tempdir_in(local.root())
             .with_context(|| format!("{}: cannot create a directory", local.root().display()))?;
         let (identity, _) = identity::compiler_identity(cc_argv)?;
-        Ok(BackendCache {
+        let remote = match &opts.remote {
+            Some(r) => match shared::RemoteTier::connect(r) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("thinlto-backend: cache: {e:#}; going on with the local cache only");
+                    None
+                }
+            },
+            None => None,
+        };
+        let inner = Arc::new(Inner {
             local,
+            remote,
             max_size: opts.max_size,
             identity,
             cwd: std::env::current_dir().context("the working directory")?,
@@ -144,30 +185,190 @@ impl BackendCache {
             stored: AtomicU64::new(0),
             uncacheable: AtomicU64::new(0),
             warned: Mutex::new(HashSet::new()),
+        });
+        let (tx, rx) = mpsc::channel::<Finished>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..STORERS)
+            .map(|i| {
+                let (inner, rx) = (inner.clone(), rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("cache-store-{i}"))
+                    .spawn(move || loop {
+                        let next = rx.lock().unwrap().recv();
+                        match next {
+                            Ok(f) => inner.store(f),
+                            Err(_) => return,
+                        }
+                    })
+                    .context("cannot start a cache thread")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BackendCache {
+            inner,
             traces,
             trace_seq: AtomicU64::new(0),
+            storers: Mutex::new(Some((tx, threads))),
         })
     }
 
+    /// The job's key (see [`Inner::key`]).
+    pub fn key(&self, job: &BackendJob, record: &NativeRecord) -> String {
+        self.inner.key(job, record)
+    }
+
+    /// The stored result of `job`, if there is one whose extra files all
+    /// still have their digests and whose outputs are intact: the local
+    /// tier first, then the remote one (whose hit is copied to the local
+    /// tier).
+    pub fn lookup(&self, job: &BackendJob, record: &NativeRecord) -> Option<Hit> {
+        let i = &self.inner;
+        let key = i.key(job, record);
+        if let Some(hit) = i.lookup_local(&key) {
+            i.hits_local.fetch_add(1, Ordering::Relaxed);
+            return Some(hit);
+        }
+        if let Some(hit) = i.lookup_remote(job, &key) {
+            i.hits_remote.fetch_add(1, Ordering::Relaxed);
+            return Some(hit);
+        }
+        i.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Which tier has `job`, without counting or copying: for `--explain`.
+    pub fn probe(&self, job: &BackendJob, record: &NativeRecord) -> Option<(Tier, String)> {
+        let i = &self.inner;
+        let key = i.key(job, record);
+        let m = i.local.manifest(&key);
+        if m.variants.iter().any(|v| i.extras_match(v)) {
+            return Some((Tier::Local, key));
+        }
+        let r = i.remote.as_ref().filter(|r| !r.is_off())?;
+        match r.lookup(job, &i.salt(job)) {
+            Ok(Some(hit)) => Some((Tier::Remote, hit.key)),
+            Ok(None) => None,
+            Err(e) => {
+                r.fail(&e);
+                None
+            }
+        }
+    }
+
+    /// A new trace file for one compile (`THINLTO_TRACE`).
+    pub fn trace_file(&self) -> PathBuf {
+        let n = self.trace_seq.fetch_add(1, Ordering::Relaxed);
+        self.traces.path().join(format!("{n}.trace"))
+    }
+
+    /// Hands the result of a successful compile of `job` to the storers:
+    /// its native (and .dwo) and what it printed as they are now, and the
+    /// files its trace names.
+    pub fn store(
+        &self,
+        job: &BackendJob,
+        record: &NativeRecord,
+        trace: &Path,
+        output: &str,
+        seconds: f64,
+    ) {
+        let i = &self.inner;
+        let read = || -> Result<Finished> {
+            let text = std::fs::read_to_string(trace)
+                .with_context(|| format!("{}: cannot read the trace", trace.display()))?;
+            let _ = std::fs::remove_file(trace);
+            let native = std::fs::read(&job.native)
+                .with_context(|| format!("{}: cannot read", job.native))?;
+            let dwo = match crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+                Some(p) => Some(
+                    std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?,
+                ),
+                None => None,
+            };
+            Ok(Finished {
+                job: job.clone(),
+                key: i.key(job, record),
+                trace: text,
+                native,
+                dwo,
+                output: output.to_string(),
+                seconds,
+            })
+        };
+        match read() {
+            Ok(f) => {
+                let st = self.storers.lock().unwrap();
+                if let Some((tx, _)) = st.as_ref() {
+                    let _ = tx.send(f);
+                }
+            }
+            Err(e) => {
+                i.uncacheable.fetch_add(1, Ordering::Relaxed);
+                i.warn_once("read", &format!("{e:#}; results not stored"));
+            }
+        }
+    }
+
+    /// Waits for the storers, then returns the run's counts; adds them to
+    /// the store's counters and prunes it to its size limit if anything
+    /// was stored.
+    pub fn finish(&self) -> CacheSummary {
+        if let Some((tx, threads)) = self.storers.lock().unwrap().take() {
+            drop(tx);
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+        let i = &self.inner;
+        let s = CacheSummary {
+            hits_local: i.hits_local.load(Ordering::Relaxed),
+            hits_remote: i.hits_remote.load(Ordering::Relaxed),
+            misses: i.misses.load(Ordering::Relaxed),
+            stored: i.stored.load(Ordering::Relaxed),
+            uncacheable: i.uncacheable.load(Ordering::Relaxed),
+        };
+        let c = Counters {
+            hits_local: s.hits_local,
+            hits_remote: s.hits_remote,
+            misses: s.misses,
+            stored: s.stored,
+            uncacheable: s.uncacheable,
+        };
+        if let Err(e) = i.local.add_counters(&c) {
+            i.warn_once("stats", &format!("cannot update the counters: {e:#}"));
+        }
+        if s.stored > 0 {
+            i.local.prune(i.max_size);
+        }
+        s
+    }
+}
+
+impl Inner {
     fn warn_once(&self, kind: &str, msg: &str) {
         if self.warned.lock().unwrap().insert(kind.to_string()) {
             eprintln!("thinlto-backend: cache: {msg}");
         }
     }
 
+    /// What keys jobs apart besides their argv and inputs: the compiler,
+    /// and the working directory where the output may record it.
+    fn salt(&self, job: &BackendJob) -> Vec<u8> {
+        let mut s = format!("compiler {}\0", self.identity).into_bytes();
+        if records_cwd(&job.argv) {
+            s.extend_from_slice(b"cwd ");
+            s.extend_from_slice(self.cwd.as_os_str().as_encoded_bytes());
+            s.push(0);
+        }
+        s
+    }
+
     /// The job's key: a blake3 hex of everything its output depends on
     /// that is known before it runs (module docs). `record` is the record
     /// `plan::decide` made: its digests are those of the content inputs.
-    pub fn key(&self, job: &BackendJob, record: &NativeRecord) -> String {
+    fn key(&self, job: &BackendJob, record: &NativeRecord) -> String {
         let mut h = blake3::Hasher::new();
         h.update(b"thinlto-dist backend cache 1\0");
-        h.update(self.identity.as_bytes());
-        h.update(b"\0");
-        if records_cwd(&job.argv) {
-            h.update(b"cwd\0");
-            h.update(self.cwd.as_os_str().as_encoded_bytes());
-            h.update(b"\0");
-        }
+        h.update(&self.salt(job));
         h.update(b"argv\0");
         for a in &job.argv {
             h.update(a.as_bytes());
@@ -181,29 +382,6 @@ impl BackendCache {
             h.update(b"\0");
         }
         h.finalize().to_hex().to_string()
-    }
-
-    /// The stored result of `job`, if there is one whose extra files all
-    /// still have their digests and whose outputs are intact.
-    pub fn lookup(&self, job: &BackendJob, record: &NativeRecord) -> Option<Hit> {
-        let key = self.key(job, record);
-        let hit = self.lookup_local(&key);
-        match &hit {
-            Some(_) => self.hits_local.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
-        hit
-    }
-
-    /// [`lookup`](Self::lookup) without counting or touching anything:
-    /// for `--explain`.
-    pub fn probe(&self, job: &BackendJob, record: &NativeRecord) -> Option<(Tier, String)> {
-        let key = self.key(job, record);
-        let m = self.local.manifest(&key);
-        m.variants
-            .iter()
-            .any(|v| self.extras_match(v))
-            .then_some((Tier::Local, key))
     }
 
     fn extras_match(&self, v: &Variant) -> bool {
@@ -240,42 +418,82 @@ impl BackendCache {
         None
     }
 
-    /// A new trace file for one compile (`THINLTO_TRACE`).
-    pub fn trace_file(&self) -> PathBuf {
-        let n = self.trace_seq.fetch_add(1, Ordering::Relaxed);
-        self.traces.path().join(format!("{n}.trace"))
-    }
-
-    /// Stores the result of a successful compile of `job`: its native
-    /// (and .dwo), what it printed, and the extra files its trace names.
-    pub fn store(
-        &self,
-        job: &BackendJob,
-        record: &NativeRecord,
-        trace: &Path,
-        output: &str,
-        seconds: f64,
-    ) {
-        let text = match std::fs::read_to_string(trace) {
-            Ok(t) => t,
+    fn lookup_remote(&self, job: &BackendJob, key: &str) -> Option<Hit> {
+        let r = self.remote.as_ref().filter(|r| !r.is_off())?;
+        let hit = match r.lookup(job, &self.salt(job)) {
+            Ok(Some(h)) => h,
+            Ok(None) => return None,
             Err(e) => {
-                self.uncacheable.fetch_add(1, Ordering::Relaxed);
-                self.warn_once(
-                    "trace",
-                    &format!("{}: {e}; results not stored", trace.display()),
-                );
-                return;
+                r.fail(&e);
+                return None;
             }
         };
-        let _ = std::fs::remove_file(trace);
-        let dwo_path = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native));
+        // A copy in the local tier: the next build of this machine finds
+        // it there.
+        let extras: Option<Vec<(String, String)>> = hit
+            .extras
+            .iter()
+            .map(|p| Some((p.clone(), self.digests.digest(p)?)))
+            .collect();
+        if let Some(extras) = extras {
+            if let Err(e) = self.add_local(
+                key,
+                extras,
+                &hit.native,
+                hit.dwo.as_deref(),
+                &hit.output,
+                None,
+            ) {
+                self.warn_once("store", &format!("cannot store a result: {e:#}"));
+            }
+        }
+        Some(Hit {
+            tier: Tier::Remote,
+            key: hit.key,
+            native: hit.native,
+            dwo: hit.dwo,
+            output: hit.output,
+            seconds: None,
+        })
+    }
+
+    fn add_local(
+        &self,
+        key: &str,
+        extras: Vec<(String, String)>,
+        native: &[u8],
+        dwo: Option<&[u8]>,
+        output: &str,
+        seconds: Option<f64>,
+    ) -> Result<()> {
+        let native = self.local.put_blob(native)?;
+        let dwo = match dwo {
+            Some(b) => Some(self.local.put_blob(b)?),
+            None => None,
+        };
+        self.local.add_variant(
+            key,
+            Variant {
+                extras,
+                native,
+                dwo,
+                output: output.to_string(),
+                seconds,
+            },
+        )
+    }
+
+    /// Stores one compile's result in both tiers (a storer thread).
+    fn store(&self, f: Finished) {
+        let job = &f.job;
         let mut known = job.content_inputs();
         known.push(&job.native);
-        let dwo_str = dwo_path.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let dwo_str = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native))
+            .map(|p| p.to_string_lossy().into_owned());
         if let Some(d) = &dwo_str {
             known.push(d);
         }
-        let extras = match trace::extras(&text, &self.cwd, &job.input.object, &known) {
+        let extras = match trace::extras(&f.trace, &self.cwd, &job.input.object, &known) {
             Ok(x) => x,
             Err(e) => {
                 self.uncacheable.fetch_add(1, Ordering::Relaxed);
@@ -284,9 +502,9 @@ impl BackendCache {
             }
         };
         let mut with_digests = Vec::with_capacity(extras.len());
-        for p in extras {
-            match self.digests.digest(&p) {
-                Some(d) => with_digests.push((p, d)),
+        for p in &extras {
+            match self.digests.digest(p) {
+                Some(d) => with_digests.push((p.clone(), d)),
                 // Gone since: the result cannot be vouched for.
                 None => {
                     self.uncacheable.fetch_add(1, Ordering::Relaxed);
@@ -294,59 +512,32 @@ impl BackendCache {
                 }
             }
         }
-        let r = (|| -> Result<()> {
-            let native = std::fs::read(&job.native)
-                .with_context(|| format!("{}: cannot read", job.native))?;
-            let native = self.local.put_blob(&native)?;
-            let dwo = match &dwo_path {
-                Some(p) => Some(self.local.put_blob(
-                    &std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?,
-                )?),
-                None => None,
-            };
-            self.local.add_variant(
-                &self.key(job, record),
-                Variant {
-                    extras: with_digests,
-                    native,
-                    dwo,
-                    output: output.to_string(),
-                    seconds: Some(crate::run::round3(seconds)),
-                },
-            )
-        })();
-        match r {
+        let seconds = Some(crate::run::round3(f.seconds));
+        match self.add_local(
+            &f.key,
+            with_digests,
+            &f.native,
+            f.dwo.as_deref(),
+            &f.output,
+            seconds,
+        ) {
             Ok(()) => {
                 self.stored.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.warn_once("store", &format!("cannot store a result: {e:#}")),
         }
-    }
-
-    /// The run's counts; adds them to the store's counters and prunes it
-    /// to its size limit if anything was stored.
-    pub fn finish(&self) -> CacheSummary {
-        let s = CacheSummary {
-            hits_local: self.hits_local.load(Ordering::Relaxed),
-            hits_remote: self.hits_remote.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            stored: self.stored.load(Ordering::Relaxed),
-            uncacheable: self.uncacheable.load(Ordering::Relaxed),
-        };
-        let c = Counters {
-            hits_local: s.hits_local,
-            hits_remote: s.hits_remote,
-            misses: s.misses,
-            stored: s.stored,
-            uncacheable: s.uncacheable,
-        };
-        if let Err(e) = self.local.add_counters(&c) {
-            self.warn_once("stats", &format!("cannot update the counters: {e:#}"));
+        if let Some(r) = self.remote.as_ref().filter(|r| !r.is_off()) {
+            if let Err(e) = r.store(
+                job,
+                &self.salt(job),
+                &extras,
+                &f.native,
+                f.dwo.as_deref(),
+                &f.output,
+            ) {
+                r.fail(&e);
+            }
         }
-        if s.stored > 0 {
-            self.local.prune(self.max_size);
-        }
-        s
     }
 }
 

@@ -1,0 +1,261 @@
+//! The remote tier as the backend uses it: two REAPI actions per job.
+//!
+//! A job's files are known only in part before it runs (the `.incbin`
+//! problem, see the module docs of [`super`]). So, as in the local tier,
+//! there are two levels, each a real REAPI action:
+//! - the *manifest action*: the job's command, an input root holding the
+//!   object, its shard and its imports, and a salt marking it a manifest;
+//!   its one output, `thinlto-dist.manifest`, lists the variants (the
+//!   extra files each compile read, with their SHA-256 digests);
+//! - the *compile action* of a variant: the same command, the input root
+//!   plus the variant's extra files under the tree, and its outputs (the
+//!   native, the `.dwo`). This one is exactly the compile: a service that
+//!   executes actions could run it as it is (once given the inputs, which
+//!   a cache-only client does not upload). Extra files outside the tree
+//!   (`/usr/lib/os-release`, which the driver reads) cannot be in an input
+//!   root; their paths and digests go into the salt.
+//!
+//! Both salts carry the compiler's identity (and the working directory
+//! when the command asks for debug information).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::remote::{ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
+use crate::plan::BackendJob;
+
+const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
+/// Variants kept per manifest (newest first), as in the local tier.
+const MAX_VARIANTS: usize = 8;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RemoteManifest {
+    /// Each variant: its extra files as (path, SHA-256 hex, size).
+    variants: Vec<Vec<(String, String, i64)>>,
+}
+
+/// A remote hit: the outputs by path, what the compiler printed, and the
+/// extra files of the variant (for the local tier's copy).
+pub struct RemoteResult {
+    pub key: String,
+    pub native: Vec<u8>,
+    pub dwo: Option<Vec<u8>>,
+    pub output: String,
+    pub extras: Vec<String>,
+}
+
+pub struct RemoteTier {
+    cache: RemoteCache,
+    /// SHA-256 of files, each hashed once per run.
+    sha: Mutex<HashMap<String, Option<Digest>>>,
+    /// Set after an error: the rest of the run does without.
+    off: AtomicBool,
+    url: String,
+}
+
+impl RemoteTier {
+    pub fn connect(opts: &RemoteOptions) -> Result<RemoteTier> {
+        Ok(RemoteTier {
+            cache: RemoteCache::connect(opts)?,
+            sha: Mutex::new(HashMap::new()),
+            off: AtomicBool::new(false),
+            url: opts.url.clone(),
+        })
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    /// Reports an error once and leaves the remote tier out from now on.
+    pub fn fail(&self, e: &anyhow::Error) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "thinlto-backend: cache: remote cache {}: {e:#}; not used for the rest of this run",
+                self.url
+            );
+        }
+    }
+
+    fn sha(&self, path: &str) -> Option<Digest> {
+        if let Some(d) = self.sha.lock().unwrap().get(path) {
+            return d.clone();
+        }
+        let d = Digest::of_file(Path::new(path)).ok();
+        self.sha.lock().unwrap().insert(path.to_string(), d.clone());
+        d
+    }
+
+    fn base_inputs(&self, job: &BackendJob) -> Result<Vec<InputFile>> {
+        let mut v = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for p in job.content_inputs() {
+            if !seen.insert(p) {
+                continue;
+            }
+            let digest = self
+                .sha(p)
+                .with_context(|| format!("{p}: cannot read (input of {})", job.native))?;
+            v.push(InputFile {
+                path: tree_path(p)?,
+                digest,
+                executable: false,
+            });
+        }
+        Ok(v)
+    }
+
+    fn manifest_spec(&self, job: &BackendJob, salt: &[u8]) -> Result<ActionSpec> {
+        let mut s = b"thinlto-dist manifest 1\0".to_vec();
+        s.extend_from_slice(salt);
+        Ok(ActionSpec {
+            argv: job.argv.clone(),
+            env: Vec::new(),
+            output_paths: vec![MANIFEST_OUTPUT.into()],
+            inputs: self.base_inputs(job)?,
+            salt: s,
+        })
+    }
+
+    fn compile_spec(
+        &self,
+        job: &BackendJob,
+        salt: &[u8],
+        extras: &[(String, Digest)],
+    ) -> Result<ActionSpec> {
+        let mut s = b"thinlto-dist compile 1\0".to_vec();
+        s.extend_from_slice(salt);
+        let mut inputs = self.base_inputs(job)?;
+        for (p, d) in extras {
+            match tree_path(p) {
+                Ok(rel) => inputs.push(InputFile {
+                    path: rel,
+                    digest: d.clone(),
+                    executable: false,
+                }),
+                // Outside the tree: named in the salt.
+                Err(_) => s.extend_from_slice(format!("extra {p} {d}\0").as_bytes()),
+            }
+        }
+        let mut outputs = vec![tree_path(&job.native)?];
+        if let Some(dwo) = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+            outputs.push(tree_path(&dwo.to_string_lossy())?);
+        }
+        Ok(ActionSpec {
+            argv: job.argv.clone(),
+            env: Vec::new(),
+            output_paths: outputs,
+            inputs,
+            salt: s,
+        })
+    }
+
+    fn manifest(&self, job: &BackendJob, salt: &[u8]) -> Result<RemoteManifest> {
+        let key = self.manifest_spec(job, salt)?.key()?;
+        Ok(match self.cache.lookup(&key)? {
+            Some(hit) => hit
+                .outputs
+                .get(MANIFEST_OUTPUT)
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default(),
+            None => RemoteManifest::default(),
+        })
+    }
+
+    /// The job's result from the remote cache, if a variant's extra files
+    /// all have their recorded digests now.
+    pub fn lookup(&self, job: &BackendJob, salt: &[u8]) -> Result<Option<RemoteResult>> {
+        let m = self.manifest(job, salt)?;
+        for variant in &m.variants {
+            let now: Option<Vec<(String, Digest)>> = variant
+                .iter()
+                .map(|(p, h, size)| {
+                    let d = self.sha(p)?;
+                    (d.hash == *h && d.size_bytes == *size).then(|| (p.clone(), d))
+                })
+                .collect();
+            let Some(extras) = now else { continue };
+            let spec = self.compile_spec(job, salt, &extras)?;
+            let key = spec.key()?;
+            let Some(mut hit) = self.cache.lookup(&key)? else {
+                continue;
+            };
+            let Some(native) = hit.outputs.remove(&spec.output_paths[0]) else {
+                continue;
+            };
+            let dwo = match spec.output_paths.get(1) {
+                Some(p) => match hit.outputs.remove(p) {
+                    Some(b) => Some(b),
+                    None => continue,
+                },
+                None => None,
+            };
+            let mut output = String::from_utf8_lossy(&hit.stdout).into_owned();
+            output.push_str(&String::from_utf8_lossy(&hit.stderr));
+            return Ok(Some(RemoteResult {
+                key: key.action.hash.clone(),
+                native,
+                dwo,
+                output,
+                extras: extras.into_iter().map(|(p, _)| p).collect(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Stores a compile's result (the outputs as they are on disk now) and
+    /// adds its variant to the job's manifest.
+    pub fn store(
+        &self,
+        job: &BackendJob,
+        salt: &[u8],
+        extras: &[String],
+        native: &[u8],
+        dwo: Option<&[u8]>,
+        output: &str,
+    ) -> Result<()> {
+        let mut with = Vec::new();
+        for p in extras {
+            match self.sha(p) {
+                Some(d) => with.push((p.clone(), d)),
+                None => bail!("{p}: gone since the compile read it"),
+            }
+        }
+        let spec = self.compile_spec(job, salt, &with)?;
+        let key = spec.key()?;
+        let mut outputs = vec![(spec.output_paths[0].clone(), native.to_vec())];
+        if let (Some(p), Some(b)) = (spec.output_paths.get(1), dwo) {
+            outputs.push((p.clone(), b.to_vec()));
+        }
+        self.cache.store(&key, &outputs, b"", output.as_bytes())?;
+        let mut m = self.manifest(job, salt)?;
+        let variant: Vec<(String, String, i64)> = with
+            .iter()
+            .map(|(p, d)| (p.clone(), d.hash.clone(), d.size_bytes))
+            .collect();
+        m.variants.retain(|v| *v != variant);
+        m.variants.insert(0, variant);
+        m.variants.truncate(MAX_VARIANTS);
+        let mkey = self.manifest_spec(job, salt)?.key()?;
+        self.cache.store(
+            &mkey,
+            &[(MANIFEST_OUTPUT.into(), serde_json::to_vec(&m)?)],
+            b"",
+            b"",
+        )
+    }
+}
+
+/// A path of the tree as an input root spells it: relative, plain names.
+fn tree_path(p: &str) -> Result<String> {
+    let t = p.strip_prefix("./").unwrap_or(p);
+    if t.starts_with('/') || t.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        bail!("{p}: not a plain path under the tree (the remote cache needs one)");
+    }
+    Ok(t.to_string())
+}
