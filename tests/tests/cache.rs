@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use thinlto_dist_tests::buildgrid::BuildGrid;
 use thinlto_dist_tests::*;
 
 fn native_files(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
@@ -468,4 +469,63 @@ fn split_dwarf_files_come_back_with_their_object() {
     for (f, bytes) in files.iter().zip(&cold) {
         assert_eq!(&std::fs::read(t.path().join(f)).unwrap(), bytes, "{f}");
     }
+}
+
+#[test]
+fn a_second_machine_gets_the_natives_from_a_remote_cache() {
+    let bg = BuildGrid::start();
+    let a = sample_tree();
+    let m = thin_link(a.path());
+    let (local_a, local_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let remote = format!("--remote-cache={}", bg.url);
+    let (_, recs) = cached(a.path(), local_a.path(), &[&remote]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    let cold = native_files(a.path(), &m);
+
+    // "Another machine": a copy of the tree elsewhere, an empty local cache.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = b_dir.path().join("tree b");
+    xtask::flow::copy_fe_tree(a.path(), &b).unwrap();
+    thin_link(&b);
+    let (err, recs) = cached(&b, local_b.path(), &["-B", &remote]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    for r in &recs {
+        assert_eq!(r.cache, Some(thinlto_backend::cache::Tier::Remote), "{r:?}");
+    }
+    let n = m.bitcode().count();
+    assert!(
+        err.contains(&format!("({n} remote")) || err.contains(&format!("0 local, {n} remote")),
+        "{err}"
+    );
+    assert_eq!(native_files(&b, &m), cold);
+    // The hits were copied to the local cache: the next run needs no server.
+    let (_, recs) = cached(&b, local_b.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+
+    // An .incbin'd file changes on that machine: never the stale object
+    // from the remote cache either.
+    let blob = "kernel/config_blob.thinlto-native.o";
+    set_config_data(&b, "CONFIG_REMOTE=y\n");
+    let local_c = tempfile::tempdir().unwrap();
+    let (err, recs) = cached(&b, local_c.path(), &["-B", &remote]);
+    assert!(
+        with_status(&recs, JobStatus::Built).contains(&"kernel/config_blob.o".to_string()),
+        "{recs:?}\n{err}"
+    );
+    let changed = std::fs::read(b.join(blob)).unwrap();
+    assert_ne!(changed, std::fs::read(a.path().join(blob)).unwrap());
+    // ...and the first machine, still at the old content, still hits.
+    let local_d = tempfile::tempdir().unwrap();
+    let (_, recs) = cached(a.path(), local_d.path(), &["-B", &remote]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+    assert_eq!(native_files(a.path(), &m), cold);
+
+    // A server that is gone: said once, and the build goes on.
+    drop(bg);
+    let (err, recs) = cached(a.path(), local_d.path(), &["-B", &remote, "--no-summary"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    let e = tempfile::tempdir().unwrap();
+    let (err, recs) = cached(a.path(), e.path(), &["-B", &remote]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m), "{err}");
+    assert!(err.contains("remote cache"), "{err}");
 }

@@ -17,8 +17,11 @@
 //! `bin/` — so those files are rewritten to the final path before the
 //! rename.
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -206,6 +209,137 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+/// How long BuildGrid may take to listen (it takes ~5 s; a loaded machine
+/// imports Python slowly).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `bgd server start`: cache services only (CAS, ByteStream,
+/// action cache) in memory, on a free localhost port, stopped when dropped.
+pub struct Server {
+    /// `grpc://127.0.0.1:PORT`
+    pub url: String,
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// A cache-only configuration listening on `port`.
+fn config(port: u16) -> String {
+    format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+storages:
+  - !lru-storage &cas-storage
+    size: 2048M
+caches:
+  - !lru-action-cache &ac
+    storage: *cas-storage
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+instances:
+  - name: ''
+    services:
+      - !cas
+        storage: *cas-storage
+      - !bytestream
+        storage: *cas-storage
+      - !action-cache
+        cache: *ac
+"#
+    )
+}
+
+/// A port nobody listens on now (the kernel's pick; released for the
+/// server to bind, a window another process could in principle use).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .context("bind 127.0.0.1:0")?
+        .port())
+}
+
+impl Server {
+    /// Starts `bgd` and waits until its port accepts connections; an
+    /// error with the end of its log if it does not within a minute.
+    pub fn start(bgd: &std::path::Path) -> Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix("thinlto-buildgrid.")
+            .tempdir()
+            .context("a directory for BuildGrid")?;
+        let port = free_port()?;
+        let cfg = dir.path().join("cache.yml");
+        std::fs::write(&cfg, config(port)).context("writing the BuildGrid config")?;
+        let log = std::fs::File::create(dir.path().join("bgd.log")).context("creating bgd.log")?;
+        let child = Command::new(bgd)
+            .args(["server", "start"])
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own group, so Drop can kill the server and anything it
+            // forked in one go.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bgd.display()))?;
+        let mut bg = Server {
+            url: format!("grpc://127.0.0.1:{port}"),
+            port,
+            child,
+            dir,
+        };
+        bg.wait_ready()?;
+        Ok(bg)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "BuildGrid exited ({status}) before listening on {addr}; its log ends:\n{}",
+                    self.log_tail()
+                );
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "BuildGrid did not listen on {addr} within {READY_TIMEOUT:?}; its log ends:\n{}",
+                    self.log_tail()
+                );
+            }
+            // The readiness poll (the only sleep: nothing to wait on).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of the server's output.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions. The group is the
+        // one spawn created (its id is the server's pid); the kernel does
+        // not reuse an id while a group of that id has members, and the
+        // server itself is reaped only below (or after it died early).
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]

@@ -565,7 +565,9 @@ fn bench_cache(
     let bins = xtask::flow::build_bins()?;
     let workdir = xtask::target_dir().join("bench");
     std::fs::create_dir_all(&workdir)?;
-    let remote = None;
+    // The second machine's shared cache: a BuildGrid on 127.0.0.1.
+    let server = xtask::buildgrid::Server::start(&xtask::buildgrid::ensure()?)?;
+    let remote = Some(server.url.clone());
     let mut text = String::new();
     let tree = workdir.join(format!("cache-gen-{objects}"));
     if tree.exists() {
