@@ -95,7 +95,7 @@ fn stats(out: &Output) -> (usize, usize) {
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
-        .find(|l| l.contains("jobs served by the warm compiler"))
+        .find(|l| l.contains("jobs served,"))
         .unwrap_or_else(|| panic!("no stats line in:\n{err}"));
     let nums: Vec<usize> = line
         .split_whitespace()
@@ -120,10 +120,28 @@ fn warm_natives_are_byte_identical_to_plain_ones() {
     let m = thin_link(t.path());
     let jobs = m.bitcode().count();
     let mark = marker();
-    let out = run(t.path(), None, &mark, &[]);
+    let out = run(t.path(), None, &mark, &["--no-warm"]);
     ok(&out);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("jobs served,"),
+        "--no-warm started a warm compiler"
+    );
     let plain = natives(t.path());
     assert_eq!(plain.len(), jobs);
+    remove_natives(t.path());
+    // The warm compiler is the default; THINLTO_WARM=0 turns it off.
+    let out = run(t.path(), None, &mark, &[]);
+    ok(&out);
+    assert_eq!(stats(&out), (jobs, 0), "the default is warm");
+    let mut c = tool("thinlto-backend", t.path());
+    let off = c
+        .args(["-q", "-B", "--index", "out/vmlinux.thinlto-index"])
+        .env("THINLTO_WARM", "0")
+        .env("THINLTO_WARM_STATS", "1")
+        .output()
+        .unwrap();
+    ok(&off);
+    assert!(!String::from_utf8_lossy(&off.stderr).contains("jobs served,"));
     remove_natives(t.path());
     let out = run(t.path(), None, &mark, &["--warm"]);
     ok(&out);
@@ -149,7 +167,7 @@ fn warm_natives_are_byte_identical_to_plain_ones() {
 fn comparable(err: &[u8]) -> String {
     String::from_utf8_lossy(err)
         .lines()
-        .filter(|l| !l.contains(" wall ") && !l.contains("--warm:"))
+        .filter(|l| !l.contains(" wall ") && !l.contains("warm compiler:"))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -167,7 +185,7 @@ fn a_failing_job_fails_the_same_way_warm() {
     );
     std::fs::write(&cmd, text).unwrap();
     let mark = marker();
-    let plain = run(t.path(), None, &mark, &["-k"]);
+    let plain = run(t.path(), None, &mark, &["-k", "--no-warm"]);
     let warm = run(t.path(), None, &mark, &["-k", "--warm"]);
     assert!(!plain.status.success());
     assert_eq!(plain.status.code(), warm.status.code());
@@ -208,7 +226,7 @@ fn a_wrapper_script_gets_plain_spawns() {
         &format!("#!/bin/sh\nexec {} \"$@\"\n", toolchain().cc.path.display()),
     );
     let mark = marker();
-    let out = run(t.path(), Some(&cc), &mark, &[]);
+    let out = run(t.path(), Some(&cc), &mark, &["--no-warm"]);
     ok(&out);
     let plain = natives(t.path());
     remove_natives(t.path());
@@ -318,7 +336,7 @@ fn the_warm_compiler_killed_mid_run_leaves_the_rest_to_plain_spawns() {
     let m = thin_link(t.path());
     let jobs = m.bitcode().count();
     let mark = marker();
-    ok(&run(t.path(), None, &mark, &[]));
+    ok(&run(t.path(), None, &mark, &["--no-warm"]));
     let plain = natives(t.path());
     remove_natives(t.path());
     let (child, reader) = start_warm(t.path(), &mark, &["-j1"]);

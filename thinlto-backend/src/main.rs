@@ -152,11 +152,15 @@ struct RunArgs {
     /// Run every job, up to date or not
     #[arg(short = 'B', long)]
     always_make: bool,
-    /// Compile in a warm compiler: one compiler process, started once,
-    /// forks a child per job (no start-up cost per job; same objects).
-    /// Plain spawns when it cannot (a static compiler, a wrapper script)
-    #[arg(long)]
+    /// Compile in a warm compiler (the default): one compiler process,
+    /// started once, forks a child per job (no start-up cost per job; the
+    /// same objects). Plain spawns when it cannot (a static compiler, a
+    /// wrapper script, ccache), with one line saying why (unless -q)
+    #[arg(long, overrides_with = "no_warm")]
     warm: bool,
+    /// Plain spawns: a fresh compiler process per job (also THINLTO_WARM=0)
+    #[arg(long, overrides_with = "warm")]
+    no_warm: bool,
     /// Take natives from the backend cache, and store what compiles (also
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
@@ -575,8 +579,15 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         run::MakeJobserver::Usable(c) => Some(c),
         _ => None,
     };
-    let warm =
-        (args.warm && !to_run.is_empty()).then(|| thinlto_backend::warm::Warm::start(&cc.argv[0]));
+    let warm_off = args.no_warm
+        || (!args.warm
+            && std::env::var("THINLTO_WARM")
+                .is_ok_and(|v| ["0", "false", "no", "off"].contains(&v.as_str())));
+    // Asked for, it says why it cannot serve at every verbosity; as the
+    // default, -q keeps it quiet.
+    let announce = args.warm || verbosity != Verbosity::Quiet;
+    let warm = (!warm_off && !to_run.is_empty())
+        .then(|| thinlto_backend::warm::Warm::start(&cc.argv[0], announce));
     let summary = run::run_jobs(&to_run, order, &opts, client, cache.as_ref(), &mut emit);
     drop(warm);
     let cache_summary = cache.as_ref().map(|c| c.finish());

@@ -112,8 +112,13 @@ enum State {
 static STATE: Mutex<State> = Mutex::new(State::Off);
 static PLAIN: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether the fallback to plain spawns is said (see [`Warm::start`]).
+static ANNOUNCE: AtomicBool = AtomicBool::new(true);
+
 fn say(what: &str) {
-    eprintln!("thinlto-backend: --warm: {what}; plain spawns");
+    if ANNOUNCE.load(Ordering::Relaxed) {
+        eprintln!("thinlto-backend: warm compiler: {what}; plain spawns");
+    }
 }
 
 /// The guard of a warm run: [`Warm::start`] starts the zygote for the
@@ -122,7 +127,9 @@ fn say(what: &str) {
 pub struct Warm(());
 
 impl Warm {
-    pub fn start(cc: &str) -> Warm {
+    /// `announce`: say on stderr why plain spawns take over, if they do.
+    pub fn start(cc: &str, announce: bool) -> Warm {
+        ANNOUNCE.store(announce, Ordering::Relaxed);
         let mut st = STATE.lock().unwrap();
         *st = match start(cc) {
             Ok(s) => s,
@@ -161,7 +168,7 @@ impl Drop for Warm {
         };
         if std::env::var_os("THINLTO_WARM_STATS").is_some_and(|v| v == "1") {
             eprintln!(
-                "thinlto-backend: --warm: {served} jobs served by the warm compiler, {} plain",
+                "thinlto-backend: warm compiler: {served} jobs served, {} spawned plainly",
                 PLAIN.load(Ordering::Relaxed)
             );
         }

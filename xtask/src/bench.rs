@@ -197,8 +197,9 @@ impl Ctx<'_> {
         }
     }
 
+    /// The backend with plain spawns (the warm compiler is the default).
     fn backend(&self, cc: &str) -> Command {
-        self.backend_with(cc, &[])
+        self.backend_with(cc, &["--no-warm"])
     }
 
     /// The backend jobs of the current index.
@@ -281,7 +282,7 @@ impl Ctx<'_> {
         total = total.then(measure(
             b.tool("thinlto-backend", self.tc, tree)
                 .arg("-q")
-                .args(warm.then_some("--warm"))
+                .arg(if warm { "--warm" } else { "--no-warm" })
                 .arg(format!("-j{}", self.jobs))
                 .stdin(std::fs::File::open(tree.join("out/manifest.json"))?)
                 .stdout(std::fs::File::create(&jobs_file)?),
@@ -923,7 +924,7 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
         })
     };
     for _ in 0..opts.heavy_runs {
-        let s = stages_from_scratch(&plan.forced())?;
+        let s = stages_from_scratch(&plan.forced().plain_spawns())?;
         r.ours.push(s);
         inproc.ours.push(s);
         inproc_warm
@@ -967,7 +968,7 @@ pub fn run_kernel(opts: &BenchOptions, linux: &Path) -> Result<Vec<ScenarioResul
     let backend = |warm: bool| {
         let mut c = bins.tool("thinlto-backend", &tc, &tree);
         c.args(["-q", "-B"])
-            .args(warm.then_some("--warm"))
+            .arg(if warm { "--warm" } else { "--no-warm" })
             .arg(format!("-j{}", opts.jobs))
             .args(["--index", &index])
             .stdout(Stdio::null());

@@ -176,6 +176,15 @@ impl LinkPlan {
         }
     }
 
+    /// The backend with plain spawns (`--no-warm`; the warm compiler is
+    /// the default).
+    pub fn plain_spawns(&self) -> LinkPlan {
+        let mut p = self.clone();
+        p.warm = false;
+        p.backend_args.push("--no-warm".into());
+        p
+    }
+
     pub fn warmed(&self) -> LinkPlan {
         LinkPlan {
             warm: true,

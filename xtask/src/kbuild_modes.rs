@@ -46,7 +46,7 @@ impl Mode {
         match self {
             Mode::Stock => "stock",
             Mode::Wrap => "wrap",
-            Mode::Tools => "THINLTO_TOOLS=1",
+            Mode::Tools => "THINLTO_TOOLS=1 THINLTO_BACKEND_FLAGS=--no-warm",
             Mode::ToolsWarm => "THINLTO_TOOLS=1 THINLTO_BACKEND_FLAGS=--warm",
         }
     }
@@ -312,9 +312,12 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
             Mode::Tools | Mode::ToolsWarm => {
                 env.push(("PATH".into(), format!("{}:{path}", bins.dir.display())));
                 args.push("THINLTO_TOOLS=1".into());
-                if mode == Mode::ToolsWarm {
-                    args.push("THINLTO_BACKEND_FLAGS=--warm".into());
-                }
+                // The warm compiler is the default; "tools" is plain spawns.
+                args.push(if mode == Mode::ToolsWarm {
+                    "THINLTO_BACKEND_FLAGS=--warm".into()
+                } else {
+                    "THINLTO_BACKEND_FLAGS=--no-warm".into()
+                });
                 let ok = Command::new("patch")
                     .args(["-p1", "-N", "-i"])
                     .arg(&patch)
