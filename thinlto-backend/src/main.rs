@@ -25,7 +25,13 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 /// make rebuilt foo.o (for inputs such as .incbin files that no digest
 /// sees). Records go to dir/.foo.thinlto-native.o.cmd in kbuild's format.
 ///
-/// stdout: one JSON record per job, {"object","native","status","reason","seconds"}.
+/// With --cache (THINLTO_CACHE=1), a job that must run is first looked up
+/// in the backend cache (local, then --remote-cache): a hit puts the stored
+/// native in place ("HIT" instead of "CC").
+///
+/// stdout: one JSON record per job, {"object","native","status","reason","seconds"},
+/// status "built", "up-to-date", "cache-hit" (plus "cache": local|remote,
+/// "key") or "failed".
 /// stderr: kbuild-style "  CC  dir/foo.thinlto-native.o" lines (-v or V=1:
 /// full commands; -q: none), a progress bar on a terminal, a summary, and
 /// always the compilers' warnings and errors.
@@ -38,6 +44,8 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 ///   thinlto-index link --imports builtin.order | thinlto-backend -j8
 ///   thinlto-backend --index vmlinux.thinlto-index --explain
 ///   thinlto-backend --index vmlinux.thinlto-index --only kernel/fork.o -v
+///   THINLTO_CACHE=1 thinlto-backend --index vmlinux.thinlto-index
+///   thinlto-backend --index vmlinux.thinlto-index --remote-cache grpc://cache:8980
 ///   thinlto-backend archive --order builtin.order --index vmlinux.thinlto-index -o vmlinux.a
 ///
 /// In a Makefile, mark the recipe with `+` so that the tool shares make's
