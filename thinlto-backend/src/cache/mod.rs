@@ -154,7 +154,11 @@ impl BackendCache {
     /// Opens the cache for jobs compiled by `cc_argv` (the words of `$(CC)`).
     /// A remote cache that cannot be reached is reported, and left out.
     pub fn open(opts: &CacheOptions, cc_argv: &[String]) -> Result<BackendCache> {
-        let local = LocalStore::new(&opts.dir);
+        // Absolute: the compiles write their traces there, and a wrapper
+        // may change directory.
+        let dir = std::path::absolute(&opts.dir)
+            .with_context(|| format!("{}: no such directory", opts.dir.display()))?;
+        let local = LocalStore::new(&dir);
         std::fs::create_dir_all(local.root())
             .with_context(|| format!("{}: cannot create the cache", local.root().display()))?;
         let traces = tempfile::Builder::new()
