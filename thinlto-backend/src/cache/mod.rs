@@ -200,6 +200,9 @@ impl BackendCache {
                     .spawn(move || loop {
                         let next = rx.lock().unwrap().recv();
                         match next {
+                            // Interrupted: what is left is dropped, not
+                            // stored (the run must end promptly).
+                            Ok(_) if crate::run::pending_signal().is_some() => {}
                             Ok(f) => inner.store(f),
                             Err(_) => return,
                         }
