@@ -596,7 +596,23 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let announce = args.warm || verbosity != Verbosity::Quiet;
     let warm = (!warm_off && !to_run.is_empty())
         .then(|| thinlto_backend::warm::Warm::start(&cc.argv[0], announce));
-    let summary = run::run_jobs(&to_run, order, &opts, client, cache.as_ref(), &mut emit);
+    let summary = std::thread::scope(|scope| {
+        // The cache's lookups run ahead of the jobs, in their order.
+        let prefetch = cache.as_ref().map(|c| c.prefetch(scope, &to_run, &order));
+        let summary = run::run_jobs(
+            &to_run,
+            order,
+            &opts,
+            client,
+            cache.as_ref(),
+            prefetch.as_deref(),
+            &mut emit,
+        );
+        if let Some(p) = &prefetch {
+            p.cancel();
+        }
+        summary
+    });
     drop(warm);
     let cache_summary = cache.as_ref().map(|c| c.finish());
     if let Some(b) = &bar {

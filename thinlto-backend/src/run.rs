@@ -205,6 +205,7 @@ enum Event {
 struct Ctx<'a> {
     opts: &'a RunOptions,
     cache: Option<&'a crate::cache::BackendCache>,
+    prefetch: Option<&'a crate::cache::Prefetch>,
     /// Children running now, by pid, so that a signal can stop them.
     children: Mutex<HashSet<u32>>,
 }
@@ -233,6 +234,7 @@ pub fn run_jobs(
     opts: &RunOptions,
     jobserver: Option<jobserver::Client>,
     cache: Option<&crate::cache::BackendCache>,
+    prefetch: Option<&crate::cache::Prefetch>,
     emit: &mut dyn FnMut(JobRecord, Option<String>) -> std::io::Result<()>,
 ) -> RunSummary {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
@@ -257,6 +259,7 @@ pub fn run_jobs(
     let ctx = Ctx {
         opts,
         cache,
+        prefetch,
         children: Mutex::new(HashSet::new()),
     };
     let mut summary = RunSummary::default();
@@ -303,7 +306,7 @@ pub fn run_jobs(
                             let next = job_rx.lock().unwrap().recv();
                             let Ok(i) = next else { return };
                             let (job, reason, record) = &jobs[i];
-                            let (rec, output) = build_one(ctx, job, reason, record);
+                            let (rec, output) = build_one(ctx, i, job, reason, record);
                             if tx.send(Event::Done(rec, output)).is_err() {
                                 return;
                             }
@@ -538,6 +541,7 @@ fn write_record_via_temp(
 /// failure, after its command), if anything.
 fn build_one(
     ctx: &Ctx,
+    index: usize,
     job: &BackendJob,
     reason: &str,
     record: &NativeRecord,
@@ -579,7 +583,12 @@ fn build_one(
         }
     }
     if let Some(cache) = ctx.cache {
-        if let Some(hit) = cache.lookup(job, record) {
+        // Looked up ahead (--cache's prefetch), or now.
+        let found = match ctx.prefetch.and_then(|p| p.take(index)) {
+            Some(found) => found,
+            None => cache.lookup(job, record),
+        };
+        if let Some(hit) = found {
             match put_in_place(job, record, &hit, dwo.as_deref()) {
                 Ok(()) => {
                     if ctx.opts.verbosity != Verbosity::Quiet {

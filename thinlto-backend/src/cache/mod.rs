@@ -147,8 +147,69 @@ pub struct BackendCache {
 type Storers = (mpsc::Sender<Finished>, Vec<std::thread::JoinHandle<()>>);
 
 /// Storer threads: the local tier is quick; the remote one waits on the
-/// network.
+/// network (several round trips per result), so it gets more.
 const STORERS: usize = 2;
+const REMOTE_STORERS: usize = 8;
+/// Lookups in flight at once ([`BackendCache::prefetch`]): a remote lookup
+/// is two or three round trips, and the server can serve many at once.
+const REMOTE_LOOKUPS: usize = 16;
+
+/// A lookup done ahead of its job, by [`BackendCache::prefetch`].
+enum Slot {
+    Pending,
+    Ready(Option<Hit>),
+    Taken,
+}
+
+/// The lookups of a run, done in the background in the order the jobs
+/// will start, so that a job finds its answer ready (and a remote
+/// cache's latency overlaps the compiles instead of adding to each).
+pub struct Prefetch {
+    slots: Vec<Mutex<Slot>>,
+    ready: std::sync::Condvar,
+    /// Set when the prefetch threads are done (or stopped by a signal).
+    done: Mutex<bool>,
+    /// Set when the run stopped (a failure): no more lookups.
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl Prefetch {
+    /// Stops the lookups not started yet (the run is over).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn set(&self, i: usize, hit: Option<Hit>) {
+        *self.slots[i].lock().unwrap() = Slot::Ready(hit);
+        let _g = self.done.lock().unwrap();
+        self.ready.notify_all();
+    }
+
+    fn finish(&self) {
+        *self.done.lock().unwrap() = true;
+        self.ready.notify_all();
+    }
+
+    /// Job `i`'s lookup: Some(answer) once it is ready, None if the
+    /// prefetch ended without it (the caller looks up itself).
+    pub fn take(&self, i: usize) -> Option<Option<Hit>> {
+        let mut done = self.done.lock().unwrap();
+        loop {
+            {
+                let mut slot = self.slots[i].lock().unwrap();
+                match std::mem::replace(&mut *slot, Slot::Taken) {
+                    Slot::Ready(h) => return Some(h),
+                    Slot::Taken => return None,
+                    Slot::Pending => *slot = Slot::Pending,
+                }
+            }
+            if *done {
+                return None;
+            }
+            done = self.ready.wait(done).unwrap();
+        }
+    }
+}
 
 impl BackendCache {
     /// Opens the cache for jobs compiled by `cc_argv` (the words of `$(CC)`).
@@ -192,7 +253,12 @@ impl BackendCache {
         });
         let (tx, rx) = mpsc::channel::<Finished>();
         let rx = Arc::new(Mutex::new(rx));
-        let threads = (0..STORERS)
+        let storers = if inner.remote.is_some() {
+            REMOTE_STORERS
+        } else {
+            STORERS
+        };
+        let threads = (0..storers)
             .map(|i| {
                 let (inner, rx) = (inner.clone(), rx.clone());
                 std::thread::Builder::new()
@@ -240,6 +306,52 @@ impl BackendCache {
         }
         i.misses.fetch_add(1, Ordering::Relaxed);
         None
+    }
+
+    /// Starts looking up `jobs` (in `order`, the order they will start) on
+    /// background threads of `scope`; each job then takes its answer with
+    /// [`Prefetch::take`].
+    pub fn prefetch<'s, 'e>(
+        &'s self,
+        scope: &'s std::thread::Scope<'s, 'e>,
+        jobs: &'s [(BackendJob, String, NativeRecord)],
+        order: &[usize],
+    ) -> Arc<Prefetch> {
+        let pf = Arc::new(Prefetch {
+            slots: (0..jobs.len()).map(|_| Mutex::new(Slot::Pending)).collect(),
+            ready: std::sync::Condvar::new(),
+            done: Mutex::new(false),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+        });
+        let order = Arc::new(order.to_vec());
+        let next = Arc::new(AtomicU64::new(0));
+        let threads = if self.inner.remote.is_some() {
+            REMOTE_LOOKUPS
+        } else {
+            2
+        };
+        let spawned = threads.min(order.len()).max(1);
+        let left = Arc::new(AtomicU64::new(spawned as u64));
+        for _ in 0..spawned {
+            let (pf, order, next, left) = (pf.clone(), order.clone(), next.clone(), left.clone());
+            scope.spawn(move || {
+                loop {
+                    if crate::run::pending_signal().is_some()
+                        || pf.cancelled.load(Ordering::Relaxed)
+                    {
+                        break;
+                    }
+                    let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&i) = order.get(k) else { break };
+                    let (job, _, record) = &jobs[i];
+                    pf.set(i, self.lookup(job, record));
+                }
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    pf.finish();
+                }
+            });
+        }
+        pf
     }
 
     /// Which tier has `job`, without counting or copying: for `--explain`.

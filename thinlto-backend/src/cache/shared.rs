@@ -55,6 +55,9 @@ pub struct RemoteTier {
     sha: Mutex<HashMap<String, Option<Digest>>>,
     /// Set after an error: the rest of the run does without.
     off: AtomicBool,
+    /// Each job's manifest as its lookup found it (by native), so that
+    /// storing a variant needs no second fetch.
+    manifests: Mutex<HashMap<String, RemoteManifest>>,
     url: String,
 }
 
@@ -64,6 +67,7 @@ impl RemoteTier {
             cache: RemoteCache::connect(opts)?,
             sha: Mutex::new(HashMap::new()),
             off: AtomicBool::new(false),
+            manifests: Mutex::new(HashMap::new()),
             url: opts.url.clone(),
         })
     }
@@ -171,6 +175,10 @@ impl RemoteTier {
     /// all have their recorded digests now.
     pub fn lookup(&self, job: &BackendJob, salt: &[u8]) -> Result<Option<RemoteResult>> {
         let m = self.manifest(job, salt)?;
+        self.manifests
+            .lock()
+            .unwrap()
+            .insert(job.native.clone(), m.clone());
         for variant in &m.variants {
             let now: Option<Vec<(String, Digest)>> = variant
                 .iter()
@@ -233,7 +241,11 @@ impl RemoteTier {
             outputs.push((p.clone(), b.to_vec()));
         }
         self.cache.store(&key, &outputs, b"", output.as_bytes())?;
-        let mut m = self.manifest(job, salt)?;
+        let known = self.manifests.lock().unwrap().remove(&job.native);
+        let mut m = match known {
+            Some(m) => m,
+            None => self.manifest(job, salt)?,
+        };
         let variant: Vec<(String, String, i64)> = with
             .iter()
             .map(|(p, d)| (p.clone(), d.hash.clone(), d.size_bytes))
