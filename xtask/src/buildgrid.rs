@@ -228,7 +228,11 @@ pub struct Server {
 /// A cache-only configuration listening on `port`.
 fn config(port: u16) -> String {
     format!(
-        r#"server:
+        r#"# gRPC threads: the default (5 per CPU) is fewer than the calls a
+# backend run has in flight (16 lookups, 8 stores); more are refused with
+# RESOURCE_EXHAUSTED.
+thread-pool-size: 64
+server:
   - !channel
     address: "127.0.0.1:{port}"
     insecure-mode: true

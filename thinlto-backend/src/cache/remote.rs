@@ -1024,7 +1024,35 @@ fn status_error(s: Status, call: &str) -> anyhow::Error {
     if let Some(src) = std::error::Error::source(&s) {
         msg += &format!(" ({src}: {})", source_chain(src));
     }
-    anyhow!(msg)
+    anyhow::Error::new(RpcError {
+        code: s.code(),
+        msg,
+    })
+}
+
+/// A failed call, with its gRPC code (see [`is_transient`]).
+#[derive(Debug)]
+struct RpcError {
+    code: Code,
+    msg: String,
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// Whether an error is one a client should retry after a pause: the server
+/// is overloaded (RESOURCE_EXHAUSTED: BuildGrid answers so when more calls
+/// are in flight than its thread pool has threads) or briefly unavailable.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<RpcError>()
+            .is_some_and(|r| matches!(r.code, Code::ResourceExhausted | Code::Unavailable))
+    })
 }
 
 /// The causes of an error, joined (tonic's transport errors say little on

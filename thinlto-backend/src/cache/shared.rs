@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::remote::{ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
+use super::remote::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
 use crate::plan::BackendJob;
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
@@ -172,8 +172,13 @@ impl RemoteTier {
     }
 
     /// The job's result from the remote cache, if a variant's extra files
-    /// all have their recorded digests now.
+    /// all have their recorded digests now (retried while the server is
+    /// overloaded).
     pub fn lookup(&self, job: &BackendJob, salt: &[u8]) -> Result<Option<RemoteResult>> {
+        retry(|| self.lookup_once(job, salt))
+    }
+
+    fn lookup_once(&self, job: &BackendJob, salt: &[u8]) -> Result<Option<RemoteResult>> {
         let m = self.manifest(job, salt)?;
         self.manifests
             .lock()
@@ -217,8 +222,21 @@ impl RemoteTier {
     }
 
     /// Stores a compile's result (the outputs as they are on disk now) and
-    /// adds its variant to the job's manifest.
+    /// adds its variant to the job's manifest (retried while the server is
+    /// overloaded).
     pub fn store(
+        &self,
+        job: &BackendJob,
+        salt: &[u8],
+        extras: &[String],
+        native: &[u8],
+        dwo: Option<&[u8]>,
+        output: &str,
+    ) -> Result<()> {
+        retry(|| self.store_once(job, salt, extras, native, dwo, output))
+    }
+
+    fn store_once(
         &self,
         job: &BackendJob,
         salt: &[u8],
@@ -261,6 +279,22 @@ impl RemoteTier {
             b"",
         )
     }
+}
+
+/// Runs `op` again after a transient error (an overloaded server), with
+/// exponential back-off from 10 ms, up to about 5 s in all.
+fn retry<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut pause = std::time::Duration::from_millis(10);
+    for _ in 0..9 {
+        match op() {
+            Err(e) if is_transient(&e) && crate::run::pending_signal().is_none() => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            r => return r,
+        }
+    }
+    op()
 }
 
 /// A path of the tree as an input root spells it: relative, plain names.
