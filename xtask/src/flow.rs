@@ -654,6 +654,31 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         up == natives.len() && second.jobs.len() == natives.len(),
         format!("{:.3} s for stages 2-4", second.total_seconds()),
     ));
+    // The backend cache (`--cache-dir`): one forced run fills it, the next
+    // takes every native from it, with the reference's bytes.
+    let cache_dir = tree.join("out/backend-cache");
+    if cache_dir.exists() {
+        std::fs::remove_dir_all(&cache_dir)?;
+    }
+    let mut cached = plan.forced();
+    cached.backend_args = vec!["--cache-dir".into(), cache_dir.display().to_string()];
+    run_stages(&bins, tc, tree, "out", opts.jobs, &cached)?;
+    let hits = run_stages(&bins, tc, tree, "out", opts.jobs, &cached)?;
+    let from_cache = hits.count(JobStatus::CacheHit);
+    let mut differ = Vec::new();
+    for n in &natives {
+        if std::fs::read(tree.join(n))? != std::fs::read(ref_tree.join(n))? {
+            differ.push(n.clone());
+        }
+    }
+    checks.push(check(
+        format!(
+            "backend cache: a forced rebuild takes every native from it ({from_cache}/{}), reference bytes",
+            natives.len()
+        ),
+        from_cache == natives.len() && differ.is_empty(),
+        differ.join(" "),
+    ));
     Ok(FlowReport {
         stages,
         checks,

@@ -222,10 +222,9 @@ impl BackendCache {
         let local = LocalStore::new(&dir);
         std::fs::create_dir_all(local.root())
             .with_context(|| format!("{}: cannot create the cache", local.root().display()))?;
-        let traces = tempfile::Builder::new()
-            .prefix("traces.")
-            .tempdir_in(local.root())
-            .with_context(|| format!("{}: cannot create a directory", local.root().display()))?;
+        // Traces live only while their job does: in memory (a tmpfs) when
+        // there is one of ours, so that they cost no disk writes.
+        let traces = trace_dir(local.root())?;
         let (identity, _) = identity::compiler_identity(cc_argv)?;
         let remote = match &opts.remote {
             Some(r) => match shared::RemoteTier::connect(r) {
@@ -658,6 +657,29 @@ impl Inner {
             }
         }
     }
+}
+
+/// A new directory for a run's traces: under $XDG_RUNTIME_DIR (a tmpfs of
+/// the user's own), else /dev/shm, else beside the store.
+fn trace_dir(store: &Path) -> Result<tempfile::TempDir> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    let candidates = runtime
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm"), store.to_path_buf()]);
+    let mut last = None;
+    for dir in candidates {
+        match tempfile::Builder::new()
+            .prefix("thinlto-traces.")
+            .tempdir_in(&dir)
+        {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some((dir, e)),
+        }
+    }
+    let (dir, e) = last.expect("the store is always a candidate");
+    Err(e).with_context(|| format!("{}: cannot create a directory", dir.display()))
 }
 
 /// Whether the output may record the working directory: with debug

@@ -1313,6 +1313,25 @@ mod tests {
     }
 
     #[test]
+    fn overload_is_transient_and_named() {
+        let busy = status_error(
+            Status::resource_exhausted("Concurrent RPC limit exceeded!"),
+            "GetActionResult",
+        )
+        .context("remote cache grpc://x:1: lookup");
+        assert!(is_transient(&busy));
+        assert!(format!("{busy:#}").contains("ResourceExhausted: Concurrent RPC limit"));
+        assert!(is_transient(&status_error(
+            Status::unavailable("x"),
+            "FindMissingBlobs"
+        )));
+        for s in [Status::not_found("x"), Status::permission_denied("x")] {
+            assert!(!is_transient(&status_error(s, "GetActionResult")));
+        }
+        assert!(!is_transient(&anyhow!("not an RPC error")));
+    }
+
+    #[test]
     fn bad_urls_and_headers_are_named() {
         let opts = |url: &str| RemoteOptions {
             url: url.into(),

@@ -5,8 +5,10 @@
 //! there are two levels, each a real REAPI action:
 //! - the *manifest action*: the job's command, an input root holding the
 //!   object, its shard and its imports, and a salt marking it a manifest;
-//!   its one output, `thinlto-dist.manifest`, lists the variants (the
-//!   extra files each compile read, with their SHA-256 digests);
+//!   its output `thinlto-dist.manifest` lists the variants (the extra
+//!   files each compile read, with their SHA-256 digests), newest first,
+//!   and its other outputs are the newest variant's native (and `.dwo`):
+//!   the usual hit is one `GetActionResult` and one `BatchReadBlobs`;
 //! - the *compile action* of a variant: the same command, the input root
 //!   plus the variant's extra files under the tree, and its outputs (the
 //!   native, the `.dwo`). This one is exactly the compile: a service that
@@ -18,7 +20,7 @@
 //! Both salts carry the compiler's identity (and the working directory
 //! when the command asks for debug information).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -26,7 +28,9 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::remote::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
+use super::remote::{
+    is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit, RemoteOptions,
+};
 use crate::plan::BackendJob;
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
@@ -115,12 +119,14 @@ impl RemoteTier {
     }
 
     fn manifest_spec(&self, job: &BackendJob, salt: &[u8]) -> Result<ActionSpec> {
-        let mut s = b"thinlto-dist manifest 1\0".to_vec();
+        let mut s = b"thinlto-dist manifest 2\0".to_vec();
         s.extend_from_slice(salt);
+        let mut output_paths = vec![MANIFEST_OUTPUT.into()];
+        output_paths.extend(outputs_of(job)?);
         Ok(ActionSpec {
             argv: job.argv.clone(),
             env: Vec::new(),
-            output_paths: vec![MANIFEST_OUTPUT.into()],
+            output_paths,
             inputs: self.base_inputs(job)?,
             salt: s,
         })
@@ -146,28 +152,37 @@ impl RemoteTier {
                 Err(_) => s.extend_from_slice(format!("extra {p} {d}\0").as_bytes()),
             }
         }
-        let mut outputs = vec![tree_path(&job.native)?];
-        if let Some(dwo) = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
-            outputs.push(tree_path(&dwo.to_string_lossy())?);
-        }
         Ok(ActionSpec {
             argv: job.argv.clone(),
             env: Vec::new(),
-            output_paths: outputs,
+            output_paths: outputs_of(job)?,
             inputs,
             salt: s,
         })
     }
 
-    fn manifest(&self, job: &BackendJob, salt: &[u8]) -> Result<RemoteManifest> {
+    /// The manifest, and the result it came with: the newest variant's
+    /// outputs and what its compile printed.
+    fn manifest(&self, job: &BackendJob, salt: &[u8]) -> Result<(RemoteManifest, RemoteHit)> {
         let key = self.manifest_spec(job, salt)?.key()?;
         Ok(match self.cache.lookup(&key)? {
-            Some(hit) => hit
-                .outputs
-                .get(MANIFEST_OUTPUT)
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or_default(),
-            None => RemoteManifest::default(),
+            Some(mut hit) => {
+                let m = hit
+                    .outputs
+                    .remove(MANIFEST_OUTPUT)
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                (m, hit)
+            }
+            None => (
+                RemoteManifest::default(),
+                RemoteHit {
+                    outputs: BTreeMap::new(),
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    exit_code: 0,
+                },
+            ),
         })
     }
 
@@ -179,12 +194,12 @@ impl RemoteTier {
     }
 
     fn lookup_once(&self, job: &BackendJob, salt: &[u8]) -> Result<Option<RemoteResult>> {
-        let m = self.manifest(job, salt)?;
+        let (m, mut newest) = self.manifest(job, salt)?;
         self.manifests
             .lock()
             .unwrap()
             .insert(job.native.clone(), m.clone());
-        for variant in &m.variants {
+        for (n, variant) in m.variants.iter().enumerate() {
             let now: Option<Vec<(String, Digest)>> = variant
                 .iter()
                 .map(|(p, h, size)| {
@@ -195,8 +210,29 @@ impl RemoteTier {
             let Some(extras) = now else { continue };
             let spec = self.compile_spec(job, salt, &extras)?;
             let key = spec.key()?;
-            let Some(mut hit) = self.cache.lookup(&key)? else {
-                continue;
+            // The newest variant's outputs came with the manifest (each
+            // checked against its digest); another's are its compile
+            // action's.
+            let outputs_here = n == 0
+                && spec
+                    .output_paths
+                    .iter()
+                    .all(|p| newest.outputs.contains_key(p));
+            let mut hit = if outputs_here {
+                std::mem::replace(
+                    &mut newest,
+                    RemoteHit {
+                        outputs: BTreeMap::new(),
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                        exit_code: 0,
+                    },
+                )
+            } else {
+                match self.cache.lookup(&key)? {
+                    Some(h) => h,
+                    None => continue,
+                }
             };
             let Some(native) = hit.outputs.remove(&spec.output_paths[0]) else {
                 continue;
@@ -262,7 +298,7 @@ impl RemoteTier {
         let known = self.manifests.lock().unwrap().remove(&job.native);
         let mut m = match known {
             Some(m) => m,
-            None => self.manifest(job, salt)?,
+            None => self.manifest(job, salt)?.0,
         };
         let variant: Vec<(String, String, i64)> = with
             .iter()
@@ -272,12 +308,11 @@ impl RemoteTier {
         m.variants.insert(0, variant);
         m.variants.truncate(MAX_VARIANTS);
         let mkey = self.manifest_spec(job, salt)?.key()?;
-        self.cache.store(
-            &mkey,
-            &[(MANIFEST_OUTPUT.into(), serde_json::to_vec(&m)?)],
-            b"",
-            b"",
-        )
+        let mut with_manifest = vec![(MANIFEST_OUTPUT.to_string(), serde_json::to_vec(&m)?)];
+        with_manifest.extend(outputs);
+        // What the compiler printed goes with the newest variant too.
+        self.cache
+            .store(&mkey, &with_manifest, b"", output.as_bytes())
     }
 }
 
@@ -295,6 +330,16 @@ fn retry<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
         }
     }
     op()
+}
+
+/// A job's outputs as an action names them: the native, and the `.dwo`
+/// when the command asks for split DWARF.
+fn outputs_of(job: &BackendJob) -> Result<Vec<String>> {
+    let mut outputs = vec![tree_path(&job.native)?];
+    if let Some(dwo) = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+        outputs.push(tree_path(&dwo.to_string_lossy())?);
+    }
+    Ok(outputs)
 }
 
 /// A path of the tree as an input root spells it: relative, plain names.
