@@ -121,6 +121,7 @@ impl CacheBench<'_> {
         let reference = reference.expect("runs >= 1");
         let jobs = reference.len();
         cold.ours_wall_only = true;
+        cold.reference_wall_only = true;
         cold.notes.push(format!("{jobs} backend jobs; natives byte-identical with and without the cache; target: overhead ≤ 5 % (ratio ≤ 1.05)"));
 
         self.say("2. clean rebuild, warm local cache");
@@ -140,6 +141,7 @@ impl CacheBench<'_> {
             )];
         }
         rebuild.ours_wall_only = true;
+        rebuild.reference_wall_only = true;
 
         self.say("3. second checkout, warm local cache");
         let mut checkout = ScenarioResult::new(
@@ -161,6 +163,7 @@ impl CacheBench<'_> {
             )];
         }
         checkout.ours_wall_only = true;
+        checkout.reference_wall_only = true;
         let mut results = vec![cold, rebuild, checkout];
 
         if let Some(url) = &self.remote {
@@ -182,6 +185,7 @@ impl CacheBench<'_> {
             same("remote fill", &r.natives, &reference)?;
             upload.ours.push(r.sample);
             upload.ours_wall_only = true;
+            upload.reference_wall_only = true;
             upload
                 .notes
                 .push("one run: the remote cache is filled once".into());
@@ -205,6 +209,7 @@ impl CacheBench<'_> {
                 clear(&empty)?;
             }
             machine.ours_wall_only = true;
+            machine.reference_wall_only = true;
             results.push(upload);
             results.push(machine);
         }
