@@ -294,7 +294,7 @@ fn run(cli: Cli) -> Result<()> {
                     kernel.as_deref(),
                     home.as_deref(),
                 )?;
-                let section = format!("{CACHE_MARKER}\n## The backend cache (`thinlto-backend --cache`)\n\nMeasured by `cargo xtask {command}`: stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch, each cached run against runs without the cache in the same session; ratios of medians.\n\n{text}\n");
+                let section = format!("{CACHE_MARKER}\n## The backend cache (`thinlto-backend --cache`)\n\nMeasured by `cargo xtask {command}`: stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch with the backend's defaults (the warm compiler), each cached run against runs without the cache in the same session; ratios of medians.\n\n{text}\n");
                 print!("{section}");
                 if write {
                     let path = xtask::workspace_root().join("BENCHMARKS.md");
