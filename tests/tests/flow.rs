@@ -51,7 +51,7 @@ fn flow_is_all_green_and_the_examples_link_the_same_bytes() {
     .unwrap();
     let table = xtask::flow::table(&report.stages, &report.checks);
     assert!(report.ok(), "{table}");
-    assert_eq!(report.checks.len(), 6, "{table}");
+    assert_eq!(report.checks.len(), 7, "{table}");
     assert_eq!(report.second.count(JobStatus::UpToDate), 10);
     let flow_o = std::fs::read(tree.join("out/vmlinux.o")).unwrap();
 
