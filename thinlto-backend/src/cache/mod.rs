@@ -1,7 +1,8 @@
 //! The backend cache (`--cache`): a compile whose result is stored is
 //! never run again, in this tree or another, on this machine (the local
 //! tier, [`local`]) or, with `--remote-cache`, on any machine sharing a
-//! Remote Execution API cache ([`remote`]).
+//! Remote Execution API cache ([`remote`], the REAPI client; `shared.rs`
+//! makes each job two REAPI actions, a manifest and a compile).
 //!
 //! The key of a job ([`BackendCache::key`]) is complete, or the cache
 //! would be worse than none:
