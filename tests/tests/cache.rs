@@ -369,6 +369,8 @@ fn explain_stats_prune_clear_and_the_default_off() {
         job_records(&out.stdout)
     };
     run(&[], &["-B"]);
+    // An empty THINLTO_CACHE (a make variable exported unset) is off too.
+    run(&[("THINLTO_CACHE", "")], &["-B"]);
     let dir = home.path().join("thinlto-dist");
     assert!(!dir.join("backend-v1").exists());
     // THINLTO_CACHE=1: the default directory.

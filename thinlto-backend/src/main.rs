@@ -115,6 +115,18 @@ enum CacheAction {
     Clear,
 }
 
+/// An on/off setting from the environment (THINLTO_CACHE): empty is off, as
+/// make's unset-but-exported variables are.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(format!(
+            "{s:?}: expected 1 or 0 (also yes/no, true/false, on/off; empty is off)"
+        )),
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -173,7 +185,7 @@ struct RunArgs {
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
     /// (an .incbin'd file included); see README, "The backend cache"
-    #[arg(long, env = "THINLTO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "THINLTO_CACHE", value_parser = parse_switch)]
     cache: bool,
     /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
     /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
