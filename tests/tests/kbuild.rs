@@ -464,3 +464,45 @@ fn masquerading_wrapper_decides_by_content() {
     assert!(compiled(Mode::Wrap, &third).is_empty());
     assert!(!String::from_utf8_lossy(&third.stdout).contains("thinlto-native.o"));
 }
+
+#[test]
+fn the_backend_cache_through_kbuild_tools_mode() {
+    // THINLTO_CACHE=1 in make's environment reaches thinlto-backend in its
+    // recipe: after the natives and their records are gone, make's rerun
+    // takes every native from the cache, with the same vmlinux.o.
+    let t = kbuild_tree(Mode::Tools);
+    let cache = tempfile::tempdir().unwrap();
+    let kmake_cached = |t: &Path| {
+        run_ok(
+            kmake_cmd(t, Mode::Tools, &toolchain().cc.spelled)
+                .env("THINLTO_CACHE", "1")
+                .env("THINLTO_CACHE_DIR", cache.path()),
+        )
+    };
+    let out = kmake_cached(t.path());
+    let all: BTreeSet<String> = index_objects(t.path()).into_iter().collect();
+    assert_eq!(compiled(Mode::Tools, &out), all, "from scratch");
+    let vmlinux = std::fs::read(t.path().join("vmlinux.o")).unwrap();
+    for o in &all {
+        let n = native(o);
+        std::fs::remove_file(t.path().join(&n)).unwrap();
+        let rec = thinlto_cmdparse::dot_cmd_path(Path::new(&n));
+        let _ = std::fs::remove_file(t.path().join(rec));
+    }
+    let out = kmake_cached(t.path());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        compiled(Mode::Tools, &out).is_empty(),
+        "compiled again:\n{text}"
+    );
+    assert_eq!(text.matches("  HIT ").count(), all.len(), "{text}");
+    assert_eq!(
+        std::fs::read(t.path().join("vmlinux.o")).unwrap(),
+        vmlinux,
+        "vmlinux.o differs"
+    );
+}
