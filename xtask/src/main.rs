@@ -297,16 +297,7 @@ fn run(cli: Cli) -> Result<()> {
                 let section = format!("{CACHE_MARKER}\n## The backend cache (`thinlto-backend --cache`)\n\nMeasured by `cargo xtask {command}`: stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch with the backend's defaults (the warm compiler), each cached run against runs without the cache in the same session; ratios of medians.\n\n{text}\n");
                 print!("{section}");
                 if write {
-                    let path = xtask::workspace_root().join("BENCHMARKS.md");
-                    let old = std::fs::read_to_string(&path).unwrap_or_default();
-                    let notes_at = old.find(NOTES_MARKER).unwrap_or(old.len());
-                    let (head, tail) = match old.find(CACHE_MARKER) {
-                        Some(at) => (&old[..at], &old[notes_at.max(at)..]),
-                        None => (&old[..notes_at], &old[notes_at..]),
-                    };
-                    let new = format!("{head}{section}{tail}");
-                    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
-                    eprintln!("xtask: wrote {}", path.display());
+                    write_section(CACHE_MARKER, &section)?;
                 }
                 return Ok(());
             }
@@ -324,16 +315,7 @@ fn run(cli: Cli) -> Result<()> {
                 let section = format!("{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
                 print!("{section}");
                 if write {
-                    let path = xtask::workspace_root().join("BENCHMARKS.md");
-                    let old = std::fs::read_to_string(&path).unwrap_or_default();
-                    let notes_at = old.find(NOTES_MARKER).unwrap_or(old.len());
-                    let (head, tail) = match old.find(KBUILD_MODES_MARKER) {
-                        Some(at) => (&old[..at], &old[notes_at.max(at)..]),
-                        None => (&old[..notes_at], &old[notes_at..]),
-                    };
-                    let new = format!("{head}{section}{tail}");
-                    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
-                    eprintln!("xtask: wrote {}", path.display());
+                    write_section(KBUILD_MODES_MARKER, &section)?;
                 }
                 return Ok(());
             }
@@ -373,13 +355,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             let path = xtask::workspace_root().join("BENCHMARKS.md");
             let old = std::fs::read_to_string(&path).unwrap_or_default();
-            let notes = old
-                .find(NOTES_MARKER)
-                .map(|at| old[at..].to_string())
-                .unwrap_or_default();
+            // Kept as they are: the cache section (bench --cache-only) and
+            // the notes after it.
+            let kept_at = old.find(CACHE_MARKER).or(old.find(NOTES_MARKER));
+            let notes = kept_at.map(|at| old[at..].to_string()).unwrap_or_default();
             let old_kernel = old
                 .find(KERNEL_MARKER)
-                .map(|at| old[at..old.find(NOTES_MARKER).unwrap_or(old.len())].to_string())
+                .map(|at| old[at..kept_at.unwrap_or(old.len())].to_string())
                 .unwrap_or_default();
             if kernel_only {
                 let text = kernel_section.unwrap_or_default();
@@ -551,6 +533,33 @@ const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
 /// Where the backend cache's section (bench --cache-only) starts; it ends
 /// at the notes.
 const CACHE_MARKER: &str = "<!-- cache -->";
+
+/// BENCHMARKS.md with the section that starts at `marker` replaced by
+/// `section`: a section ends where the next `<!-- ` marker starts (the
+/// notes' last of all); a section not there yet goes before the notes.
+fn replace_section(old: &str, marker: &str, section: &str) -> String {
+    match old.find(marker) {
+        Some(at) => {
+            let body = at + marker.len();
+            let end = old[body..].find("<!-- ").map_or(old.len(), |i| body + i);
+            format!("{}{section}{}", &old[..at], &old[end..])
+        }
+        None => {
+            let notes_at = old.find(NOTES_MARKER).unwrap_or(old.len());
+            format!("{}{section}{}", &old[..notes_at], &old[notes_at..])
+        }
+    }
+}
+
+/// Replaces one section of BENCHMARKS.md (see [`replace_section`]).
+fn write_section(marker: &str, section: &str) -> Result<()> {
+    let path = xtask::workspace_root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = replace_section(&old, marker, section);
+    thinlto_index::fsutil::write_atomic(&path, new.as_bytes())?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
 
 /// The cache scenarios on a generated tree (and a kernel), as markdown.
 fn bench_cache(
