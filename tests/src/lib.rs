@@ -246,3 +246,15 @@ pub fn ld_r(tree: &Path, output: &str, archive: &str) {
             ]),
     );
 }
+
+/// Every native object of a manifest's bitcode jobs, with its bytes, in
+/// manifest order (a missing one fails the test, naming it).
+pub fn native_files(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
+    m.bitcode()
+        .map(|o| {
+            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
+            let bytes = std::fs::read(tree.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            (n, bytes)
+        })
+        .collect()
+}

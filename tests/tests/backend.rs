@@ -8,16 +8,6 @@ use std::time::Duration;
 
 use thinlto_dist_tests::*;
 
-fn natives(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
-    m.bitcode()
-        .map(|o| {
-            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
-            let bytes = std::fs::read(tree.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, bytes)
-        })
-        .collect()
-}
-
 #[test]
 fn natives_equal_the_reference_and_records_interoperate() {
     let t = sample_tree();
@@ -36,7 +26,7 @@ fn natives_equal_the_reference_and_records_interoperate() {
         with_status(&recs, JobStatus::Built).len(),
         m.bitcode().count()
     );
-    for (n, bytes) in natives(t.path(), &m) {
+    for (n, bytes) in native_files(t.path(), &m) {
         assert_eq!(
             bytes,
             std::fs::read(ref_path.join(&n)).unwrap(),
@@ -103,8 +93,8 @@ fn savedcmd_fallback_gives_identical_natives() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let a = natives(with.path(), &m1);
-    let b = natives(without.path(), &m2);
+    let a = native_files(with.path(), &m1);
+    let b = native_files(without.path(), &m2);
     assert_eq!(a.len(), b.len());
     for ((n, x), (_, y)) in a.iter().zip(&b) {
         assert_eq!(

@@ -11,16 +11,6 @@ use std::process::Command;
 use thinlto_dist_tests::buildgrid::BuildGrid;
 use thinlto_dist_tests::*;
 
-fn native_files(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Vec<u8>)> {
-    m.bitcode()
-        .map(|o| {
-            let n = format!("{}.thinlto-native.o", o.object.trim_end_matches(".o"));
-            let bytes = std::fs::read(tree.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, bytes)
-        })
-        .collect()
-}
-
 /// thinlto-backend with the cache in `cache`, plus `args`; asserts success.
 fn cached(tree: &Path, cache: &Path, args: &[&str]) -> (String, Vec<JobRecord>) {
     let mut a = vec!["--cache-dir", cache.to_str().unwrap()];
