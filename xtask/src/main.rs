@@ -718,9 +718,38 @@ fn run_tests(rest: &[String]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_section_is_replaced_up_to_the_next_marker() {
+        let old = format!(
+            "head\n{KBUILD_MODES_MARKER}\nold k\n{CACHE_MARKER}\nold c\n{NOTES_MARKER}\nnotes\n"
+        );
+        let new = replace_section(
+            &old,
+            KBUILD_MODES_MARKER,
+            &format!("{KBUILD_MODES_MARKER}\nnew k\n"),
+        );
+        assert_eq!(
+            new,
+            format!(
+                "head\n{KBUILD_MODES_MARKER}\nnew k\n{CACHE_MARKER}\nold c\n{NOTES_MARKER}\nnotes\n"
+            )
+        );
+        let new = replace_section(&old, CACHE_MARKER, &format!("{CACHE_MARKER}\nnew c\n"));
+        assert!(new.contains("old k") && new.contains("new c") && !new.contains("old c"));
+        assert!(new.ends_with(&format!("{NOTES_MARKER}\nnotes\n")));
+        // Not there yet: before the notes.
+        let bare = format!("head\n{NOTES_MARKER}\nnotes\n");
+        assert_eq!(
+            replace_section(&bare, CACHE_MARKER, "C\n"),
+            format!("head\nC\n{NOTES_MARKER}\nnotes\n")
+        );
     }
 }
