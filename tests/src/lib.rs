@@ -258,3 +258,12 @@ pub fn native_files(tree: &Path, m: &thinlto_index::Manifest) -> Vec<(String, Ve
         })
         .collect()
 }
+
+/// Appends a line to a text file of the tree (a `Kbuild` flag for one object).
+pub fn append_line(path: &Path, line: &str) {
+    let mut text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}

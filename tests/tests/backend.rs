@@ -748,10 +748,10 @@ fn warnings_of_successful_jobs_are_shown_at_every_verbosity() {
     // attribute) whose warning only the backend's codegen can give: the
     // case kbuild's CONFIG_FRAME_WARN hits, shown even under `make -s`.
     let t = sample_tree();
-    let kbuild = t.path().join("init/Kbuild");
-    let mut text = std::fs::read_to_string(&kbuild).unwrap();
-    text.push_str("CFLAGS_main.o += -Wframe-larger-than=16\n");
-    std::fs::write(&kbuild, text).unwrap();
+    append_line(
+        &t.path().join("init/Kbuild"),
+        "CFLAGS_main.o += -Wframe-larger-than=16",
+    );
     rebuild_fe(t.path());
     thin_link(t.path());
     let warned = |stderr: &str| {
@@ -805,10 +805,10 @@ fn split_dwarf_outputs_are_named_as_by_the_reference_command() {
     // object records that name (DW_AT_dwo_name); -grecord-command-line
     // records the argv. Both must come out as kbuild's command makes them.
     let t = sample_tree();
-    let kbuild = t.path().join("kernel/Kbuild");
-    let mut text = std::fs::read_to_string(&kbuild).unwrap();
-    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf -grecord-command-line\n");
-    std::fs::write(&kbuild, text).unwrap();
+    append_line(
+        &t.path().join("kernel/Kbuild"),
+        "CFLAGS_core.o += -g -gsplit-dwarf -grecord-command-line",
+    );
     rebuild_fe(t.path());
     let ref_tree = tempfile::tempdir().unwrap();
     let ref_path = ref_tree.path().join("tree");
@@ -865,10 +865,10 @@ fn a_compiler_killed_by_sigkill_leaves_nothing_behind() {
     // SIGKILL: then the tool removes the half-done object's leftovers (the
     // temporary clang names after -o, the .dwo it writes in place).
     let t = sample_tree();
-    let kbuild = t.path().join("kernel/Kbuild");
-    let mut text = std::fs::read_to_string(&kbuild).unwrap();
-    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf\n");
-    std::fs::write(&kbuild, text).unwrap();
+    append_line(
+        &t.path().join("kernel/Kbuild"),
+        "CFLAGS_core.o += -g -gsplit-dwarf",
+    );
     rebuild_fe(t.path());
     thin_link(t.path());
     let cc = t.path().join("clang-sigkilled-midway");

@@ -16,13 +16,12 @@ fn cached(tree: &Path, cache: &Path, args: &[&str]) -> (String, Vec<JobRecord>) 
     let mut a = vec!["--cache-dir", cache.to_str().unwrap()];
     a.extend_from_slice(args);
     // Not -q: the summary line is part of what is checked.
-    let out = tool("thinlto-backend", tree)
-        .args(["--index", "out/vmlinux.thinlto-index"])
-        .args(&a)
-        .output()
-        .unwrap();
+    let out = run_ok(
+        tool("thinlto-backend", tree)
+            .args(["--index", "out/vmlinux.thinlto-index"])
+            .args(&a),
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
     (err, job_records(&out.stdout))
 }
 
@@ -33,12 +32,11 @@ fn all(m: &thinlto_index::Manifest) -> Vec<String> {
 }
 
 fn stats(cache: &Path) -> serde_json::Value {
-    let out = Command::new(bin("thinlto-backend"))
-        .args(["cache", "stats", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_ok(
+        Command::new(bin("thinlto-backend"))
+            .args(["cache", "stats", "--json", "--cache-dir"])
+            .arg(cache),
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -344,17 +342,12 @@ fn explain_stats_prune_clear_and_the_default_off() {
     let n = m.bitcode().count() as u64;
     // Off unless asked for: nothing appears under XDG_CACHE_HOME.
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let out = tool("thinlto-backend", t.path())
-            .args(["-q", "--index", "out/vmlinux.thinlto-index"])
-            .args(args)
-            .env("XDG_CACHE_HOME", home.path())
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            tool("thinlto-backend", t.path())
+                .args(["-q", "--index", "out/vmlinux.thinlto-index"])
+                .args(args)
+                .env("XDG_CACHE_HOME", home.path())
+                .envs(env.iter().copied()),
         );
         job_records(&out.stdout)
     };
@@ -397,17 +390,12 @@ fn explain_stats_prune_clear_and_the_default_off() {
 
     // prune to a tiny size: the oldest go; what is left is still valid.
     let cache_cmd = |args: &[&str]| {
-        let out = Command::new(bin("thinlto-backend"))
-            .arg("cache")
-            .args(args)
-            .arg("--cache-dir")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(bin("thinlto-backend"))
+                .arg("cache")
+                .args(args)
+                .arg("--cache-dir")
+                .arg(&dir),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -436,10 +424,10 @@ fn explain_stats_prune_clear_and_the_default_off() {
 #[test]
 fn split_dwarf_files_come_back_with_their_object() {
     let t = sample_tree();
-    let kbuild = t.path().join("kernel/Kbuild");
-    let mut text = std::fs::read_to_string(&kbuild).unwrap();
-    text.push_str("CFLAGS_core.o += -g -gsplit-dwarf\n");
-    std::fs::write(&kbuild, text).unwrap();
+    append_line(
+        &t.path().join("kernel/Kbuild"),
+        "CFLAGS_core.o += -g -gsplit-dwarf",
+    );
     rebuild_fe(t.path());
     thin_link(t.path());
     let cache = tempfile::tempdir().unwrap();

@@ -269,50 +269,40 @@ impl RemoteTier {
         dwo: Option<&[u8]>,
         output: &str,
     ) -> Result<()> {
-        retry(|| self.store_once(job, salt, extras, native, dwo, output))
-    }
-
-    fn store_once(
-        &self,
-        job: &BackendJob,
-        salt: &[u8],
-        extras: &[String],
-        native: &[u8],
-        dwo: Option<&[u8]>,
-        output: &str,
-    ) -> Result<()> {
-        let mut with = Vec::new();
-        for p in extras {
-            match self.sha(p) {
-                Some(d) => with.push((p.clone(), d)),
-                None => bail!("{p}: gone since the compile read it"),
+        retry(|| {
+            let mut with = Vec::new();
+            for p in extras {
+                match self.sha(p) {
+                    Some(d) => with.push((p.clone(), d)),
+                    None => bail!("{p}: gone since the compile read it"),
+                }
             }
-        }
-        let spec = self.compile_spec(job, salt, &with)?;
-        let key = spec.key()?;
-        let mut outputs = vec![(spec.output_paths[0].clone(), native.to_vec())];
-        if let (Some(p), Some(b)) = (spec.output_paths.get(1), dwo) {
-            outputs.push((p.clone(), b.to_vec()));
-        }
-        self.cache.store(&key, &outputs, b"", output.as_bytes())?;
-        let known = self.manifests.lock().unwrap().remove(&job.native);
-        let mut m = match known {
-            Some(m) => m,
-            None => self.manifest(job, salt)?.0,
-        };
-        let variant: Vec<(String, String, i64)> = with
-            .iter()
-            .map(|(p, d)| (p.clone(), d.hash.clone(), d.size_bytes))
-            .collect();
-        m.variants.retain(|v| *v != variant);
-        m.variants.insert(0, variant);
-        m.variants.truncate(MAX_VARIANTS);
-        let mkey = self.manifest_spec(job, salt)?.key()?;
-        let mut with_manifest = vec![(MANIFEST_OUTPUT.to_string(), serde_json::to_vec(&m)?)];
-        with_manifest.extend(outputs);
-        // What the compiler printed goes with the newest variant too.
-        self.cache
-            .store(&mkey, &with_manifest, b"", output.as_bytes())
+            let spec = self.compile_spec(job, salt, &with)?;
+            let key = spec.key()?;
+            let mut outputs = vec![(spec.output_paths[0].clone(), native.to_vec())];
+            if let (Some(p), Some(b)) = (spec.output_paths.get(1), dwo) {
+                outputs.push((p.clone(), b.to_vec()));
+            }
+            self.cache.store(&key, &outputs, b"", output.as_bytes())?;
+            let known = self.manifests.lock().unwrap().remove(&job.native);
+            let mut m = match known {
+                Some(m) => m,
+                None => self.manifest(job, salt)?.0,
+            };
+            let variant: Vec<(String, String, i64)> = with
+                .iter()
+                .map(|(p, d)| (p.clone(), d.hash.clone(), d.size_bytes))
+                .collect();
+            m.variants.retain(|v| *v != variant);
+            m.variants.insert(0, variant);
+            m.variants.truncate(MAX_VARIANTS);
+            let mkey = self.manifest_spec(job, salt)?.key()?;
+            let mut with_manifest = vec![(MANIFEST_OUTPUT.to_string(), serde_json::to_vec(&m)?)];
+            with_manifest.extend(outputs);
+            // What the compiler printed goes with the newest variant too.
+            self.cache
+                .store(&mkey, &with_manifest, b"", output.as_bytes())
+        })
     }
 }
 
