@@ -1,4 +1,4 @@
-//! Builds the warm compiler's LD_PRELOAD shim (`zygote/zygote.c`) into a
+//! Builds the warm compiler's LD_PRELOAD shim (`src/warm/zygote.c`) into a
 //! shared object that `src/warm.rs` embeds. With no working C compiler
 //! (or a cross build without one for the target) the embedded shim is
 //! empty and `--warm` falls back to plain spawns, saying so.
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let src = "zygote/zygote.c";
+    let src = "src/warm/zygote.c";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CC");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("zygote.so");

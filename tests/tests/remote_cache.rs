@@ -13,7 +13,7 @@ use std::time::Instant;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use re::action_cache_client::ActionCacheClient;
 use re::content_addressable_storage_client::ContentAddressableStorageClient;
-use thinlto_backend::cache::remote::{
+use thinlto_backend::reapi::{
     ActionKey, ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions,
 };
 use thinlto_dist_tests::buildgrid::BuildGrid;

@@ -1,26 +1,38 @@
 //! Stage 3 (the ThinLTO backend compiles) and the stage-4 thin archive of
-//! kbuild's distributed ThinLTO flow.
+//! kbuild's distributed ThinLTO flow, as a library: the `thinlto-backend`
+//! binary only parses flags into a [`config::Config`] and calls
+//! [`engine::run`].
 //!
-//! - [`plan`] builds each [`BackendJob`] (flags from the front end's `.cmd`
-//!   file through `thinlto-cmdparse`) and decides by content whether it
-//!   must run;
-//! - [`run`] runs them: parallel, inside make's jobserver when given one,
-//!   longest first, with the reference's exact command, records removed
-//!   before and written last;
-//! - [`record`] is the kbuild-compatible `.foo.thinlto-native.o.cmd`;
-//! - [`archive`] writes the final thin archive;
-//! - [`cache`] stores results by content, locally and in a Remote Execution API cache;
-//! - [`cache`] is the backend-job cache (its remote tier: a REAPI client);
-//! - [`warm`] serves the compiles from a warm compiler (`--warm`, a fork server);
-//! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
+//! Its rooms:
+//! - [`engine`]: the jobs ([`engine::job`]: inputs, argv, outputs), whether
+//!   each must run ([`engine::plan`], by content), running them
+//!   ([`engine::scheduler`]: parallel, inside make's jobserver, longest first,
+//!   crash-safe) and their kbuild-compatible records ([`engine::record`]);
+//! - [`config`]: what a run is asked to do, and every default;
+//! - [`cache`]: the backend-job cache, local and on a REAPI server;
+//! - [`warm`]: the warm compiler (a fork server preloaded into clang; its
+//!   shim also traces the files a compile reads, for the cache);
+//! - [`reapi`]: the Remote Execution API client (feature `remote`, on by
+//!   default);
+//! - [`wrap`]: the compiler wrapper for kbuild's own rules
+//!   (`CC="thinlto-backend wrap clang"`);
+//! - [`archive`]: the final thin archive;
+//! - [`signals`]: dying by the signal received, after cleaning up.
+//!
+//! Dependencies run one way: `engine` uses `cache`, `warm` and `config`;
+//! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
+//! `reapi`, never the scheduler; `reapi` uses nothing of the crate.
 
 pub mod archive;
 pub mod cache;
-pub mod plan;
-pub mod record;
-pub mod run;
+pub mod config;
+pub mod engine;
+#[cfg(feature = "remote")]
+pub mod reapi;
+pub mod signals;
 pub mod warm;
 pub mod wrap;
 
-pub use plan::{BackendJob, Decision, JobInput};
-pub use run::{JobRecord, JobStatus, RunOptions, RunSummary, Verbosity};
+pub use engine::job::{BackendJob, JobInput};
+pub use engine::plan::Decision;
+pub use engine::scheduler::{JobRecord, JobStatus, RunOptions, RunSummary, Verbosity};

@@ -1,13 +1,15 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
-use thinlto_backend::run::{self, round3, JobRecord, JobStatus, RunOptions, Verbosity};
+use thinlto_backend::cache::CacheOptions;
+use thinlto_backend::config::{self, Config, Mode, Warm};
+use thinlto_backend::engine::job::{inputs_from_index, inputs_from_manifest, JobInput};
+use thinlto_backend::engine::scheduler;
+use thinlto_backend::engine::{self, stdout_error, Outcome};
+use thinlto_backend::signals;
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
 /// Stage 3 of kbuild's distributed ThinLTO: every backend compile
@@ -115,18 +117,6 @@ enum CacheAction {
     Clear,
 }
 
-/// An on/off setting from the environment (THINLTO_CACHE): empty is off, as
-/// make's unset-but-exported variables are.
-fn parse_switch(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "" | "0" | "false" | "no" | "off" => Ok(false),
-        "1" | "true" | "yes" | "on" => Ok(true),
-        _ => Err(format!(
-            "{s:?}: expected 1 or 0 (also yes/no, true/false, on/off; empty is off)"
-        )),
-    }
-}
-
 fn parse_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -185,15 +175,15 @@ struct RunArgs {
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
     /// (an .incbin'd file included); see README, "The backend cache"
-    #[arg(long, env = "THINLTO_CACHE", value_parser = parse_switch)]
+    #[arg(long)]
     cache: bool,
     /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
     /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// The cache's size limit; least recently used entries go first
-    #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size, default_value = "5G")]
-    cache_size: u64,
+    #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// No cache, whatever the environment and the other flags say
     #[arg(long)]
     no_cache: bool,
@@ -226,7 +216,7 @@ fn main() -> ExitCode {
     if let Some(argv) = thinlto_backend::wrap::wrap_argv() {
         thinlto_backend::wrap::main(argv)
     }
-    if let Err(e) = run::install_signal_handlers() {
+    if let Err(e) = signals::install_signal_handlers() {
         eprintln!("thinlto-backend: error: cannot handle signals: {e}");
         return ExitCode::FAILURE;
     }
@@ -241,7 +231,7 @@ fn main() -> ExitCode {
     };
     // A signal that came while cleanup was deferred: the cleanup is done,
     // die by it (whatever the result says, e.g. a job failed by it).
-    run::die_if_signalled();
+    signals::die_if_signalled();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -251,14 +241,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn cache_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
-    explicit
-        .or_else(thinlto_backend::cache::default_dir)
-        .context("no cache directory: give --cache-dir (neither THINLTO_CACHE_DIR, XDG_CACHE_HOME nor HOME is set)")
-}
-
 fn cache_verb(action: CacheAction, dir: Option<PathBuf>) -> Result<ExitCode> {
-    let dir = cache_dir(dir)?;
+    let dir = config::cache_dir(dir)?;
     let store = thinlto_backend::cache::local::LocalStore::new(&dir);
     let mut out = std::io::stdout().lock();
     match action {
@@ -295,7 +279,7 @@ fn cache_verb(action: CacheAction, dir: Option<PathBuf>) -> Result<ExitCode> {
             }
         }
         CacheAction::Prune { max_size } => {
-            let max = max_size.unwrap_or(thinlto_backend::cache::DEFAULT_MAX_SIZE);
+            let max = max_size.unwrap_or(config::DEFAULT_CACHE_SIZE);
             let (n, bytes) = store.prune(max);
             writeln!(
                 out,
@@ -340,39 +324,59 @@ fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
     // The write goes through a temporary that a signal must not leave
     // behind: the signal waits until the archive is renamed into place (or
     // the temporary removed), then main dies by it.
-    let _deferred = run::defer_signals();
+    let _deferred = signals::defer_signals();
     thinlto_backend::archive::write_final_archive(out, &order, &index, &cwd)?;
     Ok(())
 }
 
-/// An error writing to stdout (a closed pipe included: the tool exits 1
-/// saying so, rather than die silently by SIGPIPE, as the records of the
-/// jobs that ran are lost to the reader).
-fn stdout_error(e: impl std::borrow::Borrow<std::io::Error>) -> anyhow::Error {
-    let e = e.borrow();
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        anyhow::anyhow!("writing to stdout: {e} (the reader closed it)")
+/// The flags, as the engine's [`Config`]; every default comes from
+/// [`thinlto_backend::config`].
+fn config(args: &RunArgs) -> Result<Config> {
+    let remote_url = args.remote_cache.clone().filter(|u| !u.is_empty());
+    let cache_on = args.cache || config::env_switch("THINLTO_CACHE")?.unwrap_or(false);
+    let use_cache =
+        !args.no_cache && (cache_on || args.cache_dir.is_some() || remote_url.is_some());
+    let cache = if use_cache {
+        Some(CacheOptions {
+            dir: config::cache_dir(args.cache_dir.clone())?,
+            max_size: args.cache_size.unwrap_or(config::DEFAULT_CACHE_SIZE),
+            remote: remote_url.map(|url| config::RemoteOptions {
+                url,
+                instance: args.remote_instance.clone(),
+                headers: args.remote_header.clone(),
+                tls_ca: args.remote_tls_ca.clone(),
+            }),
+        })
     } else {
-        anyhow::anyhow!("writing to stdout: {e}")
-    }
+        None
+    };
+    Ok(Config {
+        toolchain: args.toolchain.clone(),
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+        verbosity: config::verbosity(args.quiet, args.verbose),
+        summary: !args.no_summary,
+        mode: if args.explain {
+            Mode::Explain
+        } else if args.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Build
+        },
+        only: args.only.clone(),
+        always_make: args.always_make,
+        warm: Warm::from_flags(args.warm, args.no_warm)?,
+        cache,
+    })
 }
 
-fn backend(args: RunArgs) -> Result<ExitCode> {
-    let start = Instant::now();
-    let jobserver = run::jobserver_from_env();
-    if args.toolchain.print_toolchain {
-        let mut tc = Toolchain::resolve(&args.toolchain)?;
-        tc.probe()?;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", serde_json::to_string_pretty(&tc)?)
-            .and_then(|_| out.flush())
-            .map_err(stdout_error)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let inputs = match &args.index {
+/// The jobs' inputs: the index file of --index, else the manifest of
+/// `thinlto-index link` on stdin.
+fn read_inputs(index: Option<&Path>) -> Result<Vec<JobInput>> {
+    match index {
         // The index from stdin: the same reader, on the same bytes.
-        Some(p) if p == Path::new("-") => inputs_from_index(Path::new("/dev/stdin"))?,
-        Some(p) => inputs_from_index(p)?,
+        Some(p) if p == Path::new("-") => inputs_from_index(Path::new("/dev/stdin")),
+        Some(p) => inputs_from_index(p),
         None => {
             if std::io::stdin().is_terminal() {
                 bail!("no input: pipe the manifest of `thinlto-index link` to stdin, or give --index FILE");
@@ -383,290 +387,30 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 .context("reading the manifest from stdin")?;
             let m: Manifest =
                 serde_json::from_str(&text).context("stdin is not a thinlto-index manifest")?;
-            inputs_from_manifest(&m)
-        }
-    };
-    let mut inputs = inputs;
-    if !args.only.is_empty() {
-        inputs.retain(|i| {
-            let native = thinlto_backend::plan::native_of(&i.object);
-            args.only
-                .iter()
-                .any(|o| *o == i.object || *o == native || *o == i.summary)
-        });
-        if inputs.is_empty() {
-            bail!("--only {:?}: no such job", args.only);
+            Ok(inputs_from_manifest(&m))
         }
     }
-    let cc = Toolchain::resolve_cc(&args.toolchain)?;
-    let mut planned = plan(inputs, &cc.spelled)?;
-    // The plan spells `$(CC)` as one word; a CC with a launcher
-    // (`ccache clang-19`) runs as its words.
-    if cc.argv.len() > 1 {
-        for (job, _, _) in &mut planned {
-            job.argv.splice(0..1, cc.argv.iter().cloned());
-        }
-    }
-    if args.always_make {
-        for p in &mut planned {
-            if matches!(p.1, Decision::UpToDate | Decision::Adopt) {
-                p.1 = Decision::Run("forced (-B)".into());
-            }
-        }
-    }
-    let verbosity = if args.quiet {
-        Verbosity::Quiet
-    } else if args.verbose
-        || std::env::var("V").is_ok_and(|v| v == "1")
-        || std::env::var("MAKEFLAGS").is_ok_and(|m| m.split_whitespace().any(|w| w == "V=1"))
-    {
-        Verbosity::Commands
-    } else {
-        Verbosity::Normal
-    };
-    let remote_url = args.remote_cache.clone().filter(|u| !u.is_empty());
-    let use_cache =
-        !args.no_cache && (args.cache || args.cache_dir.is_some() || remote_url.is_some());
-    let needs_run = planned
-        .iter()
-        .any(|(_, d, _)| matches!(d, Decision::Run(_)));
-    let cache = if use_cache && needs_run {
-        let opts = thinlto_backend::cache::CacheOptions {
-            dir: cache_dir(args.cache_dir.clone())?,
-            max_size: args.cache_size,
-            remote: remote_url.map(|url| thinlto_backend::cache::remote::RemoteOptions {
-                url,
-                instance: args.remote_instance.clone(),
-                headers: args.remote_header.clone(),
-                tls_ca: args.remote_tls_ca.clone(),
-            }),
-        };
-        Some(thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)?)
-    } else {
-        None
-    };
-    if args.explain || args.dry_run {
+}
+
+fn backend(args: RunArgs) -> Result<ExitCode> {
+    // Taken first: the descriptors MAKEFLAGS names must not be reused.
+    let jobserver = scheduler::jobserver_from_env();
+    if args.toolchain.print_toolchain {
+        let mut tc = Toolchain::resolve(&args.toolchain)?;
+        tc.probe()?;
         let mut out = std::io::stdout().lock();
-        for (job, d, rec) in &planned {
-            let cached = match (&cache, d, args.explain) {
-                (Some(c), Decision::Run(_), true) => c.probe(job, rec),
-                _ => None,
-            };
-            match (d, args.explain) {
-                (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native),
-                (Decision::Adopt, true) => writeln!(
-                    out,
-                    "{}: up to date (make's record, the native newer than every input)",
-                    job.native
-                ),
-                (Decision::Run(why), true) => match cached {
-                    Some((tier, key)) => writeln!(
-                        out,
-                        "{}: would run: {why}; cache-hit ({}) {key}",
-                        job.native,
-                        tier.as_str()
-                    ),
-                    None => writeln!(out, "{}: would run: {why}", job.native),
-                },
-                (Decision::Run(_), false) => writeln!(out, "{}", job.command_text),
-                (Decision::UpToDate | Decision::Adopt, false) => Ok(()),
-            }
+        writeln!(out, "{}", serde_json::to_string_pretty(&tc)?)
+            .and_then(|_| out.flush())
             .map_err(stdout_error)?;
-        }
-        out.flush().map_err(stdout_error)?;
         return Ok(ExitCode::SUCCESS);
     }
-    // From here on records are written and children run: a signal is
-    // recorded, the run stops its children and cleans up, and main dies
-    // by the signal afterwards.
-    let _deferred = run::defer_signals();
-    let stdout = Mutex::new(std::io::stdout());
-    let print = |rec: &JobRecord| -> std::io::Result<()> {
-        let mut o = stdout.lock().unwrap();
-        serde_json::to_writer(&mut *o, rec)?;
-        o.write_all(b"\n")?;
-        o.flush()
-    };
-    let mut to_run = Vec::new();
-    let mut up_to_date = 0;
-    for (job, d, rec) in planned {
-        match d {
-            Decision::UpToDate => {
-                up_to_date += 1;
-                print(&JobRecord {
-                    object: job.input.object.clone(),
-                    native: job.native.clone(),
-                    status: JobStatus::UpToDate,
-                    reason: "command and inputs unchanged".into(),
-                    seconds: 0.0,
-                    cache: None,
-                    key: None,
-                })
-                .map_err(stdout_error)?;
-            }
-            Decision::Adopt => {
-                up_to_date += 1;
-                // The digests of today's inputs, which make's rule says
-                // the native was built from.
-                let reason = match run::write_record(&job.record_path, &rec.render(&job.native)) {
-                    Ok(()) => "make's record adopted: command equal, native newer than every input",
-                    Err(_) => "make's record: command equal, native newer than every input",
-                };
-                print(&JobRecord {
-                    object: job.input.object.clone(),
-                    native: job.native.clone(),
-                    status: JobStatus::UpToDate,
-                    reason: reason.into(),
-                    seconds: 0.0,
-                    cache: None,
-                    key: None,
-                })
-                .map_err(stdout_error)?;
-            }
-            Decision::Run(why) => to_run.push((job, why, rec)),
-        }
-    }
-    // Longest expected first: the last recorded duration, else the bitcode
-    // size scaled to seconds (only the order matters, and it puts the big
-    // unknown objects first).
-    let cost: Vec<f64> = to_run
-        .iter()
-        .map(|(j, _, rec)| {
-            rec.seconds.unwrap_or_else(|| {
-                std::fs::metadata(&j.input.object)
-                    .map(|m| m.len() as f64 * 2e-5)
-                    .unwrap_or(0.0)
-            })
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..to_run.len()).collect();
-    order.sort_by(|a, b| cost[*b].total_cmp(&cost[*a]).then(a.cmp(b)));
-    let progress =
-        verbosity == Verbosity::Normal && std::io::stderr().is_terminal() && to_run.len() > 1;
-    let bar = progress.then(|| {
-        let pb = indicatif::ProgressBar::new(to_run.len() as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "  BE      [{bar:40}] {pos}/{len} {msg} (eta {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        pb
-    });
-    let opts = RunOptions {
-        jobs: args.jobs.unwrap_or_else(|| match jobserver {
-            run::MakeJobserver::Unusable => 1,
-            _ => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        }),
-        jobs_explicit: args.jobs.is_some(),
-        keep_going: args.keep_going,
-        verbosity: if progress {
-            Verbosity::Quiet
-        } else {
-            verbosity
-        },
-        progress,
-    };
-    // Everything a job printed goes through here, on one thread: above the
-    // progress bar when there is one (a worker's eprint would tear it).
-    let mut emit = |rec: JobRecord, output: Option<String>| {
-        let msg = match (rec.status, output) {
-            (JobStatus::Failed, output) => Some(format!(
-                "thinlto-backend: error: {}: {}\n{}",
-                rec.native,
-                rec.reason,
-                output.unwrap_or_default()
-            )),
-            // A successful job's warnings, shown at every verbosity.
-            (_, output) => output,
-        };
-        if let Some(msg) = msg {
-            match &bar {
-                Some(b) => b.println(msg.trim_end()),
-                None => eprint!("{msg}"),
-            }
-        }
-        if let Some(b) = &bar {
-            b.set_message(rec.native.clone());
-            b.inc(1);
-        }
-        print(&rec)
-    };
-    let client = match jobserver {
-        run::MakeJobserver::Usable(c) => Some(c),
-        _ => None,
-    };
-    let warm_off = args.no_warm
-        || (!args.warm
-            && std::env::var("THINLTO_WARM")
-                .is_ok_and(|v| ["0", "false", "no", "off"].contains(&v.as_str())));
-    // Asked for, it says why it cannot serve at every verbosity; as the
-    // default, -q keeps it quiet.
-    let announce = args.warm || verbosity != Verbosity::Quiet;
-    let warm = (!warm_off && !to_run.is_empty())
-        .then(|| thinlto_backend::warm::Warm::start(&cc.argv[0], announce));
-    let summary = std::thread::scope(|scope| {
-        // The cache's lookups run ahead of the jobs, in their order.
-        let prefetch = cache.as_ref().map(|c| c.prefetch(scope, &to_run, &order));
-        let summary = run::run_jobs(
-            &to_run,
-            order,
-            &opts,
-            client,
-            cache.as_ref(),
-            prefetch.as_deref(),
-            &mut emit,
-        );
-        if let Some(p) = &prefetch {
-            p.cancel();
-        }
-        summary
-    });
-    drop(warm);
-    let cache_summary = cache.as_ref().map(|c| c.finish());
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    if (verbosity != Verbosity::Quiet && !args.no_summary) || summary.failed > 0 {
-        let cached = match &cache_summary {
-            Some(c) => format!(
-                ", {} from the cache ({} local, {} remote; {} misses)",
-                summary.cache_hits, c.hits_local, c.hits_remote, c.misses
-            ),
-            None => String::new(),
-        };
-        eprintln!(
-            "thinlto-backend: {} built, {} up to date{cached}, {} failed{}; wall {:.2} s, CPU {:.2} s",
-            summary.built,
-            up_to_date,
-            summary.failed,
-            if summary.not_started > 0 {
-                format!(", {} not started", summary.not_started)
-            } else {
-                String::new()
-            },
-            round3(start.elapsed().as_secs_f64()),
-            run::children_cpu_seconds(),
-        );
-    }
-    if let Some(sig) = summary.signal {
-        // main dies by the signal once this returns.
-        eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = summary.output_error {
-        bail!(
-            "{:#}; no job started after it (the jobs that ran are recorded for the next run)",
-            stdout_error(&*e)
-        );
-    }
-    Ok(if summary.failed > 0 || summary.not_started > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    let cfg = config(&args)?;
+    let inputs = read_inputs(args.index.as_deref())?;
+    let mut stdout = std::io::stdout();
+    Ok(match engine::run(&cfg, inputs, jobserver, &mut stdout)? {
+        Outcome::Success => ExitCode::SUCCESS,
+        // For Interrupted, main dies by the signal once this returns.
+        Outcome::Failed | Outcome::Interrupted(_) => ExitCode::FAILURE,
     })
 }
 

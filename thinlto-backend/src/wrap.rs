@@ -7,7 +7,7 @@
 //!
 //! Every compiler command kbuild runs passes through here. A ThinLTO
 //! backend command (`… -x ir … -fthinlto-index=X.o.thinlto.bc -c -o N X.o`)
-//! is decided by content with the rules of [`crate::plan::decide`] (the
+//! is decided by content with the rules of [`crate::engine::plan::decide`] (the
 //! digests of the object, its index shard and its imports; the `.incbin`
 //! mtime rule): when the native is up to date the compile is skipped and
 //! the native's mtime is set to now, so that make, which reruns the recipe
@@ -37,8 +37,10 @@ use std::time::Instant;
 
 use thinlto_cmdparse::shell;
 
-use crate::plan::{decide, imports_of, BackendJob, Decision, DigestCache, JobInput};
-use crate::run::write_record;
+use crate::engine::digest::DigestCache;
+use crate::engine::job::{imports_of, BackendJob, JobInput};
+use crate::engine::plan::{decide, Decision};
+use crate::engine::record::write_record;
 
 /// A compiler command recognised as a ThinLTO backend compile.
 #[derive(Debug, Clone, PartialEq, Eq)]

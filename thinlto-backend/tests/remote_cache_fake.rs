@@ -1,4 +1,4 @@
-//! `cache::remote` against an in-process fake REAPI server that does what
+//! `reapi` (the REAPI client) against an in-process fake REAPI server that does what
 //! a real one (BuildGrid, in tests/tests/remote_cache.rs) never does on
 //! purpose: serves bytes that are not the requested digest's, truncated or
 //! overlong ByteStream reads, capabilities without SHA-256. It also records
@@ -16,7 +16,7 @@ use re::capabilities_server::{Capabilities, CapabilitiesServer};
 use re::content_addressable_storage_server::{
     ContentAddressableStorage, ContentAddressableStorageServer,
 };
-use thinlto_backend::cache::remote::{ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
+use thinlto_backend::reapi::{ActionSpec, Digest, InputFile, RemoteCache, RemoteOptions};
 use tonic::codegen::tokio_stream;
 use tonic::{Request, Response, Status, Streaming};
 

@@ -1,5 +1,5 @@
 //! Provisioning of BuildGrid, the Remote Execution API server the remote
-//! cache tier (`thinlto_backend::cache::remote`) is tested against.
+//! cache tier (`thinlto_backend::reapi`) is tested against.
 //!
 //! BuildGrid 0.4.4 is the last release that runs on Python 3.11, so it is
 //! pinned and installed from PyPI into its own venv under the user's cache

@@ -1,7 +1,7 @@
 //! The backend cache (`--cache`): a compile whose result is stored is
 //! never run again, in this tree or another, on this machine (the local
 //! tier, [`local`]) or, with `--remote-cache`, on any machine sharing a
-//! Remote Execution API cache ([`remote`], the REAPI client; `shared.rs`
+//! Remote Execution API cache ([`crate::reapi`], the REAPI client; `shared.rs`
 //! makes each job two REAPI actions, a manifest and a compile).
 //!
 //! The key of a job ([`BackendCache::key`]) is complete, or the cache
@@ -28,7 +28,10 @@
 
 pub mod identity;
 pub mod local;
-pub mod remote;
+#[cfg(feature = "remote")]
+mod shared;
+#[cfg(not(feature = "remote"))]
+#[path = "shared_off.rs"]
 mod shared;
 pub mod trace;
 
@@ -40,8 +43,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{BackendJob, DigestCache};
-use crate::record::NativeRecord;
+use crate::engine::digest::DigestCache;
+use crate::engine::job::BackendJob;
+use crate::engine::record::NativeRecord;
 use local::{Counters, LocalStore, Variant};
 
 /// Which tier answered.
@@ -66,23 +70,8 @@ impl Tier {
 pub struct CacheOptions {
     pub dir: PathBuf,
     pub max_size: u64,
-    pub remote: Option<remote::RemoteOptions>,
+    pub remote: Option<crate::config::RemoteOptions>,
 }
-
-/// `--cache-dir`, else `$THINLTO_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/thinlto-dist`, else `~/.cache/thinlto-dist`.
-pub fn default_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    env("THINLTO_CACHE_DIR").map(PathBuf::from).or_else(|| {
-        env("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|d| d.join("thinlto-dist"))
-    })
-}
-
-/// 5 GiB, as ccache's default.
-pub const DEFAULT_MAX_SIZE: u64 = 5 << 30;
 
 /// A cached result, ready to be put in place.
 pub struct Hit {
@@ -268,7 +257,7 @@ impl BackendCache {
                         match next {
                             // Interrupted: what is left is dropped, not
                             // stored (the run must end promptly).
-                            Ok(_) if crate::run::pending_signal().is_some() => {}
+                            Ok(_) if crate::signals::pending_signal().is_some() => {}
                             Ok(f) => inner.store(f),
                             Err(_) => return,
                         }
@@ -336,7 +325,7 @@ impl BackendCache {
             let (pf, order, next, left) = (pf.clone(), order.clone(), next.clone(), left.clone());
             scope.spawn(move || {
                 loop {
-                    if crate::run::pending_signal().is_some()
+                    if crate::signals::pending_signal().is_some()
                         || pf.cancelled.load(Ordering::Relaxed)
                     {
                         break;
@@ -397,7 +386,8 @@ impl BackendCache {
             let _ = std::fs::remove_file(trace);
             let native = std::fs::read(&job.native)
                 .with_context(|| format!("{}: cannot read", job.native))?;
-            let dwo = match crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+            let dwo = match crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native))
+            {
                 Some(p) => Some(
                     std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?,
                 ),
@@ -607,7 +597,7 @@ impl Inner {
         let job = &f.job;
         let mut known = job.content_inputs();
         known.push(&job.native);
-        let dwo_str = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native))
+        let dwo_str = crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native))
             .map(|p| p.to_string_lossy().into_owned());
         if let Some(d) = &dwo_str {
             known.push(d);
@@ -631,7 +621,7 @@ impl Inner {
                 }
             }
         }
-        let seconds = Some(crate::run::round3(f.seconds));
+        let seconds = Some(crate::engine::record::round3(f.seconds));
         match self.add_local(
             &f.key,
             with_digests,

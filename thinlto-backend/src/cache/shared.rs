@@ -28,10 +28,9 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::remote::{
-    is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit, RemoteOptions,
-};
-use crate::plan::BackendJob;
+use crate::config::RemoteOptions;
+use crate::engine::job::BackendJob;
+use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit};
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
 /// Variants kept per manifest (newest first), as in the local tier.
@@ -312,7 +311,7 @@ fn retry<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
     let mut pause = std::time::Duration::from_millis(10);
     for _ in 0..9 {
         match op() {
-            Err(e) if is_transient(&e) && crate::run::pending_signal().is_none() => {
+            Err(e) if is_transient(&e) && crate::signals::pending_signal().is_none() => {
                 std::thread::sleep(pause);
                 pause *= 2;
             }
@@ -326,7 +325,7 @@ fn retry<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
 /// when the command asks for split DWARF.
 fn outputs_of(job: &BackendJob) -> Result<Vec<String>> {
     let mut outputs = vec![tree_path(&job.native)?];
-    if let Some(dwo) = crate::run::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+    if let Some(dwo) = crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native)) {
         outputs.push(tree_path(&dwo.to_string_lossy())?);
     }
     Ok(outputs)

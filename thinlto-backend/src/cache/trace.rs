@@ -1,5 +1,5 @@
 //! The files a compile read, from the preload shim's trace
-//! (`zygote/zygote.c`, `THINLTO_TRACE=FILE`).
+//! (`warm/zygote.c`, `THINLTO_TRACE=FILE`).
 //!
 //! The object, its shard and its imports are in every cache key already;
 //! what the trace adds is what no input list names: a file that inline

@@ -14,7 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
+
+use crate::engine::job::temp_path;
 
 use thinlto_cmdparse::make::{escape_savedcmd, unescape_savedcmd};
 
@@ -92,6 +95,69 @@ impl NativeRecord {
         }
         s
     }
+}
+
+/// Writes a record as make's `printf > file` would leave it (mode 0666
+/// less the umask), never half-written. The caller removed the old record
+/// before, so the file is new: up to a page is created and written with
+/// one `write`, which no signal splits (a reader, or a run after a crash,
+/// sees no file, an empty one — no command, so the job reruns — or the
+/// whole record) and costs no rename; a longer record goes through a
+/// temporary and a rename.
+pub fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open_new = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(p)
+    };
+    if text.len() <= 4096 {
+        let mut f = match open_new(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone else wrote one meanwhile: replace it whole.
+                return write_record_via_temp(path, text, open_new);
+            }
+            Err(e) => return Err(e),
+        };
+        let r = f.write(text.as_bytes());
+        return match r {
+            Ok(n) if n == text.len() => Ok(()),
+            Ok(_) | Err(_) => {
+                drop(f);
+                let _ = std::fs::remove_file(path);
+                Err(r
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("short write")))
+            }
+        };
+    }
+    write_record_via_temp(path, text, open_new)
+}
+
+fn write_record_via_temp(
+    path: &Path,
+    text: &str,
+    open_new: impl Fn(&Path) -> std::io::Result<std::fs::File>,
+) -> std::io::Result<()> {
+    let tmp = temp_path(path);
+    let _ = std::fs::remove_file(&tmp);
+    let r = (|| {
+        let mut f = open_new(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

@@ -2,16 +2,15 @@
 //! one, longest first, crash-safe.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::BackendJob;
-use crate::record::NativeRecord;
+use crate::engine::job::{split_dwarf_file, BackendJob};
+use crate::engine::record::{round3, write_record, NativeRecord};
+use crate::signals::pending_signal;
 
 /// The JSON record printed for every job (SPEC §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,78 +90,6 @@ pub struct RunSummary {
     /// run as a failed job would.
     pub output_error: Option<std::sync::Arc<std::io::Error>>,
     pub cpu_seconds: f64,
-}
-
-/// The first of SIGINT/SIGTERM/SIGHUP received, 0 before any.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// How many [`Deferred`] sections are open: while any is, a signal is only
-/// recorded (the section stops its children and removes its temporaries,
-/// and the process dies by it afterwards, [`die_if_signalled`]); while
-/// none is, it kills the process at once.
-static DEFER: AtomicUsize = AtomicUsize::new(0);
-
-/// Handles SIGINT, SIGTERM and SIGHUP with signal-hook's iterator: a
-/// thread receives them, records the first, and — unless a [`Deferred`]
-/// section is open — makes the process die by it at once (default
-/// disposition restored, the signal raised), so that a calling shell
-/// script sees a death by the signal and stops too. Reading the input,
-/// planning, `--explain`, `--dry-run` and most of `archive` leave nothing
-/// to clean up, and a read blocked on a pipe ends this way too.
-pub fn install_signal_handlers() -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
-                // Paired with Deferred's store-then-load of SIGNAL: one
-                // of the two sides sees the other (SeqCst), so a signal
-                // is never lost between "not deferred" and "deferred".
-                if DEFER.load(Ordering::SeqCst) == 0 {
-                    die_if_signalled();
-                }
-            }
-        })?;
-    Ok(())
-}
-
-pub fn pending_signal() -> Option<i32> {
-    match SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    }
-}
-
-/// A section that must clean up before the process dies by a signal
-/// (children to stop, temporaries to remove): while it lives, signals are
-/// only recorded; [`pending_signal`] tells the section, and the caller
-/// calls [`die_if_signalled`] once the section is over.
-pub struct Deferred(());
-
-/// Opens a [`Deferred`] section.
-pub fn defer_signals() -> Deferred {
-    DEFER.fetch_add(1, Ordering::SeqCst);
-    Deferred(())
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        DEFER.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// If a signal came, dies by it: the default disposition restored, the
-/// signal raised (so the parent sees WIFSIGNALED, as with any Unix tool,
-/// not an exit status). stdout is not flushed here: the signal thread may
-/// call this while the main thread holds stdout's lock, blocked on a full
-/// pipe; the job records are flushed one by one as they are printed.
-pub fn die_if_signalled() {
-    if let Some(sig) = pending_signal() {
-        let _ = signal_hook::low_level::emulate_default_handler(sig);
-        // Not reached: emulate_default_handler aborts if raising fails.
-        std::process::abort();
-    }
 }
 
 /// Make's jobserver as the environment presents it.
@@ -396,30 +323,6 @@ pub fn children_cpu_seconds() -> f64 {
     child_cpu()
 }
 
-/// The temporary through which a long record is written:
-/// `dir/.foo.thinlto-native.o.cmd.<pid>.tmp`, beside the target (same
-/// filesystem: the rename is atomic).
-pub fn temp_path(target: &Path) -> std::path::PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// The split-DWARF file the compiler writes beside `native`, if its argv
-/// asks for one: the last of `-gsplit-dwarf[=split|=single]` and
-/// `-gno-split-dwarf` decides, and clang names the file after `-o`
-/// (`dir/foo.thinlto-native.dwo`). Only used to clean up after a failure.
-pub fn split_dwarf_file(argv: &[String], native: &Path) -> Option<std::path::PathBuf> {
-    let split = argv.iter().fold(false, |on, a| match a.as_str() {
-        "-gsplit-dwarf" | "-gsplit-dwarf=split" => true,
-        "-gsplit-dwarf=single" | "-gno-split-dwarf" => false,
-        _ => on,
-    });
-    split.then(|| native.with_extension("dwo"))
-}
-
 /// Removes what a failed job left: its native object (as make's
 /// `.DELETE_ON_ERROR`, which kbuild sets, deletes a failed target; a
 /// compiler other than clang may have written it in place, half-way),
@@ -460,65 +363,6 @@ fn remove_failed_outputs(native: &Path, dwo: Option<&Path>) {
             }
         }
     }
-}
-
-/// Writes a record as make's `printf > file` would leave it (mode 0666
-/// less the umask), never half-written. The caller removed the old record
-/// before, so the file is new: up to a page is created and written with
-/// one `write`, which no signal splits (a reader, or a run after a crash,
-/// sees no file, an empty one — no command, so the job reruns — or the
-/// whole record) and costs no rename; a longer record goes through a
-/// temporary and a rename.
-pub fn write_record(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open_new = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(p)
-    };
-    if text.len() <= 4096 {
-        let mut f = match open_new(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Someone else wrote one meanwhile: replace it whole.
-                return write_record_via_temp(path, text, open_new);
-            }
-            Err(e) => return Err(e),
-        };
-        let r = f.write(text.as_bytes());
-        return match r {
-            Ok(n) if n == text.len() => Ok(()),
-            Ok(_) | Err(_) => {
-                drop(f);
-                let _ = std::fs::remove_file(path);
-                Err(r
-                    .err()
-                    .unwrap_or_else(|| std::io::Error::other("short write")))
-            }
-        };
-    }
-    write_record_via_temp(path, text, open_new)
-}
-
-fn write_record_via_temp(
-    path: &Path,
-    text: &str,
-    open_new: impl Fn(&Path) -> std::io::Result<std::fs::File>,
-) -> std::io::Result<()> {
-    let tmp = temp_path(path);
-    let _ = std::fs::remove_file(&tmp);
-    let r = (|| {
-        let mut f = open_new(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 /// One compile, with exactly the reference's argv: whatever the compiler
@@ -741,10 +585,6 @@ fn put_in_place(
             job.record_path.display()
         )
     })
-}
-
-pub fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

@@ -30,11 +30,13 @@
 //! be called from inside another tokio runtime.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+pub use crate::config::RemoteOptions;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
 use prost::Message;
@@ -127,19 +129,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-/// Where and how to reach the REAPI server.
-#[derive(Debug, Clone, Default)]
-pub struct RemoteOptions {
-    /// grpc://host:port (plaintext) or grpcs://host:port (TLS, system roots, or tls_ca)
-    pub url: String,
-    /// REAPI instance name ("" by default)
-    pub instance: String,
-    /// Extra gRPC metadata on every call (--remote-header NAME=VALUE, e.g. authorization)
-    pub headers: Vec<(String, String)>,
-    /// PEM file of a CA to trust for grpcs:// (optional)
-    pub tls_ca: Option<PathBuf>,
 }
 
 /// One input file of an action's input root.

@@ -30,178 +30,13 @@
 //! native is newer than `foo.o`, `foo.o.thinlto.bc` and every import, the
 //! job is up to date and the record gains the digests and mtimes.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, shell, CmdFile, FlagsFrom};
-use thinlto_index::Manifest;
 
-use crate::record::NativeRecord;
-
-/// One backend input, as the thin link listed it.
-#[derive(Debug, Clone)]
-pub struct JobInput {
-    pub object: String,
-    pub summary: String,
-    /// The modules it imports, when known.
-    pub imports: Option<Vec<String>>,
-}
-
-/// The bitcode objects of a manifest (from `thinlto-index link`).
-pub fn inputs_from_manifest(m: &Manifest) -> Vec<JobInput> {
-    m.bitcode()
-        .map(|o| JobInput {
-            object: o.object.clone(),
-            summary: o
-                .summary
-                .clone()
-                .unwrap_or_else(|| format!("{}.thinlto.bc", o.object)),
-            imports: o.imports.clone(),
-        })
-        .collect()
-}
-
-/// The objects of a plain index file (`vmlinux.thinlto-index`); imports
-/// come from `foo.o.imports` where lld wrote one.
-pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|o| JobInput {
-            object: o.to_string(),
-            summary: format!("{o}.thinlto.bc"),
-            imports: imports_of(o),
-        })
-        .collect())
-}
-
-/// The modules `object` imports, from the `object.imports` lld wrote
-/// (`--thinlto-emit-imports-files`); None where there is none.
-pub fn imports_of(object: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("{object}.imports")).ok()?;
-    Some(
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
-}
-
-/// `dir/foo.o` → `dir/foo.thinlto-native.o`.
-pub fn native_of(object: &str) -> String {
-    format!(
-        "{}.thinlto-native.o",
-        object.strip_suffix(".o").unwrap_or(object)
-    )
-}
-
-/// One backend compile.
-#[derive(Debug, Clone)]
-pub struct BackendJob {
-    pub input: JobInput,
-    pub native: String,
-    pub record_path: PathBuf,
-    /// The whole argv, compiler first, `-o` naming the real target.
-    pub argv: Vec<String>,
-    /// The command as kbuild records it (the front end's flag text raw).
-    pub command_text: String,
-}
-
-impl BackendJob {
-    /// Builds the job: `$CC <be_flags> -x ir -fno-lto
-    /// -Wno-unused-command-line-argument -fthinlto-index=<summary> -c -o
-    /// <native> <object>`, exactly the reference's argv and order.
-    pub fn new(input: JobInput, cc: &str) -> Result<BackendJob> {
-        let cmd_path = cmd_file_for_object(Path::new(&input.object));
-        let cmd =
-            CmdFile::read(&cmd_path).with_context(|| format!("flags for {}", input.object))?;
-        let flags = cmd
-            .backend_flags()
-            .with_context(|| format!("flags for {}", input.object))?;
-        let native = native_of(&input.object);
-        let tail = [
-            "-x".to_string(),
-            "ir".into(),
-            "-fno-lto".into(),
-            "-Wno-unused-command-line-argument".into(),
-            format!("-fthinlto-index={}", input.summary),
-            "-c".into(),
-            "-o".into(),
-            native.clone(),
-            input.object.clone(),
-        ];
-        let mut argv = vec![cc.to_string()];
-        argv.extend(flags.argv.iter().cloned());
-        argv.extend(tail.iter().cloned());
-        // The reference records `$(CC) $(be_flags) -x ir …` with the flag
-        // text as sed found it; keep that spelling so that make and we
-        // each find the other's records up to date.
-        let flag_text = match (flags.from, &cmd.saved_c_flags) {
-            (FlagsFrom::SavedCFlags, Some(raw)) => raw.clone(),
-            _ => shell::join(&flags.argv),
-        };
-        let command_text = format!("{cc} {flag_text} {}", shell::join(&tail));
-        Ok(BackendJob {
-            record_path: dot_cmd_path(Path::new(&native)),
-            native,
-            input,
-            argv,
-            command_text,
-        })
-    }
-
-    /// The files whose contents decide the output.
-    pub fn content_inputs(&self) -> Vec<&str> {
-        let mut v = vec![self.input.object.as_str(), self.input.summary.as_str()];
-        if let Some(imports) = &self.input.imports {
-            v.extend(imports.iter().map(String::as_str));
-        }
-        v
-    }
-}
-
-/// Digests of files, each file hashed once per run.
-#[derive(Default)]
-pub struct DigestCache {
-    map: Mutex<HashMap<String, Option<String>>>,
-}
-
-impl DigestCache {
-    /// blake3 of a file's content, or None if it cannot be read.
-    pub fn digest(&self, path: &str) -> Option<String> {
-        if let Some(d) = self.map.lock().unwrap().get(path) {
-            return d.clone();
-        }
-        let d = hash_file(Path::new(path));
-        self.map.lock().unwrap().insert(path.to_string(), d.clone());
-        d
-    }
-}
-
-fn hash_file(path: &Path) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Some(h.finalize().to_hex().to_string())
-}
-
-pub fn mtime_ns(path: &Path) -> Option<i128> {
-    let t = std::fs::metadata(path).ok()?.modified().ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(d.as_nanos() as i128)
-}
+use crate::engine::digest::{mtime_ns, DigestCache};
+use crate::engine::job::{BackendJob, JobInput};
+use crate::engine::record::NativeRecord;
 
 /// Whether a job must run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +158,7 @@ pub fn plan(inputs: Vec<JobInput>, cc: &str) -> Result<Vec<(BackendJob, Decision
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::job::native_of;
 
     #[test]
     fn native_names() {

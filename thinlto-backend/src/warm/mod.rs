@@ -4,7 +4,7 @@
 //! its libraries, running LLVM's static constructors and tearing down
 //! (`clang --version`: 22 ms wall, 1.3 ms of it in main). With `--warm`,
 //! thinlto-backend starts the compiler once with an LD_PRELOAD shim
-//! (`zygote/zygote.c`, built by build.rs and embedded here) that stops it
+//! (`warm/zygote.c`, built by build.rs and embedded here) that stops it
 //! just before `main` and turns it into a fork server (a zygote): each job
 //! is a fork of that process which calls the compiler's real `main` with
 //! the job's argv, environment, working directory and standard streams

@@ -1,0 +1,157 @@
+//! One backend compile: its inputs as the thin link listed them, its
+//! argv (flags from the front end's `.cmd` file), and the names of what it
+//! writes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, shell, CmdFile, FlagsFrom};
+use thinlto_index::Manifest;
+
+/// One backend input, as the thin link listed it.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub object: String,
+    pub summary: String,
+    /// The modules it imports, when known.
+    pub imports: Option<Vec<String>>,
+}
+
+/// The bitcode objects of a manifest (from `thinlto-index link`).
+pub fn inputs_from_manifest(m: &Manifest) -> Vec<JobInput> {
+    m.bitcode()
+        .map(|o| JobInput {
+            object: o.object.clone(),
+            summary: o
+                .summary
+                .clone()
+                .unwrap_or_else(|| format!("{}.thinlto.bc", o.object)),
+            imports: o.imports.clone(),
+        })
+        .collect()
+}
+
+/// The objects of a plain index file (`vmlinux.thinlto-index`); imports
+/// come from `foo.o.imports` where lld wrote one.
+pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|o| JobInput {
+            object: o.to_string(),
+            summary: format!("{o}.thinlto.bc"),
+            imports: imports_of(o),
+        })
+        .collect())
+}
+
+/// The modules `object` imports, from the `object.imports` lld wrote
+/// (`--thinlto-emit-imports-files`); None where there is none.
+pub fn imports_of(object: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("{object}.imports")).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// `dir/foo.o` → `dir/foo.thinlto-native.o`.
+pub fn native_of(object: &str) -> String {
+    format!(
+        "{}.thinlto-native.o",
+        object.strip_suffix(".o").unwrap_or(object)
+    )
+}
+
+/// One backend compile.
+#[derive(Debug, Clone)]
+pub struct BackendJob {
+    pub input: JobInput,
+    pub native: String,
+    pub record_path: PathBuf,
+    /// The whole argv, compiler first, `-o` naming the real target.
+    pub argv: Vec<String>,
+    /// The command as kbuild records it (the front end's flag text raw).
+    pub command_text: String,
+}
+
+impl BackendJob {
+    /// Builds the job: `$CC <be_flags> -x ir -fno-lto
+    /// -Wno-unused-command-line-argument -fthinlto-index=<summary> -c -o
+    /// <native> <object>`, exactly the reference's argv and order.
+    pub fn new(input: JobInput, cc: &str) -> Result<BackendJob> {
+        let cmd_path = cmd_file_for_object(Path::new(&input.object));
+        let cmd =
+            CmdFile::read(&cmd_path).with_context(|| format!("flags for {}", input.object))?;
+        let flags = cmd
+            .backend_flags()
+            .with_context(|| format!("flags for {}", input.object))?;
+        let native = native_of(&input.object);
+        let tail = [
+            "-x".to_string(),
+            "ir".into(),
+            "-fno-lto".into(),
+            "-Wno-unused-command-line-argument".into(),
+            format!("-fthinlto-index={}", input.summary),
+            "-c".into(),
+            "-o".into(),
+            native.clone(),
+            input.object.clone(),
+        ];
+        let mut argv = vec![cc.to_string()];
+        argv.extend(flags.argv.iter().cloned());
+        argv.extend(tail.iter().cloned());
+        // The reference records `$(CC) $(be_flags) -x ir …` with the flag
+        // text as sed found it; keep that spelling so that make and we
+        // each find the other's records up to date.
+        let flag_text = match (flags.from, &cmd.saved_c_flags) {
+            (FlagsFrom::SavedCFlags, Some(raw)) => raw.clone(),
+            _ => shell::join(&flags.argv),
+        };
+        let command_text = format!("{cc} {flag_text} {}", shell::join(&tail));
+        Ok(BackendJob {
+            record_path: dot_cmd_path(Path::new(&native)),
+            native,
+            input,
+            argv,
+            command_text,
+        })
+    }
+
+    /// The files whose contents decide the output.
+    pub fn content_inputs(&self) -> Vec<&str> {
+        let mut v = vec![self.input.object.as_str(), self.input.summary.as_str()];
+        if let Some(imports) = &self.input.imports {
+            v.extend(imports.iter().map(String::as_str));
+        }
+        v
+    }
+}
+
+/// The temporary through which a long record is written:
+/// `dir/.foo.thinlto-native.o.cmd.<pid>.tmp`, beside the target (same
+/// filesystem: the rename is atomic).
+pub fn temp_path(target: &Path) -> std::path::PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// The split-DWARF file the compiler writes beside `native`, if its argv
+/// asks for one: the last of `-gsplit-dwarf[=split|=single]` and
+/// `-gno-split-dwarf` decides, and clang names the file after `-o`
+/// (`dir/foo.thinlto-native.dwo`). Only used to clean up after a failure.
+pub fn split_dwarf_file(argv: &[String], native: &Path) -> Option<std::path::PathBuf> {
+    let split = argv.iter().fold(false, |on, a| match a.as_str() {
+        "-gsplit-dwarf" | "-gsplit-dwarf=split" => true,
+        "-gsplit-dwarf=single" | "-gno-split-dwarf" => false,
+        _ => on,
+    });
+    split.then(|| native.with_extension("dwo"))
+}
