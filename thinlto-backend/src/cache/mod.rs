@@ -27,6 +27,7 @@
 //! rest of the run; the build goes on.
 
 pub mod identity;
+pub mod limits;
 pub mod local;
 pub mod remote;
 mod shared;
