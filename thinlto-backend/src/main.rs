@@ -431,17 +431,30 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
         .iter()
         .any(|(_, d, _)| matches!(d, Decision::Run(_)));
     let cache = if use_cache && needs_run {
-        let opts = thinlto_backend::cache::CacheOptions {
-            dir: cache_dir(args.cache_dir.clone())?,
-            max_size: args.cache_size,
-            remote: remote_url.map(|url| thinlto_backend::cache::remote::RemoteOptions {
-                url,
-                instance: args.remote_instance.clone(),
-                headers: args.remote_header.clone(),
-                tls_ca: args.remote_tls_ca.clone(),
-            }),
-        };
-        Some(thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)?)
+        // A cache that cannot be opened (no directory, one on a read-only
+        // or full file system, a file where the directory should be) is
+        // said once, and the build goes on without it: the cache only
+        // saves time, it never decides the result.
+        let opened = cache_dir(args.cache_dir.clone()).and_then(|dir| {
+            let opts = thinlto_backend::cache::CacheOptions {
+                dir,
+                max_size: args.cache_size,
+                remote: remote_url.map(|url| thinlto_backend::cache::remote::RemoteOptions {
+                    url,
+                    instance: args.remote_instance.clone(),
+                    headers: args.remote_header.clone(),
+                    tls_ca: args.remote_tls_ca.clone(),
+                }),
+            };
+            thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)
+        });
+        match opened {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("thinlto-backend: cache: {e:#}; building without the cache");
+                None
+            }
+        }
     } else {
         None
     };
