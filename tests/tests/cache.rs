@@ -509,3 +509,145 @@ fn a_second_machine_gets_the_natives_from_a_remote_cache() {
     assert_eq!(with_status(&recs, JobStatus::Built), all(&m), "{err}");
     assert!(err.contains("remote cache"), "{err}");
 }
+
+/// The store's upkeep (`cache prune`, `cache clear`, `cache stats`, and
+/// the prune every build does) never follows a link out of the store and
+/// never removes a file the store did not write.
+#[test]
+fn upkeep_leaves_what_links_point_to_and_foreign_files_alone() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    cached(t.path(), cache.path(), &[]);
+    // Outside the store: files named as blobs are, reached through linked
+    // fan directories (one named as the store names them, one not).
+    let blobs = cache.path().join("backend-v1/blobs");
+    let hex_fan = (0..=255)
+        .map(|i| format!("{i:02x}"))
+        .find(|f| !blobs.join(f).exists())
+        .unwrap();
+    let fans = [hex_fan.as_str(), "zz"];
+    let outside = tempfile::tempdir().unwrap();
+    let victims: Vec<PathBuf> = fans
+        .iter()
+        .map(|fan| {
+            let name = format!("{fan}{}", "e".repeat(62));
+            let p = outside.path().join(name);
+            std::fs::write(&p, vec![1u8; 100_000]).unwrap();
+            p
+        })
+        .collect();
+    for fan in fans {
+        std::os::unix::fs::symlink(outside.path(), blobs.join(fan)).unwrap();
+    }
+    // A foreign file in a fan directory of the store.
+    let fan = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_type().unwrap().is_dir())
+        .unwrap()
+        .path();
+    let foreign = fan.join("README");
+    std::fs::write(&foreign, b"not the cache's").unwrap();
+    let intact = |when: &str| {
+        for v in &victims {
+            assert_eq!(std::fs::read(v).unwrap().len(), 100_000, "{when}: {v:?}");
+        }
+        assert!(foreign.exists(), "{when}");
+    };
+
+    let before = stats(cache.path())["usage"]["bytes"].as_u64().unwrap();
+    let own: u64 = store_file(cache.path(), "manifests")
+        .iter()
+        .chain(&store_file(cache.path(), "blobs"))
+        .filter(|p| {
+            let fan = p.parent().unwrap().file_name().unwrap();
+            !fans.iter().any(|f| fan == *f) && !p.ends_with("README")
+        })
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    assert_eq!(before, own, "stats counts only the store's own files");
+    // A build that stores something (one blob gone: one compile) with a
+    // tiny size limit prunes at its end.
+    std::fs::remove_file(blob_of(cache.path(), &native_files(t.path(), &m)[0].1)).unwrap();
+    cached(t.path(), cache.path(), &["-B", "--cache-size", "1K"]);
+    intact("after a build's prune");
+    let out = run_ok(
+        Command::new(bin("thinlto-backend"))
+            .args(["cache", "prune", "--max-size", "1", "--cache-dir"])
+            .arg(cache.path()),
+    );
+    intact(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stats(cache.path())["usage"]["bytes"], 0);
+    run_ok(
+        Command::new(bin("thinlto-backend"))
+            .args(["cache", "clear", "--cache-dir"])
+            .arg(cache.path()),
+    );
+    intact("after clear");
+}
+
+/// Rewrites every manifest of the store with `edit`.
+fn edit_manifests(cache: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    for p in store_file(cache, "manifests") {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn a_manifest_with_an_absurd_blob_size_is_a_miss() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    cached(t.path(), cache.path(), &[]);
+    let cold = native_files(t.path(), &m);
+    // Sizes no file has, one a memory allocation cannot hold.
+    edit_manifests(cache.path(), |v| {
+        for variant in v["variants"].as_array_mut().unwrap() {
+            variant["native"]["size"] = serde_json::json!(1u64 << 62);
+        }
+    });
+    let (err, recs) = cached(t.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m), "{err}");
+    assert_eq!(native_files(t.path(), &m), cold);
+    // The entries were replaced by good ones.
+    let (_, recs) = cached(t.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+}
+
+#[test]
+fn an_unusable_cache_directory_is_said_once_and_the_build_goes_on() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let (_, recs) = backend(t.path(), &["-B", "--no-cache"]);
+    assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
+    let without = native_files(t.path(), &m);
+    // Places even root cannot make a directory in: /proc, /sys, and a file
+    // where the directory should be.
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    for dir in [
+        PathBuf::from("/proc/thinlto-dist-cache"),
+        PathBuf::from("/sys/thinlto-dist-cache"),
+        file.clone(),
+    ] {
+        for n in native_files(t.path(), &m) {
+            std::fs::remove_file(t.path().join(n.0)).unwrap();
+        }
+        let (err, recs) = cached(t.path(), &dir, &["-B"]);
+        assert_eq!(with_status(&recs, JobStatus::Built), all(&m), "{err}");
+        assert_eq!(native_files(t.path(), &m), without, "{dir:?}");
+        let said: Vec<&str> = err.lines().filter(|l| l.contains("cache")).collect();
+        assert_eq!(said.len(), 1, "{dir:?}: said once:\n{err}");
+        assert!(
+            said[0].contains(&dir.display().to_string()) && said[0].contains("without the cache"),
+            "{}",
+            said[0]
+        );
+    }
+}

@@ -17,16 +17,19 @@
 //! - [`wrap`]: the compiler wrapper for kbuild's own rules
 //!   (`CC="thinlto-backend wrap clang"`);
 //! - [`archive`]: the final thin archive;
-//! - [`signals`]: dying by the signal received, after cleaning up.
+//! - [`signals`]: dying by the signal received, after cleaning up;
+//! - [`limits`]: the bounds on what is read from a cache or a server.
 //!
 //! Dependencies run one way: `engine` uses `cache`, `warm` and `config`;
 //! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
-//! `reapi`, never the scheduler; `reapi` uses nothing of the crate.
+//! `reapi`, never the scheduler; `reapi` uses only `config`, `limits` and
+//! `engine::digest`.
 
 pub mod archive;
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod limits;
 #[cfg(feature = "remote")]
 pub mod reapi;
 pub mod signals;

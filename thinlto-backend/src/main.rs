@@ -336,20 +336,27 @@ fn config(args: &RunArgs) -> Result<Config> {
     let cache_on = args.cache || config::env_switch("THINLTO_CACHE")?.unwrap_or(false);
     let use_cache =
         !args.no_cache && (cache_on || args.cache_dir.is_some() || remote_url.is_some());
-    let cache = if use_cache {
-        Some(CacheOptions {
-            dir: config::cache_dir(args.cache_dir.clone())?,
-            max_size: args.cache_size.unwrap_or(config::DEFAULT_CACHE_SIZE),
-            remote: remote_url.map(|url| config::RemoteOptions {
-                url,
-                instance: args.remote_instance.clone(),
-                headers: args.remote_header.clone(),
-                tls_ca: args.remote_tls_ca.clone(),
-            }),
-        })
-    } else {
-        None
+    // A cache that cannot be had (no directory; see engine::run for one
+    // that cannot be opened) is said once, and the build goes on without
+    // it: the cache only saves time, it never decides the result.
+    let dir = match use_cache.then(|| config::cache_dir(args.cache_dir.clone())) {
+        Some(Err(e)) => {
+            eprintln!("thinlto-backend: cache: {e:#}; building without the cache");
+            None
+        }
+        Some(Ok(dir)) => Some(dir),
+        None => None,
     };
+    let cache = dir.map(|dir| CacheOptions {
+        dir,
+        max_size: args.cache_size.unwrap_or(config::DEFAULT_CACHE_SIZE),
+        remote: remote_url.map(|url| config::RemoteOptions {
+            url,
+            instance: args.remote_instance.clone(),
+            headers: args.remote_header.clone(),
+            tls_ca: args.remote_tls_ca.clone(),
+        }),
+    });
     Ok(Config {
         toolchain: args.toolchain.clone(),
         jobs: args.jobs,

@@ -588,3 +588,125 @@ fn a_failed_action_is_a_miss() {
         .exit_code = 0;
     assert!(cache.lookup(&key).unwrap().is_some());
 }
+
+/// The fake serves, for every action, a manifest listing one variant whose
+/// extra files are `extras` (path, SHA-256, size), with `native` as the
+/// newest variant's output; returns what the backend cache's lookup made
+/// of it. The job is made of files of this crate (the tests run in its
+/// directory): only their digests matter, nothing compiles.
+fn backend_lookup(extras: &[(String, String, i64)], native_size: Option<i64>) -> Option<Vec<u8>> {
+    use thinlto_backend::cache::{BackendCache, CacheOptions};
+    use thinlto_backend::{BackendJob, JobInput};
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let native_path = "fake.thinlto-native.o";
+    let manifest = serde_json::to_vec(&serde_json::json!({ "variants": [extras] })).unwrap();
+    let native = b"native bytes".to_vec();
+    {
+        let mut s = server.fake.0.lock().unwrap();
+        let mut output_files = Vec::new();
+        for (path, data) in [("thinlto-dist.manifest", &manifest), (native_path, &native)] {
+            let d = Digest::of_bytes(data);
+            s.blobs.insert(d.hash.clone(), data.clone());
+            output_files.push(re::OutputFile {
+                path: path.into(),
+                digest: Some(re::Digest {
+                    hash: d.hash,
+                    size_bytes: d.size_bytes,
+                }),
+                ..Default::default()
+            });
+        }
+        if let Some(n) = native_size {
+            output_files[1].digest.as_mut().unwrap().size_bytes = n;
+        }
+        s.result = Some(re::ActionResult {
+            output_files,
+            ..Default::default()
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BackendCache::open(
+        &CacheOptions {
+            dir: dir.path().to_path_buf(),
+            max_size: 1 << 30,
+            remote: Some(RemoteOptions {
+                url: server.url.clone(),
+                ..Default::default()
+            }),
+        },
+        &["true".to_string()],
+    )
+    .unwrap_or_else(|e| panic!("open: {e:#}"));
+    let job = BackendJob {
+        input: JobInput {
+            object: "Cargo.toml".into(),
+            summary: "src/lib.rs".into(),
+            imports: None,
+        },
+        native: native_path.into(),
+        record_path: dir.path().join("record"),
+        argv: ["true", "-c", "-o", native_path, "Cargo.toml"]
+            .map(String::from)
+            .to_vec(),
+        command_text: String::new(),
+    };
+    let hit = cache.lookup(&job, &Default::default());
+    cache.finish();
+    hit.map(|h| h.native)
+}
+
+fn extra(path: &str, content_of: &str) -> (String, String, i64) {
+    let d = Digest::of_bytes(&std::fs::read(content_of).unwrap());
+    (path.to_string(), d.hash, d.size_bytes)
+}
+
+/// A hostile manifest names files for the client to open and digest: only
+/// plain paths the local trace could have listed, regular files read
+/// without blocking and within bounds, are; anything else is a miss.
+#[test]
+fn hostile_manifests_are_misses_and_never_hang() {
+    // The control: a genuine extra of the tree is a hit.
+    assert_eq!(
+        backend_lookup(&[extra("src/lib.rs", "src/lib.rs")], None).as_deref(),
+        Some(&b"native bytes"[..])
+    );
+    // Out of the tree through '..', with the right digest: not opened.
+    assert_eq!(
+        backend_lookup(&[extra("../Cargo.toml", "../Cargo.toml")], None),
+        None
+    );
+    assert_eq!(
+        backend_lookup(&[extra("src/../Cargo.toml", "Cargo.toml")], None),
+        None
+    );
+    // A device that never ends, and one under /proc.
+    let empty = Digest::of_bytes(b"");
+    for dev in ["/dev/zero", "/proc/self/environ"] {
+        assert_eq!(
+            backend_lookup(&[(dev.into(), empty.hash.clone(), 0)], None),
+            None,
+            "{dev}"
+        );
+    }
+    // A FIFO nobody writes (opening it to read used to block forever).
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert_eq!(
+        backend_lookup(
+            &[(fifo.to_str().unwrap().into(), empty.hash.clone(), 0)],
+            None
+        ),
+        None
+    );
+    // Absurd sizes: an extra's, an output's.
+    let mut huge = extra("src/lib.rs", "src/lib.rs");
+    huge.2 = 1 << 62;
+    assert_eq!(backend_lookup(&[huge], None), None);
+    assert_eq!(
+        backend_lookup(&[extra("src/lib.rs", "src/lib.rs")], Some(1 << 62)),
+        None
+    );
+}

@@ -610,6 +610,23 @@ impl Inner {
                 return;
             }
         };
+        // What would be refused when read back is not stored (either tier).
+        let over = extras.len() > crate::limits::MAX_EXTRAS
+            || f.output.len() > crate::limits::MAX_OUTPUT_TEXT
+            || std::iter::once(&f.native)
+                .chain(f.dwo.as_ref())
+                .any(|b| b.len() as u64 > crate::limits::MAX_BLOB_BYTES);
+        if over {
+            self.uncacheable.fetch_add(1, Ordering::Relaxed);
+            self.warn_once(
+                "bounds",
+                &format!(
+                    "{}: more extra files, output or object bytes than the cache keeps; results not stored",
+                    job.native
+                ),
+            );
+            return;
+        }
         let mut with_digests = Vec::with_capacity(extras.len());
         for p in &extras {
             match self.digests.digest(p) {

@@ -30,16 +30,52 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RemoteOptions;
 use crate::engine::job::BackendJob;
+use crate::limits::{
+    MAX_EXTRAS, MAX_EXTRA_BYTES, MAX_MANIFEST_BYTES, MAX_OUTPUT_TEXT, MAX_PATH_BYTES, MAX_VARIANTS,
+};
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit};
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
-/// Variants kept per manifest (newest first), as in the local tier.
-const MAX_VARIANTS: usize = 8;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct RemoteManifest {
     /// Each variant: its extra files as (path, SHA-256 hex, size).
     variants: Vec<Vec<(String, String, i64)>>,
+}
+
+impl RemoteManifest {
+    /// The manifest a server sent, if it keeps to the bounds of
+    /// [`super::limits`]; anything else is no manifest (a miss).
+    fn parse(bytes: &[u8]) -> Option<RemoteManifest> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return None;
+        }
+        let m: RemoteManifest = serde_json::from_slice(bytes).ok()?;
+        let sane =
+            m.variants.len() <= MAX_VARIANTS && m.variants.iter().all(|v| v.len() <= MAX_EXTRAS);
+        sane.then_some(m)
+    }
+}
+
+/// Whether a remote manifest's extra file is one the client may open and
+/// digest: a file the local trace could have listed ([`super::trace`]),
+/// spelled as it spells them, of a size within [`MAX_EXTRA_BYTES`]. A
+/// path relative to the tree, plain names only (no `..` to climb out of
+/// it, no empty or `.` component), or an absolute one outside /proc, /sys
+/// and /dev (the compiler's own files, which every trace lists; the
+/// compile action names them in its salt). What is opened is then read
+/// only if it is a regular file ([`crate::engine::digest::open_regular`]).
+fn extra_is_plain(path: &str, size: i64) -> bool {
+    let rel = path.strip_prefix('/').unwrap_or(path);
+    let plain = !rel.is_empty()
+        && path.len() <= MAX_PATH_BYTES
+        && !path.contains('\0')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    let special =
+        path.starts_with('/') && matches!(rel.split('/').next(), Some("proc" | "sys" | "dev"));
+    plain && !special && (0..=MAX_EXTRA_BYTES as i64).contains(&size)
 }
 
 /// A remote hit: the outputs by path, what the compiler printed, and the
@@ -169,7 +205,7 @@ impl RemoteTier {
                 let m = hit
                     .outputs
                     .remove(MANIFEST_OUTPUT)
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .and_then(|b| RemoteManifest::parse(&b))
                     .unwrap_or_default();
                 (m, hit)
             }
@@ -202,6 +238,9 @@ impl RemoteTier {
             let now: Option<Vec<(String, Digest)>> = variant
                 .iter()
                 .map(|(p, h, size)| {
+                    if !extra_is_plain(p, *size) {
+                        return None;
+                    }
                     let d = self.sha(p)?;
                     (d.hash == *h && d.size_bytes == *size).then(|| (p.clone(), d))
                 })
@@ -243,6 +282,9 @@ impl RemoteTier {
                 },
                 None => None,
             };
+            if hit.stdout.len() + hit.stderr.len() > MAX_OUTPUT_TEXT {
+                continue;
+            }
             let mut output = String::from_utf8_lossy(&hit.stdout).into_owned();
             output.push_str(&String::from_utf8_lossy(&hit.stderr));
             return Ok(Some(RemoteResult {
@@ -338,4 +380,55 @@ fn tree_path(p: &str) -> Result<String> {
         bail!("{p}: not a plain path under the tree (the remote cache needs one)");
     }
     Ok(t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_extras_are_opened() {
+        for ok in [
+            "kernel/config_data.txt",
+            "a",
+            "/usr/lib/os-release",
+            "/usr/lib/llvm-19/bin/clang",
+        ] {
+            assert!(extra_is_plain(ok, 10), "{ok:?} refused");
+        }
+        for bad in [
+            "../x",
+            "kernel/../../x",
+            "./a",
+            "a//b",
+            "a/",
+            "",
+            "/",
+            "/dev/zero",
+            "/proc/self/environ",
+            "/sys/kernel/notes",
+            "/usr/../dev/zero",
+            "a\0b",
+        ] {
+            assert!(!extra_is_plain(bad, 10), "{bad:?} accepted");
+        }
+        assert!(!extra_is_plain(&"a/".repeat(MAX_PATH_BYTES), 10));
+        assert!(!extra_is_plain("a", -1));
+        assert!(!extra_is_plain("a", 1 << 62));
+    }
+
+    #[test]
+    fn manifests_over_the_bounds_are_none() {
+        let m = |variants: usize, extras: usize| {
+            let v = vec![("a".to_string(), "00".repeat(32), 1i64); extras];
+            serde_json::to_vec(&RemoteManifest {
+                variants: vec![v; variants],
+            })
+            .unwrap()
+        };
+        assert!(RemoteManifest::parse(&m(MAX_VARIANTS, 3)).is_some());
+        assert!(RemoteManifest::parse(&m(MAX_VARIANTS + 1, 3)).is_none());
+        assert!(RemoteManifest::parse(&m(1, MAX_EXTRAS + 1)).is_none());
+        assert!(RemoteManifest::parse(b"{not json").is_none());
+    }
 }

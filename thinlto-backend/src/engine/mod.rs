@@ -85,8 +85,18 @@ pub fn run(
     let needs_run = planned
         .iter()
         .any(|(_, d, _)| matches!(d, Decision::Run(_)));
+    // A cache that cannot be opened (one on a read-only or full file
+    // system, a file where the directory should be) is said once, and the
+    // build goes on without it: the cache only saves time, it never
+    // decides the result.
     let cache = match &cfg.cache {
-        Some(opts) if needs_run => Some(BackendCache::open(opts, &cc.argv)?),
+        Some(opts) if needs_run => match BackendCache::open(opts, &cc.argv) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("thinlto-backend: cache: {e:#}; building without the cache");
+                None
+            }
+        },
         _ => None,
     };
     if cfg.mode != Mode::Build {

@@ -49,6 +49,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use crate::limits::{MAX_BLOB_BYTES, MAX_EXTRA_BYTES, MAX_REMOTE_OUTPUTS};
+
 /// How long connecting (TCP, TLS, HTTP/2) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one gRPC call may take, streamed bodies included.
@@ -81,9 +83,12 @@ impl Digest {
         }
     }
 
+    /// The digest of a regular file of at most [`MAX_EXTRA_BYTES`], read
+    /// as the cache reads every file ([`crate::engine::digest::digest_file`]: never
+    /// blocking, never a device or a FIFO).
     pub fn of_file(p: &Path) -> std::io::Result<Digest> {
         let mut h = Sha256::new();
-        let size = std::io::copy(&mut std::fs::File::open(p)?, &mut h)?;
+        let size = crate::engine::digest::digest_file(p, MAX_EXTRA_BYTES, |b| h.update(b))?;
         Ok(Digest {
             hash: hex(&h.finalize()),
             size_bytes: size as i64,
@@ -103,13 +108,12 @@ impl Digest {
     }
 
     /// A digest from the server, if it is a well-formed SHA-256 one (a
-    /// malformed one must not end up in a resource name).
+    /// malformed one must not end up in a resource name) of a blob no
+    /// larger than [`MAX_BLOB_BYTES`] (the size is the server's word, and
+    /// sizes what the client reads).
     fn from_proto(d: &re::Digest) -> Option<Digest> {
-        let ok = d.hash.len() == 64
-            && d.hash
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-            && d.size_bytes >= 0;
+        let ok = crate::limits::is_hex(&d.hash, 64)
+            && (0..=MAX_BLOB_BYTES as i64).contains(&d.size_bytes);
         ok.then(|| Digest {
             hash: d.hash.clone(),
             size_bytes: d.size_bytes,
@@ -848,9 +852,13 @@ enum Blob {
 
 impl FetchPlan {
     /// `None` (a miss) for an ActionResult we cannot trust: a malformed or
-    /// absent digest, an output listed twice, inline content that does not
-    /// match its digest.
+    /// absent digest (or one over the size bound), more outputs than any
+    /// action of the cache has, an output listed twice, inline content
+    /// that does not match its digest.
     fn of(r: &re::ActionResult) -> Option<FetchPlan> {
+        if r.output_files.len() > MAX_REMOTE_OUTPUTS {
+            return None;
+        }
         let mut outputs = Vec::new();
         for f in &r.output_files {
             let d = Digest::from_proto(f.digest.as_ref()?)?;
@@ -1370,5 +1378,16 @@ mod tests {
         let plan = FetchPlan::of(&r(vec![file("a.o", good.to_proto(), b"")])).unwrap();
         assert_eq!(plan.wanted(), std::slice::from_ref(&good));
         assert!(plan.assemble(&HashMap::new(), 0).is_none());
+        // Sizes and counts over the bounds: a miss, nothing fetched.
+        let mut huge = good.to_proto();
+        huge.size_bytes = 1 << 62;
+        assert!(FetchPlan::of(&r(vec![file("a.o", huge.clone(), b"")])).is_none());
+        let mut out = r(vec![]);
+        out.stdout_digest = Some(huge);
+        assert!(FetchPlan::of(&out).is_none());
+        let many = (0..=MAX_REMOTE_OUTPUTS)
+            .map(|i| file(&format!("o{i}"), good.to_proto(), b""))
+            .collect();
+        assert!(FetchPlan::of(&r(many)).is_none());
     }
 }
