@@ -11,14 +11,18 @@
 //! - [`archive`] writes the final thin archive;
 //! - [`cache`] stores results by content, locally and in a Remote Execution API cache;
 //! - [`cache`] is the backend-job cache (its remote tier: a REAPI client);
+//! - [`remote_headers`] reads the headers (tokens) for remote services;
 //! - [`warm`] serves the compiles from a warm compiler (`--warm`, a fork server);
+//! - [`shim`] puts the preload shim (warm compiler, tracing) where only the user can write;
 //! - [`wrap`] is the compiler wrapper for kbuild's own rules (`CC="thinlto-backend wrap clang"`).
 
 pub mod archive;
 pub mod cache;
 pub mod plan;
 pub mod record;
+pub mod remote_headers;
 pub mod run;
+pub mod shim;
 pub mod warm;
 pub mod wrap;
 

@@ -127,13 +127,6 @@ fn parse_switch(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: expected NAME=VALUE")),
-    }
-}
-
 fn parse_size(s: &str) -> Result<u64, String> {
     thinlto_backend::cache::local::parse_size(s)
 }
@@ -191,6 +184,12 @@ struct RunArgs {
     /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// A cache shared with other users (also THINLTO_CACHE_SHARED=1): its
+    /// new directories get the umask's modes (umask 002 and a setgid
+    /// directory of a trusted group: see README, "Who is trusted"), and no
+    /// warning that others can write it. Otherwise they are created 0700
+    #[arg(long, env = "THINLTO_CACHE_SHARED", value_parser = parse_switch)]
+    cache_shared: bool,
     /// The cache's size limit; least recently used entries go first
     #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size, default_value = "5G")]
     cache_size: u64,
@@ -210,10 +209,17 @@ struct RunArgs {
         default_value = ""
     )]
     remote_instance: String,
-    /// gRPC metadata sent with every remote call, e.g.
-    /// 'authorization=Bearer TOKEN' (repeatable)
-    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_header)]
+    /// gRPC metadata sent with every remote call, e.g. 'x-team=kernel'
+    /// (repeatable). Every user can read a command line: put a token in
+    /// --remote-header-file or $THINLTO_REMOTE_HEADERS instead
+    #[arg(long, value_name = "NAME=VALUE", value_parser = thinlto_backend::remote_headers::parse_header)]
     remote_header: Vec<(String, String)>,
+    /// Headers from a file readable only by you, one `NAME: VALUE` or
+    /// `NAME=VALUE` per line (# comments; also THINLTO_REMOTE_HEADER_FILE).
+    /// $THINLTO_REMOTE_HEADERS holds lines of the same form. The flags win
+    /// over the file, the file over the environment
+    #[arg(long, value_name = "FILE", env = "THINLTO_REMOTE_HEADER_FILE")]
+    remote_header_file: Option<PathBuf>,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     remote_tls_ca: Option<PathBuf>,
@@ -222,6 +228,9 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Still single-threaded: the header secret leaves the environment
+    // before any compiler could inherit it.
+    let header_env = thinlto_backend::remote_headers::take_env();
     // Before any parsing: every word after `wrap` belongs to the compiler.
     if let Some(argv) = thinlto_backend::wrap::wrap_argv() {
         thinlto_backend::wrap::main(argv)
@@ -237,7 +246,7 @@ fn main() -> ExitCode {
         }
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
-        None => backend(cli.run),
+        None => backend(cli.run, header_env.as_deref()),
     };
     // A signal that came while cleanup was deferred: the cleanup is done,
     // die by it (whatever the result says, e.g. a job failed by it).
@@ -357,7 +366,8 @@ fn stdout_error(e: impl std::borrow::Borrow<std::io::Error>) -> anyhow::Error {
     }
 }
 
-fn backend(args: RunArgs) -> Result<ExitCode> {
+/// `header_env`: the value $THINLTO_REMOTE_HEADERS had.
+fn backend(args: RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<ExitCode> {
     let start = Instant::now();
     let jobserver = run::jobserver_from_env();
     if args.toolchain.print_toolchain {
@@ -433,13 +443,25 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let cache = if use_cache && needs_run {
         let opts = thinlto_backend::cache::CacheOptions {
             dir: cache_dir(args.cache_dir.clone())?,
+            sharing: if args.cache_shared {
+                thinlto_backend::cache::local::Sharing::Shared
+            } else {
+                thinlto_backend::cache::local::Sharing::Private
+            },
             max_size: args.cache_size,
-            remote: remote_url.map(|url| thinlto_backend::cache::remote::RemoteOptions {
-                url,
-                instance: args.remote_instance.clone(),
-                headers: args.remote_header.clone(),
-                tls_ca: args.remote_tls_ca.clone(),
-            }),
+            remote: match remote_url {
+                Some(url) => Some(thinlto_backend::cache::remote::RemoteOptions {
+                    url,
+                    instance: args.remote_instance.clone(),
+                    headers: thinlto_backend::remote_headers::gather(
+                        header_env,
+                        &args.remote_header,
+                        args.remote_header_file.as_slice(),
+                    )?,
+                    tls_ca: args.remote_tls_ca.clone(),
+                }),
+                None => None,
+            },
         };
         Some(thinlto_backend::cache::BackendCache::open(&opts, &cc.argv)?)
     } else {
