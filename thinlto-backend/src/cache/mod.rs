@@ -398,6 +398,12 @@ impl BackendCache {
         seconds: f64,
     ) {
         let i = &self.inner;
+        if crate::shim::path().is_err() {
+            // No shim, no trace: nothing can vouch for the result (and
+            // shim::path said so, once).
+            i.uncacheable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let read = || -> Result<Finished> {
             let text = std::fs::read_to_string(trace)
                 .with_context(|| format!("{}: cannot read the trace", trace.display()))?;
