@@ -42,7 +42,8 @@ pub struct RemoteOptions {
     pub url: String,
     /// REAPI instance name ("" by default)
     pub instance: String,
-    /// Extra gRPC metadata on every call (--remote-header NAME=VALUE, e.g. authorization)
+    /// Extra gRPC metadata on every call (e.g. authorization), as
+    /// [`crate::remote_headers::gather`] collects them
     pub headers: Vec<(String, String)>,
     /// PEM file of a CA to trust for grpcs:// (optional)
     pub tls_ca: Option<PathBuf>,

@@ -11,9 +11,12 @@
 //! - [`config`]: what a run is asked to do, and every default;
 //! - [`cache`]: the backend-job cache, local and on a REAPI server;
 //! - [`warm`]: the warm compiler (a fork server preloaded into clang; its
-//!   shim also traces the files a compile reads, for the cache);
+//!   shim also traces the files a compile reads, for the cache; [`warm::shim`]
+//!   keeps the shim where only the user can write);
 //! - [`reapi`]: the Remote Execution API client (feature `remote`, on by
 //!   default);
+//! - [`remote_headers`]: the headers (tokens) for remote services, from
+//!   flags, a file or the environment;
 //! - [`wrap`]: the compiler wrapper for kbuild's own rules
 //!   (`CC="thinlto-backend wrap clang"`);
 //! - [`archive`]: the final thin archive;
@@ -32,6 +35,7 @@ pub mod engine;
 pub mod limits;
 #[cfg(feature = "remote")]
 pub mod reapi;
+pub mod remote_headers;
 pub mod signals;
 pub mod warm;
 pub mod wrap;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use thinlto_backend::cache::local::Sharing;
 use thinlto_backend::cache::CacheOptions;
 use thinlto_backend::config::{self, Config, Mode, Warm};
 use thinlto_backend::engine::job::{inputs_from_index, inputs_from_manifest, JobInput};
@@ -117,13 +118,6 @@ enum CacheAction {
     Clear,
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: expected NAME=VALUE")),
-    }
-}
-
 fn parse_size(s: &str) -> Result<u64, String> {
     thinlto_backend::cache::local::parse_size(s)
 }
@@ -181,6 +175,12 @@ struct RunArgs {
     /// else $XDG_CACHE_HOME/thinlto-dist, else ~/.cache/thinlto-dist]
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// A cache shared with other users (also THINLTO_CACHE_SHARED=1): its
+    /// new directories get the umask's modes (umask 002 and a setgid
+    /// directory of a trusted group: see README, "Who is trusted"), and no
+    /// warning that others can write it. Otherwise they are created 0700
+    #[arg(long)]
+    cache_shared: bool,
     /// The cache's size limit; least recently used entries go first
     #[arg(long, value_name = "SIZE", env = "THINLTO_CACHE_SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
@@ -200,10 +200,17 @@ struct RunArgs {
         default_value = ""
     )]
     remote_instance: String,
-    /// gRPC metadata sent with every remote call, e.g.
-    /// 'authorization=Bearer TOKEN' (repeatable)
-    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_header)]
+    /// gRPC metadata sent with every remote call, e.g. 'x-team=kernel'
+    /// (repeatable). Every user can read a command line: put a token in
+    /// --remote-header-file or $THINLTO_REMOTE_HEADERS instead
+    #[arg(long, value_name = "NAME=VALUE", value_parser = thinlto_backend::remote_headers::parse_header)]
     remote_header: Vec<(String, String)>,
+    /// Headers from a file readable only by you, one `NAME: VALUE` or
+    /// `NAME=VALUE` per line (# comments; also THINLTO_REMOTE_HEADER_FILE).
+    /// $THINLTO_REMOTE_HEADERS holds lines of the same form. The flags win
+    /// over the file, the file over the environment
+    #[arg(long, value_name = "FILE", env = "THINLTO_REMOTE_HEADER_FILE")]
+    remote_header_file: Option<PathBuf>,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     remote_tls_ca: Option<PathBuf>,
@@ -212,6 +219,9 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Still single-threaded: the header secret leaves the environment
+    // before any compiler could inherit it.
+    let header_env = thinlto_backend::remote_headers::take_env();
     // Before any parsing: every word after `wrap` belongs to the compiler.
     if let Some(argv) = thinlto_backend::wrap::wrap_argv() {
         thinlto_backend::wrap::main(argv)
@@ -227,7 +237,7 @@ fn main() -> ExitCode {
         }
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
-        None => backend(cli.run),
+        None => backend(cli.run, header_env.as_deref()),
     };
     // A signal that came while cleanup was deferred: the cleanup is done,
     // die by it (whatever the result says, e.g. a job failed by it).
@@ -331,7 +341,8 @@ fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
 
 /// The flags, as the engine's [`Config`]; every default comes from
 /// [`thinlto_backend::config`].
-fn config(args: &RunArgs) -> Result<Config> {
+/// `header_env`: the value $THINLTO_REMOTE_HEADERS had.
+fn config(args: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config> {
     let remote_url = args.remote_cache.clone().filter(|u| !u.is_empty());
     let cache_on = args.cache || config::env_switch("THINLTO_CACHE")?.unwrap_or(false);
     let use_cache =
@@ -347,15 +358,29 @@ fn config(args: &RunArgs) -> Result<Config> {
         Some(Ok(dir)) => Some(dir),
         None => None,
     };
-    let cache = dir.map(|dir| CacheOptions {
-        dir,
-        max_size: args.cache_size.unwrap_or(config::DEFAULT_CACHE_SIZE),
-        remote: remote_url.map(|url| config::RemoteOptions {
+    let remote = match remote_url {
+        Some(url) => Some(config::RemoteOptions {
             url,
             instance: args.remote_instance.clone(),
-            headers: args.remote_header.clone(),
+            headers: thinlto_backend::remote_headers::gather(
+                header_env,
+                &args.remote_header,
+                args.remote_header_file.as_slice(),
+            )?,
             tls_ca: args.remote_tls_ca.clone(),
         }),
+        None => None,
+    };
+    let shared = args.cache_shared || config::env_switch("THINLTO_CACHE_SHARED")?.unwrap_or(false);
+    let cache = dir.map(|dir| CacheOptions {
+        dir,
+        sharing: if shared {
+            Sharing::Shared
+        } else {
+            Sharing::Private
+        },
+        max_size: args.cache_size.unwrap_or(config::DEFAULT_CACHE_SIZE),
+        remote,
     });
     Ok(Config {
         toolchain: args.toolchain.clone(),
@@ -399,7 +424,8 @@ fn read_inputs(index: Option<&Path>) -> Result<Vec<JobInput>> {
     }
 }
 
-fn backend(args: RunArgs) -> Result<ExitCode> {
+/// `header_env`: the value $THINLTO_REMOTE_HEADERS had.
+fn backend(args: RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<ExitCode> {
     // Taken first: the descriptors MAKEFLAGS names must not be reused.
     let jobserver = scheduler::jobserver_from_env();
     if args.toolchain.print_toolchain {
@@ -411,7 +437,7 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             .map_err(stdout_error)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = config(&args)?;
+    let cfg = config(&args, header_env)?;
     let inputs = read_inputs(args.index.as_deref())?;
     let mut stdout = std::io::stdout();
     Ok(match engine::run(&cfg, inputs, jobserver, &mut stdout)? {

@@ -628,6 +628,7 @@ fn backend_lookup(extras: &[(String, String, i64)], native_size: Option<i64>) ->
     let cache = BackendCache::open(
         &CacheOptions {
             dir: dir.path().to_path_buf(),
+            sharing: thinlto_backend::cache::local::Sharing::Private,
             max_size: 1 << 30,
             remote: Some(RemoteOptions {
                 url: server.url.clone(),
@@ -709,4 +710,136 @@ fn hostile_manifests_are_misses_and_never_hang() {
         backend_lookup(&[extra("build.rs", "build.rs")], Some(1 << 62)),
         None
     );
+}
+
+/// A one-object tree for the binary: a real ThinLTO object (clang), its
+/// shard (ld.lld --thinlto-index-only), kbuild's `.cmd` file, the index,
+/// and `cc`, a compiler wrapper that keeps the environment the compile got
+/// in `cc.env`. Returns the tree.
+fn one_object_tree() -> tempfile::TempDir {
+    let tc = thinlto_index::Toolchain::resolve(&Default::default()).expect("a toolchain");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.current_dir(d).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    std::fs::write(d.join("a.c"), "int f(void) { return 1; }\n").unwrap();
+    run(std::process::Command::new(&tc.cc.path).args([
+        "-flto=thin",
+        "-O2",
+        "-c",
+        "-o",
+        "a.o",
+        "a.c",
+    ]));
+    run(std::process::Command::new(&tc.ld.path).args([
+        "-shared",
+        "--thinlto-index-only",
+        "a.o",
+        "-o",
+        "a.so",
+    ]));
+    std::fs::write(
+        d.join(".a.o.cmd"),
+        "savedcmd_a.o := ./cc -flto=thin -O2 -c -o a.o a.c\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("index"), "a.o\n").unwrap();
+    std::fs::write(
+        d.join("cc"),
+        format!(
+            "#!/bin/sh\nenv > cc.env\nexec {} \"$@\"\n",
+            tc.cc.path.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("cc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    t
+}
+
+/// The `authorization` values of every call the fake saw since the last
+/// look (there is at least one: GetCapabilities).
+fn seen_auth(server: &Server) -> BTreeSet<Option<String>> {
+    let calls = std::mem::take(&mut server.fake.0.lock().unwrap().calls);
+    assert!(!calls.is_empty(), "no call reached the server");
+    calls.into_iter().map(|(_, a)| a).collect()
+}
+
+#[test]
+fn headers_from_a_file_and_the_environment_reach_the_server() {
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let t = one_object_tree();
+    std::fs::write(
+        t.path().join("headers"),
+        "# the CI's token\nauthorization: Bearer from-file\n\nx-team=kernel\n",
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinlto-backend"))
+            .current_dir(t.path())
+            .args(["-B", "--index", "index", "--cache-dir", "cache"])
+            .args(["--remote-cache", &server.url])
+            .args(args)
+            .env("CC", "./cc")
+            .env_remove("THINLTO_REMOTE_HEADERS")
+            .env_remove("THINLTO_REMOTE_HEADER_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let one = |v: &str| BTreeSet::from([Some(v.to_string())]);
+
+    // From the file (by flag, then by its variable): on every call, and
+    // said to go in the clear.
+    let (ok, err) = run(&[], &["--explain", "--remote-header-file", "headers"]);
+    assert!(ok, "{err}");
+    assert_eq!(seen_auth(&server), one("Bearer from-file"));
+    assert!(
+        err.contains("the header authorization goes to grpc://127.0.0.1:")
+            && err.contains("over plaintext gRPC"),
+        "{err}"
+    );
+    let (ok, err) = run(&[("THINLTO_REMOTE_HEADER_FILE", "headers")], &["--explain"]);
+    assert!(ok, "{err}");
+    assert_eq!(seen_auth(&server), one("Bearer from-file"));
+
+    // From the environment, through a whole run: on every call, and not
+    // in the compiler's environment.
+    let (ok, err) = run(
+        &[("THINLTO_REMOTE_HEADERS", "authorization: Bearer from-env\n")],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(seen_auth(&server), one("Bearer from-env"));
+    let cc_env = std::fs::read_to_string(t.path().join("cc.env")).expect("the compile ran");
+    assert!(!cc_env.contains("from-env"), "{cc_env}");
+
+    // The flag wins over the file, the file over the environment.
+    let env = [("THINLTO_REMOTE_HEADERS", "authorization: Bearer from-env")];
+    let (ok, err) = run(&env, &["--explain", "--remote-header-file", "headers"]);
+    assert!(ok, "{err}");
+    assert_eq!(seen_auth(&server), one("Bearer from-file"));
+    let flags = [
+        "--explain",
+        "--remote-header-file",
+        "headers",
+        "--remote-header",
+        "authorization=Bearer from-flag",
+    ];
+    let (ok, err) = run(&env, &flags);
+    assert!(ok, "{err}");
+    assert_eq!(seen_auth(&server), one("Bearer from-flag"));
+
+    // A bad line: an error naming file:line, without the line (a secret).
+    std::fs::write(t.path().join("headers"), "x-team: kernel\nBearer s3cret\n").unwrap();
+    let (ok, err) = run(&[], &["--explain", "--remote-header-file", "headers"]);
+    assert!(!ok);
+    assert!(err.contains("headers:2: expected a header"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }

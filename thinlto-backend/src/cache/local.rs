@@ -140,16 +140,63 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// Who may write the cache: the one place that decides the modes of its
+/// directories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// The user's alone: directories are created 0700 (whoever can write
+    /// a cache decides what every reader of it links).
+    #[default]
+    Private,
+    /// Declared shared (`--cache-shared`): directories get 0777 less the
+    /// umask, as any program's would; with `umask 002` and a setgid
+    /// directory of a group of trusted builders (Linux passes the setgid
+    /// bit and the group on to new subdirectories), the group shares it,
+    /// as ccache documents.
+    Shared,
+}
+
+impl Sharing {
+    fn dir_mode(self) -> u32 {
+        match self {
+            Sharing::Private => 0o700,
+            Sharing::Shared => 0o777,
+        }
+    }
+
+    /// Creates `dir` and its missing parents with this sharing's mode.
+    pub fn create_dir_all(self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(self.dir_mode())
+            .create(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))
+    }
+}
+
 pub struct LocalStore {
     root: PathBuf,
+    sharing: Sharing,
 }
 
 impl LocalStore {
-    /// The store under `dir` (created on first write).
+    /// The store under `dir` (created on first write), private.
     pub fn new(dir: &Path) -> LocalStore {
         LocalStore {
             root: dir.join("backend-v1"),
+            sharing: Sharing::Private,
         }
+    }
+
+    /// The same store, its new directories created for `sharing`.
+    pub fn with_sharing(self, sharing: Sharing) -> LocalStore {
+        LocalStore { sharing, ..self }
+    }
+
+    /// Creates the store's root directory.
+    pub fn create_root(&self) -> Result<()> {
+        self.sharing.create_dir_all(&self.root)
     }
 
     pub fn root(&self) -> &Path {
@@ -198,7 +245,7 @@ impl LocalStore {
         m.variants.insert(0, v);
         m.variants.truncate(MAX_VARIANTS);
         let p = self.manifest_path(key);
-        create_parent(&p)?;
+        self.create_parent(&p)?;
         write_atomic(&p, &serde_json::to_vec(&m)?)
     }
 
@@ -208,7 +255,7 @@ impl LocalStore {
         let p = self.blob_path(&digest);
         let size = bytes.len() as u64;
         if !std::fs::metadata(&p).is_ok_and(|m| m.len() == size) {
-            create_parent(&p)?;
+            self.create_parent(&p)?;
             write_atomic(&p, bytes)?;
         }
         Ok(BlobRef { digest, size })
@@ -429,8 +476,7 @@ impl LocalStore {
     /// Adds a run's counts, under an exclusive lock (builds of several
     /// trees end at the same time).
     pub fn add_counters(&self, c: &Counters) -> Result<()> {
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("{}: cannot create", self.root.display()))?;
+        self.create_root()?;
         let lock_path = self.root.join("stats.lock");
         let lock = std::fs::File::options()
             .create(true)
@@ -448,6 +494,11 @@ impl LocalStore {
         now.stored += c.stored;
         now.uncacheable += c.uncacheable;
         write_atomic(&self.stats_path(), &serde_json::to_vec_pretty(&now)?)
+    }
+
+    fn create_parent(&self, p: &Path) -> Result<()> {
+        let dir = p.parent().expect("store paths have a parent");
+        self.sharing.create_dir_all(dir)
     }
 }
 
@@ -520,11 +571,6 @@ fn read_own(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(len as usize);
     f.take(max).read_to_end(&mut bytes)?;
     Ok(bytes)
-}
-
-fn create_parent(p: &Path) -> Result<()> {
-    let dir = p.parent().expect("store paths have a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024,

@@ -65,10 +65,13 @@ impl Tier {
     }
 }
 
-/// Where the cache lives, how big it may grow, and the remote tier.
+/// Where the cache lives, who may write it, how big it may grow, and the
+/// remote tier.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
     pub dir: PathBuf,
+    /// `--cache-shared`: see [`local::Sharing`].
+    pub sharing: local::Sharing,
     pub max_size: u64,
     pub remote: Option<crate::config::RemoteOptions>,
 }
@@ -209,9 +212,13 @@ impl BackendCache {
         // may change directory.
         let dir = std::path::absolute(&opts.dir)
             .with_context(|| format!("{}: no such directory", opts.dir.display()))?;
-        let local = LocalStore::new(&dir);
-        std::fs::create_dir_all(local.root())
+        let local = LocalStore::new(&dir).with_sharing(opts.sharing);
+        local
+            .create_root()
             .with_context(|| format!("{}: cannot create the cache", local.root().display()))?;
+        if opts.sharing == local::Sharing::Private {
+            warn_if_not_private(&[&dir, local.root()]);
+        }
         // Traces live only while their job does: in memory (a tmpfs) when
         // there is one of ours, so that they cost no disk writes.
         let traces = trace_dir(local.root())?;
@@ -380,6 +387,12 @@ impl BackendCache {
         seconds: f64,
     ) {
         let i = &self.inner;
+        if crate::warm::shim::path().is_err() {
+            // No shim, no trace: nothing can vouch for the result (and
+            // shim::path said so, once).
+            i.uncacheable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let read = || -> Result<Finished> {
             let text = std::fs::read_to_string(trace)
                 .with_context(|| format!("{}: cannot read the trace", trace.display()))?;
@@ -664,6 +677,35 @@ impl Inner {
                 r.fail(&e);
             }
         }
+    }
+}
+
+/// One line when a cache not declared shared could be written by someone
+/// else (owned by another user, or group/other-writable): whoever can
+/// write it chooses the objects this build links.
+fn warn_if_not_private(dirs: &[&Path]) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let why = dirs.iter().find_map(|d| {
+        let m = std::fs::metadata(d).ok()?;
+        if m.uid() != euid {
+            Some(format!("{} is owned by uid {}", d.display(), m.uid()))
+        } else if m.mode() & 0o022 != 0 {
+            Some(format!(
+                "{} is writable by others (mode {:o})",
+                d.display(),
+                m.mode() & 0o7777
+            ))
+        } else {
+            None
+        }
+    });
+    if let Some(why) = why {
+        eprintln!(
+            "thinlto-backend: cache: warning: {why}: whoever can write the cache chooses what \
+             this build links (declare a shared cache with --cache-shared; see README, \"Who is trusted\")"
+        );
     }
 }
 

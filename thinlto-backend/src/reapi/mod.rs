@@ -350,7 +350,8 @@ pub struct RemoteHit {
     pub exit_code: i32,
 }
 
-/// Adds the user's metadata (`--remote-header`) and a deadline to every call.
+/// Adds the user's metadata (`--remote-header` and the others of
+/// [`crate::remote_headers`]) and a deadline to every call.
 #[derive(Clone)]
 struct Headers(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
 
@@ -392,6 +393,9 @@ impl RemoteCache {
         let headers = Headers(std::sync::Arc::new(
             parse_headers(&opts.headers).with_context(|| format!("remote cache {url}"))?,
         ));
+        if let Some(w) = crate::remote_headers::plaintext_warning(url, &opts.headers) {
+            eprintln!("thinlto-backend: remote cache: {w}");
+        }
         // Two threads: the work is waiting on the network, and the machine's
         // cores belong to the compiles.
         let rt = tokio::runtime::Builder::new_multi_thread()

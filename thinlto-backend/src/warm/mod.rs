@@ -4,7 +4,8 @@
 //! its libraries, running LLVM's static constructors and tearing down
 //! (`clang --version`: 22 ms wall, 1.3 ms of it in main). With `--warm`,
 //! thinlto-backend starts the compiler once with an LD_PRELOAD shim
-//! (`warm/zygote.c`, built by build.rs and embedded here) that stops it
+//! (`warm/zygote.c`, built by build.rs, embedded and put where only the
+//! user can write by [`shim`]) that stops it
 //! just before `main` and turns it into a fork server (a zygote): each job
 //! is a fork of that process which calls the compiler's real `main` with
 //! the job's argv, environment, working directory and standard streams
@@ -28,6 +29,8 @@
 //! scheduler has forgotten the pid. The zygote and its children die with
 //! thinlto-backend (EOF on the control socket; PDEATHSIG).
 
+pub mod shim;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,9 +42,6 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The shim, as build.rs compiled it (empty when it could not).
-static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zygote.so"));
 
 /// How long the compiler may take to load before we give up on it.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -131,12 +131,16 @@ impl Warm {
     pub fn start(cc: &str, announce: bool) -> Warm {
         ANNOUNCE.store(announce, Ordering::Relaxed);
         let mut st = STATE.lock().unwrap();
-        *st = match start(cc) {
-            Ok(s) => s,
-            Err(why) => {
-                say(&why);
-                State::Failed(None)
-            }
+        *st = match shim::path() {
+            // shim::path said why, once, for the tracing too.
+            Err(_) => State::Failed(None),
+            Ok(shim) => match start(cc, shim) {
+                Ok(s) => s,
+                Err(why) => {
+                    say(&why);
+                    State::Failed(None)
+                }
+            },
         };
         Warm(())
     }
@@ -197,38 +201,6 @@ pub(crate) fn resolve(argv0: &str) -> Option<PathBuf> {
     })
 }
 
-/// The shim in the user's cache, written atomically when missing or
-/// different (an installed binary carries its own copy); looked up once.
-fn shim_file() -> Result<PathBuf, String> {
-    static FILE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    FILE.get_or_init(write_shim_file).clone()
-}
-
-fn write_shim_file() -> Result<PathBuf, String> {
-    if SHIM.is_empty() {
-        return Err(
-            "this thinlto-backend was built without the zygote shim (no C compiler)".into(),
-        );
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        // Not a shared directory such as /tmp: what we preload must be ours.
-        .ok_or("no cache directory for the zygote shim (neither XDG_CACHE_HOME nor HOME)")?
-        .join("thinlto-dist");
-    let hash = blake3::hash(SHIM).to_hex();
-    let file = cache.join(format!("zygote-{}.so", &hash[..16]));
-    if std::fs::read(&file).is_ok_and(|b| b == SHIM) {
-        return Ok(file);
-    }
-    std::fs::create_dir_all(&cache)
-        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-    thinlto_index::fsutil::write_atomic(&file, SHIM)
-        .map_err(|e| format!("cannot write {}: {e:#}", file.display()))?;
-    Ok(file)
-}
-
 /// LD_PRELOAD with the shim first (and whatever the user preloads after).
 fn preload_with(shim: PathBuf) -> OsString {
     let mut preload = shim.into_os_string();
@@ -267,8 +239,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn start(cc: &str) -> Result<State, String> {
-    let shim = shim_file()?;
+fn start(cc: &str, shim: PathBuf) -> Result<State, String> {
     let exe = resolve(cc).ok_or_else(|| format!("cannot find the compiler {cc}"))?;
     // A wrapper that is an ELF program (ccache, sccache, distcc) would load
     // the shim and serve jobs correctly but uselessly (each one execs the
@@ -593,7 +564,7 @@ pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<Child
         cmd.env("THINLTO_TRACE", t);
         // Without the shim the trace has no header, and the result is
         // simply not stored (cache/trace.rs).
-        if let Ok(shim) = shim_file() {
+        if let Ok(shim) = shim::path() {
             cmd.env("LD_PRELOAD", preload_with(shim));
         }
     }
