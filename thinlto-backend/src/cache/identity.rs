@@ -91,7 +91,8 @@ fn file_identity(path: &Path) -> Result<String> {
     Ok(format!("blake3 {}", content_digest(path)?))
 }
 
-fn content_digest(path: &Path) -> Result<String> {
+/// blake3 of a file's content, as `plan::DigestCache` has it.
+pub(crate) fn content_digest(path: &Path) -> Result<String> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut h = blake3::Hasher::new();
