@@ -760,12 +760,12 @@ fn plugins(argv: &[String]) -> impl Iterator<Item = &str> {
 /// `-fno-integrated-as`/`-fintegrated-as` and their `-no-…` spellings).
 fn external_assembler(argv: &[String]) -> bool {
     argv.iter()
-        .filter_map(|a| match a.as_str() {
+        .rev()
+        .find_map(|a| match a.as_str() {
             "-fno-integrated-as" | "-no-integrated-as" => Some(true),
             "-fintegrated-as" | "-integrated-as" => Some(false),
             _ => None,
         })
-        .last()
         .unwrap_or(false)
 }
 
