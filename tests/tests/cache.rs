@@ -306,10 +306,14 @@ fn the_compiler_is_part_of_the_key() {
     let cc_text = format!("#!/bin/sh\nexec {} \"$@\"\n", toolchain().cc.spelled);
     script(&cc, &cc_text);
     let cc_arg = format!("--cc={}", cc.display());
-    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
+    let (stored_err, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
     assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
     let (err, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
-    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    assert_eq!(
+        with_status(&recs, JobStatus::CacheHit),
+        all(&m),
+        "{err}\nthe storing run:\n{stored_err}"
+    );
     script(&cc, &format!("{cc_text}# another build\n"));
     let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
     assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
@@ -676,8 +680,13 @@ fn a_file_changed_during_its_compile_is_not_stored() {
         uncached_blob(t.path(), cache.path())
     );
     // Unchanged during that compile: stored.
+    let (stored_err, _) = (err, ());
     let (err, recs) = cached(t.path(), cache.path(), &args);
-    assert_eq!(status_of(&recs, BLOB), JobStatus::CacheHit, "{err}");
+    assert_eq!(
+        status_of(&recs, BLOB),
+        JobStatus::CacheHit,
+        "{err}\nthe storing run:\n{stored_err}"
+    );
 }
 
 /// A compiler plugin (loaded by the dynamic loader, which no trace sees)

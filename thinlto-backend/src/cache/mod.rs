@@ -674,9 +674,11 @@ impl Inner {
             match identity::content_digest(Path::new(p)) {
                 Ok(d) => with_digests.push((p.clone(), d)),
                 // Gone since: the result cannot be vouched for.
-                Err(_) => {
-                    self.uncacheable.fetch_add(1, Ordering::Relaxed);
-                    return;
+                Err(e) => {
+                    return refuse(
+                        "gone",
+                        format!("{e:#} (read by the compile of {})", job.native),
+                    )
                 }
             }
         }
@@ -770,9 +772,11 @@ fn external_assembler(argv: &[String]) -> bool {
 }
 
 /// A change of a file's status is stamped from the kernel's coarse clock,
-/// which may lag the real time by a tick (up to 10 ms): a change stamped
-/// this much before a compile started may have come after.
-const STAMP_SLACK: Duration = Duration::from_millis(50);
+/// which may lag the real time by a tick (10 ms at the slowest common
+/// HZ, 100): a change stamped this much before a compile started may have
+/// come after. (Not more: a build that edits a file and runs the backend
+/// at once would store nothing.)
+const STAMP_SLACK: Duration = Duration::from_millis(10);
 
 /// Whether `path` (or a symlink on its way) changed since `started`, or
 /// cannot be told: by the inode change time, which no tool sets back.
