@@ -25,6 +25,34 @@ fn cached(tree: &Path, cache: &Path, args: &[&str]) -> (String, Vec<JobRecord>) 
     (err, job_records(&out.stdout))
 }
 
+/// `cached` with more environment variables for thinlto-backend (and so
+/// for its compiles).
+fn cached_env(
+    tree: &Path,
+    cache: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (String, Vec<JobRecord>) {
+    let mut cmd = tool("thinlto-backend", tree);
+    cmd.args(["--index", "out/vmlinux.thinlto-index", "--cache-dir"])
+        .arg(cache)
+        .args(args)
+        .envs(env.iter().copied());
+    let out = run_ok(&mut cmd);
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        job_records(&out.stdout),
+    )
+}
+
+/// The status of one job of a run.
+fn status_of(recs: &[JobRecord], object: &str) -> JobStatus {
+    recs.iter()
+        .find(|r| r.object == object)
+        .unwrap_or_else(|| panic!("no job for {object}: {recs:?}"))
+        .status
+}
+
 fn all(m: &thinlto_index::Manifest) -> Vec<String> {
     let mut v: Vec<String> = m.bitcode().map(|o| o.object.clone()).collect();
     v.sort();
@@ -278,10 +306,14 @@ fn the_compiler_is_part_of_the_key() {
     let cc_text = format!("#!/bin/sh\nexec {} \"$@\"\n", toolchain().cc.spelled);
     script(&cc, &cc_text);
     let cc_arg = format!("--cc={}", cc.display());
-    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
+    let (stored_err, recs) = cached(t.path(), cache.path(), &[&cc_arg]);
     assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
-    let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
-    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
+    let (err, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
+    assert_eq!(
+        with_status(&recs, JobStatus::CacheHit),
+        all(&m),
+        "{err}\nthe storing run:\n{stored_err}"
+    );
     script(&cc, &format!("{cc_text}# another build\n"));
     let (_, recs) = cached(t.path(), cache.path(), &[&cc_arg, "-B"]);
     assert_eq!(with_status(&recs, JobStatus::Built), all(&m));
@@ -650,4 +682,198 @@ fn an_unusable_cache_directory_is_said_once_and_the_build_goes_on() {
             said[0]
         );
     }
+}
+
+const BLOB: &str = "kernel/config_blob.o";
+const BLOB_NATIVE: &str = "kernel/config_blob.thinlto-native.o";
+
+/// The native of config_blob.o as a build without the cache makes it now.
+fn uncached_blob(tree: &Path, cache: &Path) -> Vec<u8> {
+    cached(tree, cache, &["-B", "--no-cache", "--only", BLOB]);
+    std::fs::read(tree.join(BLOB_NATIVE)).unwrap()
+}
+
+/// The `.incbin`'d file reached through a symlink: retargeting the link
+/// is a change (the key follows the path as the assembler opened it).
+fn a_retargeted_incbin_link_is_a_miss(extra: &[&str]) {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    thin_link(t.path());
+    let kernel = t.path().join("kernel");
+    std::fs::rename(kernel.join("config_data.txt"), kernel.join("data-a.txt")).unwrap();
+    std::fs::write(kernel.join("data-b.txt"), "CONFIG_THROUGH_B=y\n").unwrap();
+    std::os::unix::fs::symlink("data-a.txt", kernel.join("config_data.txt")).unwrap();
+    let mut args = vec!["-B", "--only", BLOB];
+    args.extend_from_slice(extra);
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(
+        status_of(&recs, BLOB),
+        JobStatus::CacheHit,
+        "stored:\n{err}"
+    );
+    let through_a = std::fs::read(t.path().join(BLOB_NATIVE)).unwrap();
+
+    std::fs::remove_file(kernel.join("config_data.txt")).unwrap();
+    std::os::unix::fs::symlink("data-b.txt", kernel.join("config_data.txt")).unwrap();
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    let through_b = std::fs::read(t.path().join(BLOB_NATIVE)).unwrap();
+    assert_ne!(through_a, through_b);
+    assert_eq!(through_b, uncached_blob(t.path(), cache.path()));
+}
+
+#[test]
+fn a_retargeted_incbin_link_is_a_miss_plain() {
+    a_retargeted_incbin_link_is_a_miss(&["--no-warm"]);
+}
+
+#[test]
+fn a_retargeted_incbin_link_is_a_miss_warm() {
+    a_retargeted_incbin_link_is_a_miss(&["--warm"]);
+}
+
+/// `-fno-integrated-as`: the driver spawns `as`, which reads the
+/// `.incbin`'d file. The compile is stored (the `.s` it wrote itself is no
+/// input), its entry has the file, and the `as` that PATH or
+/// COMPILER_PATH pick is part of the key.
+fn an_external_assembler_is_traced(extra: &[&str]) {
+    let t = sample_tree();
+    append_line(
+        &t.path().join("kernel/Kbuild"),
+        "CFLAGS_config_blob.o += -fno-integrated-as",
+    );
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = vec!["-B", "--only", BLOB];
+    args.extend_from_slice(extra);
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    assert!(!err.contains("not stored"), "{err}");
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(
+        status_of(&recs, BLOB),
+        JobStatus::CacheHit,
+        "stored:\n{err}"
+    );
+
+    set_config_data(t.path(), "CONFIG_ASSEMBLED_BY_AS=y\n");
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    let built = std::fs::read(t.path().join(BLOB_NATIVE)).unwrap();
+    assert_eq!(built, uncached_blob(t.path(), cache.path()));
+
+    // Another `as` first on PATH, or in COMPILER_PATH: not the entry of
+    // the one the first runs used.
+    let bin_dir = tempfile::tempdir().unwrap();
+    script(
+        &bin_dir.path().join("as"),
+        "#!/bin/sh\n# another assembler\nexec /usr/bin/as \"$@\"\n",
+    );
+    let mut path = bin_dir.path().as_os_str().to_owned();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap());
+    let (err, recs) = cached_env(t.path(), cache.path(), &args, &[("PATH", &path)]);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    let dir = bin_dir.path().as_os_str();
+    let (err, recs) = cached_env(t.path(), cache.path(), &args, &[("COMPILER_PATH", dir)]);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+}
+
+#[test]
+fn an_external_assembler_is_traced_plain() {
+    an_external_assembler_is_traced(&["--no-warm"]);
+}
+
+#[test]
+fn an_external_assembler_is_traced_warm() {
+    an_external_assembler_is_traced(&["--warm"]);
+}
+
+/// A file the compile read, changed after it read it (by the compiler
+/// wrapper, after the compile): its digest now is not what the object was
+/// made from, so the result is not stored.
+#[test]
+fn a_file_changed_during_its_compile_is_not_stored() {
+    let t = sample_tree();
+    thin_link(t.path());
+    let cache = tempfile::tempdir().unwrap();
+    let cc = t.path().join("mutating-cc");
+    script(
+        &cc,
+        &format!(
+            "#!/bin/sh\n{} \"$@\" || exit\nif [ -e mutate ]; then printf 'CONFIG_MUTATED=y\\n' > kernel/config_data.txt; fi\n",
+            toolchain().cc.spelled
+        ),
+    );
+    std::fs::write(t.path().join("mutate"), "").unwrap();
+    let cc_arg = format!("--cc={}", cc.display());
+    let args = ["-B", "--only", BLOB, &cc_arg];
+    let (first_err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{first_err}");
+    std::fs::remove_file(t.path().join("mutate")).unwrap();
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    assert!(first_err.contains("changed while"), "{first_err}");
+    assert_eq!(
+        std::fs::read(t.path().join(BLOB_NATIVE)).unwrap(),
+        uncached_blob(t.path(), cache.path())
+    );
+    // Unchanged during that compile: stored.
+    let (stored_err, _) = (err, ());
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(
+        status_of(&recs, BLOB),
+        JobStatus::CacheHit,
+        "{err}\nthe storing run:\n{stored_err}"
+    );
+}
+
+/// A compiler plugin (loaded by the dynamic loader, which no trace sees)
+/// and `--debug` (clang's -g: the output records the working directory)
+/// are in the key.
+#[test]
+fn plugins_and_debug_are_in_the_key() {
+    let t = sample_tree();
+    let plugin_c = t.path().join("plugin.c");
+    let build_plugin = |text: &str| {
+        std::fs::write(&plugin_c, text).unwrap();
+        run_ok(
+            Command::new(&toolchain().cc.spelled)
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(t.path().join("plugin.so"))
+                .arg(&plugin_c),
+        );
+    };
+    build_plugin("int plugin_version = 1;\n");
+    let kbuild = t.path().join("kernel/Kbuild");
+    append_line(&kbuild, "CFLAGS_config_blob.o += -fplugin=./plugin.so");
+    append_line(&kbuild, "CFLAGS_core.o += --debug");
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["-B", "--only", BLOB, "--only", "kernel/core.o"];
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::CacheHit, "{err}");
+    assert_eq!(
+        status_of(&recs, "kernel/core.o"),
+        JobStatus::CacheHit,
+        "{err}"
+    );
+
+    build_plugin("int plugin_version = 2;\n");
+    let (err, recs) = cached(t.path(), cache.path(), &args);
+    assert_eq!(status_of(&recs, BLOB), JobStatus::Built, "{err}");
+
+    // Another checkout: core.o's debug info names its directory.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("checkout");
+    xtask::flow::copy_fe_tree(t.path(), &other).unwrap();
+    thin_link(&other);
+    let (err, recs) = cached(&other, cache.path(), &args);
+    assert_eq!(status_of(&recs, "kernel/core.o"), JobStatus::Built, "{err}");
 }

@@ -10,7 +10,6 @@
 //! and the environment variables the compiler reads (`CCC_*`, `CLANG_*`,
 //! `LLVM_*`). Build ids make this cheap: no 100 MB library is hashed.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -91,20 +90,15 @@ fn file_identity(path: &Path) -> Result<String> {
     Ok(format!("blake3 {}", content_digest(path)?))
 }
 
-fn content_digest(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+/// blake3 of a file's content, as `plan::DigestCache` has it.
+pub(crate) fn content_digest(path: &Path) -> Result<String> {
+    // The one way the cache digests a file: regular files only, never
+    // blocking, bounded.
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    crate::engine::digest::digest_file(path, crate::limits::MAX_EXTRA_BYTES, |b| {
+        h.update(b);
+    })
+    .with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(h.finalize().to_hex().to_string())
 }
 

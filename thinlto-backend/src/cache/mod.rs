@@ -12,6 +12,10 @@
 //!   it, so that another checkout of the tree shares the entries), and the
 //!   working directory when the command asks for debug information (which
 //!   may record it);
+//! - the digest of every compiler plugin the argv loads (`-fpass-plugin=`,
+//!   `-fplugin=`, `-Xclang -load -Xclang P`: loaded by the dynamic loader,
+//!   which no preload traces); `COMPILER_PATH`, and `PATH` when the
+//!   command runs an external assembler (they pick the `as`);
 //! - the path and digest of the object, its shard and every module it
 //!   imports (the shard also records each imported module's hash);
 //! - the files the compile read beyond those ([`trace`]): what inline asm
@@ -19,7 +23,9 @@
 //!   preload shim. They are not known before the first compile, so a key
 //!   names a manifest of variants, each valid while its extra files keep
 //!   their digests (ccache's manifests). A compile the shim could not
-//!   trace (a static compiler) is not stored.
+//!   trace (a static compiler, a static `as`), or whose trace is
+//!   incomplete, is not stored; nor is one that read a file changed since
+//!   the compile started (its digest now is not that of what it read).
 //!
 //! Every stored output is checked against its digest when read: a
 //! corrupt, truncated or foreign entry is a miss. A cache that fails (a
@@ -39,6 +45,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -106,6 +113,8 @@ struct Finished {
     dwo: Option<Vec<u8>>,
     output: String,
     seconds: f64,
+    /// When the compile started: what it read must be older.
+    started: SystemTime,
 }
 
 /// The state the workers and the storer threads share.
@@ -115,6 +124,10 @@ struct Inner {
     max_size: u64,
     identity: String,
     cwd: PathBuf,
+    /// `COMPILER_PATH` and `PATH`, as the compiles get them: they pick the
+    /// programs the driver runs (the key has them where they matter).
+    compiler_path: Option<std::ffi::OsString>,
+    path: Option<std::ffi::OsString>,
     /// Digests of extra files, each file hashed once per run.
     digests: DigestCache,
     hits_local: AtomicU64,
@@ -239,6 +252,8 @@ impl BackendCache {
             max_size: opts.max_size,
             identity,
             cwd: std::env::current_dir().context("the working directory")?,
+            compiler_path: std::env::var_os("COMPILER_PATH"),
+            path: std::env::var_os("PATH"),
             digests: DigestCache::default(),
             hits_local: AtomicU64::new(0),
             hits_remote: AtomicU64::new(0),
@@ -375,9 +390,9 @@ impl BackendCache {
         self.traces.path().join(format!("{n}.trace"))
     }
 
-    /// Hands the result of a successful compile of `job` to the storers:
-    /// its native (and .dwo) and what it printed as they are now, and the
-    /// files its trace names.
+    /// Hands the result of a successful compile of `job`, started at
+    /// `started`, to the storers: its native (and .dwo) and what it
+    /// printed as they are now, and the files its trace names.
     pub fn store(
         &self,
         job: &BackendJob,
@@ -385,6 +400,7 @@ impl BackendCache {
         trace: &Path,
         output: &str,
         seconds: f64,
+        started: SystemTime,
     ) {
         let i = &self.inner;
         if crate::warm::shim::path().is_err() {
@@ -414,6 +430,7 @@ impl BackendCache {
                 dwo,
                 output: output.to_string(),
                 seconds,
+                started,
             })
         };
         match read() {
@@ -473,13 +490,30 @@ impl Inner {
     }
 
     /// What keys jobs apart besides their argv and inputs: the compiler,
-    /// and the working directory where the output may record it.
+    /// its plugins, the search paths for the programs it runs, and the
+    /// working directory where the output may record it.
     fn salt(&self, job: &BackendJob) -> Vec<u8> {
         let mut s = format!("compiler {}\0", self.identity).into_bytes();
-        if records_cwd(&job.argv) {
-            s.extend_from_slice(b"cwd ");
-            s.extend_from_slice(self.cwd.as_os_str().as_encoded_bytes());
+        let mut add = |what: &str, value: &[u8]| {
+            s.extend_from_slice(what.as_bytes());
+            s.push(b' ');
+            s.extend_from_slice(value);
             s.push(0);
+        };
+        if records_cwd(&job.argv) {
+            add("cwd", self.cwd.as_os_str().as_encoded_bytes());
+        }
+        for p in plugins(&job.argv) {
+            // A plugin that cannot be read is refused at store time.
+            let d = self.digests.digest(p).unwrap_or_default();
+            add("plugin", format!("{p} {d}").as_bytes());
+        }
+        if let Some(c) = &self.compiler_path {
+            add("COMPILER_PATH", c.as_encoded_bytes());
+        }
+        if external_assembler(&job.argv) {
+            let path = self.path.as_deref().unwrap_or_default();
+            add("PATH", path.as_encoded_bytes());
         }
         s
     }
@@ -615,13 +649,19 @@ impl Inner {
         if let Some(d) = &dwo_str {
             known.push(d);
         }
+        let refuse = |kind: &str, why: String| {
+            self.uncacheable.fetch_add(1, Ordering::Relaxed);
+            self.warn_once(kind, &format!("{why}; results not stored"));
+        };
+        if let Some(p) = plugins(&job.argv).find(|p| self.digests.digest(p).is_none()) {
+            return refuse(
+                "plugin",
+                format!("{}: the compiler plugin {p} cannot be read", job.native),
+            );
+        }
         let extras = match trace::extras(&f.trace, &self.cwd, &job.input.object, &known) {
             Ok(x) => x,
-            Err(e) => {
-                self.uncacheable.fetch_add(1, Ordering::Relaxed);
-                self.warn_once("untraced", &format!("{e}; results not stored"));
-                return;
-            }
+            Err(e) => return refuse("untraced", e.to_string()),
         };
         // What would be refused when read back is not stored (either tier).
         let over = extras.len() > crate::limits::MAX_EXTRAS
@@ -630,24 +670,33 @@ impl Inner {
                 .chain(f.dwo.as_ref())
                 .any(|b| b.len() as u64 > crate::limits::MAX_BLOB_BYTES);
         if over {
-            self.uncacheable.fetch_add(1, Ordering::Relaxed);
-            self.warn_once(
+            return refuse(
                 "bounds",
-                &format!(
-                    "{}: more extra files, output or object bytes than the cache keeps; results not stored",
+                format!(
+                    "{}: more extra files, output or object bytes than the cache keeps",
                     job.native
                 ),
             );
-            return;
         }
+        // Digested now, not from this run's digests (taken maybe before
+        // the compile), and only if unchanged since the compile started:
+        // then the digest now is that of what the compile read.
         let mut with_digests = Vec::with_capacity(extras.len());
         for p in &extras {
-            match self.digests.digest(p) {
-                Some(d) => with_digests.push((p.clone(), d)),
+            if changed_since(&self.cwd.join(p), f.started) {
+                return refuse(
+                    "changed",
+                    format!("{p} changed while {} compiled", job.native),
+                );
+            }
+            match identity::content_digest(Path::new(p)) {
+                Ok(d) => with_digests.push((p.clone(), d)),
                 // Gone since: the result cannot be vouched for.
-                None => {
-                    self.uncacheable.fetch_add(1, Ordering::Relaxed);
-                    return;
+                Err(e) => {
+                    return refuse(
+                        "gone",
+                        format!("{e:#} (read by the compile of {})", job.native),
+                    )
                 }
             }
         }
@@ -733,8 +782,113 @@ fn trace_dir(store: &Path) -> Result<tempfile::TempDir> {
 }
 
 /// Whether the output may record the working directory: with debug
-/// information (`-g…`, except `-g0`), DWARF's comp_dir.
+/// information (`-g…`, except `-g0`; `--debug…`, clang's spelling of
+/// `-g`), DWARF's comp_dir.
 fn records_cwd(argv: &[String]) -> bool {
+    argv.iter().any(|a| {
+        (a.starts_with("-g") && a != "-g0" && !a.starts_with("-gno-")) || a.starts_with("--debug")
+    })
+}
+
+/// The compiler plugins `argv` loads: `-fpass-plugin=P`, `-fplugin=P`,
+/// `-Xclang -load -Xclang P`.
+fn plugins(argv: &[String]) -> impl Iterator<Item = &str> {
+    argv.iter().enumerate().filter_map(|(i, a)| {
+        a.strip_prefix("-fpass-plugin=")
+            .or_else(|| a.strip_prefix("-fplugin="))
+            .or_else(|| match &argv[i..] {
+                [x1, load, x2, p, ..] if x1 == "-Xclang" && load == "-load" && x2 == "-Xclang" => {
+                    Some(p.as_str())
+                }
+                _ => None,
+            })
+    })
+}
+
+/// Whether the driver runs an external assembler (the last of
+/// `-fno-integrated-as`/`-fintegrated-as` and their `-no-…` spellings).
+fn external_assembler(argv: &[String]) -> bool {
     argv.iter()
-        .any(|a| a.starts_with("-g") && a != "-g0" && !a.starts_with("-gno-"))
+        .rev()
+        .find_map(|a| match a.as_str() {
+            "-fno-integrated-as" | "-no-integrated-as" => Some(true),
+            "-fintegrated-as" | "-integrated-as" => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+/// A change of a file's status is stamped from the kernel's coarse clock,
+/// which may lag the real time by a tick (10 ms at the slowest common
+/// HZ, 100): a change stamped this much before a compile started may have
+/// come after. (Not more: a build that edits a file and runs the backend
+/// at once would store nothing.)
+const STAMP_SLACK: Duration = Duration::from_millis(10);
+
+/// Whether `path` (or a symlink on its way) changed since `started`, or
+/// cannot be told: by the inode change time, which no tool sets back.
+fn changed_since(path: &Path, started: SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(since) = started
+        .checked_sub(STAMP_SLACK)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    else {
+        return true;
+    };
+    let changed = |m: std::fs::Metadata| {
+        let ctime = Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
+        ctime >= since
+    };
+    let Ok(m) = std::fs::metadata(path) else {
+        return true;
+    };
+    if changed(m) {
+        return true;
+    }
+    // A retargeted link changes the link, not the file it points to now.
+    path.ancestors().any(|a| {
+        std::fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink() && changed(m))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn debug_plugins_and_the_assembler_are_read_from_the_argv() {
+        assert!(records_cwd(&words("clang -c --debug a.o")));
+        assert!(records_cwd(&words("clang -c -g2 a.o")));
+        assert!(!records_cwd(&words("clang -c -g0 a.o")));
+        let argv = words(
+            "clang -fpass-plugin=p1.so -fplugin=/x/p2.so -Xclang -load -Xclang p3.so -Xclang -load",
+        );
+        assert_eq!(
+            plugins(&argv).collect::<Vec<_>>(),
+            ["p1.so", "/x/p2.so", "p3.so"]
+        );
+        assert!(external_assembler(&words("clang -fno-integrated-as -c")));
+        assert!(!external_assembler(&words(
+            "clang -no-integrated-as -fintegrated-as"
+        )));
+        assert!(!external_assembler(&words("clang -c")));
+    }
+
+    #[test]
+    fn a_file_changed_after_the_start_is_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("data");
+        std::fs::write(&f, "old").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        assert!(changed_since(&f, long_ago));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("data", &link).unwrap();
+        let future = SystemTime::now() + Duration::from_secs(3600);
+        assert!(!changed_since(&link, future));
+        assert!(changed_since(&d.path().join("missing"), future));
+    }
 }

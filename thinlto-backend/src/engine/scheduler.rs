@@ -469,6 +469,8 @@ fn build_one(
     }
     let argv = &job.argv;
     let trace = ctx.cache.map(|c| c.trace_file());
+    // What the compile read must not have changed since (cache/mod.rs).
+    let started = std::time::SystemTime::now();
     // The compiler process: a plain spawn, or a job of the warm compiler
     // (--warm, see warm.rs). A job lost with the warm compiler (it died
     // under it) runs again, plainly.
@@ -542,7 +544,7 @@ fn build_one(
         );
     }
     if let (Some(cache), Some(t)) = (ctx.cache, &trace) {
-        cache.store(job, record, t, &text, seconds);
+        cache.store(job, record, t, &text, seconds, started);
     }
     (
         JobRecord {

@@ -541,8 +541,9 @@ pub struct WarmChild {
 /// Starts the compile `argv` (stdin /dev/null, stdout and stderr piped),
 /// in the warm compiler when `--warm` started one for `argv[0]`. With
 /// `trace`, the shim appends to that file what the compile reads (the
-/// backend cache's extras, `cache/trace.rs`): a warm job gets
-/// THINLTO_TRACE in its environment, a plain spawn the shim preloaded too.
+/// backend cache's extras, `cache/trace.rs`): a warm job and a plain
+/// spawn alike get THINLTO_TRACE and the shim in LD_PRELOAD (the warm
+/// job has it loaded already; its subprocesses need it).
 pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<ChildHandle> {
     if let Some(z) = zygote_for(&argv[0]) {
         match spawn_warm(&z, argv, trace) {
@@ -578,10 +579,18 @@ pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<Child
 }
 
 fn spawn_warm(z: &Arc<Zygote>, argv: &[String], trace: Option<&Path>) -> io::Result<WarmChild> {
-    let trace_var = trace.map(|t| (OsString::from("THINLTO_TRACE"), t.as_os_str().to_owned()));
+    // Traced as a plain spawn is: THINLTO_TRACE, and the shim preloaded
+    // so that the programs the job spawns (`as`) trace themselves too.
+    let mut trace_vars = Vec::new();
+    if let Some(t) = trace {
+        trace_vars.push((OsString::from("THINLTO_TRACE"), t.as_os_str().to_owned()));
+        if let Ok(shim) = shim::path() {
+            trace_vars.push((OsString::from("LD_PRELOAD"), preload_with(shim)));
+        }
+    }
     let env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| k != "THINLTO_TRACE")
-        .chain(trace_var)
+        .filter(|(k, _)| !trace_vars.iter().any(|(t, _)| t == k))
+        .chain(trace_vars.iter().cloned())
         .map(|(k, v)| {
             let mut e = k.as_bytes().to_vec();
             e.push(b'=');

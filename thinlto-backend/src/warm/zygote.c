@@ -18,13 +18,29 @@
  * The same shim traces, for the backend cache (src/cache/), the files a
  * compile reads: with THINLTO_TRACE=FILE in a compile's environment (a
  * plain spawn preloads the shim; a job of the zygote gets it in its job
- * environment), it appends to FILE a header line "thinlto-trace 1", then
- * "r PATH" for every regular file the process opens read-only (PATH as
- * /proc/self/fd resolves it: absolute, symlinks resolved) and "x PATH" for
- * every program it execs. That is how a file that inline asm `.incbin`s
- * -- read by the backend, though in no input list -- becomes part of the
- * cache entry. A trace without the header means the shim did not load (a
- * static compiler): the cache then does not store the result.
+ * environment, with LD_PRELOAD for the programs the job spawns), every
+ * process of the compile appends to FILE, each line in one write:
+ *   "thinlto-trace 2 PID"  first, when the process starts being traced;
+ *   "r PATH"  a regular file it opened read-only;
+ *   "w PATH"  a regular file it opened for writing (the reader tells the
+ *             compile's own intermediates, such as the .s that `as`
+ *             reads under -fno-integrated-as, from its inputs);
+ *   "x PATH"  a program it execs (execve) or spawns (posix_spawn[p]);
+ *   "s PID"   the process posix_spawn started (LLVM runs `as` so; the
+ *             exec inside glibc is seen by no preload): its own header
+ *             must follow, or that process was not traced;
+ *   "! WHY"   a line could not be written whole (a path over PATH_MAX, a
+ *             failed or short write): the trace is incomplete;
+ *   "end PID" the process exits (exit, _exit) or execs having written
+ *             every line (one that ends otherwise is not trusted).
+ * PATH is as the process named it, made absolute against the working
+ * directory or the directory descriptor, symlinks NOT resolved: the cache
+ * digests the file later through the same links, so retargeting a link is
+ * a change. That is how a file that inline asm `.incbin`s -- read by the
+ * backend, though in no input list -- becomes part of the cache entry. A
+ * trace without a header means the shim did not load (a static compiler),
+ * and one whose headers and ends do not pair (a full disk) is
+ * incomplete: the cache then does not store the result.
  *
  * Protocol (SOCK_SEQPACKET unix sockets, native byte order):
  *   zygote -> client on the control socket, once:
@@ -58,7 +74,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -100,6 +118,8 @@ static char request[MAX_REQUEST];
 /* Tracing (below): -2 not looked up yet in this process (or job), -1 off,
  * else the trace file's descriptor. */
 static volatile int trace_fd = -2;
+/* A trace line of this process could not be written whole. */
+static volatile int trace_failed;
 
 static void send_msg(int fd, const void *buf, size_t len, int pass_fd)
 {
@@ -198,6 +218,7 @@ static void child(int argc, char **argv, char **env, const int *fds, pid_t zygot
     environ = env;
     /* The job's THINLTO_TRACE, not the zygote's (looked up afresh). */
     trace_fd = -2;
+    trace_failed = 0;
     program_invocation_name = argv[0];
     char *slash = strrchr(argv[0], '/');
     program_invocation_short_name = slash ? slash + 1 : argv[0];
@@ -484,6 +505,32 @@ static int zygote_main(int argc, char **argv, char **envp)
 /* ---- tracing: the files a compile reads (THINLTO_TRACE) ---- */
 
 
+/* Writes one whole line; on failure the trace is marked incomplete: a
+ * "!" line if it can still be written, and no "end" line in any case. */
+static void trace_write(int fd, const char *line, size_t n)
+{
+    ssize_t k = write(fd, line, n); /* one write: lines of concurrent writers do not mix */
+    if (k != (ssize_t)n) {
+        trace_failed = 1;
+        static const char why[] = "! a trace line could not be written\n";
+        (void)!write(fd, why, sizeof why - 1);
+    }
+}
+
+static int trace_init(void);
+
+/* Marks the trace incomplete (see trace_write). */
+static void trace_fail(const char *why)
+{
+    int fd = trace_init();
+    if (fd < 0)
+        return;
+    trace_failed = 1;
+    char line[128];
+    int n = snprintf(line, sizeof line, "! %s\n", why);
+    (void)!write(fd, line, n);
+}
+
 static int trace_init(void)
 {
     int fd = trace_fd;
@@ -495,8 +542,9 @@ static int trace_init(void)
         fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
                           0600);
         if (fd >= 0) {
-            static const char header[] = "thinlto-trace 1\n";
-            if (write(fd, header, sizeof header - 1) < 0) {
+            char header[64];
+            int n = snprintf(header, sizeof header, "thinlto-trace 2 %d\n", (int)getpid());
+            if (write(fd, header, n) != n) {
                 close(fd);
                 fd = -1;
             }
@@ -516,25 +564,87 @@ static void trace_line(char kind, const char *path)
     char line[PATH_MAX + 4];
     int n = snprintf(line, sizeof line, "%c %s\n", kind, path);
     if (n > 0 && n < (int)sizeof line)
-        (void)!write(fd, line, n); /* one write: lines of concurrent writers do not mix */
+        trace_write(fd, line, n);
+    else
+        trace_fail("a path too long to trace");
 }
 
-static void trace_open(int fd, int flags)
+/* The process ends (or execs) with every line written: says so. */
+static void trace_end(void)
 {
-    if (fd < 0 || (flags & O_ACCMODE) != O_RDONLY || (flags & O_DIRECTORY) || trace_fd == -1)
+    int fd = trace_fd;
+    if (fd < 0 || trace_failed)
+        return;
+    char line[64];
+    int n = snprintf(line, sizeof line, "end %d\n", (int)getpid());
+    trace_write(fd, line, n);
+}
+
+/* A forked child (a shell's subshell) is a process of its own: its
+ * header, so that its "end" pairs (vfork children, which only exec, get
+ * none: their exec's "end" then closes nothing, and the reader ignores
+ * it). */
+static void trace_forked(void)
+{
+    if (trace_fd < 0 || trace_failed)
+        return;
+    char header[64];
+    int n = snprintf(header, sizeof header, "thinlto-trace 2 %d\n", (int)getpid());
+    trace_write(trace_fd, header, n);
+}
+
+__attribute__((constructor)) static void trace_setup(void)
+{
+    pthread_atfork(NULL, NULL, trace_forked);
+}
+
+/* At exit (exit() or main's return; a zygote job exits so too). */
+__attribute__((destructor)) static void trace_at_exit(void)
+{
+    trace_end();
+}
+
+/* `p` made absolute against `dir` (AT_FDCWD: the working directory),
+ * symlinks left as they are; 0 on success, -1 if it does not fit. */
+static int absolute(int dir, const char *p, char *out, size_t size)
+{
+    if (p[0] == '/') {
+        if (strlen(p) >= size)
+            return -1;
+        strcpy(out, p);
+        return 0;
+    }
+    char base[PATH_MAX];
+    if (dir == AT_FDCWD) {
+        if (!getcwd(base, sizeof base))
+            return -1;
+    } else {
+        char link[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", dir);
+        ssize_t k = readlink(link, base, sizeof base - 1);
+        if (k <= 0 || k >= (ssize_t)sizeof base - 1)
+            return -1;
+        base[k] = 0;
+    }
+    int n = snprintf(out, size, "%s%s%s", base, strcmp(base, "/") ? "/" : "", p);
+    return n > 0 && (size_t)n < size ? 0 : -1;
+}
+
+static void trace_open(int dir, const char *p, int fd, int flags)
+{
+    if (fd < 0 || (flags & O_DIRECTORY) || trace_fd == -1)
         return;
     if (trace_init() < 0)
         return;
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         return;
-    char link[64], path[PATH_MAX];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t k = readlink(link, path, sizeof path - 1);
-    if (k <= 0)
+    char path[PATH_MAX];
+    if (absolute(dir, p, path, sizeof path) < 0) {
+        trace_fail("a path too long to trace");
         return;
-    path[k] = 0;
-    trace_line('r', path);
+    }
+    trace_line((flags & O_ACCMODE) == O_RDONLY ? 'r' : 'w', path);
 }
 
 #define REAL(name, type) \
@@ -548,6 +658,8 @@ typedef int (*open2_fn)(const char *, int);
 typedef int (*openat2_fn)(int, const char *, int);
 typedef FILE *(*fopen_fn)(const char *, const char *);
 typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*posix_spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+                              const posix_spawnattr_t *, char *const[], char *const[]);
 
 static mode_t mode_arg(int flags, va_list ap)
 {
@@ -563,7 +675,7 @@ static mode_t mode_arg(int flags, va_list ap)
         va_end(ap);                                       \
         REAL(name, open_fn);                              \
         int fd = real_##name(p, flags, m);                \
-        trace_open(fd, flags);                            \
+        trace_open(AT_FDCWD, p, fd, flags);               \
         return fd;                                        \
     }
 #define OPENAT_HOOK(name)                                         \
@@ -575,7 +687,7 @@ static mode_t mode_arg(int flags, va_list ap)
         va_end(ap);                                               \
         REAL(name, openat_fn);                                    \
         int fd = real_##name(dir, p, flags, m);                   \
-        trace_open(fd, flags);                                    \
+        trace_open(dir, p, fd, flags);                            \
         return fd;                                                \
     }
 OPEN_HOOK(open)
@@ -588,51 +700,138 @@ EXPORT int __open_2(const char *p, int flags)
 {
     REAL(__open_2, open2_fn);
     int fd = real___open_2(p, flags);
-    trace_open(fd, flags);
+    trace_open(AT_FDCWD, p, fd, flags);
     return fd;
 }
 EXPORT int __open64_2(const char *p, int flags)
 {
     REAL(__open64_2, open2_fn);
     int fd = real___open64_2(p, flags);
-    trace_open(fd, flags);
+    trace_open(AT_FDCWD, p, fd, flags);
     return fd;
 }
 EXPORT int __openat_2(int dir, const char *p, int flags)
 {
     REAL(__openat_2, openat2_fn);
     int fd = real___openat_2(dir, p, flags);
-    trace_open(fd, flags);
+    trace_open(dir, p, fd, flags);
     return fd;
 }
 
 /* libc's own fopen opens through an internal call no preload sees. */
-static FILE *traced_fopen(FILE *f, const char *mode)
+static FILE *traced_fopen(const char *p, FILE *f, const char *mode)
 {
-    if (f && mode[0] == 'r' && !strchr(mode, '+'))
-        trace_open(fileno(f), O_RDONLY);
+    if (f)
+        trace_open(AT_FDCWD, p, fileno(f), mode[0] == 'r' && !strchr(mode, '+') ? O_RDONLY : O_WRONLY);
     return f;
 }
 EXPORT FILE *fopen(const char *p, const char *mode)
 {
     REAL(fopen, fopen_fn);
-    return traced_fopen(real_fopen(p, mode), mode);
+    return traced_fopen(p, real_fopen(p, mode), mode);
 }
 EXPORT FILE *fopen64(const char *p, const char *mode)
 {
     REAL(fopen64, fopen_fn);
-    return traced_fopen(real_fopen64(p, mode), mode);
+    return traced_fopen(p, real_fopen64(p, mode), mode);
 }
 
-/* A wrapper script's compiler: the program it execs is an input too. */
+/* The program `p` names, absolute (searched on PATH when it has no
+ * slash, as execvp and posix_spawnp do); 0 on success. */
+static int program_path(const char *p, int search, char *out, size_t size)
+{
+    if (!search || strchr(p, '/'))
+        return absolute(AT_FDCWD, p, out, size);
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/bin:/usr/bin";
+    while (*path) {
+        const char *colon = strchrnul(path, ':');
+        int n = snprintf(out, size, "%.*s/%s", (int)(colon - path), path, p);
+        if (n > 0 && (size_t)n < size && access(out, X_OK) == 0)
+            return absolute(AT_FDCWD, out, out, size) == 0 ? 0 : -1;
+        path = *colon ? colon + 1 : colon;
+    }
+    return -1;
+}
+
+/* A wrapper script's compiler: the program it execs is an input too. The
+ * process ends here as far as its trace goes; the new program (if it
+ * loads the shim) starts its own, with the same pid. */
 EXPORT int execve(const char *p, char *const argv[], char *const envp[])
 {
     REAL(execve, execve_fn);
-    if (trace_init() >= 0 && access(p, X_OK) == 0) {
+    int traced = trace_init() >= 0 && access(p, X_OK) == 0;
+    if (traced) {
         char abs[PATH_MAX];
-        trace_line('x', realpath(p, abs) ? abs : p);
+        if (absolute(AT_FDCWD, p, abs, sizeof abs) == 0)
+            trace_line('x', abs);
+        else
+            trace_fail("a path too long to trace");
+        trace_end();
     }
-    return real_execve(p, argv, envp);
+    int r = real_execve(p, argv, envp);
+    if (traced) {
+        /* Still this program: its trace goes on. */
+        int e = errno;
+        char header[64];
+        int n = snprintf(header, sizeof header, "thinlto-trace 2 %d\n", (int)getpid());
+        trace_write(trace_fd, header, n);
+        errno = e;
+    }
+    return r;
+}
+
+/* A process that ends by _exit (a shell does) runs no destructor. */
+typedef void (*exit_fn)(int);
+EXPORT void _exit(int status)
+{
+    REAL(_exit, exit_fn);
+    trace_end();
+    real__exit(status);
+    __builtin_unreachable();
+}
+EXPORT void _Exit(int status)
+{
+    REAL(_Exit, exit_fn);
+    trace_end();
+    real__Exit(status);
+    __builtin_unreachable();
+}
+
+/* LLVM runs `as` (-fno-integrated-as) and the like by posix_spawn, whose
+ * exec inside glibc no preload sees: the program is an input, and the
+ * child must show up in the trace ("s PID"), or it was not traced. */
+static int traced_spawn(posix_spawn_fn real, int search, pid_t *pid, const char *p,
+                        const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
+                        char *const argv[], char *const envp[])
+{
+    pid_t child;
+    int r = real(&child, p, fa, attr, argv, envp);
+    if (pid)
+        *pid = child;
+    if (r == 0 && trace_init() >= 0) {
+        char abs[PATH_MAX], line[32];
+        if (program_path(p, search, abs, sizeof abs) == 0)
+            trace_line('x', abs);
+        else
+            trace_fail("a spawned program's path could not be traced");
+        snprintf(line, sizeof line, "%d", (int)child);
+        trace_line('s', line);
+    }
+    return r;
+}
+EXPORT int posix_spawn(pid_t *pid, const char *p, const posix_spawn_file_actions_t *fa,
+                       const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    REAL(posix_spawn, posix_spawn_fn);
+    return traced_spawn(real_posix_spawn, 0, pid, p, fa, attr, argv, envp);
+}
+EXPORT int posix_spawnp(pid_t *pid, const char *p, const posix_spawn_file_actions_t *fa,
+                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    REAL(posix_spawnp, posix_spawn_fn);
+    return traced_spawn(real_posix_spawnp, 1, pid, p, fa, attr, argv, envp);
 }
 
 EXPORT int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void),
@@ -640,5 +839,8 @@ EXPORT int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(v
 {
     start_fn real = (start_fn)dlsym(RTLD_NEXT, "__libc_start_main");
     real_main = main;
+    /* A traced process says so at once (a spawned one must show up in
+     * the trace even if it opens nothing). */
+    trace_init();
     return real(zygote_main, argc, argv, init, fini, rtld_fini, stack_end);
 }
