@@ -7,6 +7,7 @@ pub mod classify;
 pub mod fsutil;
 pub mod link;
 pub mod manifest;
+pub mod producer;
 pub mod toolchain;
 
 pub use archive::{archive_members, order};
