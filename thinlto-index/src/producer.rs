@@ -237,7 +237,9 @@ fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
         match abbrev[i] {
             Op::Array => {
                 // The element encoding is the next (last) operand.
-                let elt = *abbrev.get(i + 1).context("an array without an element type")?;
+                let elt = *abbrev
+                    .get(i + 1)
+                    .context("an array without an element type")?;
                 let n = r.vbr(6).context("truncated array")?;
                 if n > MAX_STRING {
                     bail!("an array of {n} elements in the identification block");
@@ -345,7 +347,11 @@ mod tests {
     fn clang19_object(extra: &[&str]) -> Vec<u8> {
         let d = tempfile::tempdir().unwrap();
         let clang = Path::new("/usr/lib/llvm-19/bin/clang");
-        assert!(clang.exists(), "{}: LLVM 19 is not installed", clang.display());
+        assert!(
+            clang.exists(),
+            "{}: LLVM 19 is not installed",
+            clang.display()
+        );
         std::fs::write(d.path().join("a.c"), "int f(int x) { return x + 1; }\n").unwrap();
         let out = std::process::Command::new(clang)
             .current_dir(d.path())
