@@ -6,8 +6,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use thinlto_backend::plan::{inputs_from_index, inputs_from_manifest, plan, Decision};
+use thinlto_backend::plan::{
+    inputs_from_index, inputs_from_manifest, plan, read_front_ends, recorded_cc, Decision, FrontEnd,
+};
 use thinlto_backend::run::{self, round3, JobRecord, JobStatus, RunOptions, Verbosity};
+use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
 /// Stage 3 of kbuild's distributed ThinLTO: every backend compile
@@ -357,11 +360,29 @@ fn stdout_error(e: impl std::borrow::Borrow<std::io::Error>) -> anyhow::Error {
     }
 }
 
+/// The process environment plus the compiler the front ends' records name
+/// (read only when no flag, LLVM= or CC names one).
+fn cc_env(args: &ToolchainArgs, front_ends: &[FrontEnd]) -> ToolEnv {
+    let mut env = ToolEnv::from_process();
+    if !thinlto_index::toolchain::named(args, &env, Role::Cc) {
+        env.tree_cc = recorded_cc(front_ends);
+    }
+    env
+}
+
 fn backend(args: RunArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let jobserver = run::jobserver_from_env();
     if args.toolchain.print_toolchain {
-        let mut tc = Toolchain::resolve(&args.toolchain)?;
+        // With --index, CC may come from the records of the tree it names.
+        let env = match &args.index {
+            Some(index) => cc_env(
+                &args.toolchain,
+                &read_front_ends(inputs_from_index(index)?)?,
+            ),
+            None => ToolEnv::from_process(),
+        };
+        let mut tc = Toolchain::resolve_in(&args.toolchain, &env)?;
         tc.probe()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", serde_json::to_string_pretty(&tc)?)
@@ -398,8 +419,13 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
             bail!("--only {:?}: no such job", args.only);
         }
     }
-    let cc = Toolchain::resolve_cc(&args.toolchain)?;
-    let mut planned = plan(inputs, &cc.spelled)?;
+    let front_ends = read_front_ends(inputs)?;
+    let cc = Toolchain::resolve_one(
+        &args.toolchain,
+        &cc_env(&args.toolchain, &front_ends),
+        Role::Cc,
+    )?;
+    let mut planned = plan(front_ends, &cc.spelled)?;
     // The plan spells `$(CC)` as one word; a CC with a launcher
     // (`ccache clang-19`) runs as its words.
     if cc.argv.len() > 1 {
@@ -524,6 +550,16 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
                 .map_err(stdout_error)?;
             }
             Decision::Run(why) => to_run.push((job, why, rec)),
+        }
+    }
+    // Was the bitcode written by this compiler's LLVM? One object (the
+    // first to compile) answers for the tree: the records name one
+    // compiler for all (or the resolution failed above), and one
+    // `--version` plus a few bytes of one file cost nothing next to a
+    // compile.
+    if let Some((job, _, _)) = to_run.first() {
+        if let Some(w) = thinlto_index::producer::mismatch(&cc, Path::new(&job.input.object)) {
+            eprintln!("thinlto-backend: warning: {w}");
         }
     }
     // Longest expected first: the last recorded duration, else the bitcode

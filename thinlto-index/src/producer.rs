@@ -43,11 +43,44 @@ pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// The compiler's version from its `--version` line (`Debian clang version
-/// 19.1.7 (3~deb12u1)` → 19.1.7).
-pub fn clang_version(line: &str) -> Option<(u32, u32, u32)> {
-    let (_, rest) = line.split_once("clang version ")?;
-    parse_version(rest)
+/// A tool's version from its `--version` line: the first word that reads
+/// as major.minor.patch (`Debian clang version 19.1.7 (3~deb12u1)`,
+/// `Debian LLD 19.1.7 (compatible with GNU linkers)` → 19.1.7).
+pub fn tool_version(line: &str) -> Option<(u32, u32, u32)> {
+    line.split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+        .and_then(parse_version)
+}
+
+/// The warning to print when `tool` is another LLVM than the one that
+/// wrote `object` (kbuild's front end): its outputs then differ from what
+/// the front end's own LLVM would make. None when they are the same, or
+/// when either version cannot be read (the check is advice, not a gate).
+/// Runs `tool --version` once.
+pub fn mismatch(tool: &crate::Tool, object: &Path) -> Option<String> {
+    let producer = producer_of(object).ok()?;
+    let made_by = producer.version()?;
+    let mut probed = tool.clone();
+    probed.probe().ok()?;
+    let line = probed.version?;
+    let runs = tool_version(&line)?;
+    let v = |(a, b, c): (u32, u32, u32)| format!("{a}.{b}.{c}");
+    (made_by != runs).then(|| {
+        format!(
+            "{} was written by {} (its IDENTIFICATION block), but {}={} is {} ({:?}, from {}): \
+             its outputs will differ from those of LLVM {}; name the front end's LLVM with --{} or {}=",
+            object.display(),
+            producer.string,
+            tool.role.var(),
+            tool.spelled,
+            v(runs),
+            line,
+            tool.origin,
+            v(made_by),
+            tool.role.var().to_ascii_lowercase(),
+            tool.role.var()
+        )
+    })
 }
 
 /// How much of a file [`producer_of`] reads: the identification block is
@@ -369,7 +402,7 @@ mod tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        clang_version(text.lines().next().unwrap()).unwrap()
+        tool_version(text.lines().next().unwrap()).unwrap()
     }
 
     #[test]
@@ -441,11 +474,15 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(
-            clang_version("Debian clang version 19.1.7 (3~deb12u1)"),
+            tool_version("Debian clang version 19.1.7 (3~deb12u1)"),
             Some((19, 1, 7))
         );
-        assert_eq!(clang_version("clang version 22.1.8git"), Some((22, 1, 8)));
-        assert_eq!(clang_version("gcc (Debian 12.2.0-14) 12.2.0"), None);
+        assert_eq!(tool_version("clang version 22.1.8git"), Some((22, 1, 8)));
+        assert_eq!(
+            tool_version("Debian LLD 19.1.7 (compatible with GNU linkers)"),
+            Some((19, 1, 7))
+        );
+        assert_eq!(tool_version("clang version 19"), None);
         let p = Producer {
             string: "LLVM19.1.7".into(),
             epoch: Some(0),

@@ -365,6 +365,13 @@ impl ToolchainArgs {
     }
 }
 
+/// Whether a flag, `LLVM=` or the environment names the tool for `role`
+/// (steps 1-3): then the tree's records need not be read.
+pub fn named(args: &ToolchainArgs, env: &ToolEnv, role: Role) -> bool {
+    let llvm = args.llvm.as_deref().or(env.llvm.as_deref());
+    args.flag(role).is_some() || llvm.is_some() || env.var(role).is_some()
+}
+
 /// Resolves the given roles from flags and `env`, in that order; the search
 /// (step 5) looks for a version providing all of them, and only them.
 pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Result<Vec<Tool>> {
@@ -375,12 +382,7 @@ pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Res
     let unnamed: Vec<Role> = roles
         .iter()
         .copied()
-        .filter(|&r| {
-            args.flag(r).is_none()
-                && llvm.is_none()
-                && env.var(r).is_none()
-                && env.tree(r).is_none()
-        })
+        .filter(|&r| !named(args, env, r) && env.tree(r).is_none())
         .collect();
     let mut tools = Vec::with_capacity(roles.len());
     for &role in roles {
