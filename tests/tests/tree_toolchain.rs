@@ -84,13 +84,14 @@ fn recorded_command(tree: &Path, native: &str) -> String {
     line.split_once(" := ").unwrap().1.to_string()
 }
 
-/// A bin directory with `clang-77`: LLVM 19's clang under another name,
+/// A bin directory with `clang-tree`: LLVM 19's clang under a name the
+/// newest-set search does not take (no version suffix),
 /// through a script that logs each run (so that a test sees it ran). The
 /// front end runs it by its path (its commands go through `/bin/sh` with
 /// this process's PATH); the two-LLVM test covers a name on PATH.
 fn renamed_clang19(bin: &Path) -> OsString {
     script(
-        &bin.join("clang-77"),
+        &bin.join("clang-tree"),
         &format!(
             "#!/bin/sh\necho \"$*\" >> \"$0.log\"\nexec {} \"$@\"\n",
             llvm(19, "clang").display()
@@ -103,9 +104,9 @@ fn renamed_clang19(bin: &Path) -> OsString {
 fn the_compiler_the_records_name_runs_when_nothing_names_one() {
     let bin = tempfile::tempdir().unwrap();
     let path = renamed_clang19(bin.path());
-    let clang77 = bin.path().join("clang-77").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang77, &llvm(19, "ld.lld"), &path);
-    std::fs::remove_file(bin.path().join("clang-77.log")).unwrap();
+    let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
+    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
+    std::fs::remove_file(bin.path().join("clang-tree.log")).unwrap();
 
     let out = backend_on(tree.path(), &path, &[]);
     assert!(out.status.success(), "{out:?}");
@@ -115,13 +116,13 @@ fn the_compiler_the_records_name_runs_when_nothing_names_one() {
         assert_eq!(r.status, JobStatus::Built, "{r:?}");
         let cmd = recorded_command(tree.path(), &r.native);
         assert!(
-            cmd.starts_with(&format!("{clang77} ")),
+            cmd.starts_with(&format!("{clang_tree} ")),
             "{}: {cmd}",
             r.native
         );
     }
     // The recorded compiler is the one that ran, once a job.
-    let log = std::fs::read_to_string(bin.path().join("clang-77.log")).unwrap();
+    let log = std::fs::read_to_string(bin.path().join("clang-tree.log")).unwrap();
     let compiles = log
         .lines()
         .filter(|l| l.contains("-fthinlto-index="))
@@ -138,7 +139,7 @@ fn the_compiler_the_records_name_runs_when_nothing_names_one() {
     let out = backend_on(tree.path(), &path, &["--print-toolchain"]);
     assert!(out.status.success(), "{out:?}");
     let tc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(tc["cc"]["spelled"], clang77.as_str(), "{tc}");
+    assert_eq!(tc["cc"]["spelled"], clang_tree.as_str(), "{tc}");
     let record = tc["cc"]["origin"]["tree-cmd-records"]
         .as_str()
         .unwrap_or_else(|| panic!("{tc}"));
@@ -158,14 +159,14 @@ fn the_compiler_the_records_name_runs_when_nothing_names_one() {
 fn records_naming_two_compilers_are_an_error_naming_both_files() {
     let bin = tempfile::tempdir().unwrap();
     let path = renamed_clang19(bin.path());
-    let clang77 = bin.path().join("clang-77").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang77, &llvm(19, "ld.lld"), &path);
+    let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
+    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
     // One object's record says another compiler built it.
     let objects = std::fs::read_to_string(tree.path().join("out/vmlinux.thinlto-index")).unwrap();
     let last = objects.lines().last().unwrap();
     let cmd_file = thinlto_cmdparse::cmd_file_for_object(Path::new(last));
     let text = std::fs::read_to_string(tree.path().join(&cmd_file)).unwrap();
-    let spelled = format!(" := {clang77} ");
+    let spelled = format!(" := {clang_tree} ");
     let at = text.find(&spelled).unwrap();
     let edited = format!(
         "{} := ccache clang-19 {}",
@@ -180,13 +181,13 @@ fn records_naming_two_compilers_are_an_error_naming_both_files() {
     assert!(
         err.contains("the tree's records name two different programs")
             && err.contains(&format!("{} runs `ccache clang-19`", cmd_file.display()))
-            && err.contains(&format!("runs `{clang77}`"))
+            && err.contains(&format!("runs `{clang_tree}`"))
             && err.contains("--cc or CC="),
         "{err}"
     );
     assert!(job_records(&out.stdout).is_empty());
     // Naming the compiler settles it.
-    let out = backend_on(tree.path(), &path, &["--cc", &clang77]);
+    let out = backend_on(tree.path(), &path, &["--cc", &clang_tree]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -203,8 +204,8 @@ fn a_compiler_of_another_llvm_than_the_bitcode_is_warned_about_once() {
             llvm(19, "clang").display()
         ),
     );
-    let clang77 = bin.path().join("clang-77").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang77, &llvm(19, "ld.lld"), &path);
+    let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
+    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
     let out = backend_on(tree.path(), &path, &["--cc", "clang-88"]);
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
