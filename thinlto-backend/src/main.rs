@@ -554,14 +554,13 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     }
     // Was the bitcode written by this compiler's LLVM? One object (the
     // first to compile) answers for the tree: the records name one
-    // compiler for all (or the resolution failed above), and one
-    // `--version` plus a few bytes of one file cost nothing next to a
-    // compile.
-    if let Some((job, _, _)) = to_run.first() {
-        if let Some(w) = thinlto_index::producer::mismatch(&cc, Path::new(&job.input.object)) {
-            eprintln!("thinlto-backend: warning: {w}");
-        }
-    }
+    // compiler for all (or the resolution failed above). The check (one
+    // `--version`, a few bytes of one file) runs beside the jobs, so that
+    // it adds no wall time, and says its warning once they are done.
+    let producer_check = to_run.first().map(|(job, _, _)| {
+        let (cc, object) = (cc.clone(), job.input.object.clone());
+        std::thread::spawn(move || thinlto_index::producer::mismatch(&cc, Path::new(&object)))
+    });
     // Longest expected first: the last recorded duration, else the bitcode
     // size scaled to seconds (only the order matters, and it puts the big
     // unknown objects first).
@@ -665,6 +664,9 @@ fn backend(args: RunArgs) -> Result<ExitCode> {
     let cache_summary = cache.as_ref().map(|c| c.finish());
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    if let Some(w) = producer_check.and_then(|t| t.join().ok().flatten()) {
+        eprintln!("thinlto-backend: warning: {w}");
     }
     if (verbosity != Verbosity::Quiet && !args.no_summary) || summary.failed > 0 {
         let cached = match &cache_summary {
