@@ -242,8 +242,10 @@ fn logging_wrapper(tree: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     script(
         &wrapper,
         &format!(
-            "#!/bin/sh\necho \"start $(date +%s%N)\" >> {log}\nsleep 0.15\n{} \"$@\"; rc=$?\necho \"end $(date +%s%N)\" >> {log}\nexit $rc\n",
-            toolchain().cc.path.display(),
+            // `--version` (the backend's producer check) is a query, not a
+            // compile: not logged.
+            "#!/bin/sh\ncase \"$1\" in --version) exec {cc} \"$@\";; esac\necho \"start $(date +%s%N)\" >> {log}\nsleep 0.15\n{cc} \"$@\"; rc=$?\necho \"end $(date +%s%N)\" >> {log}\nexit $rc\n",
+            cc = toolchain().cc.path.display(),
             log = log.display()
         ),
     );

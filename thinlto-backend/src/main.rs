@@ -8,9 +8,11 @@ use thinlto_backend::cache::local::Sharing;
 use thinlto_backend::cache::CacheOptions;
 use thinlto_backend::config::{self, Config, Mode, Warm};
 use thinlto_backend::engine::job::{inputs_from_index, inputs_from_manifest, JobInput};
+use thinlto_backend::engine::plan::read_front_ends;
 use thinlto_backend::engine::scheduler;
 use thinlto_backend::engine::{self, stdout_error, Outcome};
 use thinlto_backend::signals;
+use thinlto_index::toolchain::ToolEnv;
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 
 /// Stage 3 of kbuild's distributed ThinLTO: every backend compile
@@ -429,7 +431,15 @@ fn backend(args: RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<ExitCo
     // Taken first: the descriptors MAKEFLAGS names must not be reused.
     let jobserver = scheduler::jobserver_from_env();
     if args.toolchain.print_toolchain {
-        let mut tc = Toolchain::resolve(&args.toolchain)?;
+        // With --index, CC may come from the records of the tree it names.
+        let env = match &args.index {
+            Some(index) => engine::cc_env(
+                &args.toolchain,
+                &read_front_ends(inputs_from_index(index)?)?,
+            ),
+            None => ToolEnv::from_process(),
+        };
+        let mut tc = Toolchain::resolve_in(&args.toolchain, &env)?;
         tc.probe()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", serde_json::to_string_pretty(&tc)?)

@@ -7,7 +7,9 @@ pub mod classify;
 pub mod fsutil;
 pub mod link;
 pub mod manifest;
+pub mod producer;
 pub mod toolchain;
+pub mod tree_tools;
 
 pub use archive::{archive_members, order};
 pub use classify::{classify, classify_bytes};

@@ -12,7 +12,12 @@
 //!    *assigns* `CC = $(LLVM_PREFIX)clang$(LLVM_SUFFIX)` when LLVM is set,
 //!    and a makefile assignment overrides an environment variable;
 //! 3. the `CC`/`LD`/`AR` environment variable;
-//! 4. otherwise the newest complete `clang-N`/`ld.lld-N`/`llvm-ar-N` set on
+//! 4. the tool the tree's `.cmd` records name, when the caller read them
+//!    ([`ToolEnv::tree_cc`], [`ToolEnv::tree_ld`]): nothing above named a
+//!    tool, so kbuild would run the recorded one again, and a newer LLVM
+//!    on the machine must not silently compile differently. Records that
+//!    name two different tools are an error naming both files;
+//! 5. otherwise the newest complete `clang-N`/`ld.lld-N`/`llvm-ar-N` set on
 //!    `PATH`, or `/usr/lib/llvm-N/bin/{clang,ld.lld,llvm-ar}`.
 //!
 //! A value may be a command with arguments (`CC="ccache clang-19"`), split
@@ -34,6 +39,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+use crate::tree_tools::TreeRecord;
 
 /// The packages that provide the toolchain on Debian and Ubuntu.
 pub const APT_PACKAGES: &[&str] = &["clang-19", "lld-19", "llvm-19"];
@@ -94,6 +101,9 @@ pub enum Origin {
     Flag,
     Env,
     Llvm(String),
+    /// The tree's `.cmd` records (the first record naming the tool).
+    #[serde(rename = "tree-cmd-records")]
+    Tree(PathBuf),
     Search,
 }
 
@@ -103,6 +113,9 @@ impl fmt::Display for Origin {
             Origin::Flag => write!(f, "command-line flag"),
             Origin::Env => write!(f, "environment"),
             Origin::Llvm(v) => write!(f, "LLVM={v}"),
+            Origin::Tree(record) => {
+                write!(f, "the tree's .cmd records ({}, …)", record.display())
+            }
             Origin::Search => write!(f, "search"),
         }
     }
@@ -211,7 +224,7 @@ impl Tool {
 
 /// The index of the real program in a tool's words: the first word that is
 /// neither a launcher nor a launcher's option (`-…`) or `VAR=value`.
-fn real_program(argv: &[String]) -> usize {
+pub(crate) fn real_program(argv: &[String]) -> usize {
     let mut after_launcher = false;
     for (i, w) in argv.iter().enumerate() {
         let base = w.rsplit('/').next().unwrap_or(w);
@@ -237,10 +250,10 @@ pub struct Toolchain {
 pub struct ToolchainArgs {
     // `global`: accepted before or after a subcommand, in every tool.
     /// C compiler (kbuild's CC), a command with arguments allowed ('ccache
-    /// clang-19'); default from LLVM=, then $CC, then a search
+    /// clang-19'); default from LLVM=, then $CC, then the tree's .cmd records, then a search
     #[arg(long, value_name = "COMMAND", global = true)]
     pub cc: Option<String>,
-    /// Linker (kbuild's LD); default from LLVM=, then $LD, then a search
+    /// Linker (kbuild's LD); default from LLVM=, then $LD, then the tree's records, then a search
     #[arg(long, value_name = "COMMAND", global = true)]
     pub ld: Option<String>,
     /// Archiver (kbuild's AR); default from LLVM=, then $AR, then a search
@@ -267,6 +280,11 @@ pub struct ToolEnv {
     pub ar: Option<String>,
     pub llvm: Option<String>,
     pub path: Option<OsString>,
+    /// The compiler the tree's records name (see [`crate::tree_tools`]);
+    /// the caller reads the records it has.
+    pub tree_cc: Option<TreeRecord>,
+    /// The linker the tree's records name.
+    pub tree_ld: Option<TreeRecord>,
 }
 
 impl ToolEnv {
@@ -278,6 +296,16 @@ impl ToolEnv {
             ar: get("AR"),
             llvm: get("LLVM"),
             path: std::env::var_os("PATH"),
+            tree_cc: None,
+            tree_ld: None,
+        }
+    }
+
+    fn tree(&self, role: Role) -> Option<&TreeRecord> {
+        match role {
+            Role::Cc => self.tree_cc.as_ref(),
+            Role::Ld => self.tree_ld.as_ref(),
+            Role::Ar => None,
         }
     }
 
@@ -337,8 +365,15 @@ impl ToolchainArgs {
     }
 }
 
+/// Whether a flag, `LLVM=` or the environment names the tool for `role`
+/// (steps 1-3): then the tree's records need not be read.
+pub fn named(args: &ToolchainArgs, env: &ToolEnv, role: Role) -> bool {
+    let llvm = args.llvm.as_deref().or(env.llvm.as_deref());
+    args.flag(role).is_some() || llvm.is_some() || env.var(role).is_some()
+}
+
 /// Resolves the given roles from flags and `env`, in that order; the search
-/// (step 4) looks for a version providing all of them, and only them.
+/// (step 5) looks for a version providing all of them, and only them.
 pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Result<Vec<Tool>> {
     let llvm_value = args.llvm.as_deref().or(env.llvm.as_deref());
     let llvm = llvm_value.map(LlvmSpec::parse).transpose()?;
@@ -347,7 +382,7 @@ pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Res
     let unnamed: Vec<Role> = roles
         .iter()
         .copied()
-        .filter(|&r| args.flag(r).is_none() && llvm.is_none() && env.var(r).is_none())
+        .filter(|&r| !named(args, env, r) && env.tree(r).is_none())
         .collect();
     let mut tools = Vec::with_capacity(roles.len());
     for &role in roles {
@@ -360,6 +395,24 @@ pub fn resolve_roles(args: &ToolchainArgs, env: &ToolEnv, roles: &[Role]) -> Res
             )
         } else if let Some(v) = env.var(role) {
             (v.to_string(), Origin::Env)
+        } else if let Some(tree) = env.tree(role) {
+            match tree {
+                TreeRecord::Agreed { spelled, record } => {
+                    (spelled.clone(), Origin::Tree(record.clone()))
+                }
+                TreeRecord::Disagree { first, second } => bail!(
+                    "{}: the tree's records name two different programs: {} runs `{}`, {} runs \
+                     `{}` (the tree was built by both; kbuild would rebuild what the other \
+                     built). Say which with --{} or {}=",
+                    role.var(),
+                    first.1.display(),
+                    first.0,
+                    second.1.display(),
+                    second.0,
+                    role.var().to_ascii_lowercase(),
+                    role.var()
+                ),
+            }
         } else {
             let hit = searched.get_or_insert_with(|| search_newest(env.path.as_ref(), &unnamed));
             match hit {
@@ -667,6 +720,89 @@ mod tests {
                 .unwrap()
                 .spelled,
             "gcc"
+        );
+    }
+
+    #[test]
+    fn the_tree_records_come_after_the_environment_and_before_the_search() {
+        let d = tempfile::tempdir().unwrap();
+        fake_bin(
+            d.path(),
+            &["gcc", "clang-77", "clang-99", "ld.lld-99", "llvm-ar-99"],
+        );
+        let recorded = TreeRecord::Agreed {
+            spelled: "clang-77".into(),
+            record: "kernel/.fork.o.cmd".into(),
+        };
+        let env = ToolEnv {
+            tree_cc: Some(recorded.clone()),
+            ..env_in(d.path())
+        };
+        let none = ToolchainArgs::default();
+        // The records beat the search (clang-99 is newer).
+        let cc = Toolchain::resolve_one(&none, &env, Role::Cc).unwrap();
+        assert_eq!(cc.spelled, "clang-77");
+        assert_eq!(cc.origin, Origin::Tree("kernel/.fork.o.cmd".into()));
+        assert_eq!(
+            cc.origin.to_string(),
+            "the tree's .cmd records (kernel/.fork.o.cmd, …)"
+        );
+        // They name only CC: LD still comes from the search.
+        let tc = Toolchain::resolve_in(&none, &env).unwrap();
+        assert_eq!(tc.ld.spelled, "ld.lld-99");
+        // The environment, LLVM= and a flag each beat them.
+        let with_env = ToolEnv {
+            cc: Some("gcc".into()),
+            ..env.clone()
+        };
+        assert_eq!(
+            Toolchain::resolve_one(&none, &with_env, Role::Cc)
+                .unwrap()
+                .spelled,
+            "gcc"
+        );
+        let with_llvm = ToolEnv {
+            llvm: Some("-99".into()),
+            ..env.clone()
+        };
+        assert_eq!(
+            Toolchain::resolve_one(&none, &with_llvm, Role::Cc)
+                .unwrap()
+                .spelled,
+            "clang-99"
+        );
+        let flag = ToolchainArgs {
+            cc: Some("clang-99".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Toolchain::resolve_one(&flag, &env, Role::Cc)
+                .unwrap()
+                .origin,
+            Origin::Flag
+        );
+        // Records that disagree: an error naming both files, only when
+        // they would be used.
+        let split = ToolEnv {
+            tree_cc: Some(TreeRecord::Disagree {
+                first: ("clang-77".into(), "a/.x.o.cmd".into()),
+                second: ("clang-99".into(), "b/.y.o.cmd".into()),
+            }),
+            ..env_in(d.path())
+        };
+        let e = Toolchain::resolve_one(&none, &split, Role::Cc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a/.x.o.cmd runs `clang-77`, b/.y.o.cmd runs `clang-99`")
+                && e.contains("--cc or CC="),
+            "{e}"
+        );
+        assert_eq!(
+            Toolchain::resolve_one(&flag, &split, Role::Cc)
+                .unwrap()
+                .spelled,
+            "clang-99"
         );
     }
 

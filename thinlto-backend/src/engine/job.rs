@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use thinlto_cmdparse::{cmd_file_for_object, dot_cmd_path, shell, CmdFile, FlagsFrom};
+use thinlto_cmdparse::{dot_cmd_path, shell, CmdFile, FlagsFrom};
 use thinlto_index::Manifest;
 
 /// One backend input, as the thin link listed it.
@@ -83,10 +83,7 @@ impl BackendJob {
     /// Builds the job: `$CC <be_flags> -x ir -fno-lto
     /// -Wno-unused-command-line-argument -fthinlto-index=<summary> -c -o
     /// <native> <object>`, exactly the reference's argv and order.
-    pub fn new(input: JobInput, cc: &str) -> Result<BackendJob> {
-        let cmd_path = cmd_file_for_object(Path::new(&input.object));
-        let cmd =
-            CmdFile::read(&cmd_path).with_context(|| format!("flags for {}", input.object))?;
+    pub fn new(input: JobInput, cmd: &CmdFile, cc: &str) -> Result<BackendJob> {
         let flags = cmd
             .backend_flags()
             .with_context(|| format!("flags for {}", input.object))?;

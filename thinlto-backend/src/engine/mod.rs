@@ -18,12 +18,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::Toolchain;
 
 use crate::cache::BackendCache;
 use crate::config::{Config, Mode, Warm};
 use crate::engine::job::{native_of, BackendJob, JobInput};
-use crate::engine::plan::{plan, Decision};
+use crate::engine::plan::{plan, read_front_ends, recorded_cc, Decision, FrontEnd};
 use crate::engine::record::{round3, write_record, NativeRecord};
 use crate::engine::scheduler::{JobRecord, JobStatus, MakeJobserver, RunOptions, Verbosity};
 
@@ -66,8 +67,13 @@ pub fn run(
             bail!("--only {:?}: no such job", cfg.only);
         }
     }
-    let cc = Toolchain::resolve_cc(&cfg.toolchain)?;
-    let mut planned = plan(inputs, &cc.spelled)?;
+    let front_ends = read_front_ends(inputs)?;
+    let cc = Toolchain::resolve_one(
+        &cfg.toolchain,
+        &cc_env(&cfg.toolchain, &front_ends),
+        Role::Cc,
+    )?;
+    let mut planned = plan(front_ends, &cc.spelled)?;
     // The plan spells `$(CC)` as one word; a CC with a launcher
     // (`ccache clang-19`) runs as its words.
     if cc.argv.len() > 1 {
@@ -142,6 +148,17 @@ pub fn run(
         })
         .map_err(stdout_error)?;
     }
+    // Was the bitcode written by this compiler's LLVM? One object (the
+    // first to compile) answers for the tree: the records name one
+    // compiler for all (or the resolution failed above). The check (one
+    // `--version`, a few bytes of one file) runs beside the jobs, so that
+    // it adds no wall time, and says its warning once they are done.
+    let producer_check = to_run.first().map(|(job, _, _)| {
+        let (cc, object) = (cc.clone(), job.input.object.clone());
+        std::thread::spawn(move || {
+            thinlto_index::producer::mismatch(&cc, std::path::Path::new(&object))
+        })
+    });
     let order = longest_first(&to_run);
     let progress =
         cfg.verbosity == Verbosity::Normal && std::io::stderr().is_terminal() && to_run.len() > 1;
@@ -225,6 +242,9 @@ pub fn run(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    if let Some(w) = producer_check.and_then(|t| t.join().ok().flatten()) {
+        eprintln!("thinlto-backend: warning: {w}");
+    }
     if (cfg.verbosity != Verbosity::Quiet && cfg.summary) || summary.failed > 0 {
         let cached = match &cache_summary {
             Some(c) => format!(
@@ -262,6 +282,16 @@ pub fn run(
     } else {
         Outcome::Success
     })
+}
+
+/// The process environment plus the compiler the front ends' records name
+/// (read only when no flag, LLVM= or CC names one).
+pub fn cc_env(args: &thinlto_index::ToolchainArgs, front_ends: &[FrontEnd]) -> ToolEnv {
+    let mut env = ToolEnv::from_process();
+    if !thinlto_index::toolchain::named(args, &env, Role::Cc) {
+        env.tree_cc = recorded_cc(front_ends);
+    }
+    env
 }
 
 /// `--explain` and `--dry-run`: what a build would do, on `out`.

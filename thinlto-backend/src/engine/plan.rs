@@ -33,6 +33,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use thinlto_cmdparse::{cmd_file_for_object, CmdFile};
+use thinlto_index::tree_tools::{self, TreeRecord};
 
 use crate::engine::digest::{mtime_ns, DigestCache};
 use crate::engine::job::{BackendJob, JobInput};
@@ -132,22 +134,53 @@ fn normalize(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Builds and decides every job; a missing input is an error naming it.
-pub fn plan(inputs: Vec<JobInput>, cc: &str) -> Result<Vec<(BackendJob, Decision, NativeRecord)>> {
+/// A backend input with its front end's `.cmd` record, read.
+pub type FrontEnd = (JobInput, CmdFile);
+
+/// Reads the `.cmd` record of every input (in parallel, kept in input
+/// order; the first error in input order is reported, so that the same
+/// bad tree always gives the same message).
+pub fn read_front_ends(inputs: Vec<JobInput>) -> Result<Vec<FrontEnd>> {
     if inputs.is_empty() {
         bail!("no bitcode objects to compile (is the manifest or index empty?)");
     }
     use rayon::prelude::*;
-    let cache = DigestCache::default();
-    // Each job hashes its inputs and reads two small files: rayon spreads
-    // them over the cores, and an indexed collect keeps the input order
-    // (the order of the records and of `--explain`). Every result is
-    // collected and the first error in input order reported, so that the
-    // same bad tree always gives the same message.
-    let results: Vec<Result<(BackendJob, Decision, NativeRecord)>> = inputs
+    let results: Vec<Result<FrontEnd>> = inputs
         .into_par_iter()
-        .map(|i| {
-            let job = BackendJob::new(i, cc)?;
+        .map(|input| {
+            let cmd_path = cmd_file_for_object(Path::new(&input.object));
+            let cmd =
+                CmdFile::read(&cmd_path).with_context(|| format!("flags for {}", input.object))?;
+            Ok((input, cmd))
+        })
+        .collect();
+    results.into_iter().collect()
+}
+
+/// The compiler the front ends' records name (their `savedcmd_`), as
+/// kbuild would run it again; records without a command are not asked.
+pub fn recorded_cc(front_ends: &[FrontEnd]) -> Option<TreeRecord> {
+    tree_tools::agree(front_ends.iter().filter_map(|(_, cmd)| {
+        let spelled = tree_tools::recorded_tool(cmd.savedcmd.as_deref()?)?;
+        Some((cmd.cmd_file.as_path(), spelled))
+    }))
+}
+
+/// Builds and decides every job; a missing input is an error naming it.
+pub fn plan(
+    front_ends: Vec<FrontEnd>,
+    cc: &str,
+) -> Result<Vec<(BackendJob, Decision, NativeRecord)>> {
+    use rayon::prelude::*;
+    let cache = DigestCache::default();
+    // Each job hashes its inputs and reads its record: rayon spreads them
+    // over the cores, and an indexed collect keeps the input order (the
+    // order of the records and of `--explain`); the first error in input
+    // order is reported.
+    let results: Vec<Result<(BackendJob, Decision, NativeRecord)>> = front_ends
+        .into_par_iter()
+        .map(|(i, cmd)| {
+            let job = BackendJob::new(i, &cmd, cc)?;
             let (d, r) = decide(&job, &cache)?;
             Ok((job, d, r))
         })
