@@ -17,9 +17,11 @@
 pub mod archive;
 pub mod cache;
 pub mod plan;
+pub mod reapi;
 pub mod record;
 pub mod run;
 pub mod warm;
+pub mod worker;
 pub mod wrap;
 
 pub use plan::{BackendJob, Decision, JobInput};

@@ -199,7 +199,7 @@ pub(crate) fn resolve(argv0: &str) -> Option<PathBuf> {
 
 /// The shim in the user's cache, written atomically when missing or
 /// different (an installed binary carries its own copy); looked up once.
-fn shim_file() -> Result<PathBuf, String> {
+pub(crate) fn shim_file() -> Result<PathBuf, String> {
     static FILE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     FILE.get_or_init(write_shim_file).clone()
 }
@@ -230,7 +230,7 @@ fn write_shim_file() -> Result<PathBuf, String> {
 }
 
 /// LD_PRELOAD with the shim first (and whatever the user preloads after).
-fn preload_with(shim: PathBuf) -> OsString {
+pub(crate) fn preload_with(shim: PathBuf) -> OsString {
     let mut preload = shim.into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
         preload.push(":");

@@ -93,7 +93,7 @@ impl Digest {
         data.len() as i64 == self.size_bytes && *self == Digest::of_bytes(data)
     }
 
-    fn to_proto(&self) -> re::Digest {
+    pub(crate) fn to_proto(&self) -> re::Digest {
         re::Digest {
             hash: self.hash.clone(),
             size_bytes: self.size_bytes,
@@ -102,7 +102,7 @@ impl Digest {
 
     /// A digest from the server, if it is a well-formed SHA-256 one (a
     /// malformed one must not end up in a resource name).
-    fn from_proto(d: &re::Digest) -> Option<Digest> {
+    pub(crate) fn from_proto(d: &re::Digest) -> Option<Digest> {
         let ok = d.hash.len() == 64
             && d.hash
                 .bytes()
@@ -170,12 +170,12 @@ pub struct ActionSpec {
 pub struct ActionKey {
     /// The digest of the encoded `Action`: the action-cache key.
     pub action: Digest,
-    action_bytes: Vec<u8>,
+    pub(crate) action_bytes: Vec<u8>,
     command: Digest,
-    command_bytes: Vec<u8>,
+    pub(crate) command_bytes: Vec<u8>,
     input_root: Digest,
     /// Every `Directory` of the input root, the root included.
-    directories: BTreeMap<Digest, Vec<u8>>,
+    pub(crate) directories: BTreeMap<Digest, Vec<u8>>,
     /// The Command's output paths, to refuse storing anything else.
     output_paths: Vec<String>,
 }
@@ -359,25 +359,29 @@ pub struct RemoteHit {
 
 /// Adds the user's metadata (`--remote-header`) and a deadline to every call.
 #[derive(Clone)]
-struct Headers(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+pub(crate) struct Headers(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
 
 impl tonic::service::Interceptor for Headers {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         for (k, v) in self.0.iter() {
             req.metadata_mut().insert(k.clone(), v.clone());
         }
-        req.set_timeout(CALL_TIMEOUT);
+        // A call that set its own deadline keeps it (the Bots service's
+        // long polls of reapi::bots).
+        if !req.metadata().contains_key("grpc-timeout") {
+            req.set_timeout(CALL_TIMEOUT);
+        }
         Ok(req)
     }
 }
 
-type Svc = InterceptedService<Channel, Headers>;
+pub(crate) type Svc = InterceptedService<Channel, Headers>;
 
 /// A connected REAPI cache (see the module documentation).
 pub struct RemoteCache {
-    rt: tokio::runtime::Runtime,
-    url: String,
-    instance: String,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) url: String,
+    pub(crate) instance: String,
     cas: ContentAddressableStorageClient<Svc>,
     ac: ActionCacheClient<Svc>,
     bs: bytestream::byte_stream_client::ByteStreamClient<Svc>,
@@ -387,6 +391,8 @@ pub struct RemoteCache {
     update_enabled: bool,
     /// Makes ByteStream upload names unique within this process.
     uploads: AtomicU64,
+    /// The channel with the headers, for the other REAPI services (`reapi`).
+    pub(crate) svc: Svc,
 }
 
 impl RemoteCache {
@@ -433,6 +439,7 @@ impl RemoteCache {
                 headers.clone(),
             ),
             ac: ActionCacheClient::with_interceptor(channel.clone(), headers.clone()),
+            svc: InterceptedService::new(channel.clone(), headers.clone()),
             bs: bytestream::byte_stream_client::ByteStreamClient::with_interceptor(
                 channel, headers,
             ),
@@ -478,6 +485,22 @@ impl RemoteCache {
             return Ok(None);
         }
         let Some(plan) = FetchPlan::of(&result) else {
+            return Ok(None);
+        };
+        let Some(blobs) = self.fetch(plan.wanted()).await? else {
+            return Ok(None);
+        };
+        Ok(plan.assemble(&blobs, result.exit_code))
+    }
+
+    /// Every output and stdout/stderr blob of `result`, each verified,
+    /// whatever its exit code (remote execution, `reapi::execute`); `None`
+    /// if one is missing or does not match its digest.
+    pub(crate) async fn result_blobs(
+        &self,
+        result: &re::ActionResult,
+    ) -> Result<Option<RemoteHit>> {
+        let Some(plan) = FetchPlan::of(result) else {
             return Ok(None);
         };
         let Some(blobs) = self.fetch(plan.wanted()).await? else {
@@ -577,7 +600,10 @@ impl RemoteCache {
 
     /// The blobs of `wanted`, by digest; `None` if one is missing or does not
     /// match its digest.
-    async fn fetch(&self, wanted: Vec<Digest>) -> Result<Option<HashMap<Digest, Vec<u8>>>> {
+    pub(crate) async fn fetch(
+        &self,
+        wanted: Vec<Digest>,
+    ) -> Result<Option<HashMap<Digest, Vec<u8>>>> {
         let mut got = HashMap::new();
         let (small, large): (Vec<Digest>, Vec<Digest>) = wanted
             .into_iter()
@@ -677,7 +703,7 @@ impl RemoteCache {
     }
 
     /// FindMissingBlobs, then uploads what it names.
-    async fn upload_missing(&self, blobs: &HashMap<Digest, &[u8]>) -> Result<()> {
+    pub(crate) async fn upload_missing(&self, blobs: &HashMap<Digest, &[u8]>) -> Result<()> {
         let mut cas = self.cas.clone();
         let mut digests: Vec<&Digest> = blobs.keys().collect();
         digests.sort();
@@ -1006,7 +1032,9 @@ fn parse_headers(
 
 /// One call under [`CALL_TIMEOUT`] (tonic's own timeout ends at the reply's
 /// headers; a streamed body needs this one too).
-async fn timed<T>(call: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+pub(crate) async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded(format!(
@@ -1016,7 +1044,7 @@ async fn timed<T>(call: impl std::future::Future<Output = Result<T, Status>>) ->
 }
 
 /// A gRPC failure as an error naming the call.
-fn status_error(s: Status, call: &str) -> anyhow::Error {
+pub(crate) fn status_error(s: Status, call: &str) -> anyhow::Error {
     let mut msg = format!("{call} failed: {:?}", s.code());
     if !s.message().is_empty() {
         msg += &format!(": {}", s.message());
