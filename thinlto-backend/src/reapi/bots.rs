@@ -36,6 +36,8 @@ pub struct BotSession {
     pub worker: Option<Worker>,
     #[prost(message, repeated, tag = "5")]
     pub leases: Vec<Lease>,
+    /// BuildGrid keeps its own counter here (an integer as text): a bot
+    /// sends back what the server last answered.
     #[prost(string, tag = "7")]
     pub version: String,
 }

@@ -13,11 +13,22 @@ use crate::cache::trace;
 
 /// The files outside the compiler's installation that any compile may
 /// read: the dynamic loader's cache and the files the clang driver reads
-/// for its defaults (the distribution, for the default target). The
+/// to tell the distribution (clang's `Distro.cpp`), which only sets
+/// defaults of the target triple and the linker. The
 /// compiler's own files (its installation prefix, its executable and the
 /// shared libraries the loader resolves for it, libc included) are
 /// allowed per compiler ([`Compiler`]); so is the tracing shim itself.
-const ALLOWED_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/os-release", "/usr/lib/os-release"];
+const ALLOWED_FILES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/os-release",
+    "/usr/lib/os-release",
+    "/etc/lsb-release",
+    "/etc/debian_version",
+    "/etc/redhat-release",
+    "/etc/SuSE-release",
+    "/etc/alpine-release",
+    "/etc/gentoo-release",
+];
 /// Directories whose files any compile may read (locale data).
 const ALLOWED_DIRS: &[&str] = &["/usr/lib/locale/"];
 

@@ -206,7 +206,6 @@ fn create(shared: &Shared, client: &mut BotsClient, id: &str) -> Result<BotSessi
                 properties,
             }],
         }),
-        version: format!("thinlto-backend {}", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
     let req = CreateBotSessionRequest {
