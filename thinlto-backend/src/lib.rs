@@ -17,6 +17,8 @@
 //!   default);
 //! - [`remote_headers`]: the headers (tokens) for remote services, from
 //!   flags, a file or the environment;
+//! - [`worker`]: a REAPI farm worker (Remote Workers API, feature
+//!   `remote`): hermetic compiles for remote execution;
 //! - [`wrap`]: the compiler wrapper for kbuild's own rules
 //!   (`CC="thinlto-backend wrap clang"`);
 //! - [`archive`]: the final thin archive;
@@ -26,7 +28,8 @@
 //! Dependencies run one way: `engine` uses `cache`, `warm` and `config`;
 //! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
 //! `reapi`, never the scheduler; `reapi` uses only `config`, `limits` and
-//! `engine::digest`.
+//! `engine::digest`; `worker` uses `reapi`, `cache` (identity, trace) and
+//! `warm` (the shim).
 
 pub mod archive;
 pub mod cache;
@@ -38,6 +41,8 @@ pub mod reapi;
 pub mod remote_headers;
 pub mod signals;
 pub mod warm;
+#[cfg(feature = "remote")]
+pub mod worker;
 pub mod wrap;
 
 pub use engine::job::{BackendJob, JobInput};

@@ -90,6 +90,10 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// A REAPI farm worker: runs compile actions leased by a Remote Workers
+    /// API server (BuildGrid's Bots service), hermetic or failed
+    #[cfg(feature = "remote")]
+    Worker(thinlto_backend::worker::WorkerArgs),
     /// The backend cache: what it holds, and its upkeep
     Cache {
         #[command(subcommand)]
@@ -239,6 +243,8 @@ fn main() -> ExitCode {
         }
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
+        #[cfg(feature = "remote")]
+        Some(Verb::Worker(args)) => thinlto_backend::worker::main(args).map(|()| ExitCode::SUCCESS),
         None => backend(cli.run, header_env.as_deref()),
     };
     // A signal that came while cleanup was deferred: the cleanup is done,

@@ -34,9 +34,11 @@ pub fn ensure() -> Result<PathBuf> {
     let dir = venv_dir()?;
     let bgd = dir.join("bin/bgd");
     if bgd.is_file() {
+        ensure_psycopg2(&dir)?;
         return Ok(bgd);
     }
     install(&dir)?;
+    ensure_psycopg2(&dir)?;
     if !bgd.is_file() {
         bail!(
             "BuildGrid {VERSION} was installed into {} but it has no bin/bgd",
@@ -44,6 +46,30 @@ pub fn ensure() -> Result<PathBuf> {
         );
     }
     Ok(bgd)
+}
+
+/// psycopg2 in the venv: BuildGrid's SQL scheduler (the farm,
+/// `crate::farm`) needs it for PostgreSQL (its notifier calls psycopg2's
+/// `poll()`); pip installs `psycopg2-binary` when it is missing.
+fn ensure_psycopg2(venv: &Path) -> Result<()> {
+    let python = venv.join("bin/python");
+    let present = Command::new(&python)
+        .args(["-c", "import psycopg2"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing psycopg2-binary into {}", venv.display());
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "psycopg2-binary",
+    ]))
+    .context("cannot install psycopg2-binary into BuildGrid's venv (network access to PyPI?)")
 }
 
 /// Where the venv lives: `$XDG_CACHE_HOME/thinlto-dist/buildgrid-VERSION`,
@@ -260,7 +286,7 @@ instances:
 
 /// A port nobody listens on now (the kernel's pick; released for the
 /// server to bind, a window another process could in principle use).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .context("bind 127.0.0.1:0")?
@@ -302,27 +328,7 @@ impl Server {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let start = Instant::now();
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "BuildGrid exited ({status}) before listening on {addr}; its log ends:\n{}",
-                    self.log_tail()
-                );
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "BuildGrid did not listen on {addr} within {READY_TIMEOUT:?}; its log ends:\n{}",
-                    self.log_tail()
-                );
-            }
-            // The readiness poll (the only sleep: nothing to wait on).
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_listening(self.port, &mut self.child, &self.dir.path().join("bgd.log"))
     }
 
     /// The last lines of the server's output.
@@ -330,6 +336,37 @@ impl Server {
         let log = std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Waits until `bgd` (`child`) listens on `port`; an error with the end
+/// of its `log` if it exits first or does not within a minute.
+pub fn wait_listening(port: u16, child: &mut Child, log: &Path) -> Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let start = Instant::now();
+    let tail = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "BuildGrid exited ({status}) before listening on {addr}; its log ends:\n{}",
+                tail()
+            );
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            bail!(
+                "BuildGrid did not listen on {addr} within {READY_TIMEOUT:?}; its log ends:\n{}",
+                tail()
+            );
+        }
+        // The readiness poll (the only sleep: nothing to wait on).
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_cache;
 pub mod buildgrid;
 pub mod deps;
+pub mod farm;
 pub mod fe;
 pub mod flow;
 pub mod gen;

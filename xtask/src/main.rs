@@ -151,6 +151,10 @@ enum Verb {
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
+    /// A local REAPI farm: BuildGrid with execution on 127.0.0.1 (a private
+    /// PostgreSQL for its scheduler) and N `thinlto-backend worker`s. Prints
+    /// grpc://127.0.0.1:PORT as the first line, runs until SIGINT/SIGTERM
+    Farm(xtask::farm::FarmArgs),
     /// The project's checks: unused dependencies, cargo fmt --check, clippy -D
     /// warnings, all tests.
     Test {
@@ -456,6 +460,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Verb::Farm(args) => xtask::farm::main(&args),
         Verb::Test { rest } => run_tests(&rest),
     }
 }

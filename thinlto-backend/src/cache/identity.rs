@@ -106,7 +106,7 @@ pub(crate) fn content_digest(path: &Path) -> Result<String> {
 /// them (glibc's loader prints them and exits when
 /// LD_TRACE_LOADED_OBJECTS is set); none for a static binary or a script
 /// (whose interpreter's libraries are listed then, harmlessly).
-fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
+pub(crate) fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
     let Ok(out) = Command::new(exe)
         .env("LD_TRACE_LOADED_OBJECTS", "1")
         .env_remove("LD_PRELOAD")

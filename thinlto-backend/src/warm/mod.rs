@@ -202,7 +202,7 @@ pub(crate) fn resolve(argv0: &str) -> Option<PathBuf> {
 }
 
 /// LD_PRELOAD with the shim first (and whatever the user preloads after).
-fn preload_with(shim: PathBuf) -> OsString {
+pub(crate) fn preload_with(shim: PathBuf) -> OsString {
     let mut preload = shim.into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
         preload.push(":");

@@ -1,0 +1,229 @@
+//! Remote execution on a real farm: BuildGrid with execution and a private
+//! PostgreSQL (`xtask::farm`), real `thinlto-backend worker`s, real
+//! clang-19, the actions sent by `thinlto_backend::reapi::execute`.
+//!
+//! One test function: the farm takes seconds to start, and the checks
+//! share it (and the process's working directory, the sample tree).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use thinlto_backend::reapi::execute::{Executed, Executor, RemoteAction};
+use thinlto_backend::reapi::COMPILER_PROPERTY;
+use thinlto_backend::reapi::{ActionSpec, Digest, InputFile, RemoteOptions};
+use thinlto_backend::BackendJob;
+use thinlto_dist_tests::{bin, run_ok, sample_tree, thin_link, toolchain};
+use xtask::farm::Farm;
+
+/// An action of `argv` over the files `inputs` (relative to the working
+/// directory), for compiler identity `identity`.
+fn execute(
+    ex: &Executor,
+    argv: &[String],
+    inputs: &[&str],
+    outputs: &[&str],
+    identity: &str,
+) -> Executed {
+    let spec = ActionSpec {
+        argv: argv.to_vec(),
+        env: Vec::new(),
+        output_paths: outputs.iter().map(|o| o.to_string()).collect(),
+        inputs: inputs
+            .iter()
+            .map(|p| InputFile {
+                path: p.to_string(),
+                digest: Digest::of_file(Path::new(p)).unwrap_or_else(|e| panic!("{p}: {e}")),
+                executable: false,
+            })
+            .collect(),
+        salt: b"farm test".to_vec(),
+    };
+    let key = spec.key().unwrap();
+    ex.execute(&RemoteAction {
+        key: &key,
+        platform: vec![(COMPILER_PROPERTY.into(), identity.into())],
+        local_root: Path::new("."),
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+#[test]
+fn farm_executes_backend_jobs_hermetically() {
+    let tree = sample_tree();
+    let manifest = thin_link(tree.path());
+    std::env::set_current_dir(tree.path()).unwrap();
+    let cc = toolchain().cc.spelled.clone();
+    let identity = thinlto_backend::cache::identity::compiler_identity(std::slice::from_ref(&cc))
+        .unwrap()
+        .0;
+
+    let bgd = thinlto_dist_tests::buildgrid::bgd();
+    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    let w1 = farm.add_worker("w1", &[], &[]).unwrap();
+    // A worker whose `cc` is another program (a wrapper script of the same
+    // name): another identity, so it must get no work.
+    let fake = tempfile::tempdir().unwrap();
+    let wrapper = fake.path().join(&cc);
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", toolchain().cc.path.display()),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("+x").arg(&wrapper));
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    farm.add_worker("other", &["--compiler", &cc], &[("PATH", &path)])
+        .unwrap();
+    let ex = Executor::connect(&RemoteOptions {
+        url: farm.url.clone(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Real backend jobs, the ones that import most first: byte-identical
+    // natives from the farm.
+    let front_ends = thinlto_backend::engine::plan::read_front_ends(
+        thinlto_backend::engine::job::inputs_from_manifest(&manifest),
+    )
+    .unwrap();
+    let mut jobs: Vec<BackendJob> = front_ends
+        .into_iter()
+        .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.input.imports.as_ref().map_or(0, Vec::len)));
+    assert!(jobs[0]
+        .input
+        .imports
+        .as_ref()
+        .is_some_and(|i| !i.is_empty()));
+    for job in jobs.iter().take(3) {
+        run_ok(Command::new(&job.argv[0]).args(&job.argv[1..]));
+        let local = std::fs::read(&job.native).unwrap();
+        std::fs::remove_file(&job.native).unwrap();
+        // Every input root has the file config_blob.o's inline asm
+        // .incbin's (which the jobs importing its asm read too).
+        let mut inputs = job.content_inputs();
+        inputs.push("kernel/config_data.txt");
+        let r = execute(&ex, &job.argv, &inputs, &[&job.native], &identity);
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{}: {}",
+            job.native,
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(
+            r.outputs.get(&job.native) == Some(&local),
+            "{}: the farm's native differs from the local compile",
+            job.native
+        );
+        assert!(
+            r.worker.starts_with("w1-"),
+            "{} ran on {:?}",
+            job.native,
+            r.worker
+        );
+    }
+
+    // Hermetic or nothing: a compile that reads a file outside its input
+    // root (an absolute #include) fails, naming it.
+    let outside = tempfile::tempdir().unwrap();
+    let header = outside.path().join("outside.h");
+    std::fs::write(&header, "#define VALUE 42\n").unwrap();
+    std::fs::create_dir_all("farm").unwrap();
+    std::fs::write(
+        "farm/h.c",
+        format!(
+            "#include \"{}\"\nint value(void) {{ return VALUE; }}\n",
+            header.display()
+        ),
+    )
+    .unwrap();
+    let argv: Vec<String> = [cc.as_str(), "-c", "farm/h.c", "-o", "farm/h.o"]
+        .map(String::from)
+        .to_vec();
+    let r = execute(&ex, &argv, &["farm/h.c"], &["farm/h.o"], &identity);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_ne!(r.exit_code, 0, "a non-hermetic compile succeeded");
+    assert!(
+        stderr.contains("not hermetic") && stderr.contains(&header.display().to_string()),
+        "{stderr}"
+    );
+    assert!(r.outputs.is_empty(), "{:?}", r.outputs.keys());
+
+    // A worker killed mid-job: BuildGrid gives the lease to another. The
+    // compile includes a FIFO (not a regular file: allowed), so it blocks
+    // until this test writes it, and is known to be running on w1 when a
+    // writer can open the FIFO.
+    let fifo = outside.path().join("value.fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    std::fs::write(
+        "farm/f.c",
+        format!(
+            "#include \"{}\"\nint f(void) {{ return FROM_FIFO; }}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let argv: Vec<String> = [cc.as_str(), "-c", "farm/f.c", "-o", "farm/f.o"]
+        .map(String::from)
+        .to_vec();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| execute(&ex, &argv, &["farm/f.c"], &["farm/f.o"], &identity));
+        let held = open_fifo_writer(&fifo, &farm);
+        farm.kill_worker(w1);
+        drop(held);
+        farm.add_worker("w2", &[], &[]).unwrap();
+        let mut w = open_fifo_writer(&fifo, &farm);
+        w.write_all(b"#define FROM_FIFO 7\n").unwrap();
+        drop(w);
+        let r = run.join().unwrap();
+        assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(r.outputs.contains_key("farm/f.o"));
+        assert!(r.worker.starts_with("w2-"), "ran on {:?}", r.worker);
+    });
+
+    // The worker with the other compiler never had an action.
+    let other = std::fs::read_to_string(farm.worker_log("other")).unwrap();
+    assert!(!other.contains("lease"), "{other}");
+    let ran: Vec<_> = std::fs::read_dir(farm.worker_dir("other"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        ran.iter()
+            .all(|n| !n.to_string_lossy().starts_with("action-")),
+        "{ran:?}"
+    );
+}
+
+/// Opens `fifo` for writing once a compile has it open for reading (a
+/// non-blocking open fails with ENXIO until then).
+fn open_fifo_writer(fifo: &Path, farm: &Farm) -> std::fs::File {
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+        {
+            Ok(f) => return f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(e) => panic!("{}: {e}", fifo.display()),
+        }
+        // A bound on a wait, not a timing assertion: the lease is re-run
+        // after BuildGrid's keepalive timeout (10 s) of the dead worker.
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no compile opened {} within 2 min; logs:\n{}",
+            fifo.display(),
+            farm.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,322 @@
+//! A client of REAPI remote execution: [`Executor::execute`] runs one
+//! action on the server's workers and returns its outputs.
+//!
+//! The steps, as the REAPI v2 spec has them:
+//! 1. the Action, the Command, the input root's Directory protos and every
+//!    input file the server lacks are uploaded (`FindMissingBlobs`, then
+//!    `BatchUpdateBlobs` or `ByteStream.Write`: the cache client's
+//!    `upload_missing`); an input file is read from the client's tree and
+//!    checked against its digest first;
+//! 2. `Execute` (the server may answer from its action cache), whose
+//!    stream of `Operation`s ends with one that is `done`; a stream that
+//!    breaks before (the call's deadline, a restarted proxy) is resumed
+//!    with `WaitExecution` on the operation's name;
+//! 3. the `ExecuteResponse`'s `ActionResult`: every output and
+//!    stdout/stderr blob is fetched and checked against its digest.
+//!
+//! The action carries platform properties (`Action.platform` for v2.2
+//! servers and `Command.platform` for older ones, BuildGrid 0.4.4 among
+//! them): the farm's workers take only actions whose properties their
+//! devices advertise (`thinlto-compiler`, see `crate::worker`).
+//!
+//! Like [`RemoteCache`], the executor blocks on its own runtime and is
+//! shared by plain threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::longrunning::{operation, Operation};
+use prost::Message;
+use re::execution_client::ExecutionClient;
+use tonic::Code;
+
+use crate::reapi::{status_error, ActionKey, Digest, RemoteCache, RemoteOptions, Svc};
+
+/// How many times a broken operation stream is resumed with
+/// WaitExecution before the execution is an error.
+const MAX_RESUMES: usize = 20;
+
+/// One action to execute: what the cache's [`ActionKey`] describes, plus
+/// the platform properties a worker must have, and where the input files'
+/// contents are.
+pub struct RemoteAction<'a> {
+    pub key: &'a ActionKey,
+    /// Name → value; sorted here (REAPI wants them sorted by name).
+    pub platform: Vec<(String, String)>,
+    /// The input paths of the key are relative to this directory.
+    pub local_root: &'a Path,
+}
+
+/// What an execution gave, every blob verified.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub exit_code: i32,
+    /// Output path → content, as the ActionResult lists them.
+    pub outputs: BTreeMap<String, Vec<u8>>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The answer came from the server's action cache.
+    pub cached: bool,
+    /// The worker that ran it (`ExecutedActionMetadata.worker`).
+    pub worker: String,
+    /// The action executed (with its platform properties).
+    pub action: Digest,
+}
+
+/// A connected remote-execution client.
+pub struct Executor {
+    cas: RemoteCache,
+    exec: ExecutionClient<Svc>,
+}
+
+impl Executor {
+    /// Connects as the remote cache does (GetCapabilities included).
+    pub fn connect(opts: &RemoteOptions) -> Result<Executor> {
+        let cas = RemoteCache::connect(opts)?;
+        let exec = ExecutionClient::new(cas.svc.clone());
+        Ok(Executor { cas, exec })
+    }
+
+    /// Uploads what the server lacks, executes, waits, fetches the
+    /// outputs. An action that ran and failed is `Ok` with its exit code;
+    /// an error is an action the server could not run (or a broken
+    /// connection).
+    pub fn execute(&self, action: &RemoteAction) -> Result<Executed> {
+        self.cas
+            .rt
+            .block_on(self.execute_async(action))
+            .with_context(|| format!("remote execution on {}", self.cas.url))
+    }
+
+    async fn execute_async(&self, action: &RemoteAction<'_>) -> Result<Executed> {
+        let protos = with_platform(action.key, &action.platform)?;
+        let mut blobs: HashMap<Digest, Vec<u8>> = HashMap::new();
+        blobs.insert(protos.action.clone(), protos.action_bytes.clone());
+        blobs.insert(protos.command.clone(), protos.command_bytes.clone());
+        for (d, b) in &action.key.directories {
+            blobs.insert(d.clone(), b.clone());
+        }
+        let files = input_files(action.key)?;
+        // Only the inputs the server lacks are read, with the protos.
+        let refs: HashMap<Digest, &[u8]> = blobs.iter().map(|(d, b)| (d.clone(), &b[..])).collect();
+        let mut all = refs.clone();
+        let mut contents: HashMap<Digest, Vec<u8>> = HashMap::new();
+        for (d, path) in &files {
+            if contents.contains_key(d) {
+                continue;
+            }
+            let local = action.local_root.join(path);
+            let data = std::fs::read(&local)
+                .with_context(|| format!("{}: cannot read (an input)", local.display()))?;
+            if !d.matches(&data) {
+                bail!(
+                    "{}: changed since its digest was taken (want {d})",
+                    local.display()
+                );
+            }
+            contents.insert(d.clone(), data);
+        }
+        for (d, data) in &contents {
+            all.insert(d.clone(), data);
+        }
+        self.cas.upload_missing(&all).await?;
+
+        let req = re::ExecuteRequest {
+            instance_name: self.cas.instance.clone(),
+            action_digest: Some(protos.action.to_proto()),
+            skip_cache_lookup: false,
+            digest_function: re::digest_function::Value::Sha256 as i32,
+            ..Default::default()
+        };
+        let response = self.run_operation(req).await?;
+        if let Some(s) = response.status.as_ref().filter(|s| s.code != 0) {
+            bail!(
+                "the server could not execute action {}: {:?}: {}{}",
+                protos.action,
+                Code::from(s.code),
+                s.message,
+                if response.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", response.message)
+                }
+            );
+        }
+        let result = response
+            .result
+            .with_context(|| format!("action {}: the response has no result", protos.action))?;
+        let hit = self
+            .cas
+            .result_blobs(&result)
+            .await?
+            .with_context(|| {
+                format!(
+                    "action {}: an output of the result is missing from the CAS or does not match its digest",
+                    protos.action
+                )
+            })?;
+        Ok(Executed {
+            exit_code: result.exit_code,
+            outputs: hit.outputs,
+            stdout: hit.stdout,
+            stderr: hit.stderr,
+            cached: response.cached_result,
+            worker: result
+                .execution_metadata
+                .map(|m| m.worker)
+                .unwrap_or_default(),
+            action: protos.action,
+        })
+    }
+
+    /// Execute, then WaitExecution while the stream breaks before the
+    /// operation is done.
+    async fn run_operation(&self, req: re::ExecuteRequest) -> Result<re::ExecuteResponse> {
+        let mut exec = self.exec.clone();
+        let mut name = String::new();
+        let mut last_error = None;
+        for attempt in 0..=MAX_RESUMES {
+            let stream = if attempt == 0 {
+                exec.execute(req.clone()).await
+            } else {
+                if name.is_empty() {
+                    // Never got the operation's name: nothing to resume.
+                    break;
+                }
+                // A short pause, so a restarting server is not hammered.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                exec.wait_execution(re::WaitExecutionRequest { name: name.clone() })
+                    .await
+            };
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(s) if resumable(&s) => {
+                    last_error = Some(s);
+                    continue;
+                }
+                Err(s) => return Err(status_error(s, "Execute")),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(op)) => {
+                        if !op.name.is_empty() {
+                            name = op.name.clone();
+                        }
+                        if op.done {
+                            return done(op);
+                        }
+                    }
+                    // The stream ended before the operation was done.
+                    Ok(None) => break,
+                    Err(s) if resumable(&s) => {
+                        last_error = Some(s);
+                        break;
+                    }
+                    Err(s) => return Err(status_error(s, "Execute")),
+                }
+            }
+        }
+        match last_error {
+            Some(s) => Err(status_error(s, "Execute")),
+            None => bail!("the operation stream ended before the operation {name:?} was done"),
+        }
+    }
+}
+
+/// Errors after which the operation may still be running: its stream is
+/// resumed.
+fn resumable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+/// The ExecuteResponse of a finished operation.
+fn done(op: Operation) -> Result<re::ExecuteResponse> {
+    match op.result {
+        Some(operation::Result::Response(any)) => re::ExecuteResponse::decode(any.value.as_slice())
+            .with_context(|| format!("operation {}: a malformed ExecuteResponse", op.name)),
+        Some(operation::Result::Error(s)) => bail!(
+            "operation {} failed: {:?}: {}",
+            op.name,
+            Code::from(s.code),
+            s.message
+        ),
+        None => bail!("operation {} is done without a result", op.name),
+    }
+}
+
+/// The Action and Command of a key with platform properties added.
+pub struct PlatformProtos {
+    pub action: Digest,
+    pub action_bytes: Vec<u8>,
+    pub command: Digest,
+    pub command_bytes: Vec<u8>,
+}
+
+/// `key`'s Command and Action with `platform` in both (sorted by name,
+/// then value, as REAPI asks). No properties: the key's own protos.
+pub fn with_platform(key: &ActionKey, platform: &[(String, String)]) -> Result<PlatformProtos> {
+    let mut props: Vec<re::platform::Property> = platform
+        .iter()
+        .map(|(name, value)| re::platform::Property {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    props.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
+    let platform = (!props.is_empty()).then_some(re::Platform { properties: props });
+    let mut command = re::Command::decode(key.command_bytes.as_slice())?;
+    // Deprecated in v2.2, but what BuildGrid 0.4.4 matches workers on.
+    #[allow(deprecated)]
+    {
+        command.platform = platform.clone();
+    }
+    let command_bytes = command.encode_to_vec();
+    let command_digest = Digest::of_bytes(&command_bytes);
+    let mut a = re::Action::decode(key.action_bytes.as_slice())?;
+    a.command_digest = Some(command_digest.to_proto());
+    a.platform = platform;
+    let action_bytes = a.encode_to_vec();
+    Ok(PlatformProtos {
+        action: Digest::of_bytes(&action_bytes),
+        action_bytes,
+        command: command_digest,
+        command_bytes,
+    })
+}
+
+/// Every input file of the key's input root: digest and path.
+fn input_files(key: &ActionKey) -> Result<Vec<(Digest, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(key.input_root().clone(), PathBuf::new())];
+    while let Some((d, at)) = stack.pop() {
+        let dir = re::Directory::decode(
+            key.directories
+                .get(&d)
+                .with_context(|| format!("directory {d} is not in the key"))?
+                .as_slice(),
+        )?;
+        for f in &dir.files {
+            let fd = f
+                .digest
+                .as_ref()
+                .and_then(Digest::from_proto)
+                .context("a file without a digest")?;
+            out.push((fd, at.join(&f.name)));
+        }
+        for sub in &dir.directories {
+            let sd = sub
+                .digest
+                .as_ref()
+                .and_then(Digest::from_proto)
+                .context("a directory without a digest")?;
+            stack.push((sd, at.join(&sub.name)));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,234 @@
+//! One action on a worker: its input root materialized, the command run
+//! under the tracing shim, the trace checked (hermetic or nothing), the
+//! outputs uploaded, an ActionResult made.
+
+use std::collections::HashMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use prost::Message;
+
+use super::compilers::Compiler;
+use super::store::{fetch, BlobStore};
+use crate::reapi::COMPILER_PROPERTY;
+use crate::reapi::{Digest, RemoteCache};
+
+/// What a worker runs actions with.
+pub struct Worker<'a> {
+    pub cas: &'a RemoteCache,
+    pub store: &'a BlobStore,
+    pub compilers: &'a [Compiler],
+    /// This bot's name, for `ExecutedActionMetadata.worker`.
+    pub bot: &'a str,
+}
+
+/// Runs `action` in `dir` (a new directory, removed by the caller) and
+/// returns its result, outputs and streams uploaded. An action the worker
+/// refuses (no such compiler, another identity, a compile that was not
+/// hermetic) is a failed result (exit code 1) whose stderr says why.
+pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionResult> {
+    let command_digest = action
+        .command_digest
+        .as_ref()
+        .and_then(Digest::from_proto)
+        .context("the Action has no valid command_digest")?;
+    let root_digest = action
+        .input_root_digest
+        .as_ref()
+        .and_then(Digest::from_proto)
+        .context("the Action has no valid input_root_digest")?;
+    let command = re::Command::decode(
+        fetch(ctx.cas, vec![command_digest.clone()])?[&command_digest].as_slice(),
+    )
+    .with_context(|| format!("Command {command_digest}: malformed"))?;
+    let Some(word) = command.arguments.first() else {
+        bail!("Command {command_digest} has no arguments");
+    };
+    let compiler = match choose_compiler(ctx.compilers, word, action, &command) {
+        Ok(c) => c,
+        Err(why) => return refused(ctx, why),
+    };
+    if !command.working_directory.is_empty() {
+        return refused(
+            ctx,
+            "a working_directory other than the input root is not supported".into(),
+        );
+    }
+    let root = dir.join("root");
+    ctx.store.materialize(ctx.cas, &root_digest, &root)?;
+    #[allow(deprecated)]
+    let outputs: Vec<String> = if command.output_paths.is_empty() {
+        command.output_files.clone()
+    } else {
+        command.output_paths.clone()
+    };
+    for o in &outputs {
+        if o.starts_with('/') || o.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            bail!("output path {o:?}: not a plain relative path");
+        }
+        if let Some(parent) = root.join(o).parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    // The input the compile must be seen reading: the last argument that
+    // names an input file (the object, or the source).
+    let object = command.arguments[1..]
+        .iter()
+        .rev()
+        .find(|a| root.join(a).is_file())
+        .cloned()
+        .unwrap_or_default();
+    let trace = dir.join("trace");
+    let out = spawn(compiler, &command, &root, &trace)?
+        .wait_with_output()
+        .with_context(|| format!("running {word}"))?;
+    let mut result = re::ActionResult {
+        // Killed by a signal: 128 + its number, as a shell says.
+        exit_code: out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
+        ..Default::default()
+    };
+    let mut stderr = out.stderr;
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    if let Err(why) = super::hermetic::check(&text, &root, &object, compiler) {
+        stderr.extend_from_slice(format!("thinlto-backend worker {}: {why}\n", ctx.bot).as_bytes());
+        result.exit_code = 1;
+        return finish(ctx, result, &[], &out.stdout, &stderr);
+    }
+    let mut files = Vec::new();
+    if result.exit_code == 0 {
+        for o in &outputs {
+            let p = root.join(o);
+            if p.is_file() {
+                let data =
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                files.push((o.clone(), data));
+            }
+        }
+    }
+    finish(ctx, result, &files, &out.stdout, &stderr)
+}
+
+/// The compiler for `word`; an error saying why when this worker has none
+/// that the action's `thinlto-compiler` property names.
+fn choose_compiler<'a>(
+    compilers: &'a [Compiler],
+    word: &str,
+    action: &re::Action,
+    command: &re::Command,
+) -> std::result::Result<&'a Compiler, String> {
+    // Command.platform: deprecated in v2.2, what older clients set.
+    #[allow(deprecated)]
+    let wanted: Vec<&str> = action
+        .platform
+        .iter()
+        .chain(&command.platform)
+        .flat_map(|p| &p.properties)
+        .filter(|p| p.name == COMPILER_PROPERTY)
+        .map(|p| p.value.as_str())
+        .collect();
+    let Some(c) = compilers.iter().find(|c| c.word == word) else {
+        return Err(format!("this worker has no compiler {word}"));
+    };
+    if wanted.is_empty() {
+        return Err(format!(
+            "the action does not name its compiler's identity (platform property {COMPILER_PROPERTY})"
+        ));
+    }
+    if let Some(w) = wanted.iter().find(|w| **w != c.identity) {
+        return Err(format!(
+            "the action wants {word} with identity {w}; this worker's {word} is {}",
+            c.identity
+        ));
+    }
+    Ok(c)
+}
+
+/// The compile: the resolved executable with `argv[0]` as the action
+/// spells it, in the input root, with the Command's environment only,
+/// under the tracing shim.
+fn spawn(
+    compiler: &Compiler,
+    command: &re::Command,
+    root: &Path,
+    trace: &Path,
+) -> Result<std::process::Child> {
+    let mut cmd = Command::new(&compiler.exe);
+    cmd.arg0(&command.arguments[0])
+        .args(&command.arguments[1..])
+        .current_dir(root)
+        .env_clear()
+        .envs(
+            command
+                .environment_variables
+                .iter()
+                .map(|e| (&e.name, &e.value)),
+        )
+        .env("THINLTO_TRACE", trace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Without the shim the trace has no header, and the check fails the
+    // action: hermetic or nothing.
+    if let Ok(shim) = crate::warm::shim::path() {
+        cmd.env("LD_PRELOAD", shim);
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot run {}", compiler.exe.display()))
+}
+
+fn refused(ctx: &Worker, why: String) -> Result<re::ActionResult> {
+    let msg = format!("thinlto-backend worker {}: {why}\n", ctx.bot);
+    let result = re::ActionResult {
+        exit_code: 1,
+        ..Default::default()
+    };
+    finish(ctx, result, &[], b"", msg.as_bytes())
+}
+
+/// Uploads the outputs and streams, and completes `result` with them.
+fn finish(
+    ctx: &Worker,
+    mut result: re::ActionResult,
+    files: &[(String, Vec<u8>)],
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<re::ActionResult> {
+    let mut blobs: HashMap<Digest, &[u8]> = HashMap::new();
+    for (path, data) in files {
+        let d = Digest::of_bytes(data);
+        result.output_files.push(re::OutputFile {
+            path: path.clone(),
+            digest: Some(d.to_proto()),
+            ..Default::default()
+        });
+        blobs.insert(d, data);
+    }
+    for (data, slot) in [
+        (stdout, &mut result.stdout_digest),
+        (stderr, &mut result.stderr_digest),
+    ] {
+        if !data.is_empty() {
+            let d = Digest::of_bytes(data);
+            *slot = Some(d.to_proto());
+            blobs.insert(d, data);
+        }
+    }
+    ctx.cas.rt.block_on(ctx.cas.upload_missing(&blobs))?;
+    result.execution_metadata = Some(re::ExecutedActionMetadata {
+        worker: ctx.bot.to_string(),
+        ..Default::default()
+    });
+    Ok(result)
+}
+
+/// `dir/N`: a fresh directory for one action.
+pub fn action_dir(base: &Path, n: u64) -> PathBuf {
+    base.join(format!("action-{n}"))
+}

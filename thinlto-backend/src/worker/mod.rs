@@ -1,0 +1,326 @@
+//! `thinlto-backend worker`: a Remote Workers API bot that runs a REAPI
+//! farm's compile actions (BuildGrid's Bots service).
+//!
+//! Each of `--jobs` bot sessions (one lease at a time each) does:
+//! `CreateBotSession` with its compilers' identities as properties of its
+//! primary device (`thinlto-compiler=<identity>`, one per compiler: the
+//! scheduler gives it only actions that ask for one of them), then
+//! `UpdateBotSession` in a loop: a long poll for a lease, which BuildGrid
+//! hands out ACTIVE with the whole `Action` as its payload; the bot runs
+//! it ([`exec`]: input root from the local blob store, the compile under
+//! the tracing shim, [`hermetic`] check, outputs uploaded) while it keeps
+//! its session alive, and reports the lease COMPLETED with the
+//! `ActionResult`. A bot that dies loses its session after the server's
+//! keepalive timeout, and BuildGrid gives the lease to another bot.
+//!
+//! Not done here: the warm compiler (the zygote serves compiles in the
+//! worker's own working directory, and each action has its own input
+//! root), and cancellation of a running lease.
+
+pub mod compilers;
+pub mod exec;
+pub mod hermetic;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::protobuf::Any;
+use bazel_remote_apis::google::rpc::Status as RpcStatus;
+use prost::Message;
+
+use crate::reapi::bots::{
+    self, BotSession, BotStatus, BotsClient, CreateBotSessionRequest, Device, Lease, LeaseState,
+    Property, UpdateBotSessionRequest,
+};
+use crate::reapi::COMPILER_PROPERTY;
+use crate::reapi::{RemoteCache, RemoteOptions};
+use compilers::Compiler;
+use store::BlobStore;
+
+/// How long one UpdateBotSession may wait for work. BuildGrid answers
+/// after 80% of the smaller of this and its bot-session keepalive timeout.
+const POLL_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a bot that runs a lease tells the server it is alive: well
+/// under the keepalive timeout of `cargo xtask farm` (10 s).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// The deadline of a keepalive update (a bot at capacity is not held).
+const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Failed updates in a row after which the session is created anew.
+const MAX_UPDATE_FAILURES: u32 = 3;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The REAPI server with the Bots service: grpc://HOST:PORT or grpcs://
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The REAPI instance name
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// Leases run at once (one bot session each)
+    #[arg(long, short = 'j', default_value_t = 1)]
+    pub jobs: usize,
+    /// This worker's name (bot ids are NAME-1, NAME-2 …) [default: the host name and pid]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A compiler this worker offers, as actions spell it (repeatable) [default: every clang-N on PATH]
+    #[arg(long = "compiler", value_name = "NAME")]
+    pub compilers: Vec<String>,
+    /// Where the blob store and the input roots go [default: a new temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs the worker until a signal or a fatal error.
+pub fn main(args: WorkerArgs) -> Result<()> {
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    // Before any thread: the identities run the compilers.
+    let compilers = compilers::discover(&args.compilers)?;
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let cas = RemoteCache::connect(&RemoteOptions {
+        url: args.server.clone(),
+        instance: args.instance.clone(),
+        ..Default::default()
+    })?;
+    let temp;
+    let work = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("thinlto-worker.")
+                .tempdir()
+                .context("a work directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let store = BlobStore::new(work.join("blobs"))?;
+    for c in &compilers {
+        eprintln!(
+            "thinlto-backend worker {name}: {} ({}) {COMPILER_PROPERTY}={}",
+            c.word,
+            c.exe.display(),
+            c.identity
+        );
+    }
+    let shared = Shared {
+        cas,
+        store,
+        compilers,
+        work,
+        instance: args.instance.clone(),
+        actions: AtomicU64::new(0),
+    };
+    std::thread::scope(|s| {
+        let bots: Vec<_> = (1..=args.jobs)
+            .map(|i| {
+                let id = format!("{name}-{i}");
+                let shared = &shared;
+                s.spawn(move || bot(shared, &id))
+            })
+            .collect();
+        let mut first = Ok(());
+        for b in bots {
+            let r = b
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a bot thread panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+struct Shared {
+    cas: RemoteCache,
+    store: BlobStore,
+    compilers: Vec<Compiler>,
+    work: PathBuf,
+    instance: String,
+    /// Numbers the actions' directories.
+    actions: AtomicU64,
+}
+
+/// One bot session, until a signal.
+fn bot(shared: &Shared, id: &str) -> Result<()> {
+    let mut client = BotsClient::new(shared.cas.svc.clone());
+    let mut session = create(shared, &mut client, id)?;
+    let mut failures = 0;
+    while crate::signals::pending_signal().is_none() {
+        let next = session.leases.iter().position(|l| {
+            l.state == LeaseState::Pending as i32 || l.state == LeaseState::Active as i32
+        });
+        let result = match next {
+            Some(i) => run_lease(shared, &mut client, &mut session, i, id),
+            None => update(shared, &mut client, &session, POLL_DEADLINE),
+        };
+        match result {
+            Ok(s) => {
+                session = s;
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("thinlto-backend worker {id}: {e:#}");
+                if failures >= MAX_UPDATE_FAILURES {
+                    std::thread::sleep(Duration::from_secs(1));
+                    session = create(shared, &mut client, id)?;
+                    failures = 0;
+                } else {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create(shared: &Shared, client: &mut BotsClient, id: &str) -> Result<BotSession> {
+    let properties = shared
+        .compilers
+        .iter()
+        .map(|c| Property {
+            key: COMPILER_PROPERTY.into(),
+            value: c.identity.clone(),
+        })
+        .collect();
+    let session = BotSession {
+        bot_id: id.to_string(),
+        status: BotStatus::Ok as i32,
+        worker: Some(bots::Worker {
+            devices: vec![Device {
+                handle: id.to_string(),
+                properties,
+            }],
+        }),
+        ..Default::default()
+    };
+    let req = CreateBotSessionRequest {
+        parent: shared.instance.clone(),
+        bot_session: Some(session),
+    };
+    shared.cas.rt.block_on(client.create(req)).with_context(|| {
+        format!(
+            "bot {id}: cannot create a bot session on {}",
+            shared.cas.url
+        )
+    })
+}
+
+fn update(
+    shared: &Shared,
+    client: &mut BotsClient,
+    session: &BotSession,
+    deadline: Duration,
+) -> Result<BotSession> {
+    let req = UpdateBotSessionRequest {
+        name: session.name.clone(),
+        bot_session: Some(session.clone()),
+    };
+    shared.cas.rt.block_on(client.update(req, deadline))
+}
+
+/// Runs lease `i` of `session`, keeping the session alive meanwhile, and
+/// reports it COMPLETED: the session the server answers with.
+fn run_lease(
+    shared: &Shared,
+    client: &mut BotsClient,
+    session: &mut BotSession,
+    i: usize,
+    id: &str,
+) -> Result<BotSession> {
+    let lease_id = session.leases[i].id.clone();
+    session.leases[i].state = LeaseState::Active as i32;
+    let action = session.leases[i]
+        .payload
+        .as_ref()
+        .map(|p| re::Action::decode(p.value.as_slice()));
+    let outcome: Result<re::ActionResult> = match action {
+        None => Err(anyhow::anyhow!("lease {lease_id} has no payload")),
+        Some(Err(e)) => Err(anyhow::anyhow!(
+            "lease {lease_id}: the payload is not an Action: {e}"
+        )),
+        Some(Ok(action)) => {
+            let n = shared.actions.fetch_add(1, Ordering::Relaxed);
+            let dir = exec::action_dir(&shared.work, n);
+            let (tx, rx) = mpsc::channel();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let ctx = exec::Worker {
+                        cas: &shared.cas,
+                        store: &shared.store,
+                        compilers: &shared.compilers,
+                        bot: id,
+                    };
+                    let r = std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))
+                        .and_then(|()| exec::run(&ctx, &action, &dir));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = tx.send(r);
+                });
+                loop {
+                    match rx.recv_timeout(KEEPALIVE_INTERVAL) {
+                        Ok(r) => break r,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // Alive: the lease stays ACTIVE (a failed
+                            // keepalive is retried at the next tick).
+                            if let Ok(s) = update(shared, client, session, KEEPALIVE_DEADLINE) {
+                                *session = s;
+                                for l in &mut session.leases {
+                                    if l.id == lease_id {
+                                        l.state = LeaseState::Active as i32;
+                                    }
+                                }
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            break Err(anyhow::anyhow!("the action's thread died"))
+                        }
+                    }
+                }
+            })
+        }
+    };
+    let (result, status) = match outcome {
+        Ok(r) => (Some(r), RpcStatus::default()),
+        Err(e) => {
+            eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e:#}");
+            (
+                None,
+                RpcStatus {
+                    code: tonic::Code::Internal as i32,
+                    message: format!("{e:#}"),
+                    ..Default::default()
+                },
+            )
+        }
+    };
+    let Some(lease) = session.leases.iter_mut().find(|l| l.id == lease_id) else {
+        // The server took the lease back meanwhile: nothing to report.
+        return update(shared, client, session, KEEPALIVE_DEADLINE);
+    };
+    *lease = Lease {
+        id: lease_id,
+        state: LeaseState::Completed as i32,
+        status: Some(status),
+        result: result.map(|r| Any {
+            type_url: bots::type_url("ActionResult"),
+            value: r.encode_to_vec(),
+        }),
+        payload: None,
+    };
+    update(shared, client, session, KEEPALIVE_DEADLINE)
+}
