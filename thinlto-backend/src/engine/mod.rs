@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use thinlto_index::toolchain::{Role, ToolEnv};
-use thinlto_index::Toolchain;
+use thinlto_index::{Tool, Toolchain};
 
 use crate::cache::BackendCache;
 use crate::config::{Config, Mode, Warm};
@@ -81,6 +81,25 @@ pub fn run(
             job.argv.splice(0..1, cc.argv.iter().cloned());
         }
     }
+    run_planned(cfg, &cc, planned, jobserver, records, start)
+}
+
+/// A job, whether it must run, and the record a build of it writes.
+pub type Planned = (BackendJob, Decision, NativeRecord);
+
+/// Runs jobs planned by the caller ([`run`] plans kbuild's; another front
+/// end, such as a DTLTO distributor, brings its own) with the compiler
+/// `cc`: `-B`, the cache, `--explain`/`--dry-run`, the scheduler, the
+/// records and the summary, as [`run`] describes. `start` is when the run
+/// began (the summary's wall time).
+pub fn run_planned(
+    cfg: &Config,
+    cc: &Tool,
+    mut planned: Vec<Planned>,
+    jobserver: MakeJobserver,
+    records: &mut (dyn Write + Send),
+    start: Instant,
+) -> Result<Outcome> {
     if cfg.always_make {
         for p in &mut planned {
             if matches!(p.1, Decision::UpToDate | Decision::Adopt) {
