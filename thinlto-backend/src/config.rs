@@ -33,6 +33,16 @@ pub struct Config {
     pub warm: Warm,
     /// None: no cache.
     pub cache: Option<crate::cache::CacheOptions>,
+    /// None: every job compiles here.
+    pub remote_exec: Option<RemoteExecOptions>,
+}
+
+/// `--remote-exec`: the farm, and how many jobs it runs at once.
+#[derive(Debug, Clone)]
+pub struct RemoteExecOptions {
+    pub remote: RemoteOptions,
+    /// `--remote-jobs`; the default is [`crate::exec::DEFAULT_REMOTE_JOBS`].
+    pub jobs: usize,
 }
 
 /// Where and how to reach the REAPI server.

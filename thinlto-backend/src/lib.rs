@@ -9,6 +9,8 @@
 //!   ([`engine::scheduler`]: parallel, inside make's jobserver, longest first,
 //!   crash-safe) and their kbuild-compatible records ([`engine::record`]);
 //! - [`config`]: what a run is asked to do, and every default;
+//! - [`exec`]: remote execution of the jobs on a REAPI farm
+//!   (`--remote-exec`);
 //! - [`cache`]: the backend-job cache, local and on a REAPI server;
 //! - [`warm`]: the warm compiler (a fork server preloaded into clang; its
 //!   shim also traces the files a compile reads, for the cache; [`warm::shim`]
@@ -35,6 +37,11 @@ pub mod archive;
 pub mod cache;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "remote")]
+pub mod exec;
+#[cfg(not(feature = "remote"))]
+#[path = "exec_off.rs"]
+pub mod exec;
 pub mod limits;
 #[cfg(feature = "remote")]
 pub mod reapi;

@@ -217,6 +217,18 @@ struct RunArgs {
     /// over the file, the file over the environment
     #[arg(long, value_name = "FILE", env = "THINLTO_REMOTE_HEADER_FILE")]
     remote_header_file: Option<PathBuf>,
+    /// Run the jobs that must compile on a Remote Execution API farm:
+    /// grpc://HOST:PORT or grpcs://HOST:PORT (also THINLTO_REMOTE_EXEC;
+    /// --remote-instance, the headers and --remote-tls-ca apply). A job the
+    /// farm cannot take (debug information, a plugin, a file its input
+    /// root lacks, a farm that is down) compiles here; see README, "A
+    /// local farm"
+    #[arg(long, value_name = "URL", env = "THINLTO_REMOTE_EXEC")]
+    remote_exec: Option<String>,
+    /// Jobs on the farm at once [default: 64]; make's job slots bound only
+    /// the jobs that compile here
+    #[arg(long, value_name = "N")]
+    remote_jobs: Option<usize>,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     remote_tls_ca: Option<PathBuf>,
@@ -379,6 +391,24 @@ fn config(args: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config
         }),
         None => None,
     };
+    let remote_exec = match args.remote_exec.clone().filter(|u| !u.is_empty()) {
+        Some(url) => Some(config::RemoteExecOptions {
+            remote: config::RemoteOptions {
+                url,
+                instance: args.remote_instance.clone(),
+                headers: thinlto_backend::remote_headers::gather(
+                    header_env,
+                    &args.remote_header,
+                    args.remote_header_file.as_slice(),
+                )?,
+                tls_ca: args.remote_tls_ca.clone(),
+            },
+            jobs: args
+                .remote_jobs
+                .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
+        }),
+        None => None,
+    };
     let shared = args.cache_shared || config::env_switch("THINLTO_CACHE_SHARED")?.unwrap_or(false);
     let cache = dir.map(|dir| CacheOptions {
         dir,
@@ -407,6 +437,7 @@ fn config(args: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config
         always_make: args.always_make,
         warm: Warm::from_flags(args.warm, args.no_warm)?,
         cache,
+        remote_exec,
     })
 }
 

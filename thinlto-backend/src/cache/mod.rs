@@ -384,6 +384,51 @@ impl BackendCache {
         }
     }
 
+    /// The files beyond its inputs that `job`'s compile is known to read
+    /// (the newest variant's extras inside the tree, as its trace found
+    /// them): what remote execution puts into the job's input root. None
+    /// when no compile of this job was ever stored.
+    pub fn known_extras(&self, job: &BackendJob, record: &NativeRecord) -> Option<Vec<String>> {
+        let i = &self.inner;
+        let m = i.local.manifest(&i.key(job, record));
+        m.variants.first().map(|v| {
+            v.extras
+                .iter()
+                .map(|(p, _)| p.clone())
+                .filter(|p| !p.starts_with('/'))
+                .collect()
+        })
+    }
+
+    /// Stores the result of a remote compile of `job` in the local tier:
+    /// the worker ran it hermetically on exactly its inputs and `extras`
+    /// (so those are its extras, digested now), with the compiler of the
+    /// same identity.
+    pub fn store_remote(
+        &self,
+        job: &BackendJob,
+        record: &NativeRecord,
+        extras: &[String],
+        native: &[u8],
+        dwo: Option<&[u8]>,
+        output: &str,
+    ) {
+        let i = &self.inner;
+        let mut with_digests = Vec::with_capacity(extras.len());
+        for p in extras {
+            match identity::content_digest(&i.cwd.join(p)) {
+                Ok(d) => with_digests.push((p.clone(), d)),
+                Err(_) => return,
+            }
+        }
+        match i.add_local(&i.key(job, record), with_digests, native, dwo, output, None) {
+            Ok(()) => {
+                i.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => i.warn_once("store", &format!("cannot store a result: {e:#}")),
+        }
+    }
+
     /// A new trace file for one compile (`THINLTO_TRACE`).
     pub fn trace_file(&self) -> PathBuf {
         let n = self.trace_seq.fetch_add(1, Ordering::Relaxed);
@@ -784,7 +829,7 @@ fn trace_dir(store: &Path) -> Result<tempfile::TempDir> {
 /// Whether the output may record the working directory: with debug
 /// information (`-g…`, except `-g0`; `--debug…`, clang's spelling of
 /// `-g`), DWARF's comp_dir.
-fn records_cwd(argv: &[String]) -> bool {
+pub(crate) fn records_cwd(argv: &[String]) -> bool {
     argv.iter().any(|a| {
         (a.starts_with("-g") && a != "-g0" && !a.starts_with("-gno-")) || a.starts_with("--debug")
     })
@@ -792,7 +837,7 @@ fn records_cwd(argv: &[String]) -> bool {
 
 /// The compiler plugins `argv` loads: `-fpass-plugin=P`, `-fplugin=P`,
 /// `-Xclang -load -Xclang P`.
-fn plugins(argv: &[String]) -> impl Iterator<Item = &str> {
+pub(crate) fn plugins(argv: &[String]) -> impl Iterator<Item = &str> {
     argv.iter().enumerate().filter_map(|(i, a)| {
         a.strip_prefix("-fpass-plugin=")
             .or_else(|| a.strip_prefix("-fplugin="))
@@ -807,7 +852,7 @@ fn plugins(argv: &[String]) -> impl Iterator<Item = &str> {
 
 /// Whether the driver runs an external assembler (the last of
 /// `-fno-integrated-as`/`-fintegrated-as` and their `-no-…` spellings).
-fn external_assembler(argv: &[String]) -> bool {
+pub(crate) fn external_assembler(argv: &[String]) -> bool {
     argv.iter()
         .rev()
         .find_map(|a| match a.as_str() {

@@ -124,6 +124,19 @@ pub fn run_planned(
         },
         _ => None,
     };
+    // A farm that cannot be reached is said once; the jobs compile here.
+    let remote = match &cfg.remote_exec {
+        Some(o) if needs_run && cfg.mode == Mode::Build => {
+            match crate::exec::RemoteExec::connect(&o.remote, o.jobs, &cc.argv) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("thinlto-backend: remote execution: {e:#}; compiling here");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     if cfg.mode != Mode::Build {
         explain(cfg.mode, &planned, cache.as_ref(), records)?;
         return Ok(Outcome::Success);
@@ -164,6 +177,8 @@ pub fn run_planned(
             seconds: 0.0,
             cache: None,
             key: None,
+            place: None,
+            worker: None,
         })
         .map_err(stdout_error)?;
     }
@@ -249,6 +264,7 @@ pub fn run_planned(
             client,
             cache.as_ref(),
             prefetch.as_deref(),
+            remote.as_ref(),
             &mut emit,
         );
         if let Some(p) = &prefetch {
@@ -272,8 +288,18 @@ pub fn run_planned(
             ),
             None => String::new(),
         };
+        let farm = match remote.as_ref().map(|r| r.summary()) {
+            Some(r) => format!(
+                " ({} on the farm, {} compiled here instead; {:.1} MiB up, {:.1} MiB down)",
+                r.built,
+                r.fallbacks,
+                r.bytes_up as f64 / (1u64 << 20) as f64,
+                r.bytes_down as f64 / (1u64 << 20) as f64
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "thinlto-backend: {} built, {} up to date{cached}, {} failed{}; wall {:.2} s, CPU {:.2} s",
+            "thinlto-backend: {} built{farm}, {} up to date{cached}, {} failed{}; wall {:.2} s, CPU {:.2} s",
             summary.built,
             up_to_date,
             summary.failed,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::job::{split_dwarf_file, BackendJob};
 use crate::engine::record::{round3, write_record, NativeRecord};
+use crate::exec::{Outcome as RemoteOutcome, RemoteExec};
 use crate::signals::pending_signal;
 
 /// The JSON record printed for every job (SPEC §3).
@@ -27,6 +28,20 @@ pub struct JobRecord {
     /// For "cache-hit": the job's cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// For "built" and "failed": where the compiler ran.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
+    /// For a remote build: the farm's worker that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// Where a compile ran; in JSON "local" or "remote".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    Local,
+    Remote,
 }
 
 /// What became of a job; in JSON "built", "up-to-date", "cache-hit" or
@@ -122,10 +137,23 @@ pub fn jobserver_from_env() -> MakeJobserver {
     }
 }
 
-/// What the scheduler hears: a jobserver token, or a finished job.
+/// What the scheduler hears: a jobserver token, a finished job (and the
+/// kind of slot it had), or a job the farm gave back to compile here.
 enum Event {
     Token(std::io::Result<jobserver::Acquired>),
-    Done(JobRecord, Option<String>),
+    Done(JobRecord, Option<String>, Slot),
+    Fallback(usize),
+}
+
+/// The two kinds of job slots: a local compile takes one of make's
+/// tokens (or of -j); a job sent to the farm takes one of
+/// `--remote-jobs`, and a local token only if it falls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Local,
+    Remote,
+    /// Local, after the farm gave it back: its cache lookup is done.
+    LocalAfterRemote,
 }
 
 /// What the worker threads share.
@@ -133,6 +161,7 @@ struct Ctx<'a> {
     opts: &'a RunOptions,
     cache: Option<&'a crate::cache::BackendCache>,
     prefetch: Option<&'a crate::cache::Prefetch>,
+    remote: Option<&'a RemoteExec>,
     /// Children running now, by pid, so that a signal can stop them.
     children: Mutex<HashSet<u32>>,
 }
@@ -155,6 +184,7 @@ struct Ctx<'a> {
 /// the compiler printed (its command first for a failure). An error from
 /// `emit` (the job records cannot be written) stops the run as a failure
 /// does, without `keep_going`, and is kept in the summary.
+#[allow(clippy::too_many_arguments)]
 pub fn run_jobs(
     jobs: &[(BackendJob, String, NativeRecord)],
     order: Vec<usize>,
@@ -162,6 +192,7 @@ pub fn run_jobs(
     jobserver: Option<jobserver::Client>,
     cache: Option<&crate::cache::BackendCache>,
     prefetch: Option<&crate::cache::Prefetch>,
+    remote: Option<&RemoteExec>,
     emit: &mut dyn FnMut(JobRecord, Option<String>) -> std::io::Result<()>,
 ) -> RunSummary {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
@@ -187,11 +218,15 @@ pub fn run_jobs(
         opts,
         cache,
         prefetch,
+        remote,
         children: Mutex::new(HashSet::new()),
     };
     let mut summary = RunSummary::default();
     let mut queue: VecDeque<usize> = order.into();
-    let (job_tx, job_rx) = mpsc::channel::<usize>();
+    // Jobs the farm gave back, first in line for local slots.
+    let mut local_queue: VecDeque<usize> = VecDeque::new();
+    let farm = |ctx: &Ctx| ctx.remote.is_some_and(|r| !r.is_off());
+    let (job_tx, job_rx) = mpsc::channel::<(usize, Slot)>();
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
         let mut workers = 0usize;
@@ -199,6 +234,7 @@ pub fn run_jobs(
         let mut requested = 0usize;
         let mut token_error = false;
         let mut running = 0usize;
+        let mut remote_running = 0usize;
         let mut stop = false;
         let mut signalled: Option<(i32, Instant)> = None;
         let mut escalated = false;
@@ -223,28 +259,50 @@ pub fn run_jobs(
                 } else {
                     limit
                 };
-                while running < slots {
-                    let Some(i) = queue.pop_front() else { break };
-                    running += 1;
-                    if running > workers {
-                        workers += 1;
+                let start = |i: usize, slot: Slot, workers: &mut usize, total: usize| {
+                    if total > *workers {
+                        *workers += 1;
                         let (ctx, job_rx, tx) = (&ctx, &job_rx, ev_tx.clone());
                         s.spawn(move || loop {
                             let next = job_rx.lock().unwrap().recv();
-                            let Ok(i) = next else { return };
+                            let Ok((i, slot)) = next else { return };
                             let (job, reason, record) = &jobs[i];
-                            let (rec, output) = build_one(ctx, i, job, reason, record);
-                            if tx.send(Event::Done(rec, output)).is_err() {
+                            let ev = match build_one(ctx, i, job, reason, record, slot) {
+                                Built::Done(rec, output) => Event::Done(rec, output, slot),
+                                Built::Fallback => Event::Fallback(i),
+                            };
+                            if tx.send(ev).is_err() {
                                 return;
                             }
                         });
                     }
                     job_tx
-                        .send(i)
+                        .send((i, slot))
                         .expect("workers live while the scheduler does");
+                };
+                // The farm first (its own slots), then this machine's.
+                if let Some(r) = ctx.remote.filter(|_| farm(&ctx)) {
+                    while remote_running < r.jobs() {
+                        let Some(i) = queue.pop_front() else { break };
+                        remote_running += 1;
+                        start(i, Slot::Remote, &mut workers, running + remote_running);
+                    }
+                }
+                while running < slots {
+                    let (i, slot) = match local_queue.pop_front() {
+                        Some(i) => (i, Slot::LocalAfterRemote),
+                        None if !farm(&ctx) => match queue.pop_front() {
+                            Some(i) => (i, Slot::Local),
+                            None => break,
+                        },
+                        None => break,
+                    };
+                    running += 1;
+                    start(i, slot, &mut workers, running + remote_running);
                 }
                 if let Some(h) = &helper {
-                    let want = (running + queue.len()).min(limit).saturating_sub(1);
+                    let local_work = local_queue.len() + if farm(&ctx) { 0 } else { queue.len() };
+                    let want = (running + local_work).min(limit).saturating_sub(1);
                     while !token_error && tokens.len() + requested < want {
                         h.request_token();
                         requested += 1;
@@ -253,7 +311,10 @@ pub fn run_jobs(
             }
             // A token no running job needs goes straight back to make.
             tokens.truncate(running.saturating_sub(1));
-            if running == 0 && (stop || queue.is_empty()) {
+            if running == 0
+                && remote_running == 0
+                && (stop || (queue.is_empty() && local_queue.is_empty()))
+            {
                 break;
             }
             let wait = Duration::from_millis(if signalled.is_some() { 10 } else { 50 });
@@ -269,8 +330,16 @@ pub fn run_jobs(
                     }
                     token_error = true;
                 }
-                Ok(Event::Done(rec, output)) => {
-                    running -= 1;
+                Ok(Event::Fallback(i)) => {
+                    remote_running -= 1;
+                    local_queue.push_back(i);
+                }
+                Ok(Event::Done(rec, output, slot)) => {
+                    if slot == Slot::Remote {
+                        remote_running -= 1;
+                    } else {
+                        running -= 1;
+                    }
                     let failed = rec.status == JobStatus::Failed;
                     if failed {
                         summary.failed += 1;
@@ -298,7 +367,7 @@ pub fn run_jobs(
     // took meanwhile are released with the channel.
     drop(helper);
     drop(ev_rx);
-    summary.not_started = queue.len();
+    summary.not_started = queue.len() + local_queue.len();
     summary.signal = pending_signal();
     summary
 }
@@ -383,34 +452,99 @@ fn remove_failed_outputs(native: &Path, dwo: Option<&Path>) {
 ///
 /// Returns the job's record and what the compiler printed (for a
 /// failure, after its command), if anything.
+/// What a worker thread made of a job.
+enum Built {
+    /// Its record, and what the compiler printed.
+    Done(JobRecord, Option<String>),
+    /// The farm gave it back: to be compiled here.
+    Fallback,
+}
+
 fn build_one(
     ctx: &Ctx,
     index: usize,
     job: &BackendJob,
     reason: &str,
     record: &NativeRecord,
-) -> (JobRecord, Option<String>) {
-    let start = Instant::now();
-    let native = Path::new(&job.native);
-    let dwo = split_dwarf_file(&job.argv, native);
-    let result = |status: JobStatus, why: String, output: Option<String>| {
+    slot: Slot,
+) -> Built {
+    match prepare(ctx, index, job, reason, record, slot) {
+        Some(done) => Built::Done(done.0, done.1),
+        None if slot == Slot::Remote => compile_remote(ctx, job, reason, record),
+        None => {
+            let (rec, output) = compile_local(ctx, job, reason, record);
+            Built::Done(rec, output)
+        }
+    }
+}
+
+/// Outputs of the context of one job: the native, its .dwo, and how a
+/// job record of it is made.
+struct JobOut<'a> {
+    job: &'a BackendJob,
+    native: &'a Path,
+    dwo: Option<std::path::PathBuf>,
+    start: Instant,
+    place: Place,
+}
+
+impl JobOut<'_> {
+    fn new(job: &BackendJob, place: Place) -> JobOut<'_> {
+        let native = Path::new(&job.native);
+        JobOut {
+            job,
+            native,
+            dwo: split_dwarf_file(&job.argv, native),
+            start: Instant::now(),
+            place,
+        }
+    }
+
+    fn result(
+        &self,
+        status: JobStatus,
+        why: String,
+        output: Option<String>,
+    ) -> (JobRecord, Option<String>) {
         (
             JobRecord {
-                object: job.input.object.clone(),
-                native: job.native.clone(),
+                object: self.job.input.object.clone(),
+                native: self.job.native.clone(),
                 status,
                 reason: why,
-                seconds: round3(start.elapsed().as_secs_f64()),
+                seconds: round3(self.start.elapsed().as_secs_f64()),
                 cache: None,
                 key: None,
+                place: (status == JobStatus::Failed).then_some(self.place),
+                worker: None,
             },
             output,
         )
-    };
-    let fail = |why: String, output: Option<String>| {
-        remove_failed_outputs(native, dwo.as_deref());
-        result(JobStatus::Failed, why, output)
-    };
+    }
+
+    fn fail(&self, why: String, output: Option<String>) -> (JobRecord, Option<String>) {
+        remove_failed_outputs(self.native, self.dwo.as_deref());
+        self.result(JobStatus::Failed, why, output)
+    }
+}
+
+/// Before a job compiles: its old record and native removed, then the
+/// cache asked (unless the farm gave the job back: asked already). Some
+/// when that finished the job (a hit, or a failure to remove).
+fn prepare(
+    ctx: &Ctx,
+    index: usize,
+    job: &BackendJob,
+    reason: &str,
+    record: &NativeRecord,
+    slot: Slot,
+) -> Option<(JobRecord, Option<String>)> {
+    if slot == Slot::LocalAfterRemote {
+        return None;
+    }
+    let start = Instant::now();
+    let out = JobOut::new(job, Place::Local);
+    let (native, dwo) = (out.native, out.dwo.clone());
     // (Each looked up first: an unlink takes the directory's lock even
     // when there is nothing to remove, and jobs of one directory run
     // together.)
@@ -418,11 +552,11 @@ fn build_one(
         if std::fs::symlink_metadata(p).is_ok() {
             if let Err(e) = std::fs::remove_file(p) {
                 // Nothing touched yet: the old outputs stay as they were.
-                return result(
+                return Some(out.result(
                     JobStatus::Failed,
                     format!("{}: cannot remove the old {what}: {e}", p.display()),
                     None,
-                );
+                ));
             }
         }
     }
@@ -438,7 +572,7 @@ fn build_one(
                     if ctx.opts.verbosity != Verbosity::Quiet {
                         eprintln!("  {:<7} {}", "HIT", job.native);
                     }
-                    return (
+                    return Some((
                         JobRecord {
                             object: job.input.object.clone(),
                             native: job.native.clone(),
@@ -447,9 +581,11 @@ fn build_one(
                             seconds: round3(start.elapsed().as_secs_f64()),
                             cache: Some(hit.tier),
                             key: Some(hit.key),
+                            place: None,
+                            worker: None,
                         },
                         (!hit.output.is_empty()).then_some(hit.output),
-                    );
+                    ));
                 }
                 Err(e) => {
                     // Compiled instead; whatever was put in place goes.
@@ -462,6 +598,19 @@ fn build_one(
             }
         }
     }
+    None
+}
+
+/// One local compile (see [`build_one`]'s caller docs above).
+fn compile_local(
+    ctx: &Ctx,
+    job: &BackendJob,
+    reason: &str,
+    record: &NativeRecord,
+) -> (JobRecord, Option<String>) {
+    let out_ = JobOut::new(job, Place::Local);
+    let (start, native, dwo) = (out_.start, out_.native, out_.dwo.clone());
+    let fail = |why: String, output: Option<String>| out_.fail(why, output);
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
         Verbosity::Normal => eprintln!("  {:<7} {}", "CC", job.native),
@@ -555,12 +704,82 @@ fn build_one(
             seconds: round3(seconds),
             cache: None,
             key: None,
+            place: Some(Place::Local),
+            worker: None,
         },
         // Warnings of a job that succeeded (-Wframe-larger-than and the
         // like fire only here, in the backend): shown whatever the
         // verbosity, as kbuild shows them even under `make -s`.
         (!text.is_empty()).then_some(text),
     )
+}
+
+/// One job on the farm: its outputs put in place and its record written
+/// as a local compile's would be, the result copied to the local cache;
+/// [`Built::Fallback`] when it must compile here instead.
+fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeRecord) -> Built {
+    let remote = ctx.remote.expect("a remote slot has a farm");
+    let out = JobOut::new(job, Place::Remote);
+    let known = ctx.cache.and_then(|c| c.known_extras(job, record));
+    match ctx.opts.verbosity {
+        Verbosity::Quiet => {}
+        Verbosity::Normal => eprintln!("  {:<7} {}", "RCC", job.native),
+        Verbosity::Commands => eprintln!("{}", job.command_text),
+    }
+    let (outputs, text, worker) =
+        match remote.run(job, known.as_deref(), &|| pending_signal().is_some()) {
+            RemoteOutcome::Fallback(_) => return Built::Fallback,
+            RemoteOutcome::CompileError { exit_code, output } => {
+                let (rec, text) = match pending_signal() {
+                    Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
+                    None => out.fail(
+                        format!("the compiler failed on the farm (exit status {exit_code})"),
+                        Some(format!("{}\n{output}", job.command_text)),
+                    ),
+                };
+                return Built::Done(rec, text);
+            }
+            RemoteOutcome::Built {
+                outputs,
+                output,
+                worker,
+            } => (outputs, output, worker),
+        };
+    let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
+    let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
+    let put = || -> anyhow::Result<()> {
+        use thinlto_index::fsutil::write_atomic;
+        let native = native_bytes.ok_or_else(|| {
+            anyhow::anyhow!("the farm's result has no (or an empty) {}", job.native)
+        })?;
+        if let (Some(p), Some(bytes)) = (&out.dwo, dwo_bytes) {
+            let bytes =
+                bytes.ok_or_else(|| anyhow::anyhow!("the farm's result has no {}", p.display()))?;
+            write_atomic(p, bytes)?;
+        }
+        write_atomic(out.native, native)?;
+        let mut rec = record.clone();
+        rec.seconds = Some(out.start.elapsed().as_secs_f64());
+        write_record(&job.record_path, &rec.render(&job.native)).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot write the record: {e}",
+                job.record_path.display()
+            )
+        })
+    };
+    if let Err(e) = put() {
+        let (rec, text) = out.fail(format!("{e:#}"), None);
+        return Built::Done(rec, text);
+    }
+    if let (Some(cache), Some(native)) = (ctx.cache, native_bytes) {
+        let dwo = dwo_bytes.flatten().map(Vec::as_slice);
+        let extras = known.as_deref().unwrap_or_default();
+        cache.store_remote(job, record, extras, native, dwo, &text);
+    }
+    let (mut rec, _) = out.result(JobStatus::Built, reason.to_string(), None);
+    rec.place = Some(Place::Remote);
+    rec.worker = Some(worker);
+    Built::Done(rec, (!text.is_empty()).then_some(text))
 }
 
 /// A cache hit's outputs, then its record last (the crash-safety order of

@@ -700,7 +700,8 @@ impl RemoteCache {
     }
 
     /// FindMissingBlobs, then uploads what it names.
-    pub(crate) async fn upload_missing(&self, blobs: &HashMap<Digest, &[u8]>) -> Result<()> {
+    /// Returns the bytes uploaded.
+    pub(crate) async fn upload_missing(&self, blobs: &HashMap<Digest, &[u8]>) -> Result<u64> {
         let mut cas = self.cas.clone();
         let mut digests: Vec<&Digest> = blobs.keys().collect();
         digests.sort();
@@ -715,12 +716,14 @@ impl RemoteCache {
             .into_inner()
             .missing_blob_digests;
         let mut small = Vec::new();
+        let mut uploaded = 0u64;
         for m in &missing {
             let d = Digest::from_proto(m)
                 .with_context(|| format!("FindMissingBlobs answered a malformed digest {m:?}"))?;
             let data = *blobs
                 .get(&d)
                 .with_context(|| format!("FindMissingBlobs answered {d}, which was not asked"))?;
+            uploaded += data.len() as u64;
             if self.fits_a_batch(data.len()) {
                 small.push(d);
             } else {
@@ -730,7 +733,7 @@ impl RemoteCache {
         for batch in batches(small, self.batch_limit) {
             self.batch_update(&batch, blobs).await?;
         }
-        Ok(())
+        Ok(uploaded)
     }
 
     async fn batch_update(&self, batch: &[Digest], blobs: &HashMap<Digest, &[u8]>) -> Result<()> {

@@ -64,6 +64,8 @@ pub struct Executed {
     pub worker: String,
     /// The action executed (with its platform properties).
     pub action: Digest,
+    /// Bytes of the blobs the server lacked and got from us.
+    pub uploaded: u64,
 }
 
 /// A connected remote-execution client.
@@ -88,6 +90,28 @@ impl Executor {
         self.cas
             .rt
             .block_on(self.execute_async(action))
+            .with_context(|| format!("remote execution on {}", self.cas.url))
+    }
+
+    /// [`Executor::execute`], given up (the operation's stream dropped)
+    /// as soon as `cancelled` says so; it is asked five times a second.
+    pub fn execute_until(
+        &self,
+        action: &RemoteAction,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Executed> {
+        self.cas
+            .rt
+            .block_on(async {
+                let mut run = std::pin::pin!(self.execute_async(action));
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(200), run.as_mut()).await {
+                        Ok(r) => return r,
+                        Err(_) if cancelled() => bail!("cancelled"),
+                        Err(_) => {}
+                    }
+                }
+            })
             .with_context(|| format!("remote execution on {}", self.cas.url))
     }
 
@@ -122,7 +146,7 @@ impl Executor {
         for (d, data) in &contents {
             all.insert(d.clone(), data);
         }
-        self.cas.upload_missing(&all).await?;
+        let uploaded = self.cas.upload_missing(&all).await?;
 
         let req = re::ExecuteRequest {
             instance_name: self.cas.instance.clone(),
@@ -169,6 +193,7 @@ impl Executor {
                 .map(|m| m.worker)
                 .unwrap_or_default(),
             action: protos.action,
+            uploaded,
         })
     }
 

@@ -97,7 +97,11 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionRe
     let mut stderr = out.stderr;
     let text = std::fs::read_to_string(&trace).unwrap_or_default();
     if let Err(why) = super::hermetic::check(&text, &root, &object, compiler) {
-        stderr.extend_from_slice(format!("thinlto-backend worker {}: {why}\n", ctx.bot).as_bytes());
+        // The client recognizes the marker and compiles the job itself
+        // (its trace then learns the missing file).
+        stderr.extend_from_slice(
+            format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot).as_bytes(),
+        );
         result.exit_code = 1;
         return finish(ctx, result, &[], &out.stdout, &stderr);
     }

@@ -63,7 +63,7 @@ pub fn check(
         let regular = std::fs::metadata(p).is_ok_and(|m| m.is_file());
         if !allowed && regular {
             return Err(format!(
-                "not hermetic: the compile read {e}, which is outside its input root and its compiler's installation ({}); put it into the action's inputs",
+                "the compile read {e}, which is outside its input root and its compiler's installation ({}); put it into the action's inputs",
                 compiler.prefix.display()
             ));
         }

@@ -1,0 +1,344 @@
+//! Remote execution of backend jobs (`--remote-exec URL`): a job that is
+//! neither up to date nor a cache hit runs on a REAPI farm's workers.
+//!
+//! Each job is one REAPI action: its argv, an input root of the object,
+//! its shard, its imports and the extra files the backend cache's trace
+//! knows it reads (an `.incbin`'d file), the native (and `.dwo`) as
+//! outputs, and the platform property `thinlto-compiler=<identity>` (the
+//! cache key's compiler identity, [`crate::cache::identity`]) so that only
+//! a worker with the same compiler takes it ([`crate::worker`]). The
+//! transfer is [`crate::reapi::execute`]: only blobs the server lacks are
+//! uploaded (a module imported by hundreds of jobs once), every output is
+//! checked against its digest.
+//!
+//! What decides where a job runs, in order:
+//! - a job whose output could differ on another machine's directory runs
+//!   here: debug information records the working directory, a compiler
+//!   plugin or an external assembler is not in the input root;
+//! - a compile error is a compile error (the worker's stderr, as a local
+//!   compile would print it), not a retry;
+//! - a worker that refused the action as not hermetic (the compile read a
+//!   file the input root lacks; `worker/hermetic.rs`) means the trace does
+//!   not know that file yet: the job compiles here, traced, so the next
+//!   run sends it ([`Outcome::Fallback`]);
+//! - the server unreachable, overloaded or losing the operation: retried
+//!   with back-off, then every remaining job compiles here, said once.
+//!   The build never fails because the farm did.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::RemoteOptions;
+use crate::engine::job::{split_dwarf_file, BackendJob};
+use crate::reapi::execute::{Executed, Executor, RemoteAction};
+use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
+
+/// The marker a worker puts before its reason when it refuses an action
+/// as not hermetic (`worker/exec.rs`): the client compiles such a job
+/// here instead of reporting a compile error.
+pub const NOT_HERMETIC: &str = "thinlto-backend worker: not hermetic: ";
+
+/// Remote jobs in flight at once without `--remote-jobs`: a farm serves
+/// many more than this machine's cores, and each waiting job costs only a
+/// thread blocked on the network.
+pub const DEFAULT_REMOTE_JOBS: usize = 64;
+
+/// Tries of one action while the server says it is unavailable or
+/// overloaded, with the pause before each retry.
+const BACKOFF: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_millis(800),
+    Duration::from_secs(2),
+];
+
+/// What became of a job sent to the farm.
+pub enum Outcome {
+    /// It compiled: its outputs (path → bytes, checked) and what the
+    /// compiler printed.
+    Built {
+        outputs: BTreeMap<String, Vec<u8>>,
+        output: String,
+        worker: String,
+    },
+    /// The compiler failed on the worker (its exit code and output).
+    CompileError { exit_code: i32, output: String },
+    /// Compile it here instead, for this reason.
+    Fallback(String),
+}
+
+/// Counts of one run, for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSummary {
+    pub built: u64,
+    pub fallbacks: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// A connected remote executor.
+pub struct RemoteExec {
+    executor: Executor,
+    url: String,
+    /// The platform property every action carries.
+    compiler: (String, String),
+    /// Set after the farm failed: the rest of the run compiles here.
+    off: AtomicBool,
+    /// Jobs on the farm at once (`--remote-jobs`).
+    jobs: usize,
+    /// The reasons for compiling here already said (each once a run).
+    said: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    built: AtomicU64,
+    fallbacks: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl RemoteExec {
+    /// Connects to the farm for jobs compiled by `cc_argv` (the words of
+    /// `$(CC)`). A compiler behind a launcher (`ccache clang-19`) cannot
+    /// run remotely: a worker runs a compiler it has, by name.
+    pub fn connect(opts: &RemoteOptions, jobs: usize, cc_argv: &[String]) -> Result<RemoteExec> {
+        if cc_argv.len() != 1 {
+            bail!(
+                "remote execution needs a compiler without a launcher (CC is {:?})",
+                cc_argv.join(" ")
+            );
+        }
+        let (identity, _) = crate::cache::identity::compiler_identity(cc_argv)
+            .context("the compiler's identity (the workers match it)")?;
+        let executor = Executor::connect(opts)?;
+        Ok(RemoteExec {
+            executor,
+            url: opts.url.clone(),
+            compiler: (COMPILER_PROPERTY.to_string(), identity),
+            off: AtomicBool::new(false),
+            jobs: jobs.max(1),
+            said: Default::default(),
+            built: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the farm is still used (it failed earlier in the run).
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    /// Jobs on the farm at once.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    pub fn summary(&self) -> ExecSummary {
+        ExecSummary {
+            built: self.built.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+        }
+    }
+
+    fn fallback(&self, why: String) -> Outcome {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        Outcome::Fallback(why)
+    }
+
+    /// Runs `job` on the farm, with `extras` (tree-relative paths the
+    /// cache's trace knows the compile reads; None when no trace of this
+    /// job is known) in its input root. `cancelled` is polled while the
+    /// job waits on the farm: a signal drops the operation's stream and
+    /// the job is compiled nowhere.
+    ///
+    /// A compile that fails on the farm while its trace is unknown may
+    /// have failed for a file its input root lacked (an `.incbin`'d file
+    /// the compiler could not find reads nothing, so the worker cannot
+    /// tell): it compiles here, where the error, if it is one, is the
+    /// compiler's own and the trace learns what it reads.
+    pub fn run(
+        &self,
+        job: &BackendJob,
+        extras: Option<&[String]>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Outcome {
+        let traced = extras.is_some();
+        let extras = extras.unwrap_or_default();
+        if let Some(why) = stays_local(&job.argv) {
+            if self.said.lock().unwrap().insert(why) {
+                eprintln!("thinlto-backend: remote execution: {why}: such jobs compile here");
+            }
+            return self.fallback(why.to_string());
+        }
+        if self.is_off() {
+            return self.fallback("the farm failed earlier in this run".into());
+        }
+        let key = match action(job, extras).and_then(|s| s.key()) {
+            Ok(k) => k,
+            Err(e) => return self.fallback(format!("{e:#}")),
+        };
+        let action = RemoteAction {
+            key: &key,
+            platform: vec![self.compiler.clone()],
+            local_root: Path::new("."),
+        };
+        let mut tries = BACKOFF.iter();
+        let executed: Executed = loop {
+            match self.executor.execute_until(&action, cancelled) {
+                Ok(x) => break x,
+                Err(_) if cancelled() => {
+                    return Outcome::CompileError {
+                        exit_code: 130,
+                        output: String::new(),
+                    }
+                }
+                Err(e) if is_transient(&e) => match tries.next() {
+                    Some(pause) => std::thread::sleep(*pause),
+                    None => return self.give_up(&e),
+                },
+                Err(e) => return self.give_up(&e),
+            }
+        };
+        self.bytes_up
+            .fetch_add(executed.uploaded, Ordering::Relaxed);
+        let down: usize = executed.outputs.values().map(Vec::len).sum::<usize>()
+            + executed.stdout.len()
+            + executed.stderr.len();
+        self.bytes_down.fetch_add(down as u64, Ordering::Relaxed);
+        let mut output = String::from_utf8_lossy(&executed.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&executed.stderr));
+        if executed.exit_code != 0 {
+            if let Some(why) = output.lines().find_map(|l| {
+                l.find(NOT_HERMETIC)
+                    .map(|at| l[at + NOT_HERMETIC.len()..].to_string())
+            }) {
+                eprintln!(
+                    "thinlto-backend: remote execution: {}: {why}; compiling it here (its trace then knows the file)",
+                    job.native
+                );
+                return self.fallback(format!("not hermetic on {}: {why}", executed.worker));
+            }
+            if !traced {
+                return self.fallback(format!(
+                    "failed on {} before any trace of it was known",
+                    executed.worker
+                ));
+            }
+            return Outcome::CompileError {
+                exit_code: executed.exit_code,
+                output,
+            };
+        }
+        self.built.fetch_add(1, Ordering::Relaxed);
+        Outcome::Built {
+            outputs: executed.outputs,
+            output,
+            worker: executed.worker,
+        }
+    }
+
+    /// The farm failed past its retries: said once, and the rest of the
+    /// run compiles here.
+    fn give_up(&self, e: &anyhow::Error) -> Outcome {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "thinlto-backend: remote execution {}: {e:#}; compiling here for the rest of this run",
+                self.url
+            );
+        }
+        self.fallback("the farm failed".into())
+    }
+}
+
+/// Why a command must compile here, if it must: its output may record
+/// the working directory (debug information; a worker compiles in its own
+/// directory), or it reads what no input root holds (a compiler plugin,
+/// an external assembler found on PATH).
+pub fn stays_local(argv: &[String]) -> Option<&'static str> {
+    if crate::cache::records_cwd(argv) {
+        Some("debug information records the working directory")
+    } else if crate::cache::plugins(argv).next().is_some() {
+        Some("a compiler plugin")
+    } else if crate::cache::external_assembler(argv) {
+        Some("an external assembler")
+    } else {
+        None
+    }
+}
+
+/// The job's action: its argv in the tree's root, its content inputs and
+/// `extras` as the input root, its native (and .dwo) as outputs. Every
+/// path must be inside the tree (relative, no `..`).
+fn action(job: &BackendJob, extras: &[String]) -> Result<ActionSpec> {
+    let mut inputs: Vec<InputFile> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in job
+        .content_inputs()
+        .into_iter()
+        .chain(extras.iter().map(String::as_str))
+    {
+        if !seen.insert(p) {
+            continue;
+        }
+        let path = tree_path(p)?;
+        let digest = Digest::of_file(Path::new(p))
+            .with_context(|| format!("{p}: cannot read (input of {})", job.native))?;
+        inputs.push(InputFile {
+            path,
+            digest,
+            executable: false,
+        });
+    }
+    let mut outputs = vec![tree_path(&job.native)?];
+    if let Some(d) = split_dwarf_file(&job.argv, Path::new(&job.native)) {
+        outputs.push(tree_path(&d.to_string_lossy())?);
+    }
+    Ok(ActionSpec {
+        argv: job.argv.clone(),
+        env: Vec::new(),
+        output_paths: outputs,
+        inputs,
+        salt: b"thinlto-dist remote compile 1\0".to_vec(),
+    })
+}
+
+/// `p` as a path inside the tree, or an error saying why it is not.
+fn tree_path(p: &str) -> Result<String> {
+    let plain = !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if !plain {
+        bail!("{p}: not a path inside the tree (remote execution sends the tree's files only)");
+    }
+    Ok(p.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn what_stays_local() {
+        assert_eq!(stays_local(&argv(&["clang", "-O2", "-c"])), None);
+        assert!(stays_local(&argv(&["clang", "-g", "-c"])).is_some());
+        assert!(stays_local(&argv(&["clang", "-g0", "-c"])).is_none());
+        assert!(stays_local(&argv(&["clang", "-fpass-plugin=x.so"])).is_some());
+        assert!(stays_local(&argv(&["clang", "-fno-integrated-as"])).is_some());
+    }
+
+    #[test]
+    fn only_tree_paths_are_sent() {
+        assert!(tree_path("kernel/a.o").is_ok());
+        for bad in ["/etc/passwd", "../a.o", "a/../b", "./a", "a//b", ""] {
+            assert!(tree_path(bad).is_err(), "{bad}");
+        }
+    }
+}

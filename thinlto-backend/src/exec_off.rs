@@ -1,0 +1,60 @@
+//! Remote execution when the crate is built without the `remote`
+//! feature: a type with no values, so that the scheduler is the same
+//! either way and `--remote-exec` is a clear error.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+
+use crate::config::RemoteOptions;
+use crate::engine::job::BackendJob;
+
+pub enum Outcome {
+    Built {
+        outputs: BTreeMap<String, Vec<u8>>,
+        output: String,
+        worker: String,
+    },
+    CompileError {
+        exit_code: i32,
+        output: String,
+    },
+    Fallback(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecSummary {
+    pub built: u64,
+    pub fallbacks: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+pub const DEFAULT_REMOTE_JOBS: usize = 64;
+
+pub enum RemoteExec {}
+
+impl RemoteExec {
+    pub fn connect(opts: &RemoteOptions, _: usize, _: &[String]) -> Result<RemoteExec> {
+        bail!(
+            "{}: this thinlto-backend was built without the `remote` feature (no REAPI client)",
+            opts.url
+        )
+    }
+
+    pub fn is_off(&self) -> bool {
+        match *self {}
+    }
+
+    pub fn jobs(&self) -> usize {
+        match *self {}
+    }
+
+    pub fn summary(&self) -> ExecSummary {
+        match *self {}
+    }
+
+    pub fn run(&self, _: &BackendJob, _: Option<&[String]>, _: &dyn Fn() -> bool) -> Outcome {
+        match *self {}
+    }
+}
