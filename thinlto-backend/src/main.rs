@@ -34,9 +34,14 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 /// in the backend cache (local, then --remote-cache): a hit puts the stored
 /// native in place ("HIT" instead of "CC").
 ///
+/// With --remote-exec URL, the jobs that must compile run on a Remote
+/// Execution API farm (workers: `thinlto-backend worker`); what the farm
+/// cannot take compiles here ("RCC" lines for the farm's).
+///
 /// stdout: one JSON record per job, {"object","native","status","reason","seconds"},
 /// status "built", "up-to-date", "cache-hit" (plus "cache": local|remote,
-/// "key") or "failed".
+/// "key") or "failed"; a build also says "where": local|remote (and the
+/// farm's "worker").
 /// stderr: kbuild-style "  CC  dir/foo.thinlto-native.o" lines (-v or V=1:
 /// full commands; -q: none), a progress bar on a terminal, a summary, and
 /// always the compilers' warnings and errors.
@@ -51,6 +56,8 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 ///   thinlto-backend --index vmlinux.thinlto-index --only kernel/fork.o -v
 ///   THINLTO_CACHE=1 thinlto-backend --index vmlinux.thinlto-index
 ///   thinlto-backend --index vmlinux.thinlto-index --remote-cache grpc://cache:8980
+///   thinlto-backend --index vmlinux.thinlto-index --remote-exec grpc://farm:8980 --cache
+///   thinlto-backend worker --server grpc://farm:8980 -j 8     (on each farm machine)
 ///   thinlto-backend archive --order builtin.order --index vmlinux.thinlto-index -o vmlinux.a
 ///
 /// In a Makefile, mark the recipe with `+` so that the tool shares make's
