@@ -29,6 +29,8 @@ pub struct KernelOptions {
     pub time_inprocess: bool,
     /// The backend with `--warm`.
     pub warm: bool,
+    /// The backend on this REAPI farm (`--remote-exec URL`).
+    pub remote_exec: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +283,11 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     let (tc, plan, tree_link) = kernel_settings(&tree, &out, layout)?;
     let plan = LinkPlan {
         warm: opts.warm,
+        backend_args: opts
+            .remote_exec
+            .iter()
+            .flat_map(|url| ["--remote-exec".to_string(), url.clone()])
+            .collect(),
         ..plan
     };
     // kbuild's own natives, set aside for the comparison (ours are built

@@ -137,6 +137,10 @@ enum Verb {
         /// Run the backend with the warm compiler (thinlto-backend --warm)
         #[arg(long)]
         warm: bool,
+        /// Run the backend's jobs on this REAPI farm (thinlto-backend
+        /// --remote-exec; `cargo xtask farm` starts one)
+        #[arg(long, value_name = "URL")]
+        remote_exec: Option<String>,
     },
     /// Oracles that need more than the default machine: `modpost` builds the
     /// kernel's real modpost from Debian's linux-source-6.12 and compares
@@ -410,6 +414,7 @@ fn run(cli: Cli) -> Result<()> {
             jobs,
             time_inprocess,
             warm,
+            remote_exec,
         } => {
             let report = xtask::kernel::run_kernel(&xtask::kernel::KernelOptions {
                 out: out.unwrap_or_else(|| tree.join("thinlto-dist-out")),
@@ -417,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
                 time_inprocess,
                 warm,
+                remote_exec,
             })?;
             println!("layout: {}", report.layout.describe());
             print!("{}", xtask::flow::table(&report.stages, &report.checks));
