@@ -113,6 +113,15 @@ enum Verb {
         /// and, with --kernel, on the kernel
         #[arg(long, conflicts_with = "kbuild_modes_only")]
         cache_only: bool,
+        /// Only remote execution (with --kernel, a DIST tree): the
+        /// in-process link, the backend here and on a local farm (`cargo
+        /// xtask farm`) with --workers workers, and a projection to bigger
+        /// farms
+        #[arg(long, requires = "kernel", conflicts_with_all = ["kbuild_modes_only", "cache_only"])]
+        remote_only: bool,
+        /// Farm workers for --remote-only
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -283,10 +292,33 @@ fn run(cli: Cli) -> Result<()> {
             kernel_only,
             kbuild_modes_only,
             cache_only,
+            remote_only,
+            workers,
             toolchain,
         } => {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
+            if remote_only {
+                let k = kernel.as_ref().expect("clap: requires kernel");
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let shown = xtask::bench::report_path(k, home.as_deref());
+                let command = xtask::bench::report_command(
+                    &std::env::args().skip(1).collect::<Vec<_>>(),
+                    home.as_deref(),
+                );
+                let text = xtask::bench_remote::run(
+                    k,
+                    &shown,
+                    jobs.unwrap_or_else(xtask::default_jobs),
+                    workers,
+                )?;
+                let section = format!("{REMOTE_MARKER}\n## Remote execution (`thinlto-backend --remote-exec`)\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
+                print!("{section}");
+                if write {
+                    write_section(REMOTE_MARKER, &section)?;
+                }
+                return Ok(());
+            }
             if cache_only {
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
                 let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -544,6 +576,8 @@ const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
 /// Where the backend cache's section (bench --cache-only) starts; it ends
 /// at the notes.
 const CACHE_MARKER: &str = "<!-- cache -->";
+/// Where the remote-execution section (bench --remote-only) starts.
+const REMOTE_MARKER: &str = "<!-- remote-exec -->";
 
 /// BENCHMARKS.md with the section that starts at `marker` replaced by
 /// `section`: a section ends where the next `<!-- ` marker starts (the
