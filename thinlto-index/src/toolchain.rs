@@ -35,15 +35,36 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-/// The packages that provide the toolchain on Debian and Ubuntu.
-pub const APT_PACKAGES: &[&str] = &["clang-19", "lld-19", "llvm-19"];
+/// The LLVM versions the project is tested against (CI runs the suite with
+/// each; `cargo xtask setup` installs them all): 19, the kernel's usual
+/// toolchain, and 22, which distributed ThinLTO's DTLTO work needs.
+pub const LLVM_VERSIONS: &[u32] = &[19, 22];
+
+/// The Debian/Ubuntu packages of one LLVM version, each with the program
+/// it provides for its role (`clang-N`, `ld.lld-N`, `llvm-ar-N`: what
+/// kbuild's `LLVM=-N` runs).
+pub fn llvm_packages(version: u32) -> [(String, String); 3] {
+    [
+        (format!("clang-{version}"), format!("clang-{version}")),
+        (format!("lld-{version}"), format!("ld.lld-{version}")),
+        (format!("llvm-{version}"), format!("llvm-ar-{version}")),
+    ]
+}
+
+/// The packages of every version of [`LLVM_VERSIONS`].
+pub fn apt_packages() -> Vec<String> {
+    LLVM_VERSIONS
+        .iter()
+        .flat_map(|v| llvm_packages(*v).map(|(package, _)| package))
+        .collect()
+}
 
 /// The one-line hint printed whenever a tool cannot be found.
 pub fn install_hint() -> String {
     format!(
         "install LLVM with `apt-get update && apt-get install -y {}` (Debian/Ubuntu), \
          or point LLVM=/path/to/llvm/bin/ (or CC, LD, AR) at an existing toolchain",
-        APT_PACKAGES.join(" ")
+        apt_packages().join(" ")
     )
 }
 

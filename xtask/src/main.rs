@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what this machine lacks (LLVM 19 via apt-get when root on
-    /// Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
+    /// Install what this machine lacks (LLVM 19 and 22, make, patch, script,
+    /// static libc via apt-get when root on Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
     /// into a venv from PyPI) and print the resolved toolchain and bgd.
     Setup {
         #[command(flatten)]
@@ -201,6 +201,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Setup { toolchain } => {
             provision::ensure_make()?;
+            provision::ensure_host(provision::TEST_NEEDS)?;
+            provision::ensure_llvm_versions()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
             println!("bgd: {}", xtask::buildgrid::ensure()?.display());
