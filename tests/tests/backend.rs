@@ -842,11 +842,7 @@ fn split_dwarf_outputs_are_named_as_by_the_reference_command() {
             e.display()
         );
     }
-    let ar = std::fs::canonicalize(&toolchain().ar.path).unwrap();
-    let mut dwarfdump = ar.with_file_name("llvm-dwarfdump");
-    if !dwarfdump.exists() {
-        dwarfdump = "llvm-dwarfdump-19".into();
-    }
+    let dwarfdump = llvm_bin_dir().join("llvm-dwarfdump");
     let dump = run_ok(
         Command::new(&dwarfdump)
             .current_dir(t.path())
