@@ -285,6 +285,75 @@ pub fn script(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Polls until `event` happens, for tests that must act at a point of a
+/// run rather than after a guessed delay; panics naming the event after a
+/// generous deadline (a run that never gets there fails, not hangs).
+pub fn wait_for(what: &str, mut event: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !event() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 120 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A wrapper around the suite's real clang whose backend compiles (`-x ir`)
+/// can be held: once the gate is closed, each one it starts leaves a mark
+/// and waits for [`GatedCompiler::release`] (or at most 120 s, so that a
+/// wrapper nobody stops does not outlive the test). A test interrupts a run
+/// when a compile is known to be under way, not after a guessed delay.
+pub struct GatedCompiler {
+    pub path: PathBuf,
+    dir: PathBuf,
+}
+
+impl GatedCompiler {
+    /// The wrapper, as `dir/clang-gated`, its marks in `dir/gate.d/`.
+    pub fn new(dir: &Path) -> GatedCompiler {
+        let gates = dir.join("gate.d");
+        std::fs::create_dir_all(&gates).unwrap();
+        let path = dir.join("clang-gated");
+        script(
+            &path,
+            &format!(
+                "#!/bin/sh
+d='{}'
+case \" $* \" in *' -x ir '*)
+  if [ -e \"$d/closed\" ]; then
+    : > \"$d/held.$$\"; n=0
+    while [ ! -e \"$d/released\" ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n+1)); done
+  fi;;
+esac
+exec '{}' \"$@\"
+",
+                gates.display(),
+                toolchain().cc.path.display()
+            ),
+        );
+        GatedCompiler { path, dir: gates }
+    }
+
+    /// Holds every backend compile that starts from now on.
+    pub fn close(&self) {
+        std::fs::write(self.dir.join("closed"), "").unwrap();
+    }
+
+    /// Whether a backend compile is being held.
+    pub fn holding(&self) -> bool {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("held."))
+    }
+
+    /// Lets held and later compiles run.
+    pub fn release(&self) {
+        std::fs::write(self.dir.join("released"), "").unwrap();
+    }
+}
+
 /// The front end of a tree again, incrementally (as make would after an
 /// edit); returns what it did.
 pub fn rebuild_fe(tree: &Path) -> FeReport {
