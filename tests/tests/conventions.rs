@@ -75,7 +75,7 @@ fn toolchain_flags_go_after_the_subcommand_too() {
     );
     ok(
         tool("thinlto-index", t.path())
-            .args(["order", "--llvm", "-19", "vmlinux.a"])
+            .args(["order", "--llvm", &llvm_suffix(), "vmlinux.a"])
             .output()
             .unwrap(),
         "order --llvm",
@@ -114,7 +114,7 @@ fn toolchain_flags_go_after_the_subcommand_too() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("thinlto-backend: error: "));
     ok(
         tool("modpost-ir", t.path())
-            .args(["crcs", "--llvm", "-19", "kernel/core.o"])
+            .args(["crcs", "--llvm", &llvm_suffix(), "kernel/core.o"])
             .output()
             .unwrap(),
         "crcs --llvm",
@@ -284,7 +284,10 @@ fn exit_status_and_error_messages() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
     }
     for name in ["thinlto-index", "modpost-ir"] {
-        let out = tool(name, p).arg("--llvm=-19").output().unwrap();
+        let out = tool(name, p)
+            .arg(format!("--llvm={}", llvm_suffix()))
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{name} without a subcommand");
     }
     // 1: bad input, named.

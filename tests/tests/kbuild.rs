@@ -93,6 +93,7 @@ fn kmake_cmd(tree: &Path, mode: Mode, cc: &str) -> Command {
             ),
         )
         .env("THINLTO_WRAP_EXPLAIN", "1")
+        .env_remove("LLVM")
         .env_remove("MAKEFLAGS")
         .env_remove("MAKELEVEL")
         .env_remove("V");
@@ -283,31 +284,17 @@ fn interrupted_kbuild_runs_resume_to_the_same_bytes() {
     kmake(stock.path(), Mode::Stock);
     for mode in [Mode::Wrap, Mode::Tools] {
         let t = kbuild_tree(mode);
-        // The real compiler, made slow enough to be interrupted mid-run.
-        let slow = t.path().join("clang-slow");
-        script(
-            &slow,
-            &format!(
-                "#!/bin/sh\ncase \" $* \" in *' -x ir '*) sleep 0.4;; esac\nexec {} \"$@\"\n",
-                toolchain().cc.path.display()
-            ),
-        );
-        let slow_s = slow.to_string_lossy().into_owned();
+        // The real compiler, its backend compiles held: make is
+        // interrupted with one under way.
+        let cc = GatedCompiler::new(t.path());
+        cc.close();
+        let slow_s = cc.path.to_string_lossy().into_owned();
         let mut cmd = kmake_cmd(t.path(), mode, &slow_s);
         cmd.process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();
-        // Wait until a backend compile is under way.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let running = backend_compile_running(&slow_s);
-            if running || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(150));
+        wait_for("a held backend compile", || cc.holding());
         // SAFETY: signalling the process group we just made.
         unsafe { libc_kill(-(child.id() as i32), 2) };
         let status = child.wait().unwrap();
@@ -329,6 +316,7 @@ fn interrupted_kbuild_runs_resume_to_the_same_bytes() {
             })
             .collect();
         assert!(leftovers.is_empty(), "{mode:?}: {leftovers:?}");
+        cc.release();
         let out = run_ok(&mut kmake_cmd(t.path(), mode, &slow_s));
         assert!(
             !compiled(mode, &out).is_empty(),
@@ -374,20 +362,6 @@ fn wrap_passes_other_commands_through_unchanged() {
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/clang-0"));
-}
-
-/// Whether a process runs `slow … -x ir …` (a backend compile), read off
-/// /proc as pgrep would.
-fn backend_compile_running(slow: &str) -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    rd.flatten().any(|e| {
-        let argv = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let words: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
-        words.iter().any(|w| w.ends_with(slow.as_bytes()))
-            && words.windows(2).any(|p| p[0] == b"-x" && p[1] == b"ir")
-    })
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -1,16 +1,18 @@
 //! Toolchain resolution as the tools see it: only what a command runs must
-//! exist, and a CC with a launcher (`ccache clang-19`) works end to end.
+//! exist, and a CC with a launcher (`ccache clang-N`) works end to end,
+//! with the suite's LLVM (`-N` is [`llvm_suffix`]).
 
 use std::path::Path;
 
 use thinlto_dist_tests::*;
 
-/// A PATH directory holding only the given links to the real LLVM 19 tools.
-fn path_with(dir: &Path, links: &[(&str, &str)]) {
-    for (name, target) in links {
+/// A PATH directory holding only links to the suite's real LLVM tools, each
+/// named `NAME-N` after the suite's version (`clang` → `clang-22`).
+fn path_with(dir: &Path, names: &[&str]) {
+    for name in names {
         std::os::unix::fs::symlink(
-            Path::new("/usr/lib/llvm-19/bin").join(target),
-            dir.join(name),
+            llvm_bin_dir().join(name),
+            dir.join(format!("{name}{}", llvm_suffix())),
         )
         .unwrap();
     }
@@ -30,12 +32,12 @@ fn the_backend_needs_no_archiver_or_linker() {
     let t = sample_tree();
     let m = thin_link(t.path());
     let bin = tempfile::tempdir().unwrap();
-    path_with(bin.path(), &[("clang-19", "clang")]);
+    path_with(bin.path(), &["clang"]);
     let out = tool("thinlto-backend", t.path())
         .env_remove("CC")
         .env_remove("LD")
         .env_remove("AR")
-        .env("LLVM", "-19")
+        .env("LLVM", llvm_suffix())
         .env("PATH", bin.path())
         .args(["-q", "--index", "out/vmlinux.thinlto-index"])
         .output()
@@ -53,7 +55,7 @@ fn the_backend_needs_no_archiver_or_linker() {
     run_ok(
         tool("thinlto-backend", t.path())
             .env("PATH", bin.path())
-            .env("LLVM", "-19")
+            .env("LLVM", llvm_suffix())
             .args(["archive", "--order", "out/builtin.order"])
             .args([
                 "--index",
@@ -72,15 +74,16 @@ fn a_cc_with_a_launcher_runs_through_it() {
     assert!(out.status.success());
     let plain = natives(t.path(), &m);
     let bin = tempfile::tempdir().unwrap();
-    path_with(bin.path(), &[("clang-19", "clang")]);
+    path_with(bin.path(), &["clang"]);
     // Stands in for ccache (which may not be installed): logs, then runs
     // its arguments.
     script(
         &bin.path().join("ccache"),
         "#!/bin/sh\necho \"$*\" >> \"$0.log\"\nexec \"$@\"\n",
     );
+    let clang = format!("clang{}", llvm_suffix());
     let out = tool("thinlto-backend", t.path())
-        .env("CC", "ccache clang-19")
+        .env("CC", format!("ccache {clang}"))
         .env("PATH", bin.path())
         .args(["-q", "--index", "out/vmlinux.thinlto-index"])
         .output()
@@ -92,12 +95,17 @@ fn a_cc_with_a_launcher_runs_through_it() {
     );
     let log = std::fs::read_to_string(bin.path().join("ccache.log")).unwrap();
     assert_eq!(log.lines().count(), m.bitcode().count(), "{log}");
-    assert!(log.lines().all(|l| l.starts_with("clang-19 ")), "{log}");
+    assert!(
+        log.lines().all(|l| l.starts_with(&format!("{clang} "))),
+        "{log}"
+    );
     assert_eq!(natives(t.path(), &m), plain);
     // The record spells $(CC) as given, as make's would.
     let rec = std::fs::read_to_string(t.path().join("kernel/.core.thinlto-native.o.cmd")).unwrap();
     assert!(
-        rec.starts_with("savedcmd_kernel/core.thinlto-native.o := ccache clang-19 "),
+        rec.starts_with(&format!(
+            "savedcmd_kernel/core.thinlto-native.o := ccache {clang} "
+        )),
         "{rec}"
     );
 }
@@ -105,10 +113,7 @@ fn a_cc_with_a_launcher_runs_through_it() {
 #[test]
 fn the_front_end_needs_no_linker() {
     let bin_dir = tempfile::tempdir().unwrap();
-    path_with(
-        bin_dir.path(),
-        &[("clang-19", "clang"), ("llvm-ar-19", "llvm-ar")],
-    );
+    path_with(bin_dir.path(), &["clang", "llvm-ar"]);
     let tree = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin("xtask"))
         .args(["fe", "--quiet", "--tree"])
@@ -116,7 +121,7 @@ fn the_front_end_needs_no_linker() {
         .env_remove("CC")
         .env_remove("LD")
         .env_remove("AR")
-        .env("LLVM", "-19")
+        .env("LLVM", llvm_suffix())
         .env("PATH", bin_dir.path())
         .output()
         .unwrap();

@@ -42,24 +42,36 @@ impl Bins {
 /// `THINLTO_DIST_BIN_DIR` names a directory of already built binaries
 /// instead (the integration tests use their own build).
 pub fn build_bins() -> Result<Bins> {
+    build_bins_in("release")
+}
+
+/// [`build_bins`] with a cargo profile: `release` (debug info kept, for
+/// profiling the benchmarks' runs) or `dist` (stripped: what `cargo xtask
+/// install` puts on PATH).
+pub fn build_bins_in(profile: &str) -> Result<Bins> {
     if let Some(dir) = std::env::var_os("THINLTO_DIST_BIN_DIR") {
         return Ok(Bins {
             dir: PathBuf::from(dir),
         });
     }
+    // Not --quiet: from a fresh clone this takes minutes, and cargo's own
+    // progress tells a newcomer it is working, not hung.
+    eprintln!(
+        "xtask: building the tools (cargo build --profile {profile}; the first time takes a few minutes)"
+    );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::workspace_root())
-        .args(["build", "--quiet", "--release"])
+        .args(["build", "--profile", profile])
         .args(["-p", "thinlto-cmdparse", "-p", "thinlto-index"])
         .args(["-p", "thinlto-backend", "-p", "modpost-ir"])
         .status()
         .context("cannot run cargo build")?;
     if !status.success() {
-        bail!("cargo build --release of the tools failed");
+        bail!("cargo build --profile {profile} of the tools failed");
     }
     Ok(Bins {
-        dir: crate::target_dir().join("release"),
+        dir: crate::target_dir().join(profile),
     })
 }
 

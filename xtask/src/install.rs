@@ -29,7 +29,8 @@ pub fn default_bin_dir() -> Result<PathBuf> {
 /// temporary and a rename (a build running the old binary meanwhile keeps
 /// it; nobody sees half a program). Returns the installed paths.
 pub fn install(bin_dir: &Path) -> Result<Vec<PathBuf>> {
-    let bins = crate::flow::build_bins()?;
+    // Lean binaries: the release build keeps debug info for profiling.
+    let bins = crate::flow::build_bins_in("dist")?;
     std::fs::create_dir_all(bin_dir)
         .with_context(|| format!("{}: cannot create", bin_dir.display()))?;
     let mut out = Vec::new();

@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what this machine lacks (LLVM 19 via apt-get when root on
-    /// Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
+    /// Install what this machine lacks (LLVM 19 and 22, make, patch, script,
+    /// static libc via apt-get when root on Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
     /// into a venv from PyPI) and print the resolved toolchain and bgd.
     Setup {
         #[command(flatten)]
@@ -171,6 +171,12 @@ enum Verb {
     /// The project's checks: unused dependencies, cargo fmt --check, clippy -D
     /// warnings, all tests.
     Test {
+        /// Run the test suite once with each of these toolchains, given as
+        /// kbuild's LLVM= (`--llvm=-19 --llvm=-22`; CI tests every version
+        /// `cargo xtask setup` installs); the checks before it run once.
+        /// [default: the toolchain found as the tools find it]
+        #[arg(long, value_name = "LLVM", allow_hyphen_values = true)]
+        llvm: Vec<String>,
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
@@ -218,6 +224,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Setup { toolchain } => {
             provision::ensure_make()?;
+            provision::ensure_host(provision::TEST_NEEDS)?;
+            provision::ensure_llvm_versions()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
             println!("bgd: {}", xtask::buildgrid::ensure()?.display());
@@ -499,7 +507,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Verb::Farm(args) => xtask::farm::main(&args),
-        Verb::Test { rest } => run_tests(&rest),
+        Verb::Test { llvm, rest } => run_tests(&llvm, &rest),
     }
 }
 
@@ -722,10 +730,24 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn run_tests(rest: &[String]) -> Result<()> {
+fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
-    let tc = provision::ensure_llvm(&ToolchainArgs::default())?;
-    eprint!("xtask test: toolchain\n{tc}");
+    provision::ensure_host(provision::TEST_NEEDS)?;
+    // Each selection must name an installed toolchain; the default one is
+    // installed when missing.
+    let selections: Vec<Option<&String>> = if llvm.is_empty() {
+        vec![None]
+    } else {
+        llvm.iter().map(Some).collect()
+    };
+    let mut toolchains = Vec::new();
+    for sel in &selections {
+        let args = ToolchainArgs {
+            llvm: sel.cloned(),
+            ..Default::default()
+        };
+        toolchains.push(provision::ensure_llvm(&args)?);
+    }
     // The remote-cache tests run a real BuildGrid; they find its bgd here.
     let bgd = xtask::buildgrid::ensure()?;
     eprintln!("xtask test: bgd {}", bgd.display());
@@ -751,13 +773,24 @@ fn run_tests(rest: &[String]) -> Result<()> {
         "cargo build",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    step(
-        "cargo test",
-        cargo()
-            .args(["test", "--workspace"])
+    let mut times = Vec::new();
+    for (sel, tc) in selections.iter().zip(&toolchains) {
+        let name = sel.map_or("the default toolchain".to_string(), |l| format!("LLVM={l}"));
+        eprint!("xtask test: the suite with {name}\n{tc}");
+        let mut test = cargo();
+        test.args(["test", "--workspace"])
             .args(rest)
-            .env("THINLTO_TEST_BGD", &bgd),
-    )?;
+            .env("THINLTO_TEST_BGD", &bgd);
+        // The suite resolves its toolchain as the tools do: LLVM= selects
+        // it (and beats CC/LD/AR, as in kbuild).
+        if let Some(l) = sel {
+            test.env("LLVM", l);
+        }
+        let start = Instant::now();
+        step(&format!("cargo test ({name})"), &mut test)?;
+        times.push(format!("{name}: {:.0} s", start.elapsed().as_secs_f64()));
+    }
+    eprintln!("xtask test: suite times: {}", times.join(", "));
     Ok(())
 }
 

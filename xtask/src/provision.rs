@@ -1,13 +1,17 @@
 //! Provisioning: a fresh machine has Rust but no clang/lld. Verbs that need
 //! LLVM call [`ensure_llvm`], which installs it with apt-get when running as
 //! root on Debian/Ubuntu, and otherwise stops with the exact command to run.
+//! `cargo xtask setup` installs every tested LLVM version
+//! ([`ensure_llvm_versions`]) and what the test suite runs besides
+//! ([`ensure_host`] with [`TEST_NEEDS`]), so no test need skip in CI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use thinlto_index::toolchain::{
-    resolve_roles, Role, Tool, ToolEnv, Toolchain, ToolchainArgs, APT_PACKAGES,
+    apt_packages, llvm_packages, resolve_roles, Role, Tool, ToolEnv, Toolchain, ToolchainArgs,
+    LLVM_VERSIONS,
 };
 
 /// Resolves (and probes) the toolchain, installing LLVM first if needed and
@@ -45,22 +49,51 @@ pub fn ensure_tools(args: &ToolchainArgs, roles: &[Role]) -> Result<Vec<Tool>> {
     resolve()
 }
 
+/// Installs the packages of every version of [`LLVM_VERSIONS`] that this
+/// machine lacks (`cargo xtask setup`: CI runs the suite with each).
+pub fn ensure_llvm_versions() -> Result<()> {
+    let path = std::env::var_os("PATH");
+    let missing: Vec<String> = LLVM_VERSIONS
+        .iter()
+        .flat_map(|v| llvm_packages(*v).map(|p| (*v, p)))
+        .filter(|(version, (_, program))| {
+            let name = program
+                .rsplit_once('-')
+                .map_or(program.as_str(), |(n, _)| n);
+            thinlto_index::toolchain::find_program(program, path.as_ref()).is_err()
+                && !Path::new(&format!("/usr/lib/llvm-{version}/bin/{name}")).exists()
+        })
+        .map(|(_, (package, _))| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing, "LLVM")
+}
+
 /// The command a user must run when we cannot install for them.
 pub fn install_command() -> String {
     format!(
         "sudo apt-get update && sudo apt-get install -y {}",
-        APT_PACKAGES.join(" ")
+        apt_packages().join(" ")
     )
 }
 
 fn install_llvm() -> Result<()> {
+    apt_install(&apt_packages(), "LLVM")
+}
+
+/// Installs `packages` with apt-get when root on Debian/Ubuntu; otherwise
+/// stops with the command to run.
+fn apt_install(packages: &[String], what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let debian = Path::new("/etc/debian_version").exists();
     let apt = thinlto_index::toolchain::find_program("apt-get", std::env::var_os("PATH").as_ref());
     if !(root && debian && apt.is_ok()) {
         bail!(
-            "LLVM 19 (clang, ld.lld, llvm-ar) is not installed{}; run: {}",
+            "{what} is not installed ({}){}; run: sudo apt-get update && sudo apt-get install -y {}",
+            packages.join(", "),
             if !debian {
                 " and this is not Debian/Ubuntu"
             } else if !root {
@@ -68,16 +101,16 @@ fn install_llvm() -> Result<()> {
             } else {
                 " and apt-get is missing"
             },
-            install_command()
+            packages.join(" ")
         );
     }
     eprintln!(
-        "xtask: LLVM not found; installing {} with apt-get",
-        APT_PACKAGES.join(" ")
+        "xtask: {what} not found; installing {} with apt-get",
+        packages.join(" ")
     );
     run_apt(&["update"])?;
-    let mut install = vec!["install", "-y"];
-    install.extend(APT_PACKAGES);
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(packages.iter().map(String::as_str));
     run_apt(&install)
 }
 
@@ -94,32 +127,73 @@ pub(crate) fn run_apt(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The host programs the flows and tests run besides LLVM: GNU make (the
-/// reference flow, kbuild's rules) and patch (examples/kbuild's patch, as a
-/// user applies it). Installed with apt-get when missing (root, Debian).
-pub fn ensure_make() -> Result<()> {
-    let path = std::env::var_os("PATH");
-    let missing: Vec<&str> = ["make", "patch"]
-        .into_iter()
-        .filter(|p| thinlto_index::toolchain::find_program(p, path.as_ref()).is_err())
-        .collect();
+/// Something a verb runs besides LLVM, and the Debian package providing it.
+pub struct HostNeed {
+    pub package: &'static str,
+    /// What is needed, for messages (`make`, `static libc (libc.a)`).
+    pub what: &'static str,
+    pub present: fn() -> bool,
+}
+
+fn on_path(name: &str) -> bool {
+    thinlto_index::toolchain::find_program(name, std::env::var_os("PATH").as_ref()).is_ok()
+}
+
+/// The flows' host programs: GNU make (the reference flow, kbuild's rules)
+/// and patch (examples/kbuild's patch, as a user applies it).
+pub const FLOW_NEEDS: &[HostNeed] = &[
+    HostNeed {
+        package: "make",
+        what: "make",
+        present: || on_path("make"),
+    },
+    HostNeed {
+        package: "patch",
+        what: "patch",
+        present: || on_path("patch"),
+    },
+];
+
+/// What the test suite needs besides [`FLOW_NEEDS`]: `script` (the backend's
+/// progress on a terminal) and a static libc (the warm compiler's test of a
+/// static compiler). The tests say which package to install when one is
+/// missing.
+pub const TEST_NEEDS: &[HostNeed] = &[
+    HostNeed {
+        package: "bsdutils",
+        what: "script",
+        present: || on_path("script"),
+    },
+    HostNeed {
+        package: "libc6-dev",
+        what: "static libc (libc.a)",
+        present: static_libc_present,
+    },
+];
+
+/// libc.a in a multiarch or plain library directory (where clang -static
+/// looks on Debian).
+fn static_libc_present() -> bool {
+    let mut dirs = vec![PathBuf::from("/usr/lib"), PathBuf::from("/usr/lib64")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path()));
+    }
+    dirs.iter().any(|d| d.join("libc.a").is_file())
+}
+
+/// Installs the missing ones of `needs` (with apt-get when root on Debian),
+/// or stops naming them and the command to run.
+pub fn ensure_host(needs: &[HostNeed]) -> Result<()> {
+    let missing: Vec<&HostNeed> = needs.iter().filter(|n| !(n.present)()).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 && Path::new("/etc/debian_version").exists() {
-        eprintln!(
-            "xtask: {} not found; installing with apt-get",
-            missing.join(", ")
-        );
-        run_apt(&["update"])?;
-        let mut args = vec!["install", "-y", "--no-install-recommends"];
-        args.extend(&missing);
-        return run_apt(&args);
-    }
-    bail!(
-        "{} not installed; run: sudo apt-get install -y {}",
-        missing.join(", "),
-        missing.join(" ")
-    )
+    let what: Vec<&str> = missing.iter().map(|n| n.what).collect();
+    let packages: Vec<String> = missing.iter().map(|n| n.package.to_string()).collect();
+    apt_install(&packages, &what.join(", "))
+}
+
+/// [`ensure_host`] for the flows.
+pub fn ensure_make() -> Result<()> {
+    ensure_host(FLOW_NEEDS)
 }
