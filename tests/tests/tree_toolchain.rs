@@ -322,3 +322,57 @@ fn requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one() {
         );
     }
 }
+
+/// The thin link with nothing naming a linker takes the lld of the LLVM
+/// that compiled the tree (its records' clang), not the newest installed:
+/// a newer lld writes shards the tree's clang cannot read.
+#[test]
+fn requires_two_llvms_the_thin_link_takes_the_front_ends_lld() {
+    let versions = installed_llvms();
+    let (Some(&old), Some(&new)) = (versions.first(), versions.last()) else {
+        eprintln!("SKIPPED requires_two_llvms_…: no LLVM installed in /usr/lib/llvm-N");
+        return;
+    };
+    if old == new {
+        eprintln!(
+            "SKIPPED requires_two_llvms_the_thin_link_takes_the_front_ends_lld: \
+             only LLVM {old} is installed; it needs two versions (e.g. clang-19 and clang-22)"
+        );
+        return;
+    }
+    let path: OsString = "/usr/bin:/bin".into();
+    let tree = tree_built_by(&format!("clang-{old}"), &llvm(old, "ld.lld"), &path);
+    let t = tree.path();
+    let link = |extra: &[&str]| {
+        tool("thinlto-index", t)
+            .env_remove("LD")
+            .env_remove("LLVM")
+            .env("PATH", &path)
+            .args(["link", "--force", "--ldflags", &ldflags(t)])
+            .args(["-o", "out/vmlinux.thinlto-index", "--imports"])
+            .args(extra)
+            .arg("out/builtin.order")
+            .output()
+            .unwrap()
+    };
+    let recorded =
+        || std::fs::read_to_string(t.join("out/.vmlinux.thinlto-index.digests.cmd")).unwrap();
+    let out = link(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        recorded().contains(&format!("ld.lld-{old} ")),
+        "{}",
+        recorded()
+    );
+    // The backend (the tree's clang, from the records) reads the shards.
+    let out = backend_on(t, &path, &["-B"]);
+    assert!(out.status.success(), "{out:?}");
+    // Named, the newer one runs.
+    let out = link(&["--ld", &format!("ld.lld-{new}")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        recorded().contains(&format!("ld.lld-{new} ")),
+        "{}",
+        recorded()
+    );
+}

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{classify, order, ThinLink, Toolchain, ToolchainArgs};
 
 /// Stage 2 of kbuild's distributed ThinLTO: archive member order, bitcode
@@ -150,8 +151,17 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 order_file
             };
+            // Nothing names a linker: the one of the LLVM that compiled
+            // the tree (a newer lld would write shards its clang cannot
+            // read).
+            let mut env = ToolEnv::from_process();
+            if !thinlto_index::toolchain::named(&cli.toolchain, &env, Role::Ld) {
+                let objects = thinlto_index::link::read_order(&order_file)?;
+                env.tree_ld =
+                    thinlto_index::tree_tools::tree_linker(objects.iter().map(String::as_str));
+            }
             let (manifest, outcome) = ThinLink {
-                ld: Toolchain::resolve_ld(&cli.toolchain)?,
+                ld: Toolchain::resolve_one(&cli.toolchain, &env, Role::Ld)?,
                 ldflags,
                 index,
                 imports,

@@ -56,6 +56,49 @@ pub fn agree<'a>(records: impl IntoIterator<Item = (&'a Path, String)>) -> Optio
     first.map(|(spelled, record)| TreeRecord::Agreed { spelled, record })
 }
 
+/// The linker of the compiler's LLVM, for a tree whose records name a
+/// compiler but no thin link yet (the records of the front end are all a
+/// tree has before its first thin link): `clang-19` → `ld.lld-19`,
+/// `/usr/lib/llvm-19/bin/clang` → `/usr/lib/llvm-19/bin/ld.lld`, `clang`
+/// → `ld.lld`. A launcher is dropped (kbuild's `$(LD)` has none). None
+/// for a compiler that is not clang: its LLVM is not known.
+pub fn linker_for_compiler(cc_spelled: &str) -> Option<String> {
+    let words = shell::split(cc_spelled).ok()?;
+    let program = words.get(crate::toolchain::real_program(&words))?;
+    let (dir, name) = match program.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, program.as_str()),
+    };
+    let suffix = name.strip_prefix("clang")?;
+    if !(suffix.is_empty()
+        || suffix
+            .strip_prefix('-')
+            .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty()))
+    {
+        return None;
+    }
+    let ld = format!("ld.lld{suffix}");
+    Some(match dir {
+        Some(d) => format!("{d}/{ld}"),
+        None => ld,
+    })
+}
+
+/// The linker the tree's records point at: that of the compiler the
+/// first object of `objects` with a `.cmd` record was compiled by (see
+/// [`linker_for_compiler`]), as a record of that file.
+pub fn tree_linker<'a>(objects: impl IntoIterator<Item = &'a str>) -> Option<TreeRecord> {
+    objects.into_iter().find_map(|o| {
+        let cmd_file = thinlto_cmdparse::cmd_file_for_object(Path::new(o));
+        let cmd = thinlto_cmdparse::CmdFile::read(&cmd_file).ok()?;
+        let cc = recorded_tool(cmd.savedcmd.as_deref()?)?;
+        Some(TreeRecord::Agreed {
+            spelled: linker_for_compiler(&cc)?,
+            record: cmd_file,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +151,23 @@ mod tests {
                 second: ("clang-22".into(), c.into())
             })
         );
+    }
+
+    #[test]
+    fn the_linker_of_the_compilers_llvm() {
+        let cases = [
+            ("clang-19", Some("ld.lld-19")),
+            ("ccache clang-22", Some("ld.lld-22")),
+            (
+                "/usr/lib/llvm-19/bin/clang",
+                Some("/usr/lib/llvm-19/bin/ld.lld"),
+            ),
+            ("clang", Some("ld.lld")),
+            ("gcc-12", None),
+            ("clang-tidy", None),
+        ];
+        for (cc, want) in cases {
+            assert_eq!(linker_for_compiler(cc).as_deref(), want, "{cc}");
+        }
     }
 }
