@@ -414,7 +414,8 @@ fn build_one(
     // (Each looked up first: an unlink takes the directory's lock even
     // when there is nothing to remove, and jobs of one directory run
     // together.)
-    for (what, p) in [("record", job.record_path.as_path()), ("native", native)] {
+    let old_outputs = job.record_path.as_deref().map(|r| ("record", r));
+    for (what, p) in old_outputs.into_iter().chain([("native", native)]) {
         if std::fs::symlink_metadata(p).is_ok() {
             if let Err(e) = std::fs::remove_file(p) {
                 // Nothing touched yet: the old outputs stay as they were.
@@ -534,14 +535,13 @@ fn build_one(
     rec.seconds = Some(seconds);
     // The record comes last: a crash before it leaves a native that the
     // next run does not trust (no record).
-    if let Err(e) = write_record(&job.record_path, &rec.render(&job.native)) {
-        return fail(
-            format!(
-                "{}: cannot write the record: {e}",
-                job.record_path.display()
-            ),
-            None,
-        );
+    if let Some(path) = &job.record_path {
+        if let Err(e) = write_record(path, &rec.render(&job.native)) {
+            return fail(
+                format!("{}: cannot write the record: {e}", path.display()),
+                None,
+            );
+        }
     }
     if let (Some(cache), Some(t)) = (ctx.cache, &trace) {
         cache.store(job, record, t, &text, seconds, started);
@@ -581,12 +581,11 @@ fn put_in_place(
     write_atomic(Path::new(&job.native), &hit.native)?;
     let mut rec = record.clone();
     rec.seconds = hit.seconds.or(record.seconds);
-    write_record(&job.record_path, &rec.render(&job.native)).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot write the record: {e}",
-            job.record_path.display()
-        )
-    })
+    let Some(path) = &job.record_path else {
+        return Ok(());
+    };
+    write_record(path, &rec.render(&job.native))
+        .map_err(|e| anyhow::anyhow!("{}: cannot write the record: {e}", path.display()))
 }
 
 #[cfg(test)]
