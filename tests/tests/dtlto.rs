@@ -138,8 +138,15 @@ fn link(
     };
     c.args(["-o", out])
         .arg(format!("--thinlto-distributor={}", dist.display()))
-        .arg(format!("--thinlto-remote-compiler={}", tc.cc.path.display()))
-        .args(dist_args.iter().map(|a| format!("--thinlto-distributor-arg={a}")))
+        .arg(format!(
+            "--thinlto-remote-compiler={}",
+            tc.cc.path.display()
+        ))
+        .args(
+            dist_args
+                .iter()
+                .map(|a| format!("--thinlto-distributor-arg={a}")),
+        )
         .args(extra);
     c.output().unwrap()
 }
@@ -185,12 +192,21 @@ fn requires_llvm22_dtlto_links_the_reference_bytes() {
             std::fs::read(tree.path().join("ref.out")).unwrap(),
             std::fs::read(tree.path().join("ours.out")).unwrap(),
         );
-        assert!(r == o, "the link through dtlto differs from the reference's");
+        assert!(
+            r == o,
+            "the link through dtlto differs from the reference's"
+        );
         let recs = records(&recs);
         assert!(recs.len() > 1, "{recs:?}");
-        assert!(recs.iter().all(|r| r.status == JobStatus::Built), "{recs:?}");
+        assert!(
+            recs.iter().all(|r| r.status == JobStatus::Built),
+            "{recs:?}"
+        );
         // Archive members, with lld's per-link names, were among the jobs.
-        assert!(recs.iter().any(|r| r.object.starts_with("lib.a(")), "{recs:?}");
+        assert!(
+            recs.iter().any(|r| r.object.starts_with("lib.a(")),
+            "{recs:?}"
+        );
     }
     // No kbuild record beside lld's temporaries.
     let cmd_files = std::fs::read_dir(tree.path())
@@ -203,7 +219,8 @@ fn requires_llvm22_dtlto_links_the_reference_bytes() {
 
 #[test]
 fn requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling() {
-    let Some(tc) = llvm22("requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling")
+    let Some(tc) =
+        llvm22("requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling")
     else {
         return;
     };
@@ -215,9 +232,20 @@ fn requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling() {
     let recs = scratch.path().join("records");
     let recs_arg = format!("--records={}", recs.display());
     let args = ["dtlto", "-j2", cache_arg.as_str(), recs_arg.as_str()];
-    ok(link(&tc, &tree, Kind::Relocatable, "cold.o", &ours, &args, &[]));
+    ok(link(
+        &tc,
+        &tree,
+        Kind::Relocatable,
+        "cold.o",
+        &ours,
+        &args,
+        &[],
+    ));
     let cold = records(&recs);
-    assert!(cold.iter().all(|r| r.status == JobStatus::Built), "{cold:?}");
+    assert!(
+        cold.iter().all(|r| r.status == JobStatus::Built),
+        "{cold:?}"
+    );
     // A copy in another directory; lld's per-link names (its PID in the
     // shards', outputs' and members' names) differ from the first link's.
     let copy = Tree {
@@ -228,7 +256,15 @@ fn requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling() {
         objects: tree.objects.clone(),
     };
     xtask::flow::copy_fe_tree(tree.path(), copy.path()).unwrap();
-    ok(link(&tc, &copy, Kind::Relocatable, "warm.o", &ours, &args, &[]));
+    ok(link(
+        &tc,
+        &copy,
+        Kind::Relocatable,
+        "warm.o",
+        &ours,
+        &args,
+        &[],
+    ));
     let warm = records(&recs);
     assert_eq!(warm.len(), cold.len());
     assert!(
@@ -247,7 +283,15 @@ fn requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling() {
     assert_eq!(v["counters"]["hits_local"], cold.len());
     // The hits give the bytes a reference compile of the new names gives.
     let reference = reference_distributor(scratch.path());
-    ok(link(&tc, &copy, Kind::Relocatable, "ref.o", &reference, &[], &[]));
+    ok(link(
+        &tc,
+        &copy,
+        Kind::Relocatable,
+        "ref.o",
+        &reference,
+        &[],
+        &[],
+    ));
     assert!(
         std::fs::read(copy.path().join("warm.o")).unwrap()
             == std::fs::read(copy.path().join("ref.o")).unwrap(),
@@ -257,7 +301,8 @@ fn requires_llvm22_a_warm_cache_serves_a_copy_of_the_tree_without_compiling() {
 
 #[test]
 fn requires_llvm22_a_compile_error_fails_the_link_with_the_compilers_message() {
-    let Some(tc) = llvm22("requires_llvm22_a_compile_error_fails_the_link_with_the_compilers_message")
+    let Some(tc) =
+        llvm22("requires_llvm22_a_compile_error_fails_the_link_with_the_compilers_message")
     else {
         return;
     };
@@ -299,11 +344,18 @@ fn a_bad_job_file_is_an_error_naming_the_field() {
         assert_eq!(out.status.code(), Some(1));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = run(r#"{"common":{"args":["clang-22","-c"]},"jobs":[{"args":["a.o",5],"inputs":["a.o"],"outputs":["a.native.o"]}]}"#);
+    let err = run(
+        r#"{"common":{"args":["clang-22","-c"]},"jobs":[{"args":["a.o",5],"inputs":["a.o"],"outputs":["a.native.o"]}]}"#,
+    );
     assert!(err.contains("out.123.dist-file.json"), "{err}");
     assert!(err.contains("jobs[0].args[1]: expected a string"), "{err}");
     let err = run(r#"{"common":{"args":["clang-22","-c"]}}"#);
     assert!(err.contains("no field \"jobs\""), "{err}");
-    let err = run(r#"{"common":{"args":["clang-22"]},"jobs":[{"args":["a.o","-o","x.o"],"inputs":["a.o"],"outputs":["x.o"]}]}"#);
-    assert!(err.contains("jobs[0].args: no -fthinlto-index=SHARD"), "{err}");
+    let err = run(
+        r#"{"common":{"args":["clang-22"]},"jobs":[{"args":["a.o","-o","x.o"],"inputs":["a.o"],"outputs":["x.o"]}]}"#,
+    );
+    assert!(
+        err.contains("jobs[0].args: no -fthinlto-index=SHARD"),
+        "{err}"
+    );
 }
