@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_cache;
+pub mod bench_dtlto;
 pub mod buildgrid;
 pub mod deps;
 pub mod farm;
