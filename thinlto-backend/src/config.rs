@@ -152,6 +152,19 @@ pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
     }
 }
 
+/// The verbosity and the summary line of `thinlto-backend dtlto`: none
+/// unless `-v`, as lld's in-process ThinLTO prints nothing (the
+/// distributor's stderr is the link's, on the user's terminal; failures
+/// and the compilers' warnings are printed at every verbosity); `-v`
+/// prints the commands and the summary.
+pub fn dtlto_verbosity(verbose: bool, no_summary: bool) -> (Verbosity, bool) {
+    if verbose {
+        (Verbosity::Commands, !no_summary)
+    } else {
+        (Verbosity::Quiet, false)
+    }
+}
+
 /// The cache directory: `--cache-dir`, else `$THINLTO_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/thinlto-dist`, else `~/.cache/thinlto-dist`.
 pub fn cache_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {

@@ -21,6 +21,8 @@
 //!   flags, a file or the environment;
 //! - [`worker`]: a REAPI farm worker (Remote Workers API, feature
 //!   `remote`): hermetic compiles for remote execution;
+//! - [`dtlto`]: a distributor for lld's DTLTO (`--thinlto-distributor`),
+//!   its jobs run by [`engine::run_planned`];
 //! - [`wrap`]: the compiler wrapper for kbuild's own rules
 //!   (`CC="thinlto-backend wrap clang"`);
 //! - [`archive`]: the final thin archive;
@@ -31,11 +33,12 @@
 //! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
 //! `reapi`, never the scheduler; `reapi` uses only `config`, `limits` and
 //! `engine::digest`; `worker` uses `reapi`, `cache` (identity, trace) and
-//! `warm` (the shim).
+//! `warm` (the shim); `dtlto` uses `engine` and `config`.
 
 pub mod archive;
 pub mod cache;
 pub mod config;
+pub mod dtlto;
 pub mod engine;
 #[cfg(feature = "remote")]
 pub mod exec;

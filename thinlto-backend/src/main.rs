@@ -101,6 +101,14 @@ enum Verb {
     /// API server (BuildGrid's Bots service), hermetic or failed
     #[cfg(feature = "remote")]
     Worker(thinlto_backend::worker::WorkerArgs),
+    /// A DTLTO distributor for lld (≥ 21): `ld.lld
+    /// --thinlto-distributor=thinlto-backend --thinlto-distributor-arg=dtlto`
+    /// (each further `--thinlto-distributor-arg=` is one of the options
+    /// below). Runs the jobs of lld's JSON file on the engine: every
+    /// output is what `common.args + job.args` writes, byte for byte.
+    /// Quiet unless -v (lld's stdout and stderr are the user's terminal);
+    /// the cache only with --cache or --cache-dir (or THINLTO_CACHE=1)
+    Dtlto(DtltoArgs),
     /// The backend cache: what it holds, and its upkeep
     Cache {
         #[command(subcommand)]
@@ -135,12 +143,35 @@ fn parse_size(s: &str) -> Result<u64, String> {
     thinlto_backend::cache::local::parse_size(s)
 }
 
+/// kbuild's front end: the engine's options and what picks the jobs.
 #[derive(Args)]
 struct RunArgs {
     /// The index file (one bitcode object per line; `-`: from stdin)
     /// instead of a manifest on stdin
     #[arg(long, value_name = "FILE")]
     index: Option<PathBuf>,
+    /// Print the commands that would run, run nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Say for every job why it would run or why it is up to date, run nothing
+    #[arg(long)]
+    explain: bool,
+    /// Only this job (an object, its native object, or its summary)
+    #[arg(long, value_name = "OBJECT")]
+    only: Vec<String>,
+    /// Run every job, up to date or not
+    #[arg(short = 'B', long)]
+    always_make: bool,
+    #[command(flatten)]
+    toolchain: ToolchainArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The engine's options, shared by kbuild's front end and `dtlto` (a new
+/// engine option goes here, and both have it).
+#[derive(Args)]
+struct EngineArgs {
     /// Parallel jobs [default: available cores; under make, make's jobserver]
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
@@ -157,18 +188,6 @@ struct RunArgs {
     /// `CC` line is printed)
     #[arg(long)]
     no_summary: bool,
-    /// Print the commands that would run, run nothing
-    #[arg(long)]
-    dry_run: bool,
-    /// Say for every job why it would run or why it is up to date, run nothing
-    #[arg(long)]
-    explain: bool,
-    /// Only this job (an object, its native object, or its summary)
-    #[arg(long, value_name = "OBJECT")]
-    only: Vec<String>,
-    /// Run every job, up to date or not
-    #[arg(short = 'B', long)]
-    always_make: bool,
     /// Compile in a warm compiler (the default): one compiler process,
     /// started once, forks a child per job (no start-up cost per job; the
     /// same objects). Plain spawns when it cannot (a static compiler, a
@@ -239,8 +258,18 @@ struct RunArgs {
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     remote_tls_ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DtltoArgs {
     #[command(flatten)]
-    toolchain: ToolchainArgs,
+    engine: EngineArgs,
+    /// Also write one JSON record per job to FILE (none by default: lld's
+    /// stdout is the user's terminal)
+    #[arg(long, value_name = "FILE")]
+    records: Option<PathBuf>,
+    /// The JSON file lld wrote (its last argument)
+    json: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -262,6 +291,7 @@ fn main() -> ExitCode {
         }
         Some(Verb::Wrap { command }) => thinlto_backend::wrap::main(command),
         Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
+        Some(Verb::Dtlto(args)) => dtlto(args, header_env.as_deref()),
         #[cfg(feature = "remote")]
         Some(Verb::Worker(args)) => thinlto_backend::worker::main(args).map(|()| ExitCode::SUCCESS),
         None => backend(cli.run, header_env.as_deref()),
@@ -366,10 +396,28 @@ fn archive(order: &Path, index: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The flags, as the engine's [`Config`]; every default comes from
+/// kbuild's flags, as the engine's [`Config`]; every default comes from
 /// [`thinlto_backend::config`].
 /// `header_env`: the value $THINLTO_REMOTE_HEADERS had.
-fn config(args: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config> {
+fn config(run: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config> {
+    Ok(Config {
+        toolchain: run.toolchain.clone(),
+        mode: if run.explain {
+            Mode::Explain
+        } else if run.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Build
+        },
+        only: run.only.clone(),
+        always_make: run.always_make,
+        ..engine_config(&run.engine, header_env)?
+    })
+}
+
+/// The engine's flags, as a [`Config`] that builds every job it is given
+/// with the compiler it is given (what kbuild's front end refines).
+fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config> {
     let remote_url = args.remote_cache.clone().filter(|u| !u.is_empty());
     let cache_on = args.cache || config::env_switch("THINLTO_CACHE")?.unwrap_or(false);
     let use_cache =
@@ -428,20 +476,14 @@ fn config(args: &RunArgs, header_env: Option<&std::ffi::OsStr>) -> Result<Config
         remote,
     });
     Ok(Config {
-        toolchain: args.toolchain.clone(),
+        toolchain: ToolchainArgs::default(),
         jobs: args.jobs,
         keep_going: args.keep_going,
         verbosity: config::verbosity(args.quiet, args.verbose),
         summary: !args.no_summary,
-        mode: if args.explain {
-            Mode::Explain
-        } else if args.dry_run {
-            Mode::DryRun
-        } else {
-            Mode::Build
-        },
-        only: args.only.clone(),
-        always_make: args.always_make,
+        mode: Mode::Build,
+        only: Vec::new(),
+        always_make: false,
         warm: Warm::from_flags(args.warm, args.no_warm)?,
         cache,
         remote_exec,
@@ -468,6 +510,27 @@ fn read_inputs(index: Option<&Path>) -> Result<Vec<JobInput>> {
             Ok(inputs_from_manifest(&m))
         }
     }
+}
+
+/// `thinlto-backend dtlto`. `header_env`: the value $THINLTO_REMOTE_HEADERS had.
+fn dtlto(args: DtltoArgs, header_env: Option<&std::ffi::OsStr>) -> Result<ExitCode> {
+    // Taken first: the descriptors MAKEFLAGS names must not be reused.
+    let jobserver = scheduler::jobserver_from_env();
+    let mut cfg = engine_config(&args.engine, header_env)?;
+    (cfg.verbosity, cfg.summary) =
+        config::dtlto_verbosity(args.engine.verbose, args.engine.no_summary);
+    let mut records: Box<dyn Write + Send> = match &args.records {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
+        )),
+        None => Box::new(std::io::sink()),
+    };
+    Ok(
+        match thinlto_backend::dtlto::run(&cfg, &args.json, jobserver, &mut records)? {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::Failed | Outcome::Interrupted(_) => ExitCode::FAILURE,
+        },
+    )
 }
 
 /// `header_env`: the value $THINLTO_REMOTE_HEADERS had.

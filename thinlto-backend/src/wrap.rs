@@ -118,9 +118,10 @@ pub fn job_for(argv: &[OsString], cmd: &BackendCommand) -> BackendJob {
             imports: imports_of(&cmd.object),
         },
         native: cmd.native.clone(),
-        record_path: digests_path(&cmd.native),
+        record_path: Some(digests_path(&cmd.native)),
         command_text: shell::join(&argv),
         argv,
+        key_argv: None,
     }
 }
 
@@ -174,6 +175,7 @@ pub fn main(argv: Vec<OsString>) -> ! {
         exec(&argv)
     };
     let job = job_for(&argv, &cmd);
+    let record_path = digests_path(&job.native);
     let (decision, mut record) = match decide(&job, &DigestCache::default()) {
         Ok(d) => d,
         // A missing input: the compiler says it as it would without us.
@@ -196,11 +198,11 @@ pub fn main(argv: Vec<OsString>) -> ! {
     };
     explain(&job.native, &format!("runs: {why}"));
     // An old record must never vouch for what this compile leaves.
-    if std::fs::symlink_metadata(&job.record_path).is_ok() {
-        if let Err(e) = std::fs::remove_file(&job.record_path) {
+    if std::fs::symlink_metadata(&record_path).is_ok() {
+        if let Err(e) = std::fs::remove_file(&record_path) {
             eprintln!(
                 "thinlto-backend wrap: {}: cannot remove: {e}",
-                job.record_path.display()
+                record_path.display()
             );
             std::process::exit(1);
         }
@@ -251,11 +253,11 @@ pub fn main(argv: Vec<OsString>) -> ! {
     let built = std::fs::metadata(&job.native).is_ok_and(|m| m.is_file() && m.len() > 0);
     if built {
         record.seconds = Some(start.elapsed().as_secs_f64());
-        if let Err(e) = write_record(&job.record_path, &record.render(&job.native)) {
+        if let Err(e) = write_record(&record_path, &record.render(&job.native)) {
             // The object is fine; only the next decision is lost.
             eprintln!(
                 "thinlto-backend wrap: warning: {}: cannot write the record: {e}",
-                job.record_path.display()
+                record_path.display()
             );
         }
     } else {

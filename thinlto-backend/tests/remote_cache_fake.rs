@@ -645,11 +645,12 @@ fn backend_lookup(extras: &[(String, String, i64)], native_size: Option<i64>) ->
             imports: None,
         },
         native: native_path.into(),
-        record_path: dir.path().join("record"),
+        record_path: Some(dir.path().join("record")),
         argv: ["true", "-c", "-o", native_path, "Cargo.toml"]
             .map(String::from)
             .to_vec(),
         command_text: String::new(),
+        key_argv: None,
     };
     let hit = cache.lookup(&job, &Default::default());
     cache.finish();

@@ -114,7 +114,7 @@ pub fn detect_layout(tree: &Path) -> Result<TreeLayout> {
 
 /// The commands of a `savedcmd_` line: split at unquoted `;`, each split
 /// into words as `/bin/sh` would.
-fn commands_of(cmd_file: &Path) -> Result<Vec<Vec<String>>> {
+pub(crate) fn commands_of(cmd_file: &Path) -> Result<Vec<Vec<String>>> {
     let cmd =
         CmdFile::read(cmd_file).with_context(|| format!("{}: cannot read", cmd_file.display()))?;
     let text = cmd

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -122,6 +122,12 @@ enum Verb {
         /// Farm workers for --remote-only
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Only lld's DTLTO (LLVM 22): the generated tree's `ld.lld -r` and,
+        /// with --kernel, Linux's `vmlinux.a`, linked with in-process
+        /// ThinLTO, the reference distributor and `thinlto-backend dtlto`
+        /// (cold and warm cache)
+        #[arg(long, conflicts_with_all = ["kbuild_modes_only", "cache_only"])]
+        dtlto_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -302,8 +308,17 @@ fn run(cli: Cli) -> Result<()> {
             cache_only,
             remote_only,
             workers,
+            dtlto_only,
             toolchain,
         } => {
+            if dtlto_only {
+                return bench_dtlto(
+                    if quick { 200 } else { objects },
+                    jobs.unwrap_or(2),
+                    kernel.as_deref(),
+                    write,
+                );
+            }
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             if remote_only {
@@ -602,6 +617,49 @@ fn replace_section(old: &str, marker: &str, section: &str) -> String {
             format!("{}{section}{}", &old[..notes_at], &old[notes_at..])
         }
     }
+}
+
+/// Where the DTLTO section (bench --dtlto-only) starts.
+const DTLTO_MARKER: &str = "<!-- dtlto -->";
+
+/// `bench --dtlto-only`: the generated tree (and a kernel) linked three
+/// ways with LLVM 22's lld, as a BENCHMARKS.md section.
+fn bench_dtlto(objects: usize, jobs: usize, kernel: Option<&Path>, write: bool) -> Result<()> {
+    let tc = provision::ensure_llvm(&ToolchainArgs {
+        llvm: Some("-22".into()),
+        ..Default::default()
+    })?;
+    let bins = xtask::flow::build_bins()?;
+    let ours = bins.dir.join("thinlto-backend");
+    let workdir = xtask::target_dir().join("bench-dtlto");
+    let mut text = xtask::bench_dtlto::bench(
+        &tc,
+        &ours,
+        &xtask::bench_dtlto::generated(&tc, objects, xtask::default_jobs(), &workdir)?,
+        jobs,
+        &workdir,
+    )?;
+    if let Some(k) = kernel {
+        text.push('\n');
+        text.push_str(&xtask::bench_dtlto::bench(
+            &tc,
+            &ours,
+            &xtask::bench_dtlto::Link::kernel(k)?,
+            jobs,
+            &workdir,
+        )?);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let command = xtask::bench::report_command(
+        &std::env::args().skip(1).collect::<Vec<_>>(),
+        home.as_deref(),
+    );
+    let section = format!("{DTLTO_MARKER}\n## lld's DTLTO: `thinlto-backend dtlto` as the distributor\n\nMeasured by `cargo xtask {command}` ({}, one run each; the warm run reuses the cold run's cache).\n\n{text}\n", tc.cc.version.as_deref().unwrap_or("clang"));
+    print!("{section}");
+    if write {
+        write_section(DTLTO_MARKER, &section)?;
+    }
+    Ok(())
 }
 
 /// Replaces one section of BENCHMARKS.md (see [`replace_section`]).

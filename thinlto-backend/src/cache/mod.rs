@@ -565,13 +565,14 @@ impl Inner {
 
     /// The job's key: a blake3 hex of everything its output depends on
     /// that is known before it runs (module docs). `record` is the record
-    /// `plan::decide` made: its digests are those of the content inputs.
+    /// `plan::decide` made: its digests are those of the content inputs
+    /// (for a DTLTO job, named by role, as its `key_argv` names them).
     fn key(&self, job: &BackendJob, record: &NativeRecord) -> String {
         let mut h = blake3::Hasher::new();
         h.update(b"thinlto-dist backend cache 1\0");
         h.update(&self.salt(job));
         h.update(b"argv\0");
-        for a in &job.argv {
+        for a in job.key_argv.as_ref().unwrap_or(&job.argv) {
             h.update(a.as_bytes());
             h.update(b"\0");
         }

@@ -72,11 +72,19 @@ pub fn native_of(object: &str) -> String {
 pub struct BackendJob {
     pub input: JobInput,
     pub native: String,
-    pub record_path: PathBuf,
+    /// Where the job's record goes (kbuild's `dir/.foo.thinlto-native.o.cmd`,
+    /// [`crate::engine::record`]); None: no record (a DTLTO job, whose
+    /// outputs are the linker's temporaries, decided afresh by every link).
+    pub record_path: Option<PathBuf>,
     /// The whole argv, compiler first, `-o` naming the real target.
     pub argv: Vec<String>,
     /// The command as kbuild records it (the front end's flag text raw).
     pub command_text: String,
+    /// The argv as the cache key names it, where it is not `argv`: a DTLTO
+    /// job's with the linker's per-link file names replaced by their role
+    /// (`crate::dtlto`), so that the next link, with new names, finds it.
+    /// None: `argv` itself (kbuild's paths are the tree's, stable).
+    pub key_argv: Option<Vec<String>>,
 }
 
 impl BackendJob {
@@ -111,11 +119,12 @@ impl BackendJob {
         };
         let command_text = format!("{cc} {flag_text} {}", shell::join(&tail));
         Ok(BackendJob {
-            record_path: dot_cmd_path(Path::new(&native)),
+            record_path: Some(dot_cmd_path(Path::new(&native))),
             native,
             input,
             argv,
             command_text,
+            key_argv: None,
         })
     }
 

@@ -159,9 +159,15 @@ pub fn run_planned(
             Decision::UpToDate => "command and inputs unchanged",
             // The digests of today's inputs, which make's rule says the
             // native was built from.
-            Decision::Adopt => match write_record(&job.record_path, &rec.render(&job.native)) {
-                Ok(()) => "make's record adopted: command equal, native newer than every input",
-                Err(_) => "make's record: command equal, native newer than every input",
+            Decision::Adopt => match job
+                .record_path
+                .as_deref()
+                .map(|p| write_record(p, &rec.render(&job.native)))
+            {
+                Some(Ok(())) => {
+                    "make's record adopted: command equal, native newer than every input"
+                }
+                _ => "make's record: command equal, native newer than every input",
             },
             Decision::Run(why) => {
                 to_run.push((job, why, rec));

@@ -80,7 +80,11 @@ pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, Native
         .ok()
         .filter(|m| m.is_file() && m.len() > 0)
         .and_then(|m| m.modified().ok());
-    let old = NativeRecord::read(&job.record_path);
+    let old = job
+        .record_path
+        .as_deref()
+        .map(NativeRecord::read)
+        .unwrap_or_default();
     // The last duration orders the jobs (longest first).
     fresh.seconds = old.seconds;
     let decision = if native_mtime.is_none() {

@@ -548,7 +548,8 @@ fn prepare(
     // (Each looked up first: an unlink takes the directory's lock even
     // when there is nothing to remove, and jobs of one directory run
     // together.)
-    for (what, p) in [("record", job.record_path.as_path()), ("native", native)] {
+    let old_outputs = job.record_path.as_deref().map(|r| ("record", r));
+    for (what, p) in old_outputs.into_iter().chain([("native", native)]) {
         if std::fs::symlink_metadata(p).is_ok() {
             if let Err(e) = std::fs::remove_file(p) {
                 // Nothing touched yet: the old outputs stay as they were.
@@ -683,14 +684,13 @@ fn compile_local(
     rec.seconds = Some(seconds);
     // The record comes last: a crash before it leaves a native that the
     // next run does not trust (no record).
-    if let Err(e) = write_record(&job.record_path, &rec.render(&job.native)) {
-        return fail(
-            format!(
-                "{}: cannot write the record: {e}",
-                job.record_path.display()
-            ),
-            None,
-        );
+    if let Some(path) = &job.record_path {
+        if let Err(e) = write_record(path, &rec.render(&job.native)) {
+            return fail(
+                format!("{}: cannot write the record: {e}", path.display()),
+                None,
+            );
+        }
     }
     if let (Some(cache), Some(t)) = (ctx.cache, &trace) {
         cache.store(job, record, t, &text, seconds, started);
@@ -760,12 +760,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         write_atomic(out.native, native)?;
         let mut rec = record.clone();
         rec.seconds = Some(out.start.elapsed().as_secs_f64());
-        write_record(&job.record_path, &rec.render(&job.native)).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot write the record: {e}",
-                job.record_path.display()
-            )
-        })
+        record_job(job, &rec)
     };
     if let Err(e) = put() {
         let (rec, text) = out.fail(format!("{e:#}"), None);
@@ -800,12 +795,16 @@ fn put_in_place(
     write_atomic(Path::new(&job.native), &hit.native)?;
     let mut rec = record.clone();
     rec.seconds = hit.seconds.or(record.seconds);
-    write_record(&job.record_path, &rec.render(&job.native)).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot write the record: {e}",
-            job.record_path.display()
-        )
-    })
+    record_job(job, &rec)
+}
+
+/// Writes the job's record last, if it has one (a DTLTO job has none).
+fn record_job(job: &BackendJob, rec: &NativeRecord) -> anyhow::Result<()> {
+    let Some(path) = &job.record_path else {
+        return Ok(());
+    };
+    write_record(path, &rec.render(&job.native))
+        .map_err(|e| anyhow::anyhow!("{}: cannot write the record: {e}", path.display()))
 }
 
 #[cfg(test)]
