@@ -179,6 +179,10 @@ fn farm_executes_backend_jobs_hermetically() {
         let held = open_fifo_writer(&fifo, &farm);
         farm.kill_worker(w1);
         drop(held);
+        // The killed worker's compile dies with it (PDEATHSIG); until it
+        // has, it still holds the FIFO open, and a writer opened now would
+        // feed it instead of w2's compile.
+        wait_for_no_reader(&fifo);
         farm.add_worker("w2", &[], &[]).unwrap();
         let mut w = open_fifo_writer(&fifo, &farm);
         w.write_all(b"#define FROM_FIFO 7\n").unwrap();
@@ -200,6 +204,31 @@ fn farm_executes_backend_jobs_hermetically() {
             .all(|n| !n.to_string_lossy().starts_with("action-")),
         "{ran:?}"
     );
+}
+
+/// Waits until no process has `fifo` open for reading (a non-blocking
+/// open for writing fails with ENXIO then; one that succeeds is closed at
+/// once, which a dying reader sees as the end of its input).
+fn wait_for_no_reader(fifo: &Path) {
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return,
+            Err(e) => panic!("{}: {e}", fifo.display()),
+            Ok(_) => {}
+        }
+        // A bound on a wait, not a timing assertion.
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} still has a reader 2 min after its worker was killed",
+            fifo.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Opens `fifo` for writing once a compile has it open for reading (a

@@ -183,6 +183,19 @@ fn spawn(
     if let Ok(shim) = crate::warm::shim::path() {
         cmd.env("LD_PRELOAD", shim);
     }
+    // A worker that dies takes its compile with it: the lease goes to
+    // another worker, and an orphan must not go on reading the inputs or
+    // writing into a work directory nobody owns.
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+    // before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn()
         .with_context(|| format!("cannot run {}", compiler.exe.display()))
 }
