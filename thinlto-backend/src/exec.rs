@@ -47,6 +47,12 @@ pub const NOT_HERMETIC: &str = "thinlto-backend worker: not hermetic: ";
 /// thread blocked on the network.
 pub const DEFAULT_REMOTE_JOBS: usize = 64;
 
+/// How long one job may wait on the farm, queue included: a backend
+/// compile takes seconds, so a job still not done after this means the
+/// farm is not serving (no worker with this compiler, workers gone). The
+/// job, and the rest of the run, compile here then.
+const FARM_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Tries of one action while the server says it is unavailable or
 /// overloaded, with the pause before each retry.
 const BACKOFF: [Duration; 3] = [
@@ -187,9 +193,21 @@ impl RemoteExec {
             local_root: Path::new("."),
         };
         let mut tries = BACKOFF.iter();
+        let started = std::time::Instant::now();
+        let late = || started.elapsed() > FARM_PATIENCE;
         let executed: Executed = loop {
-            match self.executor.execute_until(&action, cancelled) {
+            match self
+                .executor
+                .execute_until(&action, &|| cancelled() || late())
+            {
                 Ok(x) => break x,
+                Err(_) if late() && !cancelled() => {
+                    return self.give_up(&anyhow::anyhow!(
+                        "{} not done after {} s on the farm (no worker serving it?)",
+                        job.native,
+                        FARM_PATIENCE.as_secs()
+                    ))
+                }
                 Err(_) if cancelled() => {
                     return Outcome::CompileError {
                         exit_code: 130,

@@ -180,7 +180,10 @@ impl Drop for Postgres {
 }
 
 /// BuildGrid with execution, scheduling to Remote Workers API bots that
-/// advertise the `thinlto-compiler` property an action asks for.
+/// advertise the `thinlto-compiler` property an action asks for. Its
+/// thread pool bounds the RPCs in progress: a client's Execute streams
+/// (`--remote-jobs`, 64 by default) each hold a thread while the job runs,
+/// and the bots' long polls need theirs beside them, so 256.
 fn config(port: u16, sql_url: &str) -> String {
     format!(
         r#"server:
@@ -228,7 +231,7 @@ instances:
         storage: *cas
       - !bytestream
         storage: *cas
-thread-pool-size: 64
+thread-pool-size: 256
 "#
     )
 }

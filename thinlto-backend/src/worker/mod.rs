@@ -157,7 +157,7 @@ struct Shared {
 /// One bot session, until a signal.
 fn bot(shared: &Shared, id: &str) -> Result<()> {
     let mut client = BotsClient::new(shared.cas.svc.clone());
-    let mut session = create(shared, &mut client, id)?;
+    let mut session = create_retrying(shared, &mut client, id)?;
     let mut failures = 0;
     while crate::signals::pending_signal().is_none() {
         let next = session.leases.iter().position(|l| {
@@ -177,7 +177,7 @@ fn bot(shared: &Shared, id: &str) -> Result<()> {
                 eprintln!("thinlto-backend worker {id}: {e:#}");
                 if failures >= MAX_UPDATE_FAILURES {
                     std::thread::sleep(Duration::from_secs(1));
-                    session = create(shared, &mut client, id)?;
+                    session = create_retrying(shared, &mut client, id)?;
                     failures = 0;
                 } else {
                     std::thread::sleep(Duration::from_millis(500));
@@ -186,6 +186,25 @@ fn bot(shared: &Shared, id: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`create`], again and again while the server is busy or away (a
+/// server's thread pool full of clients' Execute streams answers
+/// RESOURCE_EXHAUSTED): a worker waits to join its farm, it does not quit.
+fn create_retrying(shared: &Shared, client: &mut BotsClient, id: &str) -> Result<BotSession> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match create(shared, client, id) {
+            Err(e)
+                if crate::reapi::is_transient(&e) && crate::signals::pending_signal().is_none() =>
+            {
+                eprintln!("thinlto-backend worker {id}: {e:#}; trying again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn create(shared: &Shared, client: &mut BotsClient, id: &str) -> Result<BotSession> {
