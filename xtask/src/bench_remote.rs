@@ -8,12 +8,14 @@
 //!
 //! From the measured figures, a projection of the backend stage on a
 //! farm of C remote cores: with S the sum of the jobs' times here, L the
-//! longest, o the protocol's cost per job (the median remote latency less
-//! the median local job time, measured on this machine's farm), J jobs
-//! and R jobs in flight (`--remote-jobs`),
-//! `T(C) = max(L + o, S / C + o · J / R)`:
-//! the compiles spread over C cores, the protocol's latency overlapped R
-//! at a time, and no job shorter than the longest plus its round trip.
+//! longest, J jobs, and o the farm's cost per job in worker time (the
+//! farm run's wall times its W workers, per job, less a job's time here:
+//! `o = T_farm·W/J − S/J`; the queueing a job sees is not in it),
+//! `T(C) = max(L + o, (S + J·o) / C)`:
+//! the compiles and their overhead spread over C cores, no job shorter
+//! than the longest plus its overhead. It assumes the server keeps up:
+//! the report gives the rate it managed here (on the same cores as the
+//! workers) and the rate each projected row needs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,9 +28,6 @@ use thinlto_backend::{JobRecord, JobStatus};
 
 use crate::farm::Farm;
 use crate::kernel::{detect_layout, kernel_settings, TreeLayout};
-
-/// Jobs in flight on the farm (thinlto-backend's default).
-const REMOTE_JOBS: usize = thinlto_backend::exec::DEFAULT_REMOTE_JOBS;
 
 /// One backend run: its wall time, job records and summary line.
 struct BackendRun {
@@ -171,9 +170,9 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     let remote_jobs = built(&remote, Place::Remote);
     let s: f64 = local_jobs.iter().sum();
     let l = local_jobs.iter().copied().fold(0.0, f64::max);
-    let overhead = (median(remote_jobs.clone()) - median(local_jobs.clone())).max(0.0);
     let j = objects.len() as f64;
-    let project = |c: f64| (l + overhead).max(s / c + overhead * j / REMOTE_JOBS as f64);
+    let overhead = (remote.seconds * workers as f64 / j - s / j).max(0.0);
+    let project = |c: f64| (l + overhead).max((s + j * overhead) / c);
     // The inputs every action names (object, shard, imports), against
     // what went up: how much the CAS's deduplication saves.
     let mut named = 0u64;
@@ -234,7 +233,15 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
         median(local_jobs.clone())
     )?;
     writeln!(md, "| remote latency (job record's seconds: upload, queue, compile, download), median (s) | {:.3} |", median(remote_jobs.clone()))?;
-    writeln!(md, "| protocol cost per job o (s) | {overhead:.3} |")?;
+    writeln!(
+        md,
+        "| the farm's cost per job in worker time, o = T_farm·W/J − S/J (s) | {overhead:.3} |"
+    )?;
+    writeln!(
+        md,
+        "| jobs the server finished per second here (on the workers' cores) | {:.1} |",
+        j / remote.seconds
+    )?;
     writeln!(
         md,
         "| bytes up / down per job (KiB) | {:.1} / {:.1} |",
@@ -247,15 +254,17 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
         named as f64 / (1u64 << 20) as f64,
         named as f64 / (1u64 << 20) as f64 / up
     )?;
-    writeln!(md, "Projection, `T(C) = max(L + o, S/C + o·J/R)` with S = {s:.1} s (sum of the jobs' times here), L = {l:.2} s (longest), o = {overhead:.3} s, J = {}, R = {REMOTE_JOBS}:\n", objects.len())?;
-    writeln!(
-        md,
-        "| remote cores C | backend stage (s) | vs in-process link ({inproc:.1} s) |"
-    )?;
-    writeln!(md, "|---:|---:|---:|")?;
+    writeln!(md, "Projection, `T(C) = max(L + o, (S + J·o)/C)` with S = {s:.1} s (sum of the jobs' times here), L = {l:.2} s (longest), o = {overhead:.3} s, J = {}; it holds while the server finishes J/T(C) jobs a second:\n", objects.len())?;
+    writeln!(md, "| remote cores C | backend stage (s) | vs in-process link ({inproc:.1} s) | server rate needed (jobs/s) |")?;
+    writeln!(md, "|---:|---:|---:|---:|")?;
     for c in [8.0, 32.0, 128.0] {
         let t = project(c);
-        writeln!(md, "| {c:.0} | {t:.2} | {:.2}× |", t / inproc)?;
+        writeln!(
+            md,
+            "| {c:.0} | {t:.2} | {:.2}× | {:.0} |",
+            t / inproc,
+            j / t
+        )?;
     }
     Ok(md)
 }
