@@ -159,7 +159,13 @@ fn exec(argv: &[OsString]) -> ! {
 
 fn explain(native: &str, what: &str) {
     if std::env::var_os("THINLTO_WRAP_EXPLAIN").is_some_and(|v| !v.is_empty()) {
-        eprintln!("thinlto-backend wrap: {native}: {what}");
+        // One write: make runs many wrappers at once on one stderr, and
+        // eprintln! writes each piece of the format separately, so lines
+        // of two wrappers could interleave (a reader, or a test, then
+        // misses both).
+        use std::io::Write;
+        let line = format!("thinlto-backend wrap: {native}: {what}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 }
 
