@@ -23,20 +23,24 @@ pub struct Link {
 }
 
 impl Link {
-    /// Linux's `vmlinux.a` with the flags of its own `.vmlinux.o.cmd`
-    /// (the words between the linker and `-r`).
-    pub fn kernel(tree: &Path) -> Result<Link> {
+    /// Linux's front-end (bitcode) archive with the flags of its own
+    /// `.vmlinux.o.cmd` (the words between the linker and `-r`): `vmlinux.a`,
+    /// or `built-in-fixup.a` in a tree of kbuild's DIST mode (whose
+    /// `vmlinux.a` holds the natives: nothing for ThinLTO to do). `shown`
+    /// names the tree in the report, as the user typed it.
+    pub fn kernel(tree: &Path, shown: &str) -> Result<Link> {
         let cmds = crate::kernel::commands_of(&tree.join(".vmlinux.o.cmd"))?;
         let link = &cmds[0];
         let r = link
             .iter()
             .position(|w| w == "-r")
             .context(".vmlinux.o.cmd: the link has no -r")?;
+        let layout = crate::kernel::detect_layout(tree)?;
         Ok(Link {
-            name: format!("Linux `{}`", tree.display()),
+            name: format!("Linux `{shown}`"),
             dir: tree.to_path_buf(),
             ldflags: link[1..r].to_vec(),
-            archive: "vmlinux.a".into(),
+            archive: layout.fe_archive(tree).into(),
         })
     }
 }

@@ -640,11 +640,14 @@ fn bench_dtlto(objects: usize, jobs: usize, kernel: Option<&Path>, write: bool) 
         &workdir,
     )?;
     if let Some(k) = kernel {
+        // As typed (`~/linux`): the report names no local layout.
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let shown = xtask::bench::report_path(k, home.as_deref());
         text.push('\n');
         text.push_str(&xtask::bench_dtlto::bench(
             &tc,
             &ours,
-            &xtask::bench_dtlto::Link::kernel(k)?,
+            &xtask::bench_dtlto::Link::kernel(k, &shown)?,
             jobs,
             &workdir,
         )?);
