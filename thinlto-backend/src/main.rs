@@ -433,8 +433,10 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
         Some(Ok(dir)) => Some(dir),
         None => None,
     };
-    let remote = match remote_url {
-        Some(url) => Some(config::RemoteOptions {
+    // The same server settings (instance, headers, TLS) for the cache and
+    // the executor; the headers are read only when a URL needs them.
+    let remote_options = |url: String| -> Result<config::RemoteOptions> {
+        Ok(config::RemoteOptions {
             url,
             instance: args.remote_instance.clone(),
             headers: thinlto_backend::remote_headers::gather(
@@ -443,27 +445,22 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
                 args.remote_header_file.as_slice(),
             )?,
             tls_ca: args.remote_tls_ca.clone(),
-        }),
-        None => None,
+        })
     };
-    let remote_exec = match args.remote_exec.clone().filter(|u| !u.is_empty()) {
-        Some(url) => Some(config::RemoteExecOptions {
-            remote: config::RemoteOptions {
-                url,
-                instance: args.remote_instance.clone(),
-                headers: thinlto_backend::remote_headers::gather(
-                    header_env,
-                    &args.remote_header,
-                    args.remote_header_file.as_slice(),
-                )?,
-                tls_ca: args.remote_tls_ca.clone(),
-            },
-            jobs: args
-                .remote_jobs
-                .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
-        }),
-        None => None,
-    };
+    let remote = remote_url.map(remote_options).transpose()?;
+    let remote_exec = args
+        .remote_exec
+        .clone()
+        .filter(|u| !u.is_empty())
+        .map(|url| -> Result<config::RemoteExecOptions> {
+            Ok(config::RemoteExecOptions {
+                remote: remote_options(url)?,
+                jobs: args
+                    .remote_jobs
+                    .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
+            })
+        })
+        .transpose()?;
     let shared = args.cache_shared || config::env_switch("THINLTO_CACHE_SHARED")?.unwrap_or(false);
     let cache = dir.map(|dir| CacheOptions {
         dir,
