@@ -703,6 +703,25 @@ fn hostile_manifests_are_misses_and_never_hang() {
         ),
         None
     );
+    // An absolute file every user may read (a packaged one) is a hit; a
+    // private one, even with the right digest, is never opened on a
+    // server's word (the digest would answer a question about its bytes).
+    let public = "/usr/lib/os-release";
+    let public_extra = extra(
+        public,
+        &std::fs::canonicalize(public).unwrap().to_string_lossy(),
+    );
+    assert_eq!(
+        backend_lookup(&[public_extra], None).as_deref(),
+        Some(&b"native bytes"[..])
+    );
+    // A key in a private directory (as in a home directory: 0700).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let private = d.path().join("id_key");
+    std::fs::write(&private, "secret\n").unwrap();
+    let private = private.to_str().unwrap();
+    assert_eq!(backend_lookup(&[extra(private, private)], None), None);
     // Absurd sizes: an extra's, an output's.
     let mut huge = extra("build.rs", "build.rs");
     huge.2 = 1 << 62;

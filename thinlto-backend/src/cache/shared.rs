@@ -78,6 +78,27 @@ fn extra_is_plain(path: &str, size: i64) -> bool {
     plain && !special && (0..=MAX_EXTRA_BYTES as i64).contains(&size)
 }
 
+/// Whether an absolute extra a remote manifest names is a file every user
+/// of this machine may read: owned by root, readable by others, reached
+/// through root-owned directories others may search (what a package
+/// installs: the compiler's headers, `/usr/lib/os-release`). Digesting a
+/// file is answering the server's question "does it hold these bytes?"
+/// (the client then asks for the compile action keyed on the digest), so
+/// a user's own files — a key, a config in a private directory — are
+/// never opened on a server's word; the job is a miss and compiles
+/// locally. Relative extras stay within the tree, which a remote build
+/// sends to the farm anyway.
+fn absolute_extra_is_public(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let public = |p: &Path, bit: u32| {
+        std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & bit != 0)
+    };
+    public(&real, 0o004) && real.ancestors().skip(1).all(|d| public(d, 0o001))
+}
+
 /// A remote hit: the outputs by path, what the compiler printed, and the
 /// extra files of the variant (for the local tier's copy).
 pub struct RemoteResult {
@@ -238,7 +259,9 @@ impl RemoteTier {
             let now: Option<Vec<(String, Digest)>> = variant
                 .iter()
                 .map(|(p, h, size)| {
-                    if !extra_is_plain(p, *size) {
+                    if !extra_is_plain(p, *size)
+                        || (p.starts_with("/") && !absolute_extra_is_public(p))
+                    {
                         return None;
                     }
                     let d = self.sha(p)?;
