@@ -3,6 +3,7 @@
 //! (toolchain discovery, atomic output, the manifest contract).
 
 pub mod archive;
+pub mod bitstream;
 pub mod classify;
 pub mod fsutil;
 pub mod link;

@@ -2,17 +2,22 @@
 //! that LLVM ≥ 3.8 puts before each module, holding a `STRING` record
 //! (`LLVM19.1.7`) and an `EPOCH` record.
 //!
-//! A small bitstream reader, enough for that one block: it reads the
-//! top-level blocks of the stream (skipping others by their length) and,
-//! in block 13, records either unabbreviated or by the abbreviations the
-//! block itself defines (LLVM writes the string as a char6 array). It is
-//! bounded by the bytes it is given and returns an error, never panics, on
-//! anything it does not expect.
+//! On the shared bitstream reader ([`crate::bitstream`]), enough for that
+//! one block: it reads the top-level blocks of the stream (skipping others
+//! by their length) and, in block 13, records either unabbreviated or by
+//! the abbreviations the block itself defines (LLVM writes the string as a
+//! char6 array). It is bounded by the bytes it is given and returns an
+//! error, never panics, on anything it does not expect.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+
+use crate::bitstream::{
+    self, Abbrev, BitReader, Op, DEFINE_ABBREV, END_BLOCK, ENTER_SUBBLOCK,
+    FIRST_APPLICATION_ABBREV, UNABBREV_RECORD,
+};
 
 /// What the identification block of a bitcode object says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,20 +105,23 @@ pub fn producer_of(path: &Path) -> Result<Producer> {
 
 /// The identification block of a bitcode stream (or of a bitcode wrapper).
 pub fn read_producer(bytes: &[u8]) -> Result<Producer> {
-    let stream = unwrap(bytes)?;
-    let mut r = BitReader::new(stream);
+    let mut r = BitReader::new(bitstream::unwrap(bytes)?);
     // Top level: abbreviation width 2, only blocks.
     loop {
-        let Some(id) = r.read(2) else {
+        if r.remaining_bits() < 2 {
             bail!("end of the bitstream before an identification block");
-        };
+        }
+        let id = r.read(2)?;
         if id != ENTER_SUBBLOCK {
             bail!("unexpected abbreviation {id} at the top level of the bitstream");
         }
-        let block = r.vbr(8).context("truncated block header")?;
-        let width = r.vbr(4).context("truncated block header")?;
-        r.align32();
-        let words = r.read(32).context("truncated block header")?;
+        let header = |r: &mut BitReader| -> Result<(u64, u64, u64)> {
+            let block = r.vbr(8)?;
+            let width = r.vbr(4)?;
+            r.align32();
+            Ok((block, width, r.read(32)?))
+        };
+        let (block, width, words) = header(&mut r).context("truncated block header")?;
         if block == IDENTIFICATION_BLOCK {
             if !(1..=32).contains(&width) {
                 bail!("identification block with abbreviation width {width}");
@@ -121,59 +129,20 @@ pub fn read_producer(bytes: &[u8]) -> Result<Producer> {
             return read_identification(&mut r, width as u32);
         }
         // Not the block we want: skip it whole.
-        r.skip_words(words).context("a block runs past the end")?;
+        r.skip_words(words)?;
     }
 }
 
-const ENTER_SUBBLOCK: u64 = 1;
-const END_BLOCK: u64 = 0;
-const DEFINE_ABBREV: u64 = 2;
-const UNABBREV_RECORD: u64 = 3;
 const IDENTIFICATION_BLOCK: u64 = 13;
 const CODE_STRING: u64 = 1;
 const CODE_EPOCH: u64 = 2;
 /// Longest producer string accepted (real ones are ~10 characters).
 const MAX_STRING: u64 = 256;
-/// Most abbreviations or operands accepted in the block (LLVM uses 2, 3).
-const MAX_OPS: u64 = 64;
-
-/// The bitstream inside the bitcode wrapper header, or the bytes
-/// themselves; either way it must start with `BC 0xC0DE`.
-fn unwrap(bytes: &[u8]) -> Result<&[u8]> {
-    let stream = if bytes.starts_with(&[0xDE, 0xC0, 0x17, 0x0B]) {
-        let field = |i: usize| -> Result<usize> {
-            let b = bytes
-                .get(i * 4..i * 4 + 4)
-                .context("truncated bitcode wrapper header")?;
-            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        };
-        let (offset, size) = (field(2)?, field(3)?);
-        let end = offset.saturating_add(size).min(bytes.len());
-        bytes
-            .get(offset..end)
-            .context("bitcode wrapper offset past the end")?
-    } else {
-        bytes
-    };
-    match stream.strip_prefix(b"BC\xC0\xDE") {
-        Some(rest) => Ok(rest),
-        None => bail!("not LLVM bitcode (no 'BC' 0xC0DE magic)"),
-    }
-}
-
-/// One operand of an abbreviation.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Literal(u64),
-    Fixed(u32),
-    Vbr(u32),
-    Array,
-    Char6,
-    Blob,
-}
+/// Most abbreviations accepted in the block (LLVM defines 2).
+const MAX_ABBREVS: usize = 64;
 
 fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
-    let mut abbrevs: Vec<Vec<Op>> = Vec::new();
+    let mut abbrevs: Vec<Abbrev> = Vec::new();
     let mut string = None;
     let mut epoch = None;
     loop {
@@ -182,10 +151,10 @@ fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
             END_BLOCK => break,
             ENTER_SUBBLOCK => bail!("a block inside the identification block"),
             DEFINE_ABBREV => {
-                if abbrevs.len() as u64 >= MAX_OPS {
+                if abbrevs.len() >= MAX_ABBREVS {
                     bail!("too many abbreviations in the identification block");
                 }
-                abbrevs.push(read_abbrev(r)?);
+                abbrevs.push(r.abbrev()?);
             }
             _ => {
                 let (code, ops) = if id == UNABBREV_RECORD {
@@ -200,7 +169,7 @@ fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
                     (code, ops)
                 } else {
                     let abbrev = abbrevs
-                        .get((id - 4) as usize)
+                        .get((id - FIRST_APPLICATION_ABBREV) as usize)
                         .with_context(|| format!("undefined abbreviation {id}"))?;
                     let mut values = read_abbreviated(r, abbrev)?;
                     if values.is_empty() {
@@ -229,39 +198,6 @@ fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
     }
 }
 
-fn read_abbrev(r: &mut BitReader) -> Result<Vec<Op>> {
-    let n = r.vbr(5).context("truncated abbreviation")?;
-    if n > MAX_OPS {
-        bail!("an abbreviation of {n} operands");
-    }
-    let mut ops = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let literal = r.read(1).context("truncated abbreviation")?;
-        let op = if literal == 1 {
-            Op::Literal(r.vbr(8).context("truncated abbreviation")?)
-        } else {
-            match r.read(3).context("truncated abbreviation")? {
-                1 => Op::Fixed(small_width(r.vbr(5))?),
-                2 => Op::Vbr(small_width(r.vbr(5))?),
-                3 => Op::Array,
-                4 => Op::Char6,
-                5 => Op::Blob,
-                e => bail!("unknown abbreviation operand encoding {e}"),
-            }
-        };
-        ops.push(op);
-    }
-    Ok(ops)
-}
-
-fn small_width(w: Option<u64>) -> Result<u32> {
-    match w {
-        Some(w @ 0..=32) => Ok(w as u32),
-        Some(w) => bail!("an operand width of {w} bits"),
-        None => bail!("truncated abbreviation"),
-    }
-}
-
 /// The values of one abbreviated record, record code first.
 fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
     let mut values = Vec::new();
@@ -269,7 +205,6 @@ fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
     while i < abbrev.len() {
         match abbrev[i] {
             Op::Array => {
-                // The element encoding is the next (last) operand.
                 let elt = *abbrev
                     .get(i + 1)
                     .context("an array without an element type")?;
@@ -278,7 +213,7 @@ fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
                     bail!("an array of {n} elements in the identification block");
                 }
                 for _ in 0..n {
-                    values.push(scalar(r, elt)?);
+                    values.push(r.scalar(elt).context("truncated record")?);
                 }
                 i += 2;
             }
@@ -288,88 +223,17 @@ fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
                     bail!("a blob of {n} bytes in the identification block");
                 }
                 r.align32();
-                for _ in 0..n {
-                    values.push(r.read(8).context("truncated blob")?);
-                }
+                values.extend(r.bytes(n)?.iter().map(|&b| b as u64));
                 r.align32();
                 i += 1;
             }
             op => {
-                values.push(scalar(r, op)?);
+                values.push(r.scalar(op).context("truncated record")?);
                 i += 1;
             }
         }
     }
     Ok(values)
-}
-
-fn scalar(r: &mut BitReader, op: Op) -> Result<u64> {
-    const CHAR6: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._";
-    Ok(match op {
-        Op::Literal(v) => v,
-        Op::Fixed(w) => r.read(w).context("truncated record")?,
-        Op::Vbr(w) => r.vbr(w).context("truncated record")?,
-        Op::Char6 => CHAR6[r.read(6).context("truncated record")? as usize] as u64,
-        Op::Array | Op::Blob => bail!("an array or blob as an array element"),
-    })
-}
-
-/// Bits of a byte slice, least significant first, in 32-bit little-endian
-/// words as LLVM writes them (which, bit by bit, is byte order).
-struct BitReader<'a> {
-    bytes: &'a [u8],
-    bit: u64,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        BitReader { bytes, bit: 0 }
-    }
-
-    /// `n` ≤ 64 bits, or None past the end.
-    fn read(&mut self, n: u32) -> Option<u64> {
-        if n > 64 || self.bit + n as u64 > self.bytes.len() as u64 * 8 {
-            return None;
-        }
-        let mut v = 0u64;
-        for i in 0..n as u64 {
-            let b = self.bit + i;
-            let bit = (self.bytes[(b / 8) as usize] >> (b % 8)) & 1;
-            v |= (bit as u64) << i;
-        }
-        self.bit += n as u64;
-        Some(v)
-    }
-
-    /// A VBR-`n` value; None past the end or past 64 bits of value.
-    fn vbr(&mut self, n: u32) -> Option<u64> {
-        if !(2..=32).contains(&n) {
-            return None;
-        }
-        let hi = 1u64 << (n - 1);
-        let mut v = 0u64;
-        let mut shift = 0u32;
-        loop {
-            let chunk = self.read(n)?;
-            if shift >= 64 {
-                return None;
-            }
-            v |= (chunk & (hi - 1)) << shift;
-            if chunk & hi == 0 {
-                return Some(v);
-            }
-            shift += n - 1;
-        }
-    }
-
-    fn align32(&mut self) {
-        self.bit = self.bit.div_ceil(32) * 32;
-    }
-
-    fn skip_words(&mut self, words: u64) -> Option<()> {
-        let end = self.bit.checked_add(words.checked_mul(32)?)?;
-        (end <= self.bytes.len() as u64 * 8).then(|| self.bit = end)
-    }
 }
 
 #[cfg(test)]

@@ -14,108 +14,18 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-
-/// One operand of an abbreviation.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Literal(u64),
-    Fixed(u32),
-    Vbr(u32),
-    Array,
-    Char6,
-    Blob,
-}
-
-type Abbrev = Vec<Op>;
-
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Bits<'_> {
-    fn at_end(&self) -> bool {
-        self.pos >= self.data.len() * 8
-    }
-
-    fn read(&mut self, n: u32) -> Result<u64> {
-        if n == 0 {
-            return Ok(0);
-        }
-        if n > 64 {
-            bail!("a field of {n} bits");
-        }
-        if self.pos + n as usize > self.data.len() * 8 {
-            bail!("truncated at bit {}", self.pos);
-        }
-        let mut v = 0u64;
-        let mut got = 0u32;
-        while got < n {
-            let byte = self.data[self.pos / 8] as u64;
-            let off = (self.pos % 8) as u32;
-            let take = (8 - off).min(n - got);
-            v |= ((byte >> off) & ((1 << take) - 1)) << got;
-            got += take;
-            self.pos += take as usize;
-        }
-        Ok(v)
-    }
-
-    fn vbr(&mut self, n: u32) -> Result<u64> {
-        if !(2..=32).contains(&n) {
-            bail!("a VBR width of {n}");
-        }
-        let hi = 1u64 << (n - 1);
-        let (mut v, mut shift) = (0u64, 0u32);
-        loop {
-            let chunk = self.read(n)?;
-            if shift >= 64 {
-                bail!("a VBR value over 64 bits");
-            }
-            v |= (chunk & (hi - 1)) << shift;
-            if chunk & hi == 0 {
-                return Ok(v);
-            }
-            shift += n - 1;
-        }
-    }
-
-    fn align32(&mut self) {
-        self.pos = self.pos.div_ceil(32) * 32;
-    }
-}
+use thinlto_index::bitstream::{
+    self, Abbrev, BitReader, Op, BLOCKINFO_BLOCK, BLOCKINFO_CODE_SETBID, DEFINE_ABBREV, END_BLOCK,
+    ENTER_SUBBLOCK, FIRST_APPLICATION_ABBREV, UNABBREV_RECORD,
+};
 
 /// The blake3 hex of `bytes` (a bitcode file) decoded, each string operand
 /// that `role` names replaced by that role.
 pub fn digest_with_roles(bytes: &[u8], role: &dyn Fn(&[u8]) -> Option<String>) -> Result<String> {
-    let data = unwrap(bytes)?;
     let mut h = blake3::Hasher::new();
     h.update(b"thinlto-dist bitcode records 1\0");
-    walk(&mut Bits { data, pos: 32 }, &mut h, role)?;
+    walk(&mut BitReader::new(bitstream::unwrap(bytes)?), &mut h, role)?;
     Ok(h.finalize().to_hex().to_string())
-}
-
-/// The bitstream behind the magic (and behind the wrapper header some
-/// targets put first).
-fn unwrap(bytes: &[u8]) -> Result<&[u8]> {
-    let word = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let data = if word(0) == Some(0x0B17_C0DE) {
-        let (off, size) = (
-            word(8).context("short wrapper")?,
-            word(12).context("short wrapper")?,
-        );
-        bytes
-            .get(off..off.checked_add(size).context("bad wrapper")?)
-            .context("the wrapper points outside the file")?
-    } else {
-        bytes
-    };
-    if !data.starts_with(b"BC\xC0\xDE") {
-        bail!("not bitcode (no BC magic)");
-    }
-    Ok(data)
 }
 
 struct Block {
@@ -125,7 +35,7 @@ struct Block {
 }
 
 fn walk(
-    bits: &mut Bits,
+    bits: &mut BitReader,
     h: &mut blake3::Hasher,
     role: &dyn Fn(&[u8]) -> Option<String>,
 ) -> Result<()> {
@@ -142,25 +52,24 @@ fn walk(
         h.update(&v.to_le_bytes());
     };
     loop {
-        if stack.len() == 1 && bits.data.len() * 8 - bits.pos < 32 {
+        if stack.len() == 1 && bits.remaining_bits() < 32 {
             return Ok(());
         }
         let top = stack.last().expect("the top level is never popped");
         let id = bits.read(top.width)?;
         match id {
-            0 => {
-                // END_BLOCK
+            END_BLOCK => {
                 if stack.len() == 1 {
                     bail!("END_BLOCK at the top level");
                 }
                 bits.align32();
                 let b = stack.pop().expect("checked");
                 num(h, b'E', b.id);
-                if stack.len() == 1 && bits.at_end() {
+                if stack.len() == 1 && bits.remaining_bits() == 0 {
                     return Ok(());
                 }
             }
-            1 => {
+            ENTER_SUBBLOCK => {
                 let block = bits.vbr(8)?;
                 let width = bits.vbr(4)? as u32;
                 bits.align32();
@@ -174,46 +83,30 @@ fn walk(
                     width,
                     abbrevs: blockinfo.get(&block).cloned().unwrap_or_default(),
                 });
-                if block == 0 {
+                if block == BLOCKINFO_BLOCK {
                     info_target = None;
                 }
             }
-            2 => {
-                let n = bits.vbr(5)?;
-                let mut ops = Vec::new();
-                let mut i = 0;
-                while i < n {
-                    let op = if bits.read(1)? == 1 {
-                        Op::Literal(bits.vbr(8)?)
-                    } else {
-                        match bits.read(3)? {
-                            1 => Op::Fixed(bits.vbr(5)? as u32),
-                            2 => Op::Vbr(bits.vbr(5)? as u32),
-                            3 => Op::Array,
-                            4 => Op::Char6,
-                            5 => Op::Blob,
-                            e => bail!("an operand encoding {e}"),
-                        }
-                    };
-                    ops.push(op);
-                    i += 1;
-                }
+            DEFINE_ABBREV => {
+                let ops = bits.abbrev()?;
                 let b = stack.last_mut().expect("a block");
-                if b.id == 0 {
+                if b.id == BLOCKINFO_BLOCK {
                     let target = info_target.context("DEFINE_ABBREV before SETBID")?;
                     blockinfo.entry(target).or_default().push(ops);
                 } else {
                     b.abbrevs.push(ops);
                 }
             }
-            3 => {
+            UNABBREV_RECORD => {
                 let code = bits.vbr(6)?;
                 let n = bits.vbr(6)?;
                 let mut ops = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     ops.push(bits.vbr(6)?);
                 }
-                if stack.last().expect("a block").id == 0 && code == 1 {
+                if stack.last().expect("a block").id == BLOCKINFO_BLOCK
+                    && code == BLOCKINFO_CODE_SETBID
+                {
                     info_target = Some(*ops.first().context("SETBID without a block id")?);
                 }
                 num(h, b'R', code);
@@ -225,7 +118,7 @@ fn walk(
                 let b = stack.last().expect("a block");
                 let abbrev = b
                     .abbrevs
-                    .get((id - 4) as usize)
+                    .get((id - FIRST_APPLICATION_ABBREV) as usize)
                     .with_context(|| format!("abbreviation {id} undefined in block {}", b.id))?
                     .clone();
                 h.update(b"R");
@@ -237,7 +130,7 @@ fn walk(
                             let len = bits.vbr(6)?;
                             let mut v = Vec::with_capacity(len.min(1 << 16) as usize);
                             for _ in 0..len {
-                                v.push(scalar(bits, elt)?);
+                                v.push(bits.scalar(elt)?);
                             }
                             let as_bytes: Option<Vec<u8>> =
                                 v.iter().map(|x| u8::try_from(*x).ok()).collect();
@@ -251,21 +144,16 @@ fn walk(
                             continue;
                         }
                         Op::Blob => {
-                            let len = bits.vbr(6)? as usize;
+                            let len = bits.vbr(6)?;
                             bits.align32();
-                            let start = bits.pos / 8;
-                            let bytes = bits
-                                .data
-                                .get(start..start + len)
-                                .context("a blob past the end")?;
-                            bits.pos += len * 8;
+                            let bytes = bits.bytes(len)?;
                             bits.align32();
                             string_or(h, Some(bytes), role, |h| {
-                                num(h, b'L', len as u64);
+                                num(h, b'L', len);
                                 h.update(bytes);
                             });
                         }
-                        op => num(h, b'S', scalar(bits, op)?),
+                        op => num(h, b'S', bits.scalar(op)?),
                     }
                     k += 1;
                 }
@@ -289,23 +177,4 @@ fn string_or(
         }
         None => raw(h),
     }
-}
-
-fn scalar(bits: &mut Bits, op: Op) -> Result<u64> {
-    Ok(match op {
-        Op::Literal(v) => v,
-        Op::Fixed(w) => bits.read(w)?,
-        Op::Vbr(w) => bits.vbr(w)?,
-        Op::Char6 => {
-            let c = bits.read(6)? as u8;
-            (match c {
-                0..=25 => b'a' + c,
-                26..=51 => b'A' + c - 26,
-                52..=61 => b'0' + c - 52,
-                62 => b'.',
-                _ => b'_',
-            }) as u64
-        }
-        Op::Array | Op::Blob => bail!("an array or blob as an array element"),
-    })
 }
