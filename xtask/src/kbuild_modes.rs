@@ -121,19 +121,28 @@ pub fn llvm_var(cc: &str) -> String {
     }
 }
 
-/// Runs `make vmlinux`, timing stages 2–4 off its output.
-fn make_vmlinux(
+/// What one `make` printed, each line with its time since the start, and
+/// its wall time.
+pub struct MakeOutput {
+    pub wall: f64,
+    pub lines: Vec<(f64, String)>,
+}
+
+/// Runs `make -jJOBS ARGS TARGET` in `tree` with `extra` in its
+/// environment (none of the caller's make variables), keeping each line's
+/// time; a failure is an error with make's last lines.
+pub fn run_make(
     tree: &Path,
-    mode: Mode,
+    target: &str,
     jobs: usize,
     extra: &[(String, String)],
     args: &[String],
-) -> Result<MakeRun> {
+) -> Result<MakeOutput> {
     let mut cmd = Command::new("make");
     cmd.current_dir(tree)
         .arg(format!("-j{jobs}"))
         .args(args)
-        .arg("vmlinux")
+        .arg(target)
         .env_remove("MAKEFLAGS")
         .env_remove("MAKELEVEL")
         .stdin(Stdio::null())
@@ -174,11 +183,23 @@ fn make_vmlinux(
             .map(|(_, l)| l.as_str())
             .collect();
         bail!(
-            "make vmlinux failed ({status}) in {}:\n{}",
+            "make {target} failed ({status}) in {}:\n{}",
             tree.display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    Ok(MakeOutput { wall, lines })
+}
+
+/// Runs `make vmlinux`, timing stages 2–4 off its output.
+fn make_vmlinux(
+    tree: &Path,
+    mode: Mode,
+    jobs: usize,
+    extra: &[(String, String)],
+    args: &[String],
+) -> Result<MakeRun> {
+    let MakeOutput { wall, lines } = run_make(tree, "vmlinux", jobs, extra, args)?;
     let is_stage = |l: &str| {
         let l = l.trim();
         l == "AR      built-in-fixup.a"

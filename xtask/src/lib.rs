@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_cache;
 pub mod bench_dtlto;
+pub mod bench_modules;
 pub mod bench_remote;
 pub mod buildgrid;
 pub mod deps;

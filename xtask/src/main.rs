@@ -128,6 +128,13 @@ enum Verb {
         /// (cold and warm cache)
         #[arg(long, conflicts_with_all = ["kbuild_modes_only", "cache_only"])]
         dtlto_only: bool,
+        /// Only loadable modules (with --kernel, a DIST tree with modules
+        /// built the stock way): `make modules` from scratch, no-op and
+        /// after a touch of one part of a composite module, with
+        /// in-process modules, examples/kbuild/modules-dist.patch, and
+        /// that with THINLTO_TOOLS=1
+        #[arg(long, requires = "kernel", conflicts_with_all = ["kbuild_modes_only", "cache_only", "remote_only", "dtlto_only"])]
+        modules_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -309,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             remote_only,
             workers,
             dtlto_only,
+            modules_only,
             toolchain,
         } => {
             if dtlto_only {
@@ -361,6 +369,23 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{section}");
                 if write {
                     write_section(CACHE_MARKER, &section)?;
+                }
+                return Ok(());
+            }
+            if modules_only {
+                let k = kernel.as_ref().expect("clap: requires kernel");
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let shown = xtask::bench::report_path(k, home.as_deref());
+                let text =
+                    xtask::bench_modules::run(k, &shown, jobs.unwrap_or_else(xtask::default_jobs))?;
+                let command = xtask::bench::report_command(
+                    &std::env::args().skip(1).collect::<Vec<_>>(),
+                    home.as_deref(),
+                );
+                let section = format!("{MODULES_MARKER}\n## Loadable modules in distributed mode\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
+                print!("{section}");
+                if write {
+                    write_section(MODULES_MARKER, &section)?;
                 }
                 return Ok(());
             }
@@ -601,6 +626,8 @@ const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
 const CACHE_MARKER: &str = "<!-- cache -->";
 /// Where the remote-execution section (bench --remote-only) starts.
 const REMOTE_MARKER: &str = "<!-- remote-exec -->";
+/// Where the modules section (bench --modules-only) starts.
+const MODULES_MARKER: &str = "<!-- modules -->";
 
 /// BENCHMARKS.md with the section that starts at `marker` replaced by
 /// `section`: a section ends where the next `<!-- ` marker starts (the

@@ -1,0 +1,328 @@
+//! The modules benchmark: `make modules` on a kernel tree of kbuild's
+//! distributed ThinLTO mode with loadable modules, three ways, same tree,
+//! same `-j`, one after the other:
+//! - stock: the tree as kbuild builds it (modules linked with in-process
+//!   ThinLTO: `cmd_ld_single_m`, `cmd_ld_multi_m`);
+//! - plain: `examples/kbuild/modules-dist.patch` (modules in distributed
+//!   mode with plain make rules);
+//! - tools: the same plus `examples/kbuild/thinlto-tools.patch` and
+//!   `THINLTO_TOOLS=1` (our tools under make).
+//!
+//! Each way runs the same steps: the modules from scratch (every module
+//! part's object and what was made of it removed), a no-op, a `touch` of
+//! one part of the composite module with the most parts. The patches are
+//! applied for their way and taken off after it. Backend jobs are counted
+//! from make's output: a single-object module's backend runs inside its
+//! compile (`CC [M]` of the module) in every way; a composite module's
+//! backends are its bitcode parts when in-process mode relinks it (`LD
+//! [M]`), the `CC … .thinlto-native.o` lines in distributed mode.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::flow;
+use crate::kbuild_modes::{llvm_var, run_make};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Stock,
+    Plain,
+    Tools,
+}
+
+impl Way {
+    const ALL: [Way; 3] = [Way::Stock, Way::Plain, Way::Tools];
+
+    fn name(self) -> &'static str {
+        match self {
+            Way::Stock => "stock (in-process)",
+            Way::Plain => "modules-dist.patch",
+            Way::Tools => "modules-dist.patch + THINLTO_TOOLS=1",
+        }
+    }
+
+    fn patches(self) -> &'static [&'static str] {
+        match self {
+            Way::Stock => &[],
+            Way::Plain => &["examples/kbuild/modules-dist.patch"],
+            Way::Tools => &[
+                "examples/kbuild/modules-dist.patch",
+                "examples/kbuild/thinlto-tools.patch",
+            ],
+        }
+    }
+}
+
+/// A module of `modules.order` and its parts (its `.mod` file).
+#[derive(Debug, Clone)]
+struct Module {
+    object: String,
+    parts: Vec<String>,
+}
+
+impl Module {
+    fn is_single(&self) -> bool {
+        self.parts.len() == 1 && self.parts[0] == self.object
+    }
+}
+
+fn modules(tree: &Path) -> Result<Vec<Module>> {
+    let order = tree.join("modules.order");
+    let text = std::fs::read_to_string(&order).with_context(|| {
+        format!(
+            "{}: cannot read (a tree with modules built?)",
+            order.display()
+        )
+    })?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let object = l.trim().to_string();
+            let mod_file = tree.join(object.replace(".ko", ".o")).with_extension("mod");
+            let parts = std::fs::read_to_string(&mod_file)
+                .with_context(|| format!("{}: cannot read", mod_file.display()))?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            Ok(Module {
+                object: object.replace(".ko", ".o"),
+                parts,
+            })
+        })
+        .collect()
+}
+
+fn is_bitcode(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && (&head == b"BC\xC0\xDE" || head == [0xDE, 0xC0, 0x17, 0x0B])
+}
+
+/// Removes every module part's object and what was made of it (natives,
+/// shards, indexes, the module objects and `.ko` files), so that the next
+/// `make modules` compiles the modules from scratch in every way (the
+/// tools' content checks find no native to keep).
+fn scratch(tree: &Path, mods: &[Module]) {
+    let strip = |o: &str| o.strip_suffix(".o").unwrap_or(o).to_string();
+    for m in mods {
+        let base = strip(&m.object);
+        for f in [
+            format!("{base}.o"),
+            format!("{base}.ko"),
+            format!("{base}.mod.o"),
+            format!("{base}.lto.o"),
+            format!("{base}.lto.o.thinlto.bc"),
+            format!("{base}.thinlto-index"),
+            format!("{base}.thinlto-native.o"),
+        ] {
+            let _ = std::fs::remove_file(tree.join(f));
+        }
+        for p in &m.parts {
+            let base = strip(p);
+            for f in [
+                format!("{base}.o"),
+                format!("{base}.o.thinlto.bc"),
+                format!("{base}.o.imports"),
+                format!("{base}.thinlto-native.o"),
+            ] {
+                let _ = std::fs::remove_file(tree.join(f));
+            }
+        }
+    }
+}
+
+/// One `make modules`: wall time and backend jobs.
+struct Run {
+    wall: f64,
+    jobs: usize,
+}
+
+fn make_modules(
+    tree: &Path,
+    mods: &[Module],
+    jobs: usize,
+    env: &[(String, String)],
+    args: &[String],
+) -> Result<Run> {
+    let out = run_make(tree, "modules", jobs, env, args)?;
+    let word = |l: &str, tag: &str| -> Option<String> {
+        l.trim().strip_prefix(tag).map(|r| r.trim().to_string())
+    };
+    let compiled: BTreeSet<String> = out
+        .lines
+        .iter()
+        .filter_map(|(_, l)| word(l, "CC [M]"))
+        .collect();
+    let relinked: BTreeSet<String> = out
+        .lines
+        .iter()
+        .filter_map(|(_, l)| word(l, "LD [M]"))
+        .collect();
+    let natives = out
+        .lines
+        .iter()
+        .filter_map(|(_, l)| word(l, "CC"))
+        .filter(|n| n.ends_with(".thinlto-native.o"))
+        .count();
+    let mut backend = natives;
+    for m in mods {
+        if m.is_single() {
+            backend += compiled.contains(&m.object) as usize;
+        } else if natives == 0 && relinked.contains(&m.object) {
+            // In-process: lld ran a backend per bitcode part.
+            backend += m.parts.iter().filter(|p| is_bitcode(&tree.join(p))).count();
+        }
+    }
+    Ok(Run {
+        wall: out.wall,
+        jobs: backend,
+    })
+}
+
+fn patch(tree: &Path, patch: &Path, reverse: bool) -> Result<()> {
+    let ok = Command::new("patch")
+        .args(["-p1", "-s", if reverse { "-R" } else { "-N" }, "-i"])
+        .arg(patch)
+        .current_dir(tree)
+        .status()?;
+    if !ok.success() {
+        bail!(
+            "{}: does not {} {}",
+            patch.display(),
+            if reverse { "come off" } else { "apply to" },
+            tree.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs every way's steps on `tree`; returns the markdown section.
+pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
+    let tree = tree.canonicalize()?;
+    if crate::kernel::detect_layout(&tree)? != crate::kernel::TreeLayout::Dist {
+        bail!(
+            "{}: not a tree of kbuild's distributed ThinLTO mode (CONFIG_LTO_CLANG_THIN_DIST)",
+            tree.display()
+        );
+    }
+    let mods = modules(&tree)?;
+    let composite = mods
+        .iter()
+        .filter(|m| !m.is_single())
+        .max_by_key(|m| m.parts.len())
+        .context("modules.order has no composite module")?;
+    let touched = composite
+        .parts
+        .iter()
+        .map(|p| p.replace(".o", ".c"))
+        .find(|c| tree.join(c).exists())
+        .context("the composite module has no .c part")?;
+    let bins = flow::build_bins()?;
+    let cc = thinlto_cmdparse::CmdFile::read(&tree.join("init/.main.o.cmd"))?
+        .savedcmd
+        .and_then(|c| c.split_whitespace().next().map(str::to_string))
+        .context("init/.main.o.cmd: no compiler")?;
+    let make_args = vec![format!("LLVM={}", llvm_var(&cc))];
+    let path = std::env::var("PATH").unwrap_or_default();
+    let steps = ["modules from scratch", "no-op", &format!("touch {touched}")];
+    let mut table: Vec<(Way, Vec<Run>)> = Vec::new();
+    let mut symvers: Vec<(Way, Vec<u8>)> = Vec::new();
+    for way in Way::ALL {
+        let patches: Vec<PathBuf> = way
+            .patches()
+            .iter()
+            .map(|p| crate::workspace_root().join(p))
+            .collect();
+        let mut env = Vec::new();
+        let mut args = make_args.clone();
+        if way == Way::Tools {
+            env.push(("PATH".to_string(), format!("{}:{path}", bins.dir.display())));
+            args.push("THINLTO_TOOLS=1".into());
+        }
+        let mut applied = Vec::new();
+        let result = (|| -> Result<Vec<Run>> {
+            for p in &patches {
+                patch(&tree, p, false)?;
+                applied.push(p.clone());
+            }
+            let mut runs = Vec::new();
+            for (i, step) in steps.iter().enumerate() {
+                eprintln!("bench (modules): {}: {step}", way.name());
+                match i {
+                    0 => scratch(&tree, &mods),
+                    1 => {}
+                    _ => std::fs::File::options()
+                        .append(true)
+                        .open(tree.join(&touched))?
+                        .set_modified(std::time::SystemTime::now())?,
+                }
+                runs.push(make_modules(&tree, &mods, jobs, &env, &args)?);
+            }
+            Ok(runs)
+        })();
+        if result.is_ok() {
+            symvers.push((way, std::fs::read(tree.join("Module.symvers"))?));
+        }
+        for p in applied.iter().rev() {
+            patch(&tree, p, true)?;
+        }
+        table.push((way, result?));
+    }
+    // Back to the stock build the tree had.
+    scratch(&tree, &mods);
+    run_make(&tree, "modules", jobs, &[], &make_args)?;
+
+    let mut s = String::new();
+    writeln!(
+        s,
+        "### M1. `make modules` in kbuild's distributed mode: in-process modules, `modules-dist.patch`, `THINLTO_TOOLS=1`\n\n\
+         Tree: {display} ({} modules, {} composite; the touched part belongs to `{}`, {} parts), `make {} -j{jobs} modules`, one run per cell, the ways one after the other on the same tree. \"jobs\" are backend compiles (in-process: the bitcode parts of each module lld relinked).\n",
+        mods.len(),
+        mods.iter().filter(|m| !m.is_single()).count(),
+        composite.object,
+        composite.parts.len(),
+        make_args.join(" ")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "| step | stock make / jobs | plain rules make / jobs | THINLTO_TOOLS=1 make / jobs | stock÷plain | stock÷tools |"
+    )
+    .unwrap();
+    writeln!(s, "|---|---|---|---|---|---|").unwrap();
+    let cell = |r: &Run| format!("{:.2} s / {}", r.wall, r.jobs);
+    for (i, step) in steps.iter().enumerate() {
+        let (st, pl, to) = (&table[0].1[i], &table[1].1[i], &table[2].1[i]);
+        writeln!(
+            s,
+            "| {step} | {} | {} | {} | {:.2}× | {:.2}× |",
+            cell(st),
+            cell(pl),
+            cell(to),
+            st.wall / pl.wall,
+            st.wall / to.wall
+        )
+        .unwrap();
+    }
+    s.push('\n');
+    let reference = &symvers[0].1;
+    for (way, bytes) in &symvers[1..] {
+        writeln!(
+            s,
+            "- {}: `Module.symvers` after the last step identical to the stock build's: {}",
+            way.name(),
+            if bytes == reference { "yes" } else { "**NO**" }
+        )
+        .unwrap();
+    }
+    if symvers[1..].iter().any(|(_, b)| b != reference) {
+        bail!("a way's Module.symvers differs from the stock build's:\n{s}");
+    }
+    Ok(s)
+}
