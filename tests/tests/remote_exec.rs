@@ -4,10 +4,13 @@
 //! an `.incbin`'d file the trace does not know yet makes the worker refuse
 //! the action (not hermetic) and the job compiles here, traced, so the
 //! next run sends the file and a change of it is rebuilt remotely with
-//! the new data; a second run uploads nothing; a farm that stops mid-run
-//! costs nothing but time.
+//! the new data; a second run uploads nothing; SIGINT cancels the
+//! operations in flight (their worker stops the compile); a farm that
+//! stops mid-run costs nothing but time.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -127,6 +130,8 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     run(t.path(), &["-B", "--no-cache"]);
     assert_eq!(native_files(t.path(), &m), from_farm);
 
+    sigint_cancels_the_farms_operation(&farm);
+
     // The farm stops while jobs are on it: the rest compiles here, the
     // build succeeds with the same bytes, and it is said once.
     let mut child = tool("thinlto-backend", t.path())
@@ -155,4 +160,122 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     let recs = job_records(format!("{first}{rest}").as_bytes());
     assert_eq!(with_status(&recs, JobStatus::Built).len(), all.len());
     assert_eq!(native_files(t.path(), &m), from_farm);
+}
+
+/// SIGINT while a job runs on the farm: the client cancels its operation
+/// (CancelOperation) before it dies by the signal, the server has it
+/// cancelled, the worker kills the compile (it would otherwise wait on
+/// its input for ever) and reports nothing, and no output is left here.
+///
+/// The gate: the job's inline asm `.incbin`s a FIFO by absolute path (not
+/// a regular file: hermetic), so its compile blocks reading it once this
+/// test holds the FIFO open for writing, writing nothing. Events, not
+/// delays: the compile is known to be there when the FIFO has a reader.
+fn sigint_cancels_the_farms_operation(farm: &Farm) {
+    let t = sample_tree();
+    let gate = tempfile::tempdir().unwrap();
+    let fifo = gate.path().join("config.fifo");
+    let src = t.path().join("kernel/config_blob.c");
+    let text = std::fs::read_to_string(&src).unwrap();
+    assert!(text.contains("kernel/config_data.txt"));
+    let gated = text.replace("kernel/config_data.txt", &fifo.display().to_string());
+    std::fs::write(&src, gated).unwrap();
+    // The front end assembles the asm too (for the bitcode's symbol
+    // table): a regular file there until the backend runs.
+    std::fs::write(&fifo, "front end\n").unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    std::fs::remove_file(&fifo).unwrap();
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let child = tool("thinlto-backend", t.path())
+        .args(["--index", "out/vmlinux.thinlto-index", "--no-cache", "-B"])
+        .args(["--only", BLOB, "--remote-exec", farm.url.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The compile is on the worker, reading the FIFO: a non-blocking
+    // open for writing succeeds once it has the FIFO open.
+    let mut held = None;
+    wait_for(
+        "the farm's compile to open the FIFO",
+        || match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => {
+                held = Some(f);
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => false,
+            Err(e) => panic!("{}: {e}", fifo.display()),
+        },
+    );
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{err}");
+    // The operation the client cancelled, as it names it.
+    let name = err
+        .lines()
+        .find_map(|l| l.split("(cancelled operation ").nth(1))
+        .map(|r| r.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no cancelled operation in:\n{err}"));
+    let op = get_operation(&farm.url, &name);
+    assert!(op.done, "{op:?}");
+    // The worker stops the compile: the FIFO loses its reader although
+    // this test still holds it open (only a kill ends that read).
+    wait_for(
+        "the worker to kill the cancelled compile",
+        || match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => true,
+            Err(e) => panic!("{}: {e}", fifo.display()),
+            Ok(_) => false,
+        },
+    );
+    drop(held);
+    // And says so (once the compile's thread is back, just after).
+    wait_for("the worker to say the lease was cancelled", || {
+        std::fs::read_to_string(farm.worker_log("w1"))
+            .unwrap()
+            .contains("cancelled by the server")
+    });
+    // Nothing half-written here: no native, no record, no temporary.
+    let left: Vec<String> = std::fs::read_dir(t.path().join("kernel"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("config_blob.thinlto-native"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// GetOperation on the farm's Operations service.
+fn get_operation(url: &str, name: &str) -> bazel_remote_apis::google::longrunning::Operation {
+    use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
+    use bazel_remote_apis::google::longrunning::GetOperationRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.replace("grpc://", "http://"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        OperationsClient::new(ch)
+            .get_operation(GetOperationRequest {
+                name: name.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("GetOperation {name}: {s}"))
+            .into_inner()
+    })
 }

@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::RemoteOptions;
 use crate::engine::job::{split_dwarf_file, BackendJob};
-use crate::reapi::execute::{Executed, Executor, RemoteAction};
+use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 
 /// The marker a worker puts before its reason when it refuses an action
@@ -74,6 +74,9 @@ pub enum Outcome {
     CompileError { exit_code: i32, output: String },
     /// Compile it here instead, for this reason.
     Fallback(String),
+    /// Given up on a signal, its operation cancelled on the server (or
+    /// why not): compiled nowhere.
+    Cancelled(String),
 }
 
 /// Counts of one run, for the summary.
@@ -158,8 +161,9 @@ impl RemoteExec {
     /// Runs `job` on the farm, with `extras` (tree-relative paths the
     /// cache's trace knows the compile reads; None when no trace of this
     /// job is known) in its input root. `cancelled` is polled while the
-    /// job waits on the farm: a signal drops the operation's stream and
-    /// the job is compiled nowhere.
+    /// job waits on the farm: a signal drops the operation's stream,
+    /// cancels the operation on the server (its worker stops the compile)
+    /// and the job is compiled nowhere.
     ///
     /// A compile that fails on the farm while its trace is unknown may
     /// have failed for a file its input root lacked (an `.incbin`'d file
@@ -208,11 +212,11 @@ impl RemoteExec {
                         FARM_PATIENCE.as_secs()
                     ))
                 }
-                Err(_) if cancelled() => {
-                    return Outcome::CompileError {
-                        exit_code: 130,
-                        output: String::new(),
-                    }
+                Err(e) if cancelled() => {
+                    return Outcome::Cancelled(match e.downcast_ref::<Cancelled>() {
+                        Some(c) => c.to_string(),
+                        None => format!("{e:#}"),
+                    })
                 }
                 Err(e) if is_transient(&e) => match tries.next() {
                     Some(pause) => std::thread::sleep(*pause),

@@ -20,6 +20,7 @@ pub enum Outcome {
         output: String,
     },
     Fallback(String),
+    Cancelled(String),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -729,6 +729,14 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     let (outputs, text, worker) =
         match remote.run(job, known.as_deref(), &|| pending_signal().is_some()) {
             RemoteOutcome::Fallback(_) => return Built::Fallback,
+            RemoteOutcome::Cancelled(what) => {
+                if ctx.opts.verbosity != Verbosity::Quiet {
+                    eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
+                }
+                let sig = pending_signal().unwrap_or(0);
+                let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
+                return Built::Done(rec, text);
+            }
             RemoteOutcome::CompileError { exit_code, output } => {
                 let (rec, text) = match pending_signal() {
                     Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),

@@ -25,11 +25,79 @@ pub struct Worker<'a> {
     pub bot: &'a str,
 }
 
+/// How a running action is stopped when the server cancels its lease
+/// (`crate::worker`'s keepalive sees it): the compile's process group is
+/// killed and nothing is uploaded. Either side may come first: a cancel
+/// before the spawn kills the compile as soon as it starts.
+#[derive(Default)]
+pub struct Stop {
+    state: std::sync::Mutex<StopState>,
+}
+
+#[derive(Default)]
+struct StopState {
+    cancelled: bool,
+    /// The running compile's process group (its leader's pid), while it
+    /// is not reaped (so the id cannot be another's).
+    group: Option<i32>,
+}
+
+/// The error of an action whose lease the server cancelled.
+#[derive(Debug)]
+pub struct LeaseCancelled;
+
+impl std::fmt::Display for LeaseCancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cancelled by the server; its compile killed, nothing uploaded"
+        )
+    }
+}
+
+impl std::error::Error for LeaseCancelled {}
+
+impl Stop {
+    /// Cancels the action: its compile, if running, is killed now.
+    pub fn cancel(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.cancelled = true;
+        if let Some(g) = st.group {
+            kill_group(g);
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state.lock().unwrap().cancelled
+    }
+
+    fn started(&self, pid: u32) {
+        let mut st = self.state.lock().unwrap();
+        st.group = Some(pid as i32);
+        if st.cancelled {
+            kill_group(pid as i32);
+        }
+    }
+
+    fn ended(&self) {
+        self.state.lock().unwrap().group = None;
+    }
+}
+
+fn kill_group(group: i32) {
+    // SAFETY: kill has no memory-safety preconditions; the group's leader
+    // is our child, not reaped yet (Stop::ended comes after the wait).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+}
+
 /// Runs `action` in `dir` (a new directory, removed by the caller) and
 /// returns its result, outputs and streams uploaded. An action the worker
 /// refuses (no such compiler, another identity, a compile that was not
-/// hermetic) is a failed result (exit code 1) whose stderr says why.
-pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionResult> {
+/// hermetic) is a failed result (exit code 1) whose stderr says why. An
+/// action `stop` cancels is a [`LeaseCancelled`] error, nothing uploaded.
+pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result<re::ActionResult> {
     let command_digest = action
         .command_digest
         .as_ref()
@@ -83,9 +151,14 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionRe
         .cloned()
         .unwrap_or_default();
     let trace = dir.join("trace");
-    let out = spawn(compiler, &command, &root, &trace)?
-        .wait_with_output()
-        .with_context(|| format!("running {word}"))?;
+    let child = spawn(compiler, &command, &root, &trace)?;
+    stop.started(child.id());
+    let out = child.wait_with_output();
+    stop.ended();
+    let out = out.with_context(|| format!("running {word}"))?;
+    if stop.is_cancelled() {
+        return Err(LeaseCancelled.into());
+    }
     let mut result = re::ActionResult {
         // Killed by a signal: 128 + its number, as a shell says.
         exit_code: out
@@ -177,7 +250,10 @@ fn spawn(
         .env("THINLTO_TRACE", trace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group: a cancelled lease kills the compile and
+        // whatever it started (`Stop`), not the worker.
+        .process_group(0);
     // Without the shim the trace has no header, and the check fails the
     // action: hermetic or nothing.
     if let Ok(shim) = crate::warm::shim::path() {

@@ -13,9 +13,13 @@
 //! `ActionResult`. A bot that dies loses its session after the server's
 //! keepalive timeout, and BuildGrid gives the lease to another bot.
 //!
+//! A lease the server cancels (CancelOperation from a client: BuildGrid
+//! drops it from the session) is seen at the next keepalive: its compile
+//! is killed and nothing is uploaded or reported.
+//!
 //! Not done here: the warm compiler (the zygote serves compiles in the
 //! worker's own working directory, and each action has its own input
-//! root), and cancellation of a running lease.
+//! root).
 
 pub mod compilers;
 pub mod exec;
@@ -276,6 +280,7 @@ fn run_lease(
             let n = shared.actions.fetch_add(1, Ordering::Relaxed);
             let dir = exec::action_dir(&shared.work, n);
             let (tx, rx) = mpsc::channel();
+            let stop = exec::Stop::default();
             std::thread::scope(|s| {
                 s.spawn(|| {
                     let ctx = exec::Worker {
@@ -286,7 +291,7 @@ fn run_lease(
                     };
                     let r = std::fs::create_dir_all(&dir)
                         .with_context(|| format!("cannot create {}", dir.display()))
-                        .and_then(|()| exec::run(&ctx, &action, &dir));
+                        .and_then(|()| exec::run(&ctx, &action, &dir, &stop));
                     let _ = std::fs::remove_dir_all(&dir);
                     let _ = tx.send(r);
                 });
@@ -298,9 +303,26 @@ fn run_lease(
                             // keepalive is retried at the next tick).
                             if let Ok(s) = update(shared, client, session, KEEPALIVE_DEADLINE) {
                                 *session = s;
-                                for l in &mut session.leases {
-                                    if l.id == lease_id {
-                                        l.state = LeaseState::Active as i32;
+                                // BuildGrid 0.4.4 drops a cancelled lease
+                                // from the session (the spec also allows
+                                // it to come back CANCELLED, which a bot
+                                // must not send back): either way the
+                                // compile stops and nothing is reported.
+                                let i = session.leases.iter().position(|l| l.id == lease_id);
+                                match i {
+                                    Some(i)
+                                        if session.leases[i].state
+                                            != LeaseState::Cancelled as i32 =>
+                                    {
+                                        session.leases[i].state = LeaseState::Active as i32;
+                                    }
+                                    _ => {
+                                        if let Some(i) = i {
+                                            session.leases.remove(i);
+                                        }
+                                        if !stop.is_cancelled() {
+                                            stop.cancel();
+                                        }
                                     }
                                 }
                             }
@@ -315,6 +337,10 @@ fn run_lease(
     };
     let (result, status) = match outcome {
         Ok(r) => (Some(r), RpcStatus::default()),
+        Err(e) if e.is::<exec::LeaseCancelled>() => {
+            eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e}");
+            return update(shared, client, session, KEEPALIVE_DEADLINE);
+        }
         Err(e) => {
             eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e:#}");
             (
