@@ -1,6 +1,7 @@
 //! Remote execution (`thinlto-backend --remote-exec`) on a real farm:
 //! BuildGrid with PostgreSQL on 127.0.0.1 and `thinlto-backend worker`
-//! bots (xtask::farm), real clang. The natives equal a local compile's;
+//! bots (xtask::farm), real clang. The natives equal a local plain
+//! compile's, the worker running them on its warm compiler;
 //! an `.incbin`'d file the trace does not know yet makes the worker refuse
 //! the action (not hermetic) and the job compiles here, traced, so the
 //! next run sends the file and a change of it is rebuilt remotely with
@@ -62,8 +63,8 @@ fn remote_execution_builds_what_a_local_compile_builds() {
         v.sort();
         v
     };
-    // The reference: every native compiled here.
-    let (_, recs) = run(t.path(), &["-B", "--no-cache"]);
+    // The reference: every native compiled here, each a fresh process.
+    let (_, recs) = run(t.path(), &["-B", "--no-cache", "--no-warm"]);
     assert_eq!(placed(&recs, Place::Local), all);
     let local = native_files(t.path(), &m);
 
@@ -102,6 +103,14 @@ fn remote_execution_builds_what_a_local_compile_builds() {
         "{recs:?}"
     );
     assert_eq!(native_files(t.path(), &m), local);
+    // The worker ran them as jobs of its warm compiler, each in its
+    // action's input root: the same bytes as plain compiles here.
+    let log = std::fs::read_to_string(farm.worker_log("w1")).unwrap();
+    let ran: Vec<&str> = log.lines().filter(|l| l.contains(" -o ")).collect();
+    assert!(
+        ran.len() >= both.len() - here.len() && ran.iter().all(|l| l.ends_with(", warm compiler")),
+        "{log}"
+    );
 
     // Again, without the local cache: every input is on the server
     // already (nothing uploaded), and the trace now knows config_data.txt,

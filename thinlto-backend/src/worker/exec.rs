@@ -37,9 +37,20 @@ pub struct Stop {
 #[derive(Default)]
 struct StopState {
     cancelled: bool,
-    /// The running compile's process group (its leader's pid), while it
-    /// is not reaped (so the id cannot be another's).
-    group: Option<i32>,
+    /// What a cancel kills, while the compile is not reaped (so the id
+    /// cannot be another's).
+    target: Option<Target>,
+}
+
+/// A running compile, as it is killed.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A plain spawn: its own process group (the compile and whatever it
+    /// started).
+    Group(i32),
+    /// A job of the warm compiler: a child of the zygote, in the
+    /// zygote's process group (the worker's), so the process alone.
+    Process(i32),
 }
 
 /// The error of an action whose lease the server cancelled.
@@ -62,8 +73,8 @@ impl Stop {
     pub fn cancel(&self) {
         let mut st = self.state.lock().unwrap();
         st.cancelled = true;
-        if let Some(g) = st.group {
-            kill_group(g);
+        if let Some(t) = st.target {
+            kill(t);
         }
     }
 
@@ -71,24 +82,29 @@ impl Stop {
         self.state.lock().unwrap().cancelled
     }
 
-    fn started(&self, pid: u32) {
+    fn started(&self, target: Target) {
         let mut st = self.state.lock().unwrap();
-        st.group = Some(pid as i32);
+        st.target = Some(target);
         if st.cancelled {
-            kill_group(pid as i32);
+            kill(target);
         }
     }
 
     fn ended(&self) {
-        self.state.lock().unwrap().group = None;
+        self.state.lock().unwrap().target = None;
     }
 }
 
-fn kill_group(group: i32) {
-    // SAFETY: kill has no memory-safety preconditions; the group's leader
-    // is our child, not reaped yet (Stop::ended comes after the wait).
+fn kill(target: Target) {
+    let id = match target {
+        Target::Group(g) => -g,
+        Target::Process(p) => p,
+    };
+    // SAFETY: kill has no memory-safety preconditions; the process (the
+    // group's leader) is not reaped yet: Stop::ended comes after the
+    // wait, and a warm job's pid stays its own while its handle lives.
     unsafe {
-        libc::kill(-group, libc::SIGKILL);
+        libc::kill(id, libc::SIGKILL);
     }
 }
 
@@ -151,14 +167,17 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         .cloned()
         .unwrap_or_default();
     let trace = dir.join("trace");
-    let child = spawn(compiler, &command, &root, &trace)?;
-    stop.started(child.id());
-    let out = child.wait_with_output();
-    stop.ended();
-    let out = out.with_context(|| format!("running {word}"))?;
+    let (out, warm) = compile(compiler, &command, &root, &trace, stop)?;
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());
     }
+    eprintln!(
+        "thinlto-backend worker {}: {word} -o {}: {}, {}",
+        ctx.bot,
+        outputs.first().map_or("", String::as_str),
+        out.status,
+        if warm { "warm compiler" } else { "plain spawn" }
+    );
     let mut result = re::ActionResult {
         // Killed by a signal: 128 + its number, as a shell says.
         exit_code: out
@@ -227,7 +246,53 @@ fn choose_compiler<'a>(
     Ok(c)
 }
 
-/// The compile: the resolved executable with `argv[0]` as the action
+/// The compile, as a job of the warm compiler for it when one serves it
+/// (`crate::warm`: started by the worker for each of its compilers; a job
+/// lost with it runs again plainly), else a plain [`spawn`]; either way
+/// in the input root, with the Command's environment only, under the
+/// tracing shim. Its output, and whether it ran warm.
+fn compile(
+    compiler: &Compiler,
+    command: &re::Command,
+    root: &Path,
+    trace: &Path,
+    stop: &Stop,
+) -> Result<(std::process::Output, bool)> {
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = command
+        .environment_variables
+        .iter()
+        .map(|e| (e.name.clone().into(), e.value.clone().into()))
+        .collect();
+    let place = crate::warm::JobPlace {
+        cwd: root,
+        env: &env,
+    };
+    if let Some(mut child) = crate::warm::try_warm(&command.arguments, Some(trace), Some(&place)) {
+        stop.started(Target::Process(child.id() as i32));
+        let out = child.wait_with_output();
+        stop.ended();
+        drop(child);
+        match out {
+            Ok(o) => return Ok((o, true)),
+            // The zygote died under the job (a worker's cancel kills the
+            // job alone): run it again plainly, its trace afresh.
+            Err(e) if crate::warm::is_lost(&e) => {
+                let _ = std::fs::remove_file(trace);
+            }
+            Err(e) => return Err(e).context("waiting for the warm compiler's job"),
+        }
+    }
+    let child = spawn(compiler, command, root, trace)?;
+    stop.started(Target::Group(child.id() as i32));
+    let out = child.wait_with_output();
+    stop.ended();
+    Ok((
+        out.with_context(|| format!("running {}", command.arguments[0]))?,
+        false,
+    ))
+}
+
+/// A plain compile: the resolved executable with `argv[0]` as the action
 /// spells it, in the input root, with the Command's environment only,
 /// under the tracing shim.
 fn spawn(

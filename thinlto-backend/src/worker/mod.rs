@@ -17,9 +17,11 @@
 //! drops it from the session) is seen at the next keepalive: its compile
 //! is killed and nothing is uploaded or reported.
 //!
-//! Not done here: the warm compiler (the zygote serves compiles in the
-//! worker's own working directory, and each action has its own input
-//! root).
+//! Each compile is a job of the warm compiler for its compiler when one
+//! serves (`crate::warm`: a zygote per compiler, started with the worker,
+//! forking a job into the action's input root with the action's
+//! environment), else a plain spawn; traced the same either way. The
+//! worker's log says which ran each action.
 
 pub mod compilers;
 pub mod exec;
@@ -77,6 +79,11 @@ pub struct WorkerArgs {
     /// Where the blob store and the input roots go [default: a new temporary directory]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Run every compile as a fresh process, not as a job of a warm
+    /// compiler (one per compiler, started with the worker, serving each
+    /// action in its input root; see `thinlto-backend --help`, --warm)
+    #[arg(long)]
+    pub no_warm: bool,
 }
 
 /// Runs the worker until a signal or a fatal error.
@@ -112,6 +119,11 @@ pub fn main(args: WorkerArgs) -> Result<()> {
             c.identity
         );
     }
+    // On this thread, which outlives the bots: the zygotes die with the
+    // thread that started them. A compiler that cannot run warm is said
+    // once, and its actions are plain spawns.
+    let words: Vec<&str> = compilers.iter().map(|c| c.word.as_str()).collect();
+    let _warm = (!args.no_warm).then(|| crate::warm::Warm::start_each(&words, true));
     let shared = Shared {
         cas,
         store,
