@@ -288,3 +288,83 @@ fn get_operation(url: &str, name: &str) -> bazel_remote_apis::google::longrunnin
             .into_inner()
     })
 }
+
+/// `--explain --remote-exec`: each job that would compile says whether it
+/// goes to the farm or compiles here and why, and the summary counts them.
+/// The farm is not asked (nothing listens at the URL). A job whose trace
+/// knows it reads a file outside the tree (an `.incbin` by absolute path,
+/// which a worker refuses as not hermetic) is predicted here.
+#[test]
+fn explain_predicts_remote_placement() {
+    let t = sample_tree();
+    let outside = tempfile::tempdir().unwrap();
+    let data = outside.path().join("outside.txt");
+    std::fs::write(&data, "CONFIG_OUTSIDE=y\n").unwrap();
+    let src = t.path().join("kernel/config_blob.c");
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(
+        &src,
+        text.replace("kernel/config_data.txt", &data.display().to_string()),
+    )
+    .unwrap();
+    rebuild_fe(t.path());
+    let m = thin_link(t.path());
+    let jobs = m.bitcode().count();
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let nobody = format!(
+        "grpc://127.0.0.1:{}",
+        xtask::buildgrid::free_port().unwrap()
+    );
+    let explain = |args: &[&str]| -> (String, String) {
+        let out = run_ok(
+            tool("thinlto-backend", t.path())
+                .args(["--index", "out/vmlinux.thinlto-index", "--explain", "-B"])
+                .args(["--remote-exec", nobody.as_str()])
+                .args(args),
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // No trace known: every job would go to the farm.
+    let (out, err) = explain(&["--no-cache"]);
+    assert_eq!(
+        out.matches("; on the farm (no trace of it yet").count(),
+        jobs,
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{jobs} would run ({jobs} on the farm, 0 here, 0 from the cache)"
+        )),
+        "{err}"
+    );
+
+    // Built here with the cache (the traces are known), then the outside
+    // file changes: its job (and those that import its asm) would compile
+    // here, saying why; the others are cache hits.
+    run(t.path(), &["-B", "--cache-dir", cache]);
+    std::fs::write(&data, "CONFIG_OUTSIDE=changed\n").unwrap();
+    let (out, err) = explain(&["--cache-dir", cache]);
+    let why = format!("; here: its compile reads {}", data.display());
+    let blob = out
+        .lines()
+        .find(|l| l.starts_with("kernel/config_blob.thinlto-native.o:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        blob.contains(&why) && blob.contains("not hermetic"),
+        "{blob}"
+    );
+    let here = out.matches(&why).count();
+    let hits = out.matches("cache-hit").count();
+    assert!(here < jobs && here + hits == jobs, "{out}");
+    assert!(
+        err.contains(&format!(
+            "{jobs} would run (0 on the farm, {here} here, {hits} from the cache)"
+        )),
+        "{err}"
+    );
+}
