@@ -14,7 +14,10 @@
 //! What decides where a job runs, in order:
 //! - a job whose output could differ on another machine's directory runs
 //!   here: debug information records the working directory, a compiler
-//!   plugin or an external assembler is not in the input root;
+//!   plugin or an external assembler is not in the input root; so does
+//!   a job whose trace knows it reads a regular file outside the tree and
+//!   the compiler, which a worker would refuse ([`Placer`], which
+//!   `--explain` asks too);
 //! - a compile error is a compile error (the worker's stderr, as a local
 //!   compile would print it), not a retry;
 //! - a worker that refused the action as not hermetic (the compile read a
@@ -23,7 +26,10 @@
 //!   run sends it ([`Outcome::Fallback`]);
 //! - the server unreachable, overloaded or losing the operation: retried
 //!   with back-off, then every remaining job compiles here, said once.
-//!   The build never fails because the farm did.
+//!   The build never fails because the farm did;
+//! - a signal: every operation in flight is cancelled on the server
+//!   (`reapi::execute`), its worker stops the compile, and the job is
+//!   compiled nowhere.
 
 use std::collections::BTreeMap;
 use std::path::Path;
