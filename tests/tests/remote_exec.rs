@@ -1,13 +1,17 @@
 //! Remote execution (`thinlto-backend --remote-exec`) on a real farm:
 //! BuildGrid with PostgreSQL on 127.0.0.1 and `thinlto-backend worker`
-//! bots (xtask::farm), real clang. The natives equal a local compile's;
+//! bots (xtask::farm), real clang. The natives equal a local plain
+//! compile's, the worker running them on its warm compiler;
 //! an `.incbin`'d file the trace does not know yet makes the worker refuse
 //! the action (not hermetic) and the job compiles here, traced, so the
 //! next run sends the file and a change of it is rebuilt remotely with
-//! the new data; a second run uploads nothing; a farm that stops mid-run
-//! costs nothing but time.
+//! the new data; a second run uploads nothing; SIGINT cancels the
+//! operations in flight (their worker stops the compile); a farm that
+//! stops mid-run costs nothing but time.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -59,8 +63,8 @@ fn remote_execution_builds_what_a_local_compile_builds() {
         v.sort();
         v
     };
-    // The reference: every native compiled here.
-    let (_, recs) = run(t.path(), &["-B", "--no-cache"]);
+    // The reference: every native compiled here, each a fresh process.
+    let (_, recs) = run(t.path(), &["-B", "--no-cache", "--no-warm"]);
     assert_eq!(placed(&recs, Place::Local), all);
     let local = native_files(t.path(), &m);
 
@@ -99,6 +103,14 @@ fn remote_execution_builds_what_a_local_compile_builds() {
         "{recs:?}"
     );
     assert_eq!(native_files(t.path(), &m), local);
+    // The worker ran them as jobs of its warm compiler, each in its
+    // action's input root: the same bytes as plain compiles here.
+    let log = std::fs::read_to_string(farm.worker_log("w1")).unwrap();
+    let ran: Vec<&str> = log.lines().filter(|l| l.contains(" -o ")).collect();
+    assert!(
+        ran.len() >= both.len() - here.len() && ran.iter().all(|l| l.ends_with(", warm compiler")),
+        "{log}"
+    );
 
     // Again, without the local cache: every input is on the server
     // already (nothing uploaded), and the trace now knows config_data.txt,
@@ -126,6 +138,8 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     let from_farm = native_files(t.path(), &m);
     run(t.path(), &["-B", "--no-cache"]);
     assert_eq!(native_files(t.path(), &m), from_farm);
+
+    sigint_cancels_the_farms_operation(&farm);
 
     // The farm stops while jobs are on it: the rest compiles here, the
     // build succeeds with the same bytes, and it is said once.
@@ -155,4 +169,202 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     let recs = job_records(format!("{first}{rest}").as_bytes());
     assert_eq!(with_status(&recs, JobStatus::Built).len(), all.len());
     assert_eq!(native_files(t.path(), &m), from_farm);
+}
+
+/// SIGINT while a job runs on the farm: the client cancels its operation
+/// (CancelOperation) before it dies by the signal, the server has it
+/// cancelled, the worker kills the compile (it would otherwise wait on
+/// its input for ever) and reports nothing, and no output is left here.
+///
+/// The gate: the job's inline asm `.incbin`s a FIFO by absolute path (not
+/// a regular file: hermetic), so its compile blocks reading it once this
+/// test holds the FIFO open for writing, writing nothing. Events, not
+/// delays: the compile is known to be there when the FIFO has a reader.
+fn sigint_cancels_the_farms_operation(farm: &Farm) {
+    let t = sample_tree();
+    let gate = tempfile::tempdir().unwrap();
+    let fifo = gate.path().join("config.fifo");
+    let src = t.path().join("kernel/config_blob.c");
+    let text = std::fs::read_to_string(&src).unwrap();
+    assert!(text.contains("kernel/config_data.txt"));
+    let gated = text.replace("kernel/config_data.txt", &fifo.display().to_string());
+    std::fs::write(&src, gated).unwrap();
+    // The front end assembles the asm too (for the bitcode's symbol
+    // table): a regular file there until the backend runs.
+    std::fs::write(&fifo, "front end\n").unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    std::fs::remove_file(&fifo).unwrap();
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let child = tool("thinlto-backend", t.path())
+        .args(["--index", "out/vmlinux.thinlto-index", "--no-cache", "-B"])
+        .args(["--only", BLOB, "--remote-exec", farm.url.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The compile is on the worker, reading the FIFO: a non-blocking
+    // open for writing succeeds once it has the FIFO open.
+    let mut held = None;
+    wait_for(
+        "the farm's compile to open the FIFO",
+        || match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => {
+                held = Some(f);
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => false,
+            Err(e) => panic!("{}: {e}", fifo.display()),
+        },
+    );
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{err}");
+    // The operation the client cancelled, as it names it.
+    let name = err
+        .lines()
+        .find_map(|l| l.split("(cancelled operation ").nth(1))
+        .map(|r| r.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no cancelled operation in:\n{err}"));
+    let op = get_operation(&farm.url, &name);
+    assert!(op.done, "{op:?}");
+    // The worker stops the compile: the FIFO loses its reader although
+    // this test still holds it open (only a kill ends that read).
+    wait_for(
+        "the worker to kill the cancelled compile",
+        || match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => true,
+            Err(e) => panic!("{}: {e}", fifo.display()),
+            Ok(_) => false,
+        },
+    );
+    drop(held);
+    // And says so (once the compile's thread is back, just after).
+    wait_for("the worker to say the lease was cancelled", || {
+        std::fs::read_to_string(farm.worker_log("w1"))
+            .unwrap()
+            .contains("cancelled by the server")
+    });
+    // Nothing half-written here: no native, no record, no temporary.
+    let left: Vec<String> = std::fs::read_dir(t.path().join("kernel"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("config_blob.thinlto-native"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// GetOperation on the farm's Operations service.
+fn get_operation(url: &str, name: &str) -> bazel_remote_apis::google::longrunning::Operation {
+    use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
+    use bazel_remote_apis::google::longrunning::GetOperationRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.replace("grpc://", "http://"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        OperationsClient::new(ch)
+            .get_operation(GetOperationRequest {
+                name: name.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("GetOperation {name}: {s}"))
+            .into_inner()
+    })
+}
+
+/// `--explain --remote-exec`: each job that would compile says whether it
+/// goes to the farm or compiles here and why, and the summary counts them.
+/// The farm is not asked (nothing listens at the URL). A job whose trace
+/// knows it reads a file outside the tree (an `.incbin` by absolute path,
+/// which a worker refuses as not hermetic) is predicted here.
+#[test]
+fn explain_predicts_remote_placement() {
+    let t = sample_tree();
+    let outside = tempfile::tempdir().unwrap();
+    let data = outside.path().join("outside.txt");
+    std::fs::write(&data, "CONFIG_OUTSIDE=y\n").unwrap();
+    let src = t.path().join("kernel/config_blob.c");
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(
+        &src,
+        text.replace("kernel/config_data.txt", &data.display().to_string()),
+    )
+    .unwrap();
+    rebuild_fe(t.path());
+    let m = thin_link(t.path());
+    let jobs = m.bitcode().count();
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let nobody = format!(
+        "grpc://127.0.0.1:{}",
+        xtask::buildgrid::free_port().unwrap()
+    );
+    let explain = |args: &[&str]| -> (String, String) {
+        let out = run_ok(
+            tool("thinlto-backend", t.path())
+                .args(["--index", "out/vmlinux.thinlto-index", "--explain", "-B"])
+                .args(["--remote-exec", nobody.as_str()])
+                .args(args),
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // No trace known: every job would go to the farm.
+    let (out, err) = explain(&["--no-cache"]);
+    assert_eq!(
+        out.matches("; on the farm (no trace of it yet").count(),
+        jobs,
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{jobs} would run ({jobs} on the farm, 0 here, 0 from the cache)"
+        )),
+        "{err}"
+    );
+
+    // Built here with the cache (the traces are known), then the outside
+    // file changes: its job (and those that import its asm) would compile
+    // here, saying why; the others are cache hits.
+    run(t.path(), &["-B", "--cache-dir", cache]);
+    std::fs::write(&data, "CONFIG_OUTSIDE=changed\n").unwrap();
+    let (out, err) = explain(&["--cache-dir", cache]);
+    let why = format!("; here: its compile reads {}", data.display());
+    let blob = out
+        .lines()
+        .find(|l| l.starts_with("kernel/config_blob.thinlto-native.o:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        blob.contains(&why) && blob.contains("not hermetic"),
+        "{blob}"
+    );
+    let here = out.matches(&why).count();
+    let hits = out.matches("cache-hit").count();
+    assert!(here < jobs && here + hits == jobs, "{out}");
+    assert!(
+        err.contains(&format!(
+            "{jobs} would run (0 on the farm, {here} here, {hits} from the cache)"
+        )),
+        "{err}"
+    );
 }

@@ -14,7 +14,10 @@
 //! What decides where a job runs, in order:
 //! - a job whose output could differ on another machine's directory runs
 //!   here: debug information records the working directory, a compiler
-//!   plugin or an external assembler is not in the input root;
+//!   plugin or an external assembler is not in the input root; so does
+//!   a job whose trace knows it reads a regular file outside the tree and
+//!   the compiler, which a worker would refuse ([`Placer`], which
+//!   `--explain` asks too);
 //! - a compile error is a compile error (the worker's stderr, as a local
 //!   compile would print it), not a retry;
 //! - a worker that refused the action as not hermetic (the compile read a
@@ -23,7 +26,10 @@
 //!   run sends it ([`Outcome::Fallback`]);
 //! - the server unreachable, overloaded or losing the operation: retried
 //!   with back-off, then every remaining job compiles here, said once.
-//!   The build never fails because the farm did.
+//!   The build never fails because the farm did;
+//! - a signal: every operation in flight is cancelled on the server
+//!   (`reapi::execute`), its worker stops the compile, and the job is
+//!   compiled nowhere.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,8 +40,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::RemoteOptions;
 use crate::engine::job::{split_dwarf_file, BackendJob};
-use crate::reapi::execute::{Executed, Executor, RemoteAction};
+use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
+use crate::worker::compilers::Compiler;
 
 /// The marker a worker puts before its reason when it refuses an action
 /// as not hermetic (`worker/exec.rs`): the client compiles such a job
@@ -74,6 +81,9 @@ pub enum Outcome {
     CompileError { exit_code: i32, output: String },
     /// Compile it here instead, for this reason.
     Fallback(String),
+    /// Given up on a signal, its operation cancelled on the server (or
+    /// why not): compiled nowhere.
+    Cancelled(String),
 }
 
 /// Counts of one run, for the summary.
@@ -85,9 +95,73 @@ pub struct ExecSummary {
     pub bytes_down: u64,
 }
 
+/// Where a job that compiles goes, as far as this machine can tell
+/// without asking the farm: `--explain` predicts with it, and a run
+/// decides with it before sending a job.
+pub struct Placer {
+    /// The compiler whose installation a worker's compile may read (the
+    /// hermetic rule of `worker/hermetic.rs`), or why nothing can go to
+    /// the farm.
+    compiler: std::result::Result<Compiler, String>,
+}
+
+impl Placer {
+    /// For jobs compiled by `cc_argv` (the words of `$(CC)`). A compiler
+    /// behind a launcher (`ccache clang-19`) cannot run remotely: a
+    /// worker runs a compiler it has, by name.
+    pub fn new(cc_argv: &[String]) -> Placer {
+        let compiler = if cc_argv.len() != 1 {
+            Err(format!(
+                "remote execution needs a compiler without a launcher (CC is {:?})",
+                cc_argv.join(" ")
+            ))
+        } else {
+            Compiler::new(&cc_argv[0]).map_err(|e| format!("{e:#}"))
+        };
+        Placer { compiler }
+    }
+
+    /// Why `job` must compile here, if it must: the compiler cannot run
+    /// remotely; its output may differ in another directory
+    /// ([`stays_local`]); `reads` (what its trace knows it reads beyond
+    /// its inputs, None when no trace is known) has a file outside the
+    /// tree and the compiler, which a worker refuses as not hermetic;
+    /// an input is not a file of the tree.
+    pub fn local_reason(&self, job: &BackendJob, reads: Option<&[String]>) -> Option<String> {
+        let compiler = match &self.compiler {
+            Ok(c) => c,
+            Err(why) => return Some(why.clone()),
+        };
+        if let Some(why) = stays_local(&job.argv) {
+            return Some(why.to_string());
+        }
+        let reads = reads.unwrap_or_default();
+        if let Some(file) = crate::worker::hermetic::outside(reads, compiler) {
+            return Some(format!(
+                "its compile reads {file}, outside the tree and the compiler (a worker refuses that: not hermetic)"
+            ));
+        }
+        match action(job, &in_tree(reads)).and_then(|s| s.key()) {
+            Ok(_) => None,
+            Err(e) => Some(format!("{e:#}")),
+        }
+    }
+}
+
+/// The tree's files among `reads` (relative paths): what an input root
+/// carries.
+fn in_tree(reads: &[String]) -> Vec<String> {
+    reads
+        .iter()
+        .filter(|p| !p.starts_with('/'))
+        .cloned()
+        .collect()
+}
+
 /// A connected remote executor.
 pub struct RemoteExec {
     executor: Executor,
+    placer: Placer,
     url: String,
     /// The platform property every action carries.
     compiler: (String, String),
@@ -108,17 +182,16 @@ impl RemoteExec {
     /// `$(CC)`). A compiler behind a launcher (`ccache clang-19`) cannot
     /// run remotely: a worker runs a compiler it has, by name.
     pub fn connect(opts: &RemoteOptions, jobs: usize, cc_argv: &[String]) -> Result<RemoteExec> {
-        if cc_argv.len() != 1 {
-            bail!(
-                "remote execution needs a compiler without a launcher (CC is {:?})",
-                cc_argv.join(" ")
-            );
+        let placer = Placer::new(cc_argv);
+        if let Err(why) = &placer.compiler {
+            bail!("{why}");
         }
         let (identity, _) = crate::cache::identity::compiler_identity(cc_argv)
             .context("the compiler's identity (the workers match it)")?;
         let executor = Executor::connect(opts)?;
         Ok(RemoteExec {
             executor,
+            placer,
             url: opts.url.clone(),
             compiler: (COMPILER_PROPERTY.to_string(), identity),
             off: AtomicBool::new(false),
@@ -155,11 +228,13 @@ impl RemoteExec {
         Outcome::Fallback(why)
     }
 
-    /// Runs `job` on the farm, with `extras` (tree-relative paths the
-    /// cache's trace knows the compile reads; None when no trace of this
-    /// job is known) in its input root. `cancelled` is polled while the
-    /// job waits on the farm: a signal drops the operation's stream and
-    /// the job is compiled nowhere.
+    /// Runs `job` on the farm, with `reads` (the files beyond its inputs
+    /// the cache's trace knows the compile reads; None when no trace of
+    /// this job is known): the tree's in its input root; one outside the
+    /// tree and the compiler keeps the job here ([`Placer`]). `cancelled` is polled while the
+    /// job waits on the farm: a signal drops the operation's stream,
+    /// cancels the operation on the server (its worker stops the compile)
+    /// and the job is compiled nowhere.
     ///
     /// A compile that fails on the farm while its trace is unknown may
     /// have failed for a file its input root lacked (an `.incbin`'d file
@@ -169,21 +244,24 @@ impl RemoteExec {
     pub fn run(
         &self,
         job: &BackendJob,
-        extras: Option<&[String]>,
+        reads: Option<&[String]>,
         cancelled: &dyn Fn() -> bool,
     ) -> Outcome {
-        let traced = extras.is_some();
-        let extras = extras.unwrap_or_default();
+        let traced = reads.is_some();
         if let Some(why) = stays_local(&job.argv) {
             if self.said.lock().unwrap().insert(why) {
                 eprintln!("thinlto-backend: remote execution: {why}: such jobs compile here");
             }
             return self.fallback(why.to_string());
         }
+        if let Some(why) = self.placer.local_reason(job, reads) {
+            return self.fallback(why);
+        }
         if self.is_off() {
             return self.fallback("the farm failed earlier in this run".into());
         }
-        let key = match action(job, extras).and_then(|s| s.key()) {
+        let extras = in_tree(reads.unwrap_or_default());
+        let key = match action(job, &extras).and_then(|s| s.key()) {
             Ok(k) => k,
             Err(e) => return self.fallback(format!("{e:#}")),
         };
@@ -208,11 +286,11 @@ impl RemoteExec {
                         FARM_PATIENCE.as_secs()
                     ))
                 }
-                Err(_) if cancelled() => {
-                    return Outcome::CompileError {
-                        exit_code: 130,
-                        output: String::new(),
-                    }
+                Err(e) if cancelled() => {
+                    return Outcome::Cancelled(match e.downcast_ref::<Cancelled>() {
+                        Some(c) => c.to_string(),
+                        None => format!("{e:#}"),
+                    })
                 }
                 Err(e) if is_transient(&e) => match tries.next() {
                     Some(pause) => std::thread::sleep(*pause),

@@ -20,6 +20,7 @@ pub enum Outcome {
         output: String,
     },
     Fallback(String),
+    Cancelled(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,18 @@ pub struct ExecSummary {
 }
 
 pub const DEFAULT_REMOTE_JOBS: usize = 64;
+
+pub struct Placer;
+
+impl Placer {
+    pub fn new(_: &[String]) -> Placer {
+        Placer
+    }
+
+    pub fn local_reason(&self, _: &BackendJob, _: Option<&[String]>) -> Option<String> {
+        Some("this thinlto-backend was built without the `remote` feature".into())
+    }
+}
 
 pub enum RemoteExec {}
 

@@ -36,7 +36,9 @@ use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
 ///
 /// With --remote-exec URL, the jobs that must compile run on a Remote
 /// Execution API farm (workers: `thinlto-backend worker`); what the farm
-/// cannot take compiles here ("RCC" lines for the farm's).
+/// cannot take compiles here ("RCC" lines for the farm's); with --explain,
+/// each job that would compile says "on the farm" or "here: WHY". A signal
+/// cancels the farm's operations in flight.
 ///
 /// stdout: one JSON record per job, {"object","native","status","reason","seconds"},
 /// status "built", "up-to-date", "cache-hit" (plus "cache": local|remote,

@@ -389,15 +389,19 @@ impl BackendCache {
     /// them): what remote execution puts into the job's input root. None
     /// when no compile of this job was ever stored.
     pub fn known_extras(&self, job: &BackendJob, record: &NativeRecord) -> Option<Vec<String>> {
+        self.known_reads(job, record)
+            .map(|r| r.into_iter().filter(|p| !p.starts_with('/')).collect())
+    }
+
+    /// Every file beyond its inputs that `job`'s compile is known to read
+    /// (the newest variant's extras: inside the tree relative, outside it
+    /// absolute). None when no compile of this job was ever stored.
+    pub fn known_reads(&self, job: &BackendJob, record: &NativeRecord) -> Option<Vec<String>> {
         let i = &self.inner;
         let m = i.local.manifest(&i.key(job, record));
-        m.variants.first().map(|v| {
-            v.extras
-                .iter()
-                .map(|(p, _)| p.clone())
-                .filter(|p| !p.starts_with('/'))
-                .collect()
-        })
+        m.variants
+            .first()
+            .map(|v| v.extras.iter().map(|(p, _)| p.clone()).collect())
     }
 
     /// Stores the result of a remote compile of `job` in the local tier:

@@ -138,7 +138,11 @@ pub fn run_planned(
         _ => None,
     };
     if cfg.mode != Mode::Build {
-        explain(cfg.mode, &planned, cache.as_ref(), records)?;
+        // With --remote-exec, where each job would compile (the farm is
+        // not asked: what this machine can tell, as a run decides it).
+        let placer = (cfg.mode == Mode::Explain && cfg.remote_exec.is_some())
+            .then(|| crate::exec::Placer::new(&cc.argv));
+        explain(cfg.mode, &planned, cache.as_ref(), placer.as_ref(), records)?;
         return Ok(Outcome::Success);
     }
     // From here on records are written and children run: a signal is
@@ -345,18 +349,49 @@ pub fn cc_env(args: &thinlto_index::ToolchainArgs, front_ends: &[FrontEnd]) -> T
     env
 }
 
-/// `--explain` and `--dry-run`: what a build would do, on `out`.
+/// `--explain` and `--dry-run`: what a build would do, on `out`. With
+/// `placer` (`--explain --remote-exec`), each job that would compile says
+/// whether it goes to the farm or compiles here and why, and a summary
+/// on stderr counts them.
 fn explain(
     mode: Mode,
     planned: &[(BackendJob, Decision, NativeRecord)],
     cache: Option<&BackendCache>,
+    placer: Option<&crate::exec::Placer>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let explain = mode == Mode::Explain;
+    let (mut farm, mut here, mut hits, mut up_to_date) = (0, 0, 0, 0);
     for (job, d, rec) in planned {
         let cached = match (cache, d, explain) {
             (Some(c), Decision::Run(_), true) => c.probe(job, rec),
             _ => None,
+        };
+        match (d, &cached) {
+            (Decision::Run(_), Some(_)) => hits += 1,
+            (Decision::Run(_), None) => {}
+            _ => up_to_date += 1,
+        }
+        // Where a job that compiles goes: "; on the farm…" or "; here: why".
+        let place = match (placer, d, &cached) {
+            (Some(p), Decision::Run(_), None) => {
+                let reads = cache.and_then(|c| c.known_reads(job, rec));
+                match p.local_reason(job, reads.as_deref()) {
+                    Some(why) => {
+                        here += 1;
+                        format!("; here: {why}")
+                    }
+                    None if reads.is_none() => {
+                        farm += 1;
+                        "; on the farm (no trace of it yet: a file it reads beyond its inputs would bring it back here)".to_string()
+                    }
+                    None => {
+                        farm += 1;
+                        "; on the farm".to_string()
+                    }
+                }
+            }
+            _ => String::new(),
         };
         match (d, explain) {
             (Decision::UpToDate, true) => writeln!(out, "{}: up to date", job.native),
@@ -372,7 +407,7 @@ fn explain(
                     job.native,
                     tier.as_str()
                 ),
-                None => writeln!(out, "{}: would run: {why}", job.native),
+                None => writeln!(out, "{}: would run: {why}{place}", job.native),
             },
             (Decision::Run(_), false) => writeln!(out, "{}", job.command_text),
             (Decision::UpToDate | Decision::Adopt, false) => Ok(()),
@@ -380,6 +415,12 @@ fn explain(
         .map_err(stdout_error)?;
     }
     out.flush().map_err(stdout_error)?;
+    if placer.is_some() {
+        eprintln!(
+            "thinlto-backend: explain: {} would run ({farm} on the farm, {here} here, {hits} from the cache), {up_to_date} up to date",
+            farm + here + hits
+        );
+    }
     Ok(())
 }
 

@@ -720,7 +720,7 @@ fn compile_local(
 fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeRecord) -> Built {
     let remote = ctx.remote.expect("a remote slot has a farm");
     let out = JobOut::new(job, Place::Remote);
-    let known = ctx.cache.and_then(|c| c.known_extras(job, record));
+    let known = ctx.cache.and_then(|c| c.known_reads(job, record));
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
         Verbosity::Normal => eprintln!("  {:<7} {}", "RCC", job.native),
@@ -729,6 +729,14 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     let (outputs, text, worker) =
         match remote.run(job, known.as_deref(), &|| pending_signal().is_some()) {
             RemoteOutcome::Fallback(_) => return Built::Fallback,
+            RemoteOutcome::Cancelled(what) => {
+                if ctx.opts.verbosity != Verbosity::Quiet {
+                    eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
+                }
+                let sig = pending_signal().unwrap_or(0);
+                let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
+                return Built::Done(rec, text);
+            }
             RemoteOutcome::CompileError { exit_code, output } => {
                 let (rec, text) = match pending_signal() {
                     Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
@@ -768,8 +776,14 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     }
     if let (Some(cache), Some(native)) = (ctx.cache, native_bytes) {
         let dwo = dwo_bytes.flatten().map(Vec::as_slice);
-        let extras = known.as_deref().unwrap_or_default();
-        cache.store_remote(job, record, extras, native, dwo, &text);
+        // What the farm had in the input root: the tree's files it reads.
+        let extras: Vec<String> = known
+            .iter()
+            .flatten()
+            .filter(|p| !p.starts_with('/'))
+            .cloned()
+            .collect();
+        cache.store_remote(job, record, &extras, native, dwo, &text);
     }
     let (mut rec, _) = out.result(JobStatus::Built, reason.to_string(), None);
     rec.place = Some(Place::Remote);

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-use bazel_remote_apis::google::longrunning::{operation, Operation};
+use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
+use bazel_remote_apis::google::longrunning::{operation, CancelOperationRequest, Operation};
 use prost::Message;
 use re::execution_client::ExecutionClient;
 use tonic::Code;
@@ -38,6 +39,9 @@ use crate::reapi::{status_error, ActionKey, Digest, RemoteCache, RemoteOptions, 
 /// How many times a broken operation stream is resumed with
 /// WaitExecution before the execution is an error.
 const MAX_RESUMES: usize = 20;
+/// How long a CancelOperation may take: it is sent while the process is
+/// dying by a signal, and a dead server must not hold the exit.
+const CANCEL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// One action to execute: what the cache's [`ActionKey`] describes, plus
 /// the platform properties a worker must have, and where the input files'
@@ -72,14 +76,40 @@ pub struct Executed {
 pub struct Executor {
     cas: RemoteCache,
     exec: ExecutionClient<Svc>,
+    /// google.longrunning's Operations service of the execution server
+    /// (CancelOperation).
+    ops: OperationsClient<Svc>,
 }
+
+/// Why [`Executor::execute_until`] gave up: `cancelled` said so. The
+/// operation, if the server had named it, was asked to cancel.
+#[derive(Debug)]
+pub struct Cancelled {
+    /// The operation's name; empty when the server had not named it yet.
+    pub operation: String,
+    /// The CancelOperation call's error, if it failed.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.operation.is_empty(), &self.error) {
+            (true, _) => write!(f, "cancelled before the server named the operation"),
+            (false, None) => write!(f, "cancelled operation {}", self.operation),
+            (false, Some(e)) => write!(f, "cannot cancel operation {}: {e}", self.operation),
+        }
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 impl Executor {
     /// Connects as the remote cache does (GetCapabilities included).
     pub fn connect(opts: &RemoteOptions) -> Result<Executor> {
         let cas = RemoteCache::connect(opts)?;
         let exec = ExecutionClient::new(cas.svc.clone());
-        Ok(Executor { cas, exec })
+        let ops = OperationsClient::new(cas.svc.clone());
+        Ok(Executor { cas, exec, ops })
     }
 
     /// Uploads what the server lacks, executes, waits, fetches the
@@ -87,35 +117,71 @@ impl Executor {
     /// an error is an action the server could not run (or a broken
     /// connection).
     pub fn execute(&self, action: &RemoteAction) -> Result<Executed> {
+        let name = std::sync::Mutex::new(String::new());
         self.cas
             .rt
-            .block_on(self.execute_async(action))
+            .block_on(self.execute_async(action, &name))
             .with_context(|| format!("remote execution on {}", self.cas.url))
     }
 
-    /// [`Executor::execute`], given up (the operation's stream dropped)
-    /// as soon as `cancelled` says so; it is asked five times a second.
+    /// [`Executor::execute`], given up as soon as `cancelled` says so (it
+    /// is asked five times a second): the operation's stream is dropped
+    /// and the server asked to cancel the operation (CancelOperation,
+    /// within [`CANCEL_DEADLINE`]), so that its worker stops the compile
+    /// rather than finish a job nobody waits for. The error is then a
+    /// [`Cancelled`].
     pub fn execute_until(
         &self,
         action: &RemoteAction,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Executed> {
+        let name = std::sync::Mutex::new(String::new());
         self.cas
             .rt
             .block_on(async {
-                let mut run = std::pin::pin!(self.execute_async(action));
+                let mut run = std::pin::pin!(self.execute_async(action, &name));
                 loop {
                     match tokio::time::timeout(Duration::from_millis(200), run.as_mut()).await {
                         Ok(r) => return r,
-                        Err(_) if cancelled() => bail!("cancelled"),
+                        Err(_) if cancelled() => break,
                         Err(_) => {}
                     }
                 }
+                let operation = name.lock().unwrap().clone();
+                let error = if operation.is_empty() {
+                    None
+                } else {
+                    self.cancel(&operation)
+                        .await
+                        .err()
+                        .map(|e| format!("{e:#}"))
+                };
+                Err(anyhow::Error::new(Cancelled { operation, error }))
             })
             .with_context(|| format!("remote execution on {}", self.cas.url))
     }
 
-    async fn execute_async(&self, action: &RemoteAction<'_>) -> Result<Executed> {
+    /// CancelOperation on `name`, within [`CANCEL_DEADLINE`] (the call's
+    /// connection included).
+    async fn cancel(&self, name: &str) -> Result<()> {
+        let mut ops = self.ops.clone();
+        let mut req = tonic::Request::new(CancelOperationRequest {
+            name: name.to_string(),
+        });
+        req.set_timeout(CANCEL_DEADLINE);
+        match tokio::time::timeout(CANCEL_DEADLINE, ops.cancel_operation(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(status_error(s, "CancelOperation")),
+            Err(_) => bail!("CancelOperation: no answer within {CANCEL_DEADLINE:?}"),
+        }
+    }
+
+    /// `name` receives the operation's name as soon as the server gives it.
+    async fn execute_async(
+        &self,
+        action: &RemoteAction<'_>,
+        name: &std::sync::Mutex<String>,
+    ) -> Result<Executed> {
         let protos = with_platform(action.key, &action.platform)?;
         let mut blobs: HashMap<Digest, Vec<u8>> = HashMap::new();
         blobs.insert(protos.action.clone(), protos.action_bytes.clone());
@@ -155,7 +221,7 @@ impl Executor {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let response = self.run_operation(req).await?;
+        let response = self.run_operation(req, name).await?;
         if let Some(s) = response.status.as_ref().filter(|s| s.code != 0) {
             bail!(
                 "the server could not execute action {}: {:?}: {}{}",
@@ -198,8 +264,13 @@ impl Executor {
     }
 
     /// Execute, then WaitExecution while the stream breaks before the
-    /// operation is done.
-    async fn run_operation(&self, req: re::ExecuteRequest) -> Result<re::ExecuteResponse> {
+    /// operation is done. The operation's name goes to `known` as soon as
+    /// the server gives it.
+    async fn run_operation(
+        &self,
+        req: re::ExecuteRequest,
+        known: &std::sync::Mutex<String>,
+    ) -> Result<re::ExecuteResponse> {
         let mut exec = self.exec.clone();
         let mut name = String::new();
         let mut last_error = None;
@@ -227,8 +298,9 @@ impl Executor {
             loop {
                 match stream.message().await {
                     Ok(Some(op)) => {
-                        if !op.name.is_empty() {
+                        if !op.name.is_empty() && op.name != name {
                             name = op.name.clone();
+                            known.lock().unwrap().clone_from(&name);
                         }
                         if op.done {
                             return done(op);

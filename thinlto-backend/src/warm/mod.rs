@@ -109,7 +109,9 @@ enum State {
     Failed(Option<Child>),
 }
 
-static STATE: Mutex<State> = Mutex::new(State::Off);
+/// The warm compilers of this process, by argv[0] as the jobs spell it
+/// (the engine starts one; a worker one per compiler it offers).
+static STATE: Mutex<Vec<(String, State)>> = Mutex::new(Vec::new());
 static PLAIN: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether the fallback to plain spawns is said (see [`Warm::start`]).
@@ -124,57 +126,76 @@ fn say(what: &str) {
 /// The guard of a warm run: [`Warm::start`] starts the zygote for the
 /// compiler `cc` (its hello is read by the first job); dropping the guard
 /// stops it and reaps it (so that its children's CPU time counts as ours).
+/// Its zygotes die with the thread that started them (PDEATHSIG): start
+/// them on a thread that lives as long as the guard.
 pub struct Warm(());
 
 impl Warm {
     /// `announce`: say on stderr why plain spawns take over, if they do.
     pub fn start(cc: &str, announce: bool) -> Warm {
+        Warm::start_each(&[cc], announce)
+    }
+
+    /// A zygote for each compiler of `ccs` (a job goes to the one its
+    /// argv[0] names).
+    pub fn start_each(ccs: &[&str], announce: bool) -> Warm {
         ANNOUNCE.store(announce, Ordering::Relaxed);
-        let mut st = STATE.lock().unwrap();
-        *st = match shim::path() {
-            // shim::path said why, once, for the tracing too.
-            Err(_) => State::Failed(None),
-            Ok(shim) => match start(cc, shim) {
-                Ok(s) => s,
-                Err(why) => {
-                    say(&why);
-                    State::Failed(None)
-                }
-            },
-        };
+        let mut all = STATE.lock().unwrap();
+        for cc in ccs {
+            let st = match shim::path() {
+                // shim::path said why, once, for the tracing too.
+                Err(_) => State::Failed(None),
+                Ok(shim) => match start(cc, shim) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        say(&why);
+                        State::Failed(None)
+                    }
+                },
+            };
+            all.push((cc.to_string(), st));
+        }
         Warm(())
     }
 }
 
 impl Drop for Warm {
     fn drop(&mut self) {
-        let st = std::mem::replace(&mut *STATE.lock().unwrap(), State::Off);
-        let served = match st {
-            State::Off | State::Failed(None) => 0,
-            State::Failed(Some(mut child)) => {
-                let _ = child.wait();
-                0
-            }
-            State::Starting { ctl, mut child, .. } => {
-                drop(ctl);
-                let _ = child.kill();
-                let _ = child.wait();
-                0
-            }
-            State::Ready(z, mut child) => {
-                // EOF on its control socket (even while a handle to it
-                // lives): the zygote ends; reaped, its children's CPU
-                // time counts as ours.
-                shutdown_fd(z.ctl.as_raw_fd());
-                let _ = child.wait();
-                z.served.load(Ordering::Relaxed)
-            }
-        };
+        let all = std::mem::take(&mut *STATE.lock().unwrap());
+        let mut served = 0;
+        for (_, st) in all {
+            served += stop(st);
+        }
         if std::env::var_os("THINLTO_WARM_STATS").is_some_and(|v| v == "1") {
             eprintln!(
                 "thinlto-backend: warm compiler: {served} jobs served, {} spawned plainly",
                 PLAIN.load(Ordering::Relaxed)
             );
+        }
+    }
+}
+
+/// Stops and reaps one zygote; the jobs it served.
+fn stop(st: State) -> usize {
+    match st {
+        State::Off | State::Failed(None) => 0,
+        State::Failed(Some(mut child)) => {
+            let _ = child.wait();
+            0
+        }
+        State::Starting { ctl, mut child, .. } => {
+            drop(ctl);
+            let _ = child.kill();
+            let _ = child.wait();
+            0
+        }
+        State::Ready(z, mut child) => {
+            // EOF on its control socket (even while a handle to it
+            // lives): the zygote ends; reaped, its children's CPU
+            // time counts as ours.
+            shutdown_fd(z.ctl.as_raw_fd());
+            let _ = child.wait();
+            z.served.load(Ordering::Relaxed)
         }
     }
 }
@@ -472,9 +493,10 @@ fn finish_start(st: State) -> State {
 
 /// The zygote for a job whose compiler is `argv0`, if one serves it.
 fn zygote_for(argv0: &str) -> Option<Arc<Zygote>> {
-    let mut st = STATE.lock().unwrap();
+    let mut all = STATE.lock().unwrap();
+    let (_, st) = all.iter_mut().find(|(cc, _)| cc == argv0)?;
     if matches!(*st, State::Starting { .. }) {
-        let s = std::mem::replace(&mut *st, State::Off);
+        let s = std::mem::replace(st, State::Off);
         *st = finish_start(s);
     }
     let State::Ready(z, _) = &*st else {
@@ -545,19 +567,8 @@ pub struct WarmChild {
 /// spawn alike get THINLTO_TRACE and the shim in LD_PRELOAD (the warm
 /// job has it loaded already; its subprocesses need it).
 pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<ChildHandle> {
-    if let Some(z) = zygote_for(&argv[0]) {
-        match spawn_warm(&z, argv, trace) {
-            Ok(c) => {
-                z.served.fetch_add(1, Ordering::Relaxed);
-                return Ok(ChildHandle::Warm(c));
-            }
-            Err(e) if is_lost(&e) => {}
-            Err(e) => {
-                if !z.retired.swap(true, Ordering::Relaxed) {
-                    say(&e.to_string());
-                }
-            }
-        }
+    if let Some(c) = try_warm(argv, trace, None) {
+        return Ok(c);
     }
     PLAIN.fetch_add(1, Ordering::Relaxed);
     let mut cmd = Command::new(&argv[0]);
@@ -578,7 +589,45 @@ pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<Child
     Ok(ChildHandle::Plain(Some(c)))
 }
 
-fn spawn_warm(z: &Arc<Zygote>, argv: &[String], trace: Option<&Path>) -> io::Result<WarmChild> {
+/// Where a warm job runs and with what environment, when not in this
+/// process's own (a worker's action: its input root, its Command's
+/// variables only).
+pub struct JobPlace<'a> {
+    pub cwd: &'a Path,
+    pub env: &'a [(OsString, OsString)],
+}
+
+/// The compile `argv` as a job of the warm compiler for `argv[0]`, if one
+/// serves it (traced as [`spawn_compiler`] says); None when none does,
+/// the reason said once (the caller spawns it plainly then). `place`:
+/// the job's directory and environment [default: this process's].
+pub fn try_warm(
+    argv: &[String],
+    trace: Option<&Path>,
+    place: Option<&JobPlace>,
+) -> Option<ChildHandle> {
+    let z = zygote_for(&argv[0])?;
+    match spawn_warm(&z, argv, trace, place) {
+        Ok(c) => {
+            z.served.fetch_add(1, Ordering::Relaxed);
+            Some(ChildHandle::Warm(c))
+        }
+        Err(e) if is_lost(&e) => None,
+        Err(e) => {
+            if !z.retired.swap(true, Ordering::Relaxed) {
+                say(&e.to_string());
+            }
+            None
+        }
+    }
+}
+
+fn spawn_warm(
+    z: &Arc<Zygote>,
+    argv: &[String],
+    trace: Option<&Path>,
+    place: Option<&JobPlace>,
+) -> io::Result<WarmChild> {
     // Traced as a plain spawn is: THINLTO_TRACE, and the shim preloaded
     // so that the programs the job spawns (`as`) trace themselves too.
     let mut trace_vars = Vec::new();
@@ -588,7 +637,12 @@ fn spawn_warm(z: &Arc<Zygote>, argv: &[String], trace: Option<&Path>) -> io::Res
             trace_vars.push((OsString::from("LD_PRELOAD"), preload_with(shim)));
         }
     }
-    let env: Vec<Vec<u8>> = std::env::vars_os()
+    let base: Vec<(OsString, OsString)> = match place {
+        Some(p) => p.env.to_vec(),
+        None => std::env::vars_os().collect(),
+    };
+    let env: Vec<Vec<u8>> = base
+        .into_iter()
         .filter(|(k, _)| !trace_vars.iter().any(|(t, _)| t == k))
         .chain(trace_vars.iter().cloned())
         .map(|(k, v)| {
@@ -613,7 +667,9 @@ fn spawn_warm(z: &Arc<Zygote>, argv: &[String], trace: Option<&Path>) -> io::Res
         req.extend_from_slice(s);
         req.push(0);
     }
-    let cwd = OwnedFd::from(std::fs::File::open(".")?);
+    let cwd = OwnedFd::from(std::fs::File::open(
+        place.map_or(Path::new("."), |p| p.cwd),
+    )?);
     let (conn, theirs) = socketpair()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;

@@ -25,11 +25,95 @@ pub struct Worker<'a> {
     pub bot: &'a str,
 }
 
+/// How a running action is stopped when the server cancels its lease
+/// (`crate::worker`'s keepalive sees it): the compile's process group is
+/// killed and nothing is uploaded. Either side may come first: a cancel
+/// before the spawn kills the compile as soon as it starts.
+#[derive(Default)]
+pub struct Stop {
+    state: std::sync::Mutex<StopState>,
+}
+
+#[derive(Default)]
+struct StopState {
+    cancelled: bool,
+    /// What a cancel kills, while the compile is not reaped (so the id
+    /// cannot be another's).
+    target: Option<Target>,
+}
+
+/// A running compile, as it is killed.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A plain spawn: its own process group (the compile and whatever it
+    /// started).
+    Group(i32),
+    /// A job of the warm compiler: a child of the zygote, in the
+    /// zygote's process group (the worker's), so the process alone.
+    Process(i32),
+}
+
+/// The error of an action whose lease the server cancelled.
+#[derive(Debug)]
+pub struct LeaseCancelled;
+
+impl std::fmt::Display for LeaseCancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cancelled by the server; its compile killed, nothing uploaded"
+        )
+    }
+}
+
+impl std::error::Error for LeaseCancelled {}
+
+impl Stop {
+    /// Cancels the action: its compile, if running, is killed now.
+    pub fn cancel(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.cancelled = true;
+        if let Some(t) = st.target {
+            kill(t);
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state.lock().unwrap().cancelled
+    }
+
+    fn started(&self, target: Target) {
+        let mut st = self.state.lock().unwrap();
+        st.target = Some(target);
+        if st.cancelled {
+            kill(target);
+        }
+    }
+
+    fn ended(&self) {
+        self.state.lock().unwrap().target = None;
+    }
+}
+
+fn kill(target: Target) {
+    let id = match target {
+        Target::Group(g) => -g,
+        Target::Process(p) => p,
+    };
+    // SAFETY: kill has no memory-safety preconditions; the process (the
+    // group's leader) is not reaped yet: Stop::ended comes after the
+    // wait, and a warm job's pid stays its own while its handle lives.
+    unsafe {
+        libc::kill(id, libc::SIGKILL);
+    }
+}
+
 /// Runs `action` in `dir` (a new directory, removed by the caller) and
 /// returns its result, outputs and streams uploaded. An action the worker
 /// refuses (no such compiler, another identity, a compile that was not
-/// hermetic) is a failed result (exit code 1) whose stderr says why.
-pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionResult> {
+/// hermetic) is a failed result (exit code 1) whose stderr says why. An
+/// action `stop` cancels is a [`LeaseCancelled`] error, nothing uploaded.
+pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result<re::ActionResult> {
     let command_digest = action
         .command_digest
         .as_ref()
@@ -83,9 +167,17 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path) -> Result<re::ActionRe
         .cloned()
         .unwrap_or_default();
     let trace = dir.join("trace");
-    let out = spawn(compiler, &command, &root, &trace)?
-        .wait_with_output()
-        .with_context(|| format!("running {word}"))?;
+    let (out, warm) = compile(compiler, &command, &root, &trace, stop)?;
+    if stop.is_cancelled() {
+        return Err(LeaseCancelled.into());
+    }
+    eprintln!(
+        "thinlto-backend worker {}: {word} -o {}: {}, {}",
+        ctx.bot,
+        outputs.first().map_or("", String::as_str),
+        out.status,
+        if warm { "warm compiler" } else { "plain spawn" }
+    );
     let mut result = re::ActionResult {
         // Killed by a signal: 128 + its number, as a shell says.
         exit_code: out
@@ -154,7 +246,53 @@ fn choose_compiler<'a>(
     Ok(c)
 }
 
-/// The compile: the resolved executable with `argv[0]` as the action
+/// The compile, as a job of the warm compiler for it when one serves it
+/// (`crate::warm`: started by the worker for each of its compilers; a job
+/// lost with it runs again plainly), else a plain [`spawn`]; either way
+/// in the input root, with the Command's environment only, under the
+/// tracing shim. Its output, and whether it ran warm.
+fn compile(
+    compiler: &Compiler,
+    command: &re::Command,
+    root: &Path,
+    trace: &Path,
+    stop: &Stop,
+) -> Result<(std::process::Output, bool)> {
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = command
+        .environment_variables
+        .iter()
+        .map(|e| (e.name.clone().into(), e.value.clone().into()))
+        .collect();
+    let place = crate::warm::JobPlace {
+        cwd: root,
+        env: &env,
+    };
+    if let Some(mut child) = crate::warm::try_warm(&command.arguments, Some(trace), Some(&place)) {
+        stop.started(Target::Process(child.id() as i32));
+        let out = child.wait_with_output();
+        stop.ended();
+        drop(child);
+        match out {
+            Ok(o) => return Ok((o, true)),
+            // The zygote died under the job (a worker's cancel kills the
+            // job alone): run it again plainly, its trace afresh.
+            Err(e) if crate::warm::is_lost(&e) => {
+                let _ = std::fs::remove_file(trace);
+            }
+            Err(e) => return Err(e).context("waiting for the warm compiler's job"),
+        }
+    }
+    let child = spawn(compiler, command, root, trace)?;
+    stop.started(Target::Group(child.id() as i32));
+    let out = child.wait_with_output();
+    stop.ended();
+    Ok((
+        out.with_context(|| format!("running {}", command.arguments[0]))?,
+        false,
+    ))
+}
+
+/// A plain compile: the resolved executable with `argv[0]` as the action
 /// spells it, in the input root, with the Command's environment only,
 /// under the tracing shim.
 fn spawn(
@@ -177,7 +315,10 @@ fn spawn(
         .env("THINLTO_TRACE", trace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group: a cancelled lease kills the compile and
+        // whatever it started (`Stop`), not the worker.
+        .process_group(0);
     // Without the shim the trace has no header, and the check fails the
     // action: hermetic or nothing.
     if let Ok(shim) = crate::warm::shim::path() {

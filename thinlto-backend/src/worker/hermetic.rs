@@ -45,12 +45,28 @@ pub fn check(
 ) -> Result<(), String> {
     let extras = trace::extras(trace_text, root, object, &[])
         .map_err(|e| format!("cannot check that the compile is hermetic: {e}"))?;
+    match outside(&extras, compiler) {
+        Some(e) => Err(format!(
+            "the compile read {e}, which is outside its input root and its compiler's installation ({}); put it into the action's inputs",
+            compiler.prefix.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first of `reads` (files a compile read beyond its inputs, relative
+/// to its directory or absolute) that a hermetic compile must not read:
+/// a regular file by absolute path outside what [`ALLOWED_FILES`],
+/// [`ALLOWED_DIRS`] and `compiler` allow. A client asks this too, of
+/// what its own trace knows a job reads, to keep such a job here
+/// (`crate::exec`).
+pub fn outside<'a>(reads: &'a [String], compiler: &Compiler) -> Option<&'a str> {
     let shim = crate::warm::shim::path().ok();
-    for e in extras {
-        let p = Path::new(&e);
+    reads.iter().map(String::as_str).find(|e| {
+        let p = Path::new(e);
         // Relative: under the input root, which is all the action's.
         if !p.is_absolute() {
-            continue;
+            return false;
         }
         let allowed = p.starts_with(&compiler.prefix)
             || p == compiler.exe
@@ -61,12 +77,6 @@ pub fn check(
         // Only regular files make a result depend on the disk (a FIFO, a
         // device, a directory listing do not, or not as content).
         let regular = std::fs::metadata(p).is_ok_and(|m| m.is_file());
-        if !allowed && regular {
-            return Err(format!(
-                "the compile read {e}, which is outside its input root and its compiler's installation ({}); put it into the action's inputs",
-                compiler.prefix.display()
-            ));
-        }
-    }
-    Ok(())
+        !allowed && regular
+    })
 }

@@ -13,9 +13,15 @@
 //! `ActionResult`. A bot that dies loses its session after the server's
 //! keepalive timeout, and BuildGrid gives the lease to another bot.
 //!
-//! Not done here: the warm compiler (the zygote serves compiles in the
-//! worker's own working directory, and each action has its own input
-//! root), and cancellation of a running lease.
+//! A lease the server cancels (CancelOperation from a client: BuildGrid
+//! drops it from the session) is seen at the next keepalive: its compile
+//! is killed and nothing is uploaded or reported.
+//!
+//! Each compile is a job of the warm compiler for its compiler when one
+//! serves (`crate::warm`: a zygote per compiler, started with the worker,
+//! forking a job into the action's input root with the action's
+//! environment), else a plain spawn; traced the same either way. The
+//! worker's log says which ran each action.
 
 pub mod compilers;
 pub mod exec;
@@ -73,6 +79,11 @@ pub struct WorkerArgs {
     /// Where the blob store and the input roots go [default: a new temporary directory]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Run every compile as a fresh process, not as a job of a warm
+    /// compiler (one per compiler, started with the worker, serving each
+    /// action in its input root; see `thinlto-backend --help`, --warm)
+    #[arg(long)]
+    pub no_warm: bool,
 }
 
 /// Runs the worker until a signal or a fatal error.
@@ -108,6 +119,11 @@ pub fn main(args: WorkerArgs) -> Result<()> {
             c.identity
         );
     }
+    // On this thread, which outlives the bots: the zygotes die with the
+    // thread that started them. A compiler that cannot run warm is said
+    // once, and its actions are plain spawns.
+    let words: Vec<&str> = compilers.iter().map(|c| c.word.as_str()).collect();
+    let _warm = (!args.no_warm).then(|| crate::warm::Warm::start_each(&words, true));
     let shared = Shared {
         cas,
         store,
@@ -276,6 +292,7 @@ fn run_lease(
             let n = shared.actions.fetch_add(1, Ordering::Relaxed);
             let dir = exec::action_dir(&shared.work, n);
             let (tx, rx) = mpsc::channel();
+            let stop = exec::Stop::default();
             std::thread::scope(|s| {
                 s.spawn(|| {
                     let ctx = exec::Worker {
@@ -286,7 +303,7 @@ fn run_lease(
                     };
                     let r = std::fs::create_dir_all(&dir)
                         .with_context(|| format!("cannot create {}", dir.display()))
-                        .and_then(|()| exec::run(&ctx, &action, &dir));
+                        .and_then(|()| exec::run(&ctx, &action, &dir, &stop));
                     let _ = std::fs::remove_dir_all(&dir);
                     let _ = tx.send(r);
                 });
@@ -298,9 +315,26 @@ fn run_lease(
                             // keepalive is retried at the next tick).
                             if let Ok(s) = update(shared, client, session, KEEPALIVE_DEADLINE) {
                                 *session = s;
-                                for l in &mut session.leases {
-                                    if l.id == lease_id {
-                                        l.state = LeaseState::Active as i32;
+                                // BuildGrid 0.4.4 drops a cancelled lease
+                                // from the session (the spec also allows
+                                // it to come back CANCELLED, which a bot
+                                // must not send back): either way the
+                                // compile stops and nothing is reported.
+                                let i = session.leases.iter().position(|l| l.id == lease_id);
+                                match i {
+                                    Some(i)
+                                        if session.leases[i].state
+                                            != LeaseState::Cancelled as i32 =>
+                                    {
+                                        session.leases[i].state = LeaseState::Active as i32;
+                                    }
+                                    _ => {
+                                        if let Some(i) = i {
+                                            session.leases.remove(i);
+                                        }
+                                        if !stop.is_cancelled() {
+                                            stop.cancel();
+                                        }
                                     }
                                 }
                             }
@@ -315,6 +349,10 @@ fn run_lease(
     };
     let (result, status) = match outcome {
         Ok(r) => (Some(r), RpcStatus::default()),
+        Err(e) if e.is::<exec::LeaseCancelled>() => {
+            eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e}");
+            return update(shared, client, session, KEEPALIVE_DEADLINE);
+        }
         Err(e) => {
             eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e:#}");
             (
