@@ -111,7 +111,7 @@ fn write_entry(
 
 /// Header+name and data each end on a 4-byte boundary.
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
