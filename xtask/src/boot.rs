@@ -273,6 +273,127 @@ pub fn is_static_elf(bytes: &[u8]) -> Result<bool> {
         .any(|h| h.p_type(endian) == object::elf::PT_INTERP))
 }
 
+/// One run of qemu.
+struct QemuRun {
+    report: ConsoleReport,
+    status: std::process::ExitStatus,
+    stderr: String,
+    timed_out: bool,
+    seconds: f64,
+}
+
+impl QemuRun {
+    /// qemu itself failed (a bad option, a VM it cannot create): no
+    /// console output at all, and an error exit, not a kill of ours.
+    fn failed_to_start(&self) -> bool {
+        !self.report.init_ran && !self.timed_out && !self.status.success()
+    }
+}
+
+/// Runs qemu on the kernel and initramfs, its serial console written to
+/// `console_log` as it comes (a hung boot's log is the useful one) and
+/// read for `/init`'s lines, until qemu exits, `timeout` passes (qemu is
+/// killed) or [`EXIT_GRACE`] after `done`.
+fn run_qemu(
+    accel: &Accel,
+    bzimage: &Path,
+    cpio: &Path,
+    console_log: &Path,
+    timeout: Duration,
+) -> Result<QemuRun> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // qemu's default CPU model for both: `-cpu host` aborts under nested
+    // KVM on some hosts (MSR 0x10a refused), and a generic x86_64 kernel
+    // boots on the default model.
+    match accel {
+        Accel::Kvm => qemu.args(["-accel", "kvm"]),
+        Accel::Tcg(_) => qemu.args(["-accel", "tcg"]),
+    };
+    qemu.args(["-m", "512M", "-smp", "1", "-nodefaults", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(bzimage)
+        .arg("-initrd")
+        .arg(cpio)
+        // panic=-1: a panic (init dying, say) reboots at once, so qemu exits.
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = qemu
+        .spawn()
+        .context("cannot run qemu-system-x86_64 (install it: cargo xtask setup --boot)")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut log = thinlto_index::fsutil::AtomicFile::new(console_log)?;
+    let write_line = |log: &mut thinlto_index::fsutil::AtomicFile, line: &str| {
+        writeln!(log.file(), "{}", line.trim_end_matches('\r'))
+            .with_context(|| format!("{}: write failed", console_log.display()))
+    };
+    let mut report = ConsoleReport::default();
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    loop {
+        let now = Instant::now();
+        let wait_until = if report.done {
+            deadline.min(now + EXIT_GRACE)
+        } else {
+            deadline
+        };
+        match rx.recv_timeout(wait_until.saturating_duration_since(now)) {
+            Ok(line) => {
+                write_line(&mut log, &line)?;
+                parse_line(&mut report, &line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Past the grace after `done` qemu is only stuck shutting
+                // down: kill it, the boot has said all it will.
+                timed_out = !report.done;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().context("waiting for qemu")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = reader.join();
+    // What qemu wrote between the kill and its end.
+    for line in rx.try_iter() {
+        write_line(&mut log, &line)?;
+        parse_line(&mut report, &line);
+    }
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        writeln!(log.file(), "--- qemu stderr ---\n{}", stderr.trim_end())?;
+    }
+    log.commit()?;
+    Ok(QemuRun {
+        report,
+        status,
+        stderr,
+        timed_out,
+        seconds,
+    })
+}
+
 /// The result of a boot.
 #[derive(Debug)]
 pub struct BootReport {
@@ -334,94 +455,31 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
     let cpio = opts.out.join("initramfs.cpio");
     thinlto_index::fsutil::write_atomic(&cpio, &initramfs(&tree, &order, &busybox)?)?;
     let console_log = opts.out.join("console.log");
-    let accel = probe_kvm();
-    let mut qemu = Command::new("qemu-system-x86_64");
-    match &accel {
-        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg(_) => qemu.args(["-accel", "tcg"]),
-    };
-    qemu.args(["-m", "512M", "-smp", "1", "-nodefaults", "-no-reboot"])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&bzimage)
-        .arg("-initrd")
-        .arg(&cpio)
-        // panic=-1: a panic (init dying, say) reboots at once, so qemu exits.
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = qemu
-        .spawn()
-        .context("cannot run qemu-system-x86_64 (install it: cargo xtask setup --boot)")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    // The log is written as it comes (a hung boot's log is the useful one)
-    // and renamed into place at the end.
-    let mut log = thinlto_index::fsutil::AtomicFile::new(&console_log)?;
-    let mut report = ConsoleReport::default();
-    let deadline = started + opts.timeout;
-    let mut timed_out = false;
-    loop {
-        let now = Instant::now();
-        let wait_until = if report.done {
-            deadline.min(now + EXIT_GRACE)
-        } else {
-            deadline
-        };
-        match rx.recv_timeout(wait_until.saturating_duration_since(now)) {
-            Ok(line) => {
-                writeln!(log.file(), "{}", line.trim_end_matches('\r'))
-                    .with_context(|| format!("{}: write failed", console_log.display()))?;
-                parse_line(&mut report, &line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Past the grace after `done` qemu is only stuck shutting
-                // down: kill it, the boot has said all it will.
-                timed_out = !report.done;
-                let _ = child.kill();
-                break;
-            }
-        }
+    let mut accel = probe_kvm();
+    let mut run = run_qemu(&accel, &bzimage, &cpio, &console_log, opts.timeout)?;
+    if accel == Accel::Kvm && run.failed_to_start() {
+        // /dev/kvm worked but qemu could not run a VM in it (nested KVM
+        // refusing an MSR, say): TCG still boots, only slower.
+        accel = Accel::Tcg(format!(
+            "qemu with KVM failed: {}",
+            run.stderr.lines().next().unwrap_or("?")
+        ));
+        run = run_qemu(&accel, &bzimage, &cpio, &console_log, opts.timeout)?;
     }
-    let status = child.wait().context("waiting for qemu")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let _ = reader.join();
-    let qemu_stderr = stderr_reader.join().unwrap_or_default();
-    if !qemu_stderr.trim().is_empty() {
-        writeln!(
-            log.file(),
-            "--- qemu stderr ---\n{}",
-            qemu_stderr.trim_end()
-        )?;
-    }
-    log.commit()?;
-    // qemu itself failed (a bad option, no KVM after all): not a boot.
-    if !report.init_ran && !timed_out && !status.success() {
+    if run.failed_to_start() {
         bail!(
-            "qemu-system-x86_64 failed ({status}): {}\nconsole log: {}",
-            qemu_stderr.trim(),
+            "qemu-system-x86_64 failed ({}): {}\nconsole log: {}",
+            run.status,
+            run.stderr.trim(),
             console_log.display()
         );
     }
+    let QemuRun {
+        report,
+        timed_out,
+        seconds,
+        ..
+    } = run;
     let verdict = verdict(&order, &report);
     let text = std::fs::read_to_string(&console_log).unwrap_or_default();
     let failure_lines = text
