@@ -628,6 +628,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_without_a_kernel_or_modules_is_named_with_what_it_lacks() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = BootOptions {
+            tree: d.path().to_path_buf(),
+            out: d.path().join("out"),
+            timeout: Duration::from_secs(1),
+        };
+        let e = format!("{:#}", run_boot(&opts).unwrap_err());
+        assert!(
+            e.contains("arch/x86/boot/bzImage") && e.contains("make"),
+            "{e}"
+        );
+        let bz = d.path().join("arch/x86/boot/bzImage");
+        std::fs::create_dir_all(bz.parent().unwrap()).unwrap();
+        std::fs::write(&bz, b"").unwrap();
+        let e = format!("{:#}", run_boot(&opts).unwrap_err());
+        assert!(
+            e.contains("modules.order") && e.contains("make modules"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("modules.order"), "fs/ext2/ext2.o\n").unwrap();
+        let e = format!("{:#}", run_boot(&opts).unwrap_err());
+        assert!(
+            e.contains("fs/ext2/ext2.ko") && e.contains("cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_dynamic_executable_is_not_static() {
         // /bin/sh on any Debian is dynamically linked.
         let sh = std::fs::read(std::fs::canonicalize("/bin/sh").unwrap()).unwrap();
