@@ -33,6 +33,12 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// `-no-reboot`, so qemu exits on its own) before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(15);
 
+/// How long a KVM guest may stay silent before we give up on KVM and boot
+/// with TCG: a kernel under KVM prints its banner within a second, but
+/// under some nested KVM (this project's CI host) the guest spins forever
+/// without a line.
+const KVM_SILENCE: Duration = Duration::from_secs(30);
+
 /// The static busybox of Debian's busybox-static.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -279,6 +285,8 @@ struct QemuRun {
     status: std::process::ExitStatus,
     stderr: String,
     timed_out: bool,
+    /// Killed under KVM after [`KVM_SILENCE`] without a console line.
+    silent: bool,
     seconds: f64,
 }
 
@@ -350,19 +358,31 @@ fn run_qemu(
     let mut report = ConsoleReport::default();
     let deadline = started + timeout;
     let mut timed_out = false;
+    let mut silent = false;
+    let mut lines = 0usize;
     loop {
         let now = Instant::now();
         let wait_until = if report.done {
             deadline.min(now + EXIT_GRACE)
+        } else if lines == 0 && *accel == Accel::Kvm {
+            deadline.min(started + KVM_SILENCE)
         } else {
             deadline
         };
         match rx.recv_timeout(wait_until.saturating_duration_since(now)) {
             Ok(line) => {
+                lines += 1;
                 write_line(&mut log, &line)?;
                 parse_line(&mut report, &line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout)
+                if lines == 0 && *accel == Accel::Kvm && Instant::now() < deadline =>
+            {
+                silent = true;
+                let _ = child.kill();
+                break;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Past the grace after `done` qemu is only stuck shutting
                 // down: kill it, the boot has said all it will.
@@ -390,6 +410,7 @@ fn run_qemu(
         status,
         stderr,
         timed_out,
+        silent,
         seconds,
     })
 }
@@ -457,13 +478,21 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
     let console_log = opts.out.join("console.log");
     let mut accel = probe_kvm();
     let mut run = run_qemu(&accel, &bzimage, &cpio, &console_log, opts.timeout)?;
-    if accel == Accel::Kvm && run.failed_to_start() {
+    if accel == Accel::Kvm && (run.failed_to_start() || run.silent) {
         // /dev/kvm worked but qemu could not run a VM in it (nested KVM
-        // refusing an MSR, say): TCG still boots, only slower.
-        accel = Accel::Tcg(format!(
-            "qemu with KVM failed: {}",
-            run.stderr.lines().next().unwrap_or("?")
-        ));
+        // refusing an MSR, or a guest that never prints): TCG still boots,
+        // only slower.
+        accel = Accel::Tcg(if run.silent {
+            format!(
+                "under KVM the guest printed nothing in {} s",
+                KVM_SILENCE.as_secs()
+            )
+        } else {
+            format!(
+                "qemu with KVM failed: {}",
+                run.stderr.lines().next().unwrap_or("?")
+            )
+        });
         run = run_qemu(&accel, &bzimage, &cpio, &console_log, opts.timeout)?;
     }
     if run.failed_to_start() {
