@@ -511,7 +511,7 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
     } = run;
     let verdict = verdict(&order, &report);
     let text = std::fs::read_to_string(&console_log).unwrap_or_default();
-    let failure_lines = text
+    let mut failure_lines: Vec<String> = text
         .lines()
         .filter(|l| !l.contains(MARK))
         .filter(|l| {
@@ -521,6 +521,9 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
         })
         .map(str::to_string)
         .collect();
+    // busybox's insmod tries finit_module, then init_module: the kernel
+    // says why twice.
+    failure_lines.dedup();
     Ok(BootReport {
         accel,
         seconds,
