@@ -25,9 +25,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Verb {
     /// Install what this machine lacks (LLVM 19 and 22, make, patch, script,
-    /// static libc via apt-get when root on Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
+    /// static libc, cpio via apt-get when root on Debian/Ubuntu; BuildGrid, the REAPI server of the remote-cache tests,
     /// into a venv from PyPI) and print the resolved toolchain and bgd.
     Setup {
+        /// Also install what `cargo xtask kernel --boot` needs (qemu-system-x86,
+        /// busybox-static): a large install the test suite never uses
+        #[arg(long)]
+        boot: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -142,7 +146,16 @@ enum Verb {
     /// CONFIG_LTO_CLANG_THIN=y, with the kernel's own settings (LD,
     /// KBUILD_LDFLAGS, the vmlinux.o link, objtool) read from its .cmd
     /// files; compared with the tree's in-process vmlinux.o and
-    /// vmlinux.symvers
+    /// vmlinux.symvers.
+    ///
+    /// With --boot, then boots the tree's own bzImage under
+    /// qemu-system-x86_64 (KVM when /dev/kvm is usable, else TCG) with an
+    /// initramfs (static busybox) whose /init insmods every module of
+    /// modules.order, in that order except that a module comes after the
+    /// modules its `depends=` names, and reports each on the serial console;
+    /// fails unless init ran and every module loaded, naming the failed ones
+    /// and the console log (DIR/boot/console.log). --boot-only boots without
+    /// the stages (any tree with a bzImage and modules.order, LTO or not).
     Kernel {
         /// The kernel tree (objects, .cmd files, vmlinux.a, vmlinux.o)
         #[arg(long, value_name = "LINUX")]
@@ -163,6 +176,15 @@ enum Verb {
         /// --remote-exec; `cargo xtask farm` starts one)
         #[arg(long, value_name = "URL")]
         remote_exec: Option<String>,
+        /// After the comparison, boot the tree and load every module
+        #[arg(long)]
+        boot: bool,
+        /// Only boot the tree and load every module: no stages, no comparison
+        #[arg(long, conflicts_with_all = ["boot", "time_inprocess", "warm", "remote_exec", "jobs"])]
+        boot_only: bool,
+        /// Kill qemu and fail when the boot has not finished after SECS
+        #[arg(long, value_name = "SECS", default_value_t = xtask::boot::DEFAULT_TIMEOUT_SECS)]
+        boot_timeout: u64,
     },
     /// Oracles that need more than the default machine: `modpost` builds the
     /// kernel's real modpost from Debian's linux-source-6.12 and compares
@@ -235,9 +257,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.verb {
-        Verb::Setup { toolchain } => {
+        Verb::Setup { boot, toolchain } => {
             provision::ensure_make()?;
             provision::ensure_host(provision::TEST_NEEDS)?;
+            if boot {
+                provision::ensure_host(provision::BOOT_NEEDS)?;
+            }
             provision::ensure_llvm_versions()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
@@ -495,9 +520,25 @@ fn run(cli: Cli) -> Result<()> {
             time_inprocess,
             warm,
             remote_exec,
+            boot,
+            boot_only,
+            boot_timeout,
         } => {
+            let out = out.unwrap_or_else(|| tree.join("thinlto-dist-out"));
+            let boot_opts = xtask::boot::BootOptions {
+                tree: tree.clone(),
+                out: out.join("boot"),
+                timeout: std::time::Duration::from_secs(boot_timeout),
+            };
+            if boot || boot_only {
+                // Before the stages: a missing qemu is better said at once.
+                provision::ensure_host(provision::BOOT_NEEDS)?;
+            }
+            if boot_only {
+                return boot_kernel(&boot_opts);
+            }
             let report = xtask::kernel::run_kernel(&xtask::kernel::KernelOptions {
-                out: out.unwrap_or_else(|| tree.join("thinlto-dist-out")),
+                out,
                 tree,
                 jobs: jobs.unwrap_or_else(xtask::default_jobs),
                 time_inprocess,
@@ -506,10 +547,18 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             println!("layout: {}", report.layout.describe());
             print!("{}", xtask::flow::table(&report.stages, &report.checks));
-            if !report.checks.iter().all(|c| c.ok) {
+            let compared = report.checks.iter().all(|c| c.ok);
+            // The boot runs even after a failed comparison: it says
+            // something of its own about the tree.
+            let booted = if boot {
+                boot_kernel(&boot_opts)
+            } else {
+                Ok(())
+            };
+            if !compared {
                 bail!("verification failed");
             }
-            Ok(())
+            booted
         }
         Verb::Oracle {
             which: _,
@@ -612,6 +661,66 @@ fn run_reference(
         eprintln!("xtask: harness output matches harness/expected.txt");
     }
     Ok(())
+}
+
+/// `kernel --boot`: boots, prints each module's result, fails naming the
+/// failed modules and the console log.
+fn boot_kernel(opts: &xtask::boot::BootOptions) -> Result<()> {
+    let r = xtask::boot::run_boot(opts)?;
+    println!("boot: {}, {:.1} s", r.accel.describe(), r.seconds);
+    println!(
+        "boot: {} module(s) in modules.order's order{}",
+        r.order.len(),
+        if r.deferred.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", except {} (after the modules it depends on)",
+                r.deferred.join(", ")
+            )
+        }
+    );
+    for m in &r.order {
+        let result = if r.verdict.loaded.contains(&m.name) {
+            "loaded".to_string()
+        } else {
+            let why = r.verdict.failed.iter().find(|(n, _)| *n == m.name);
+            format!("FAILED: {}", why.map_or("?", |(_, w)| w.as_str()))
+        };
+        println!("  {:<24} {result}", m.name);
+    }
+    println!("console log: {}", r.console_log.display());
+    if r.ok() {
+        println!("boot: init ran, all {} module(s) loaded", r.order.len());
+        return Ok(());
+    }
+    for l in &r.failure_lines {
+        println!("  console: {l}");
+    }
+    for l in &r.report.garbled {
+        println!("  garbled report line: {l}");
+    }
+    let mut why = Vec::new();
+    if r.timed_out {
+        why.push(format!(
+            "timed out after {} s (qemu killed; raise --boot-timeout)",
+            opts.timeout.as_secs()
+        ));
+    }
+    if !r.verdict.init_ran {
+        why.push("init never ran (see the console log for the kernel's last words)".into());
+    } else if !r.verdict.done {
+        why.push("init did not finish".into());
+    }
+    if !r.verdict.failed.is_empty() {
+        let names: Vec<&str> = r.verdict.failed.iter().map(|(n, _)| n.as_str()).collect();
+        why.push(format!("modules failed to load: {}", names.join(", ")));
+    }
+    bail!(
+        "boot failed: {}; console log: {}",
+        why.join("; "),
+        r.console_log.display()
+    )
 }
 
 /// Where BENCHMARKS.md's hand-measured real-kernel section starts.

@@ -155,9 +155,9 @@ pub const FLOW_NEEDS: &[HostNeed] = &[
 ];
 
 /// What the test suite needs besides [`FLOW_NEEDS`]: `script` (the backend's
-/// progress on a terminal) and a static libc (the warm compiler's test of a
-/// static compiler). The tests say which package to install when one is
-/// missing.
+/// progress on a terminal), a static libc (the warm compiler's test of a
+/// static compiler) and `cpio` (reads back the initramfs writer's
+/// archives). The tests say which package to install when one is missing.
 pub const TEST_NEEDS: &[HostNeed] = &[
     HostNeed {
         package: "bsdutils",
@@ -169,7 +169,36 @@ pub const TEST_NEEDS: &[HostNeed] = &[
         what: "static libc (libc.a)",
         present: static_libc_present,
     },
+    HostNeed {
+        package: "cpio",
+        what: "cpio",
+        present: || on_path("cpio"),
+    },
 ];
+
+/// What `cargo xtask kernel --boot` needs: qemu, and a static busybox for
+/// the initramfs (Debian's `busybox` package is dynamically linked).
+/// Installed by `cargo xtask setup --boot` or by the verb itself, not by a
+/// plain `setup`: qemu-system-x86 is a large install (firmware, graphics
+/// libraries) that only booting a real kernel tree needs, never the suite.
+pub const BOOT_NEEDS: &[HostNeed] = &[
+    HostNeed {
+        package: "qemu-system-x86",
+        what: "qemu-system-x86_64",
+        present: || on_path("qemu-system-x86_64"),
+    },
+    HostNeed {
+        package: "busybox-static",
+        what: "static busybox (/bin/busybox)",
+        present: static_busybox_present,
+    },
+];
+
+fn static_busybox_present() -> bool {
+    std::fs::read(crate::boot::BUSYBOX)
+        .ok()
+        .is_some_and(|b| crate::boot::is_static_elf(&b).unwrap_or(false))
+}
 
 /// libc.a in a multiarch or plain library directory (where clang -static
 /// looks on Debian).
