@@ -17,6 +17,7 @@ pub mod kbuild;
 pub mod kbuild_modes;
 pub mod kernel;
 pub mod measure;
+pub mod modules_cmp;
 pub mod oracle;
 pub mod provision;
 pub mod reference;
