@@ -31,7 +31,7 @@ pub struct KoFacts {
 const MODVERSION_INFO: usize = 64;
 
 fn versions(path: &Path, data: &[u8]) -> Result<Vec<(String, u64)>> {
-    if data.len() % MODVERSION_INFO != 0 {
+    if !data.len().is_multiple_of(MODVERSION_INFO) {
         anyhow::bail!(
             "{}: __versions is {} bytes, not a multiple of {MODVERSION_INFO} (64-bit modversion_info)",
             path.display(),
