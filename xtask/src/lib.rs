@@ -21,6 +21,7 @@ pub mod kbuild_modes;
 pub mod kernel;
 pub mod measure;
 pub mod modorder;
+pub mod modules_cmp;
 pub mod oracle;
 pub mod provision;
 pub mod reference;

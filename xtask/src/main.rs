@@ -186,6 +186,19 @@ enum Verb {
         #[arg(long, value_name = "SECS", default_value_t = xtask::boot::DEFAULT_TIMEOUT_SECS)]
         boot_timeout: u64,
     },
+    /// A kernel tree's loadable modules against the same sources built the
+    /// stock way (e.g. distributed mode with examples/kbuild/modules-dist.patch
+    /// against in-process mode): Module.symvers and modules.order identical,
+    /// every .ko of modules.order with the same exports (__ksymtab_*),
+    /// undefined symbols, .modinfo and __versions
+    ModulesCompare {
+        /// The reference tree, built the stock way
+        #[arg(long, value_name = "LINUX")]
+        stock: PathBuf,
+        /// The tree to check
+        #[arg(long, value_name = "LINUX")]
+        tree: PathBuf,
+    },
     /// Oracles that need more than the default machine: `modpost` builds the
     /// kernel's real modpost from Debian's linux-source-6.12 and compares
     /// modpost-ir with it on the sample tree (both link modes)
@@ -559,6 +572,14 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("verification failed");
             }
             booted
+        }
+        Verb::ModulesCompare { stock, tree } => {
+            let checks = xtask::modules_cmp::compare_modules(&stock, &tree)?;
+            print!("{}", xtask::flow::table(&[], &checks));
+            if !checks.iter().all(|c| c.ok) {
+                bail!("{} differs from {}", tree.display(), stock.display());
+            }
+            Ok(())
         }
         Verb::Oracle {
             which: _,

@@ -1,0 +1,344 @@
+//! Loadable modules in kbuild's distributed ThinLTO mode (issue 21), on a
+//! small tree with real make, clang and lld: `tests/kbuild/mods` holds a
+//! composite module (`twin`: two C parts, one of them imported by the other,
+//! and an assembler part) and a single-object one (`solo`), built by a
+//! restated 6.12 `Makefile.build` (`tests/kbuild/Makefile.modules-like`)
+//! three ways —
+//! - in-process: `CONFIG_LTO_CLANG` alone, `ld -r` runs ThinLTO (stock);
+//! - plain: `CONFIG_LTO_CLANG_THIN_DIST` with `examples/kbuild/modules-dist.patch`'s
+//!   `scripts/Makefile.thinlto_modules` and `scripts/Makefile.thinlto`;
+//! - tools: the same with `THINLTO_TOOLS=1` (`thinlto-index link`, `thinlto-backend`).
+//!
+//! The module objects must define the same symbols with the same bytes and
+//! need the same undefined ones as in-process mode's; the jobs a touch
+//! reruns are asserted; a no-op reruns nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use object::{Object, ObjectSection, ObjectSymbol};
+use tempfile::TempDir;
+use thinlto_dist_tests::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    InProcess,
+    Plain,
+    Tools,
+}
+
+const MODES: [Mode; 3] = [Mode::InProcess, Mode::Plain, Mode::Tools];
+const DIR: &str = "drivers/mods";
+const MODULES: [&str; 2] = ["drivers/mods/twin.o", "drivers/mods/solo.o"];
+const TWIN_PARTS: [&str; 2] = ["drivers/mods/twin_a.o", "drivers/mods/twin_b.o"];
+
+/// The patch's diff of `file` alone (a unified diff split at its `--- `
+/// headers), for a tree that holds only some of the files it patches.
+fn patch_of(file: &str) -> String {
+    let patch =
+        std::fs::read_to_string(xtask::workspace_root().join("examples/kbuild/modules-dist.patch"))
+            .unwrap();
+    let mut out = String::new();
+    let mut keep = false;
+    let mut lines = patch.lines().peekable();
+    while let Some(l) = lines.next() {
+        if l.starts_with("--- ") {
+            let next = lines.peek().copied().unwrap_or_default();
+            keep = next.strip_prefix("+++ b/").map(|p| p.split('\t').next()) == Some(Some(file));
+        }
+        if keep {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    assert!(!out.is_empty(), "modules-dist.patch does not patch {file}");
+    out
+}
+
+fn module_tree(mode: Mode) -> TempDir {
+    let t = tempfile::Builder::new()
+        .prefix("thinlto-dist-modules.")
+        .tempdir()
+        .unwrap();
+    let root = xtask::workspace_root();
+    let scripts = t.path().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    for f in ["Kbuild.include", "Makefile.lib", "Makefile.thinlto"] {
+        std::fs::copy(root.join("tests/kbuild/scripts").join(f), scripts.join(f)).unwrap();
+    }
+    std::fs::copy(
+        root.join("tests/kbuild/Makefile.modules-like"),
+        t.path().join("Makefile.modules-like"),
+    )
+    .unwrap();
+    let dir = t.path().join(DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(root.join("tests/kbuild/mods")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    std::fs::create_dir_all(t.path().join("include/config")).unwrap();
+    let conf = match mode {
+        Mode::InProcess => "CONFIG_LTO_CLANG=y\n",
+        _ => "CONFIG_LTO_CLANG=y\nCONFIG_LTO_CLANG_THIN_DIST=y\n",
+    };
+    std::fs::write(t.path().join("include/config/auto.conf"), conf).unwrap();
+    if mode != Mode::InProcess {
+        for f in [
+            "scripts/Makefile.thinlto",
+            "scripts/Makefile.thinlto_modules",
+        ] {
+            let mut p = Command::new("patch")
+                .args(["-p1", "--quiet"])
+                .current_dir(t.path())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            p.stdin
+                .take()
+                .unwrap()
+                .write_all(patch_of(f).as_bytes())
+                .unwrap();
+            assert!(p.wait().unwrap().success(), "patch of {f} failed");
+        }
+    }
+    t
+}
+
+fn kmake(tree: &Path, mode: Mode) -> Output {
+    let tc = toolchain();
+    let mut c = Command::new("make");
+    c.current_dir(tree)
+        .args(["-j2", "-f", "Makefile.modules-like"])
+        .arg(format!("obj={DIR}"))
+        .arg(format!("CC={}", tc.cc.spelled))
+        .arg(format!("LD={}", tc.ld.spelled))
+        .arg(format!("AR={}", tc.ar.spelled))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env_remove("LLVM")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MAKELEVEL")
+        .env_remove("V");
+    if mode == Mode::Tools {
+        c.arg("THINLTO_TOOLS=1");
+    }
+    c.arg("modules");
+    run_ok(&mut c)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The backend compiles of a run, by part: the quiet `CC [M] <native>`
+/// lines of Makefile.thinlto, or thinlto-backend's `CC <native>`.
+fn compiled(out: &Output) -> BTreeSet<String> {
+    text(out)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("CC"))
+        .map(|r| r.trim_start().trim_start_matches("[M]").trim())
+        .filter(|n| n.ends_with(".thinlto-native.o"))
+        .map(|n| n.replace(".thinlto-native.o", ".o"))
+        .collect()
+}
+
+/// What a module object defines (name → bytes of the symbol in its
+/// section) and needs (undefined names): what modpost and the .ko link see
+/// of it. Section layout is not compared: lld's in-process backend puts each
+/// function in its own section, a backend compile does not.
+#[derive(Debug, PartialEq, Eq)]
+struct Symbols {
+    defined: BTreeMap<String, (object::SymbolKind, Vec<u8>)>,
+    undefined: BTreeSet<String>,
+}
+
+fn symbols(path: &Path) -> Symbols {
+    let data = std::fs::read(path).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let mut defined = BTreeMap::new();
+    let mut undefined = BTreeSet::new();
+    for s in file.symbols() {
+        let name = s.name().unwrap().to_string();
+        if s.kind() == object::SymbolKind::Section || s.kind() == object::SymbolKind::File {
+            continue;
+        }
+        if s.is_undefined() {
+            undefined.insert(name);
+            continue;
+        }
+        let bytes = match s.section_index().map(|i| file.section_by_index(i).unwrap()) {
+            Some(sec) if sec.kind() != object::SectionKind::UninitializedData => {
+                let d = sec.data().unwrap();
+                d[s.address() as usize..(s.address() + s.size()) as usize].to_vec()
+            }
+            _ => Vec::new(),
+        };
+        defined.insert(name, (s.kind(), bytes));
+    }
+    Symbols { defined, undefined }
+}
+
+fn assert_like_in_process(in_process: &Path, tree: &Path, mode: Mode, step: &str) {
+    for m in MODULES {
+        let want = symbols(&in_process.join(m));
+        assert!(want.defined.len() >= 2, "{m}: {want:?}");
+        assert_eq!(
+            symbols(&tree.join(m)),
+            want,
+            "{mode:?} {step}: {m} differs from in-process mode's"
+        );
+    }
+}
+
+fn touch(trees: &[TempDir], path: &str, f: impl Fn(&str) -> String) {
+    std::thread::sleep(Duration::from_millis(20));
+    for t in trees {
+        let p = t.path().join(path);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, f(&text)).unwrap();
+    }
+}
+
+#[test]
+fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs() {
+    let trees: Vec<TempDir> = MODES.iter().map(|m| module_tree(*m)).collect();
+    let in_process = trees[0].path();
+    let parts: BTreeSet<String> = TWIN_PARTS.iter().map(|s| s.to_string()).collect();
+
+    // From scratch: one backend job per bitcode part of the composite
+    // module (the assembler part is linked as it is; the single-object
+    // module's job runs inside its compile, as its in-process relink does).
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        let want = if mode == Mode::InProcess {
+            BTreeSet::new()
+        } else {
+            parts.clone()
+        };
+        assert_eq!(
+            compiled(&out),
+            want,
+            "{mode:?} from scratch:\n{}",
+            text(&out)
+        );
+        assert_like_in_process(in_process, t.path(), mode, "from scratch");
+    }
+    assert_eq!(
+        std::fs::read(trees[1].path().join(MODULES[0])).unwrap(),
+        std::fs::read(trees[2].path().join(MODULES[0])).unwrap(),
+        "the tools' twin.o differs from the plain rules'"
+    );
+    assert!(
+        std::fs::read_to_string(trees[1].path().join("drivers/mods/twin.thinlto-index"))
+            .unwrap()
+            .lines()
+            .eq(TWIN_PARTS),
+        "the index lists the bitcode parts, in .mod order"
+    );
+
+    // A module part's backend gets the module flags (modkern_cflags) the
+    // front end had, and the part's own (CFLAGS_twin_b.o): from the saved
+    // line in the plain rules and in the tools alike.
+    for t in &trees[1..] {
+        let rec =
+            std::fs::read_to_string(t.path().join("drivers/mods/.twin_b.thinlto-native.o.cmd"))
+                .unwrap();
+        let savedcmd = rec.lines().find(|l| l.starts_with("savedcmd_")).unwrap();
+        for flag in ["-DMODULE", "-DTWIN_SCALE=3", "-mcmodel=kernel", "-x ir"] {
+            assert!(savedcmd.contains(flag), "no {flag} in {savedcmd}");
+        }
+    }
+
+    // No-op: nothing runs, nothing is printed.
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        assert_eq!(text(&out), "", "{mode:?} no-op");
+    }
+
+    // A touch of a part nothing imports: the plain rules rerun every job of
+    // the module (the thin link rewrites every .thinlto.bc), the tools one.
+    touch(&trees, "drivers/mods/twin_a.c", str::to_string);
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        let want: BTreeSet<String> = match mode {
+            Mode::InProcess => BTreeSet::new(),
+            Mode::Plain => parts.clone(),
+            Mode::Tools => ["drivers/mods/twin_a.o".to_string()].into(),
+        };
+        assert_eq!(
+            compiled(&out),
+            want,
+            "{mode:?} after a touch:\n{}",
+            text(&out)
+        );
+        assert_like_in_process(in_process, t.path(), mode, "after a touch");
+    }
+
+    // An edit of the imported part: its job and its importer's, same
+    // symbols as in-process mode's new ones.
+    touch(&trees, "drivers/mods/twin_b.c", |s| {
+        s.replace("{ 1, 2, 3, 5, 8, 13 }", "{ 1, 2, 3, 5, 8, 13, 21 }")
+    });
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        if mode != Mode::InProcess {
+            assert_eq!(
+                compiled(&out),
+                parts,
+                "{mode:?} after an edit:\n{}",
+                text(&out)
+            );
+        }
+        assert_like_in_process(in_process, t.path(), mode, "after an edit");
+    }
+
+    // The single-object module: an edit reruns its compile (and, inside
+    // it, its backend) in every mode, nothing of twin.
+    touch(&trees, "drivers/mods/solo.c", |s| {
+        s.replace("solo_step(7)", "solo_step(9)")
+    });
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        let all = text(&out);
+        assert!(
+            all.contains("CC [M]  drivers/mods/solo.o"),
+            "{mode:?}: {all}"
+        );
+        assert!(!all.contains("twin"), "{mode:?}: {all}");
+        assert_like_in_process(in_process, t.path(), mode, "after an edit of solo.c");
+    }
+}
+
+/// The restated Makefile.build saves the flags as the patch has kbuild save
+/// them (a module part's with modkern_cflags): the harness cannot drift
+/// from the patch it stands in for.
+#[test]
+fn the_harness_saves_flags_as_the_patch_does() {
+    let harness =
+        std::fs::read_to_string(xtask::workspace_root().join("tests/kbuild/Makefile.modules-like"))
+            .unwrap();
+    let saved = |text: &str| {
+        text.lines()
+            .map(|l| l.trim_start_matches('+'))
+            .find(|l| l.trim_start().starts_with("cmd_save_c_flags ="))
+            .map(|l| l.trim().to_string())
+    };
+    let patched =
+        saved(&patch_of("scripts/Makefile.build")).expect("no cmd_save_c_flags in the patch");
+    assert!(patched.contains("$(modkern_cflags)"), "{patched}");
+    assert_eq!(saved(&harness), Some(patched));
+}
