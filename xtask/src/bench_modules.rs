@@ -204,11 +204,15 @@ fn patch(tree: &Path, patch: &Path, reverse: bool) -> Result<()> {
 /// Runs every way's steps on `tree`; returns the markdown section.
 pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
     let tree = tree.canonicalize()?;
-    if crate::kernel::detect_layout(&tree)? != crate::kernel::TreeLayout::Dist {
-        bail!(
-            "{}: not a tree of kbuild's distributed ThinLTO mode (CONFIG_LTO_CLANG_THIN_DIST)",
-            tree.display()
-        );
+    // A tree with modules has Module.symvers where a vmlinux-only build
+    // has vmlinux.symvers, so kernel::detect_layout does not apply.
+    for f in ["vmlinux.thinlto-index", "Module.symvers"] {
+        if !tree.join(f).exists() {
+            bail!(
+                "{}: no {f}: not a tree of kbuild's distributed ThinLTO mode (CONFIG_LTO_CLANG_THIN_DIST) with its modules built (make LLVM=… all)",
+                tree.display()
+            );
+        }
     }
     let mods = modules(&tree)?;
     let composite = mods
