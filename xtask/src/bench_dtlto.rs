@@ -20,6 +20,9 @@ pub struct Link {
     pub dir: PathBuf,
     pub ldflags: Vec<String>,
     pub archive: String,
+    /// Given to every distributor as `--thinlto-remote-compiler-arg=`
+    /// words (lld puts them at the end of `common.args`).
+    pub compiler_args: Vec<String>,
 }
 
 impl Link {
@@ -28,6 +31,13 @@ impl Link {
     /// or `built-in-fixup.a` in a tree of kbuild's DIST mode (whose
     /// `vmlinux.a` holds the natives: nothing for ThinLTO to do). `shown`
     /// names the tree in the report, as the user typed it.
+    ///
+    /// The compiler arguments are the objects' relocation model
+    /// ([`relocation_model_flags`]): lld's `common.args` for `-r` name
+    /// none (in-process, the backend takes the modules' own, static for the
+    /// kernel), so clang's default (PIE, on Debian) applied and about a
+    /// quarter of the jobs failed with "invalid operand for inline asm
+    /// constraint 'i'".
     pub fn kernel(tree: &Path, shown: &str) -> Result<Link> {
         let cmds = crate::kernel::commands_of(&tree.join(".vmlinux.o.cmd"))?;
         let link = &cmds[0];
@@ -36,13 +46,78 @@ impl Link {
             .position(|w| w == "-r")
             .context(".vmlinux.o.cmd: the link has no -r")?;
         let layout = crate::kernel::detect_layout(tree)?;
+        let archive = layout.fe_archive(tree);
         Ok(Link {
             name: format!("Linux `{shown}`"),
             dir: tree.to_path_buf(),
             ldflags: link[1..r].to_vec(),
-            archive: layout.fe_archive(tree).into(),
+            archive: archive.into(),
+            compiler_args: relocation_model_flags(&backend_flags_of(tree, archive)?)?,
         })
     }
+}
+
+/// The backend flags (kbuild's `saved_c_flags_`, or the compile command)
+/// of each bitcode member of `tree/archive`, from the members' `.cmd`
+/// files.
+fn backend_flags_of(tree: &Path, archive: &str) -> Result<Vec<(PathBuf, Vec<String>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for m in thinlto_index::archive_members(&tree.join(archive))? {
+        let object = tree.join(std::ffi::OsStr::from_bytes(&m));
+        if !thinlto_index::classify(&object)?.is_bitcode() {
+            continue;
+        }
+        let cmd_file = thinlto_cmdparse::cmd_file_for_object(&object);
+        let flags = thinlto_cmdparse::CmdFile::read(&cmd_file)
+            .and_then(|c| c.backend_flags())
+            .with_context(|| format!("{}: no backend flags", cmd_file.display()))?;
+        out.push((cmd_file, flags.argv));
+    }
+    if out.is_empty() {
+        bail!("{}: no bitcode member", tree.join(archive).display());
+    }
+    Ok(out)
+}
+
+/// The relocation-model flag the objects were compiled with (the last of
+/// `-fno-PIE`, `-fpic`, … in each object's flags), as the one
+/// remote-compiler argument: what lld's `common.args` lack for `-r` and
+/// the bitcode cannot give a remote `clang -c`, whose own option wins.
+/// The rest (code model, red zone, stack alignment, retpolines, target
+/// features) travels in the bitcode: with the relocation model alone, the
+/// DTLTO `vmlinux.o` of Linux 6.12 had the in-process one's sections byte
+/// for byte (only the order of `.llvm_addrsig`, section names and a few
+/// symbols differed). Passing more (`-falign-loops=1`, a code generator
+/// option in-process lld never sees) would change the code and make the
+/// comparison with in-process unfair. Objects that disagree are an error.
+pub fn relocation_model_flags(per_object: &[(PathBuf, Vec<String>)]) -> Result<Vec<String>> {
+    const MODELS: [&str; 8] = [
+        "-fpic", "-fPIC", "-fpie", "-fPIE", "-fno-pic", "-fno-PIC", "-fno-pie", "-fno-PIE",
+    ];
+    let mut chosen: Option<(&Path, Option<&str>)> = None;
+    for (cmd_file, flags) in per_object {
+        let last = flags
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .find(|w| MODELS.contains(w));
+        match chosen {
+            None => chosen = Some((cmd_file, last)),
+            Some((first, model)) if model != last => bail!(
+                "{}: relocation model {} but {}: {}; a DTLTO link gives every job the same",
+                cmd_file.display(),
+                last.unwrap_or("(the compiler's default)"),
+                first.display(),
+                model.unwrap_or("(the compiler's default)")
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(chosen
+        .and_then(|(_, m)| m)
+        .map(|m| vec![m.to_string()])
+        .unwrap_or_default())
 }
 
 /// The generated tree of `objects` objects (front end by `tc`), built once
@@ -65,6 +140,7 @@ pub fn generated(tc: &Toolchain, objects: usize, jobs: usize, workdir: &Path) ->
         dir,
         ldflags: ldflags.split_whitespace().map(str::to_string).collect(),
         archive: "vmlinux.a".into(),
+        compiler_args: Vec::new(),
     })
 }
 
@@ -114,6 +190,11 @@ pub fn bench(
             remote_compiler.clone(),
         ];
         v.extend(
+            link.compiler_args
+                .iter()
+                .map(|a| format!("--thinlto-remote-compiler-arg={a}")),
+        );
+        v.extend(
             args.iter()
                 .map(|a| format!("--thinlto-distributor-arg={a}")),
         );
@@ -148,12 +229,31 @@ pub fn bench(
         .collect::<std::io::Result<Vec<_>>>()?
         .windows(2)
         .all(|w| w[0] == w[1]);
+    // The DTLTO link against the in-process one: the same global symbols.
+    let globals = |w: &str| crate::flow::symbols(&out(w)).map(|(g, _)| g);
+    let (inprocess, reference) = (globals("inprocess")?, globals("reference")?);
+    let same_globals = if inprocess == reference {
+        format!("yes ({})", inprocess.len())
+    } else {
+        format!(
+            "NO ({} in-process only, {} DTLTO only)",
+            inprocess.difference(&reference).count(),
+            reference.difference(&inprocess).count()
+        )
+    };
     let mut s = format!(
-        "{}: `ld.lld -r` of `{}`, -j{jobs}; outputs of the three DTLTO links byte-identical: {}\n\n| way | wall | CPU |\n|---|---:|---:|\n",
+        "{}: `ld.lld -r` of `{}`, -j{jobs}; outputs of the three DTLTO links byte-identical: {}; global symbols defined the same as in-process: {same_globals}\n\n",
         link.name,
         link.archive,
         if same { "yes" } else { "NO" }
     );
+    if !link.compiler_args.is_empty() {
+        s.push_str(&format!(
+            "Every DTLTO link passes the objects' relocation model (from their `.cmd` files; lld's `common.args` name none for `-r`) as `--thinlto-remote-compiler-arg=`: `{}`\n\n",
+            link.compiler_args.join(" ")
+        ));
+    }
+    s.push_str("| way | wall | CPU |\n|---|---:|---:|\n");
     for (what, sample) in rows {
         s.push_str(&format!(
             "| {what} | {:.2} s | {:.2} s |\n",
@@ -161,4 +261,32 @@ pub fn bench(
         ));
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relocation_model_flags;
+    use std::path::PathBuf;
+
+    fn obj(name: &str, flags: &str) -> (PathBuf, Vec<String>) {
+        (name.into(), flags.split(' ').map(String::from).collect())
+    }
+
+    #[test]
+    fn the_relocation_model_is_each_objects_last_and_must_agree() {
+        let same = [
+            obj("a", "-fPIE -mcmodel=kernel -fno-PIE -O2"),
+            obj("b", "-fno-PIE -Os"),
+        ];
+        assert_eq!(relocation_model_flags(&same).unwrap(), ["-fno-PIE"]);
+        assert!(relocation_model_flags(&[obj("a", "-O2")])
+            .unwrap()
+            .is_empty());
+        let differ = [obj("a", "-fno-PIE"), obj("b", "-fpic")];
+        let e = relocation_model_flags(&differ).unwrap_err().to_string();
+        assert!(
+            e.starts_with("b: relocation model -fpic but a: -fno-PIE"),
+            "{e}"
+        );
+    }
 }
