@@ -359,3 +359,36 @@ fn a_bad_job_file_is_an_error_naming_the_field() {
         "{err}"
     );
 }
+
+/// lld-22 distributing the jobs of bitcode written by LLVM 19 is DTLTO's
+/// normal case (the in-process backend would be LLVM 22 too): no warning
+/// that the compiler is another LLVM than the front end's, which is
+/// advice for kbuild's jobs only.
+#[test]
+fn requires_llvm22_older_bitcode_gets_no_front_end_llvm_warning() {
+    let test = "requires_llvm22_older_bitcode_gets_no_front_end_llvm_warning";
+    let Some(tc) = llvm22(test) else {
+        return;
+    };
+    let older = Toolchain::resolve(&ToolchainArgs {
+        llvm: Some("-19".into()),
+        ..Default::default()
+    })
+    .and_then(|mut t| t.probe().map(|()| t));
+    let Ok(older) = older else {
+        eprintln!("{test}: SKIPPED: no LLVM 19 for the front end; `cargo xtask setup` installs it");
+        return;
+    };
+    let tree = Tree::new(&older, 0);
+    let out = ok(link(
+        &tc,
+        &tree,
+        Kind::Relocatable,
+        "ours.out",
+        &bin("thinlto-backend"),
+        &["dtlto", "-j2"],
+        &[],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("was written by"), "{err}");
+}

@@ -81,7 +81,27 @@ pub fn run(
             job.argv.splice(0..1, cc.argv.iter().cloned());
         }
     }
-    run_planned(cfg, &cc, planned, jobserver, records, start)
+    // Was the bitcode written by this compiler's LLVM? One object (the
+    // first to compile) answers for the tree: the records name one
+    // compiler for all (or the resolution failed above). The check (one
+    // `--version`, a few bytes of one file) runs beside the jobs, so that
+    // it adds no wall time, and says its warning once they are done. Only
+    // here, for kbuild's jobs: a DTLTO link's compiler is the linker's
+    // choice, of its own LLVM, as its in-process backend would be.
+    let producer_check = planned
+        .iter()
+        .find(|(_, d, _)| cfg.always_make || matches!(d, Decision::Run(_)))
+        .map(|(job, _, _)| {
+            let (cc, object) = (cc.clone(), job.input.object.clone());
+            std::thread::spawn(move || {
+                thinlto_index::producer::mismatch(&cc, std::path::Path::new(&object))
+            })
+        });
+    let outcome = run_planned(cfg, &cc, planned, jobserver, records, start);
+    if let Some(w) = producer_check.and_then(|t| t.join().ok().flatten()) {
+        eprintln!("thinlto-backend: warning: {w}");
+    }
+    outcome
 }
 
 /// A job, whether it must run, and the record a build of it writes.
@@ -192,17 +212,6 @@ pub fn run_planned(
         })
         .map_err(stdout_error)?;
     }
-    // Was the bitcode written by this compiler's LLVM? One object (the
-    // first to compile) answers for the tree: the records name one
-    // compiler for all (or the resolution failed above). The check (one
-    // `--version`, a few bytes of one file) runs beside the jobs, so that
-    // it adds no wall time, and says its warning once they are done.
-    let producer_check = to_run.first().map(|(job, _, _)| {
-        let (cc, object) = (cc.clone(), job.input.object.clone());
-        std::thread::spawn(move || {
-            thinlto_index::producer::mismatch(&cc, std::path::Path::new(&object))
-        })
-    });
     let order = longest_first(&to_run);
     let progress =
         cfg.verbosity == Verbosity::Normal && std::io::stderr().is_terminal() && to_run.len() > 1;
@@ -286,9 +295,6 @@ pub fn run_planned(
     let cache_summary = cache.as_ref().map(|c| c.finish());
     if let Some(b) = &bar {
         b.finish_and_clear();
-    }
-    if let Some(w) = producer_check.and_then(|t| t.join().ok().flatten()) {
-        eprintln!("thinlto-backend: warning: {w}");
     }
     if (cfg.verbosity != Verbosity::Quiet && cfg.summary) || summary.failed > 0 {
         let cached = match &cache_summary {
