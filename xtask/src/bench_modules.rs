@@ -24,7 +24,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::flow;
-use crate::kbuild_modes::{llvm_var, run_make};
+use crate::kbuild_modes::{make_llvm_args, run_make};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -70,27 +70,17 @@ impl Module {
 }
 
 fn modules(tree: &Path) -> Result<Vec<Module>> {
-    let order = tree.join("modules.order");
-    let text = std::fs::read_to_string(&order).with_context(|| {
-        format!(
-            "{}: cannot read (a tree with modules built?)",
-            order.display()
-        )
-    })?;
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let object = l.trim().to_string();
-            let mod_file = tree.join(object.replace(".ko", ".o")).with_extension("mod");
+    crate::modorder::read_modules_order(tree)?
+        .into_iter()
+        .map(|ko| {
+            let object = ko.with_extension("o").to_string_lossy().into_owned();
+            let mod_file = tree.join(ko.with_extension("mod"));
             let parts = std::fs::read_to_string(&mod_file)
                 .with_context(|| format!("{}: cannot read", mod_file.display()))?
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            Ok(Module {
-                object: object.replace(".ko", ".o"),
-                parts,
-            })
+            Ok(Module { object, parts })
         })
         .collect()
 }
@@ -227,11 +217,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
         .find(|c| tree.join(c).exists())
         .context("the composite module has no .c part")?;
     let bins = flow::build_bins()?;
-    let cc = thinlto_cmdparse::CmdFile::read(&tree.join("init/.main.o.cmd"))?
-        .savedcmd
-        .and_then(|c| c.split_whitespace().next().map(str::to_string))
-        .context("init/.main.o.cmd: no compiler")?;
-    let make_args = vec![format!("LLVM={}", llvm_var(&cc))];
+    let (_, make_args) = make_llvm_args(&tree)?;
     let path = std::env::var("PATH").unwrap_or_default();
     let steps = ["modules from scratch", "no-op", &format!("touch {touched}")];
     let mut table: Vec<(Way, Vec<Run>)> = Vec::new();

@@ -121,6 +121,17 @@ pub fn llvm_var(cc: &str) -> String {
     }
 }
 
+/// The compiler the tree's front end ran (`init/.main.o.cmd`) and the
+/// make arguments that name its LLVM (`LLVM=-19`).
+pub fn make_llvm_args(tree: &Path) -> Result<(String, Vec<String>)> {
+    let cc = thinlto_cmdparse::CmdFile::read(&tree.join("init/.main.o.cmd"))?
+        .savedcmd
+        .and_then(|c| c.split_whitespace().next().map(str::to_string))
+        .context("init/.main.o.cmd: no compiler")?;
+    let args = vec![format!("LLVM={}", llvm_var(&cc))];
+    Ok((cc, args))
+}
+
 /// What one `make` printed, each line with its time since the start, and
 /// its wall time.
 pub struct MakeOutput {
@@ -304,11 +315,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
         }
     };
     let bins = flow::build_bins()?;
-    let cc = thinlto_cmdparse::CmdFile::read(&tree.join("init/.main.o.cmd"))?
-        .savedcmd
-        .and_then(|c| c.split_whitespace().next().map(str::to_string))
-        .context("init/.main.o.cmd: no compiler")?;
-    let make_args = vec![format!("LLVM={}", llvm_var(&cc))];
+    let (cc, make_args) = make_llvm_args(&tree)?;
     let patch = crate::workspace_root().join("examples/kbuild/thinlto-tools.patch");
     let masq = crate::target_dir().join("bench/masquerade");
     std::fs::create_dir_all(&masq)?;
