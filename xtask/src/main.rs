@@ -369,32 +369,23 @@ fn run(cli: Cli) -> Result<()> {
             let tc = provision::ensure_llvm(&toolchain)?;
             if remote_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                let shown = xtask::bench::report_path(k, home.as_deref());
-                let command = xtask::bench::report_command(
-                    &std::env::args().skip(1).collect::<Vec<_>>(),
-                    home.as_deref(),
-                );
                 let text = xtask::bench_remote::run(
                     k,
-                    &shown,
+                    &as_typed(k),
                     jobs.unwrap_or_else(xtask::default_jobs),
                     workers,
                 )?;
-                let section = format!("{REMOTE_MARKER}\n## Remote execution (`thinlto-backend --remote-exec`)\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
-                print!("{section}");
-                if write {
-                    write_section(REMOTE_MARKER, &section)?;
-                }
-                return Ok(());
+                return publish(
+                    REMOTE_MARKER,
+                    "Remote execution (`thinlto-backend --remote-exec`)",
+                    ".",
+                    &text,
+                    write,
+                );
             }
             if cache_only {
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
                 let home = std::env::var_os("HOME").map(PathBuf::from);
-                let command = xtask::bench::report_command(
-                    &std::env::args().skip(1).collect::<Vec<_>>(),
-                    home.as_deref(),
-                );
                 let text = bench_cache(
                     &tc,
                     if quick { 200 } else { objects },
@@ -403,47 +394,37 @@ fn run(cli: Cli) -> Result<()> {
                     kernel.as_deref(),
                     home.as_deref(),
                 )?;
-                let section = format!("{CACHE_MARKER}\n## The backend cache (`thinlto-backend --cache`)\n\nMeasured by `cargo xtask {command}`: stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch with the backend's defaults (the warm compiler), each cached run against runs without the cache in the same session; ratios of medians.\n\n{text}\n");
-                print!("{section}");
-                if write {
-                    write_section(CACHE_MARKER, &section)?;
-                }
-                return Ok(());
+                return publish(
+                    CACHE_MARKER,
+                    "The backend cache (`thinlto-backend --cache`)",
+                    ": stages 2–4 (order, thin link, backend, archive, `vmlinux.o` link) from scratch with the backend's defaults (the warm compiler), each cached run against runs without the cache in the same session; ratios of medians.",
+                    &text,
+                    write,
+                );
             }
             if modules_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                let shown = xtask::bench::report_path(k, home.as_deref());
-                let text =
-                    xtask::bench_modules::run(k, &shown, jobs.unwrap_or_else(xtask::default_jobs))?;
-                let command = xtask::bench::report_command(
-                    &std::env::args().skip(1).collect::<Vec<_>>(),
-                    home.as_deref(),
+                let jobs = jobs.unwrap_or_else(xtask::default_jobs);
+                let text = xtask::bench_modules::run(k, &as_typed(k), jobs)?;
+                return publish(
+                    MODULES_MARKER,
+                    "Loadable modules in distributed mode",
+                    ".",
+                    &text,
+                    write,
                 );
-                let section = format!("{MODULES_MARKER}\n## Loadable modules in distributed mode\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
-                print!("{section}");
-                if write {
-                    write_section(MODULES_MARKER, &section)?;
-                }
-                return Ok(());
             }
             if kbuild_modes_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
-                // As typed (`~/linux`): the report names no local layout.
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                let shown = xtask::bench::report_path(k, home.as_deref());
-                let text = xtask::kbuild_modes::run(k, &shown, jobs, false)?;
-                let command = xtask::bench::report_command(
-                    &std::env::args().skip(1).collect::<Vec<_>>(),
-                    home.as_deref(),
+                let text = xtask::kbuild_modes::run(k, &as_typed(k), jobs, false)?;
+                return publish(
+                    KBUILD_MODES_MARKER,
+                    "kbuild's distributed mode, three ways",
+                    ".",
+                    &text,
+                    write,
                 );
-                let section = format!("{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by `cargo xtask {command}`.\n\n{text}\n");
-                print!("{section}");
-                if write {
-                    write_section(KBUILD_MODES_MARKER, &section)?;
-                }
-                return Ok(());
             }
             let opts = xtask::bench::BenchOptions {
                 objects: if quick { 200 } else { objects },
@@ -797,9 +778,7 @@ fn bench_dtlto(objects: usize, jobs: usize, kernel: Option<&Path>, write: bool) 
         &workdir,
     )?;
     if let Some(k) = kernel {
-        // As typed (`~/linux`): the report names no local layout.
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let shown = xtask::bench::report_path(k, home.as_deref());
+        let shown = as_typed(k);
         text.push('\n');
         text.push_str(&xtask::bench_dtlto::bench(
             &tc,
@@ -809,15 +788,39 @@ fn bench_dtlto(objects: usize, jobs: usize, kernel: Option<&Path>, write: bool) 
             &workdir,
         )?);
     }
+    publish(
+        DTLTO_MARKER,
+        "lld's DTLTO: `thinlto-backend dtlto` as the distributor",
+        &format!(
+            " ({}, one run each; the warm run reuses the cold run's cache).",
+            tc.cc.version.as_deref().unwrap_or("clang")
+        ),
+        &text,
+        write,
+    )
+}
+
+/// A path as typed (`~/linux`, not the canonical or home-expanded one):
+/// a committed report names no local layout.
+fn as_typed(path: &Path) -> String {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    xtask::bench::report_path(path, home.as_deref())
+}
+
+/// Prints one BENCHMARKS.md section (`marker`, `## heading`, "Measured by
+/// `cargo xtask …`" and `intro`, then `text`) and writes it in place of
+/// the old one when asked.
+fn publish(marker: &str, heading: &str, intro: &str, text: &str, write: bool) -> Result<()> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let command = xtask::bench::report_command(
         &std::env::args().skip(1).collect::<Vec<_>>(),
         home.as_deref(),
     );
-    let section = format!("{DTLTO_MARKER}\n## lld's DTLTO: `thinlto-backend dtlto` as the distributor\n\nMeasured by `cargo xtask {command}` ({}, one run each; the warm run reuses the cold run's cache).\n\n{text}\n", tc.cc.version.as_deref().unwrap_or("clang"));
+    let section =
+        format!("{marker}\n## {heading}\n\nMeasured by `cargo xtask {command}`{intro}\n\n{text}\n");
     print!("{section}");
     if write {
-        write_section(DTLTO_MARKER, &section)?;
+        write_section(marker, &section)?;
     }
     Ok(())
 }
