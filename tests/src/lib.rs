@@ -188,6 +188,16 @@ pub fn bin_dir() -> PathBuf {
     bin("thinlto-index").parent().unwrap().to_path_buf()
 }
 
+/// `$PATH` with the workspace's binaries first (as `cargo xtask install`
+/// would put them on it).
+pub fn path_with_bins() -> String {
+    format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// One of our tools, run from `tree` with the toolchain in its environment.
 pub fn tool(name: &str, tree: &Path) -> Command {
     let tc = toolchain();

@@ -12,14 +12,6 @@ fn use_test_binaries() {
     std::env::set_var("THINLTO_DIST_BIN_DIR", bin_dir());
 }
 
-fn path_with_bins() -> String {
-    format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 fn example(tree: &Path, cmd: &mut Command) {
     let tc = toolchain();
     run_ok(

@@ -84,14 +84,7 @@ fn kmake_cmd(tree: &Path, mode: Mode, cc: &str) -> Command {
         .arg(format!("KBUILD_LDFLAGS={}", ldflags(tree)))
         .arg(format!("LD={}", tc.ld.spelled))
         .arg(format!("AR={}", tc.ar.spelled))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_bins())
         .env("THINLTO_WRAP_EXPLAIN", "1")
         .env_remove("LLVM")
         .env_remove("MAKEFLAGS")

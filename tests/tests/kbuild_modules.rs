@@ -117,14 +117,7 @@ fn kmake(tree: &Path, mode: Mode) -> Output {
         .arg(format!("CC={}", tc.cc.spelled))
         .arg(format!("LD={}", tc.ld.spelled))
         .arg(format!("AR={}", tc.ar.spelled))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_bins())
         .env_remove("LLVM")
         .env_remove("MAKEFLAGS")
         .env_remove("MAKELEVEL")

@@ -261,20 +261,30 @@ fn installed_llvms() -> Vec<u32> {
     v
 }
 
-#[test]
-fn requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one() {
+/// The oldest and newest installed LLVM when they differ; else None, said
+/// on stderr as the test `name` skipped.
+fn two_llvms(name: &str) -> Option<(u32, u32)> {
     let versions = installed_llvms();
     let (Some(&old), Some(&new)) = (versions.first(), versions.last()) else {
-        eprintln!("SKIPPED requires_two_llvms_…: no LLVM installed in /usr/lib/llvm-N");
-        return;
+        eprintln!("SKIPPED {name}: no LLVM installed in /usr/lib/llvm-N");
+        return None;
     };
     if old == new {
         eprintln!(
-            "SKIPPED requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one: \
-             only LLVM {old} is installed; it needs two versions (e.g. clang-19 and clang-22)"
+            "SKIPPED {name}: only LLVM {old} is installed; it needs two versions (e.g. clang-19 and clang-22)"
         );
-        return;
+        return None;
     }
+    Some((old, new))
+}
+
+#[test]
+fn requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one() {
+    let Some((old, new)) =
+        two_llvms("requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one")
+    else {
+        return;
+    };
     let path: OsString = "/usr/bin:/bin".into();
     let cc_old = format!("clang-{old}");
     let tree = tree_built_by(&cc_old, &llvm(old, "ld.lld"), &path);
@@ -328,18 +338,10 @@ fn requires_two_llvms_the_front_ends_llvm_wins_over_a_newer_installed_one() {
 /// a newer lld writes shards the tree's clang cannot read.
 #[test]
 fn requires_two_llvms_the_thin_link_takes_the_front_ends_lld() {
-    let versions = installed_llvms();
-    let (Some(&old), Some(&new)) = (versions.first(), versions.last()) else {
-        eprintln!("SKIPPED requires_two_llvms_…: no LLVM installed in /usr/lib/llvm-N");
+    let Some((old, new)) = two_llvms("requires_two_llvms_the_thin_link_takes_the_front_ends_lld")
+    else {
         return;
     };
-    if old == new {
-        eprintln!(
-            "SKIPPED requires_two_llvms_the_thin_link_takes_the_front_ends_lld: \
-             only LLVM {old} is installed; it needs two versions (e.g. clang-19 and clang-22)"
-        );
-        return;
-    }
     let path: OsString = "/usr/bin:/bin".into();
     let tree = tree_built_by(&format!("clang-{old}"), &llvm(old, "ld.lld"), &path);
     let t = tree.path();
