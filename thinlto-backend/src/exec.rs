@@ -381,13 +381,13 @@ impl RemoteExec {
             if !self.said_empty.swap(true, Ordering::Relaxed) {
                 let said = output.trim_end();
                 eprintln!(
-                    "thinlto-backend: remote execution: {}: the result {whence} (worker {worker:?}) has exit status 0 but no (or an empty) {}{}; a farm fault: such jobs compile here",
+                    "thinlto-backend: remote execution: {}: the result {whence} (worker {worker:?}) has exit status 0 but no (or an empty) {}: a farm fault; such jobs compile here{}",
                     job.native,
                     printable(missing),
                     if said.is_empty() {
                         String::new()
                     } else {
-                        format!("; its output:\n{said}")
+                        format!(". The compiler's output on the farm:\n{said}")
                     }
                 );
             }
