@@ -197,8 +197,9 @@ fn a_tree_linked_without_imports_builds_on_the_farm() {
         .map(|o| o.object.clone())
         .collect();
     assert!(!importers.is_empty());
-    assert!(m.bitcode().all(|o| o.imports.is_none()
-        && !t.path().join(format!("{}.imports", o.object)).exists()));
+    assert!(m
+        .bitcode()
+        .all(|o| o.imports.is_none() && !t.path().join(format!("{}.imports", o.object)).exists()));
     run(t.path(), &["-B", "--no-cache", "--no-warm"]);
     let local = native_files(t.path(), &m);
 

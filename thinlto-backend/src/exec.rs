@@ -2,7 +2,8 @@
 //! neither up to date nor a cache hit runs on a REAPI farm's workers.
 //!
 //! Each job is one REAPI action: its argv, an input root of the object,
-//! its shard, its imports and the extra files the backend cache's trace
+//! its shard, its imports (the modules the shard names,
+//! [`crate::engine::job::with_shard_imports`]) and the extra files the backend cache's trace
 //! knows it reads (an `.incbin`'d file), the native (and `.dwo`) as
 //! outputs, and the platform property `thinlto-compiler=<identity>` (the
 //! cache key's compiler identity, [`crate::cache::identity`]) so that only
@@ -20,6 +21,11 @@
 //!   `--explain` asks too);
 //! - a compile error is a compile error (the worker's stderr, as a local
 //!   compile would print it), not a retry;
+//! - nothing empty is a success: exit 0 with a declared output missing or
+//!   empty (clang-19 exits 0 with an empty object when it cannot load an
+//!   import), from a worker or from the action cache, is the farm's
+//!   fault: the job compiles here, said once with the farm's output;
+//! - what the server sends is printed escaped ([`printable`]);
 //! - a worker that refused the action as not hermetic (the compile read a
 //!   file the input root lacks; `worker/hermetic.rs`) means the trace does
 //!   not know that file yet: the job compiles here, traced, so the next

@@ -244,7 +244,9 @@ impl re::execution_server::Execution for Fake {
             result: Some(
                 bazel_remote_apis::google::longrunning::operation::Result::Response(
                     bazel_remote_apis::google::protobuf::Any {
-                        type_url: "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse".into(),
+                        type_url:
+                            "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse"
+                                .into(),
                         value: response.encode_to_vec(),
                     },
                 ),
@@ -929,7 +931,11 @@ fn two_object_tree() -> tempfile::TempDir {
         let out = cmd.current_dir(d).output().unwrap();
         assert!(out.status.success(), "{cmd:?}: {out:?}");
     };
-    std::fs::write(d.join("a.c"), "int g(int);\nint f(int x) { return g(x) + 1; }\n").unwrap();
+    std::fs::write(
+        d.join("a.c"),
+        "int g(int);\nint f(int x) { return g(x) + 1; }\n",
+    )
+    .unwrap();
     std::fs::write(d.join("b.c"), "int g(int x) { return x * 3; }\n").unwrap();
     for o in ["a", "b"] {
         run(std::process::Command::new(&tc.cc.path).args([
@@ -1069,9 +1075,15 @@ fn a_farm_result_without_its_outputs_compiles_here() {
                 "the worker's output, escaped:\n{err}"
             );
         }
-        assert!(!err.contains('\x1b'), "a raw escape reached the terminal:\n{err}");
+        assert!(
+            !err.contains('\x1b'),
+            "a raw escape reached the terminal:\n{err}"
+        );
         assert_eq!(out.matches("\"where\":\"local\"").count(), 2, "{out}");
-        assert!(err.contains("0 on the farm, 2 compiled here instead"), "{err}");
+        assert!(
+            err.contains("0 on the farm, 2 compiled here instead"),
+            "{err}"
+        );
         for (o, want) in ["a", "b"].iter().zip(&local) {
             let got = std::fs::read(t.path().join(format!("{o}.thinlto-native.o"))).unwrap();
             assert!(&got == want, "{o}: not the local build's native");

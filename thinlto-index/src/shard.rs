@@ -34,8 +34,7 @@ const MAX_ABBREVS: usize = 1024;
 
 /// The module paths the shard at `path` names, in its order, each once.
 pub fn module_paths_of(path: &Path) -> Result<Vec<String>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     module_paths(&bytes).with_context(|| {
         format!(
             "{}: not a ThinLTO index shard (expected a module string table)",
@@ -100,7 +99,9 @@ fn walk(
     let mut target: Option<u64> = None;
     let mut paths: Vec<String> = Vec::new();
     loop {
-        let code_id = r.read(width).with_context(|| format!("truncated block {id}"))?;
+        let code_id = r
+            .read(width)
+            .with_context(|| format!("truncated block {id}"))?;
         match code_id {
             END_BLOCK => {
                 r.align32();
@@ -139,7 +140,9 @@ fn walk(
                 } else {
                     let a = abbrevs
                         .get((code_id - FIRST_APPLICATION_ABBREV) as usize)
-                        .with_context(|| format!("abbreviation {code_id} undefined in block {id}"))?;
+                        .with_context(|| {
+                            format!("abbreviation {code_id} undefined in block {id}")
+                        })?;
                     let mut values = r.abbreviated(a, MAX_PATH + 1)?;
                     if values.is_empty() {
                         bail!("an abbreviation with no record code in block {id}");
@@ -183,7 +186,10 @@ mod tests {
         let bin = Path::new("/usr/lib/llvm-19/bin");
         assert!(bin.exists(), "{}: LLVM 19 is not installed", bin.display());
         let w = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
-        w("main.c", "int g(int); int h(int);\nint f(int x) { return g(x) + h(x); }\n");
+        w(
+            "main.c",
+            "int g(int); int h(int);\nint f(int x) { return g(x) + h(x); }\n",
+        );
         w("b.c", "int g(int x) { return x * 3; }\n");
         w("c d.c", "int h(int x) { return x - 7; }\n");
         w("lone.c", "int lone(int x) { return x; }\n");

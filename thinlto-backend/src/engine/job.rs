@@ -59,12 +59,7 @@ pub fn with_shard_imports(mut input: JobInput) -> Result<JobInput> {
     if input.imports.is_none() {
         let modules = thinlto_index::shard::module_paths_of(Path::new(&input.summary))
             .with_context(|| format!("the imports of {}", input.object))?;
-        input.imports = Some(
-            modules
-                .into_iter()
-                .filter(|m| *m != input.object)
-                .collect(),
-        );
+        input.imports = Some(modules.into_iter().filter(|m| *m != input.object).collect());
     }
     Ok(input)
 }

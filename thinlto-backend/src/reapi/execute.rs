@@ -34,9 +34,7 @@ use prost::Message;
 use re::execution_client::ExecutionClient;
 use tonic::Code;
 
-use crate::reapi::{
-    printable, status_error, ActionKey, Digest, RemoteCache, RemoteOptions, Svc,
-};
+use crate::reapi::{printable, status_error, ActionKey, Digest, RemoteCache, RemoteOptions, Svc};
 
 /// How many times a broken operation stream is resumed with
 /// WaitExecution before the execution is an error.
@@ -331,9 +329,9 @@ impl Executor {
         match last_error {
             Some(s) => Err(status_error(s, "Execute")),
             None => bail!(
-            "the operation stream ended before the operation {:?} was done",
-            printable(&name)
-        ),
+                "the operation stream ended before the operation {:?} was done",
+                printable(&name)
+            ),
         }
     }
 }
@@ -363,10 +361,7 @@ fn done(op: Operation) -> Result<re::ExecuteResponse> {
             Code::from(s.code),
             printable(&s.message)
         ),
-        None => bail!(
-            "operation {} is done without a result",
-            printable(&op.name)
-        ),
+        None => bail!("operation {} is done without a result", printable(&op.name)),
     }
 }
 
