@@ -647,12 +647,21 @@ fn a_failed_action_is_a_miss() {
 /// of it. The job is made of files of this crate (the tests run in its
 /// directory): only their digests matter, nothing compiles.
 fn backend_lookup(extras: &[(String, String, i64)], native_size: Option<i64>) -> Option<Vec<u8>> {
+    backend_lookup_of(extras, native_size, b"native bytes")
+}
+
+/// [`backend_lookup`] with `native` as the newest variant's native.
+fn backend_lookup_of(
+    extras: &[(String, String, i64)],
+    native_size: Option<i64>,
+    native: &[u8],
+) -> Option<Vec<u8>> {
     use thinlto_backend::cache::{BackendCache, CacheOptions};
     use thinlto_backend::{BackendJob, JobInput};
     let server = serve(MAX_BATCH, vec![SHA256]);
     let native_path = "fake.thinlto-native.o";
     let manifest = serde_json::to_vec(&serde_json::json!({ "variants": [extras] })).unwrap();
-    let native = b"native bytes".to_vec();
+    let native = native.to_vec();
     {
         let mut s = server.fake.0.lock().unwrap();
         let mut output_files = Vec::new();
@@ -780,6 +789,11 @@ fn hostile_manifests_are_misses_and_never_hang() {
     assert_eq!(backend_lookup(&[huge], None), None);
     assert_eq!(
         backend_lookup(&[extra("build.rs", "build.rs")], Some(1 << 62)),
+        None
+    );
+    // Nothing empty is a hit: an entry whose native is the empty blob.
+    assert_eq!(
+        backend_lookup_of(&[extra("build.rs", "build.rs")], None, b""),
         None
     );
 }
