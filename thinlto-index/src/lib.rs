@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod link;
 pub mod manifest;
 pub mod producer;
+pub mod shard;
 pub mod toolchain;
 pub mod tree_tools;
 
