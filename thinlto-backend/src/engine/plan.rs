@@ -20,6 +20,14 @@
 //! bytes are unchanged. The thin link never touches `foo.o` (only
 //! `foo.o.thinlto.bc`), so this costs nothing on a relink; a front-end
 //! rebuild that changed nothing costs the jobs that read that object.
+//! A record whose compile was traced whole (`engine/reads.rs`, every
+//! local compile where the preload shim can be placed) names every file
+//! the compile read beyond its inputs, with its digest: then those digests
+//! decide instead of the mtimes, and a front-end object rebuilt with the
+//! same bitcode costs nothing — neither its job nor its importers' (an
+//! importer reads an imported object's `.incbin`'d file only if it imports
+//! that asm, and then its own trace names the file). A native from the
+//! farm or the cache, or one built by make, has no trace: the mtime rule.
 //! (Without `.imports` lists — a plain index and no `--thinlto-emit-imports-files`
 //! — an import's content is still covered: each `foo.o.thinlto.bc` holds
 //! the module hash of every module it imports from; only the mtime rule
@@ -117,6 +125,17 @@ pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, Native
         Decision::Run(format!("input changed: {p}"))
     } else if old.digests.len() != fresh.digests.len() {
         Decision::Run("the import list changed".into())
+    } else if old.traced {
+        // The last compile's trace named every file it read beyond its
+        // inputs (reads.rs): those decide, not the mtimes.
+        match old
+            .reads
+            .iter()
+            .find(|(p, d)| cache.digest(p).as_deref() != Some(d.as_str()))
+        {
+            Some((p, _)) => Decision::Run(format!("a file its last compile read changed: {p}")),
+            None => Decision::UpToDate,
+        }
     } else if let Some(p) = fresh
         .mtimes
         .iter()
