@@ -243,6 +243,9 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
             "{mode:?} from scratch:\n{}",
             text(&out)
         );
+        // The single-object module's job runs in its compile's job slot,
+        // without a word about make's jobserver.
+        assert!(!text(&out).contains("jobserver"), "{}", text(&out));
         assert_like_in_process(in_process, t.path(), mode, "from scratch");
     }
     assert_eq!(
