@@ -475,3 +475,89 @@ fn the_harness_saves_flags_as_the_patch_does() {
     assert!(patched.contains("$(modkern_cflags)"), "{patched}");
     assert_eq!(saved(&harness), Some(patched));
 }
+
+/// The `-name` patterns of `make clean`'s find that a patch of
+/// examples/kbuild adds (its `+` lines in the top Makefile).
+fn clean_patterns_added_by(patch: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(xtask::workspace_root().join("examples/kbuild").join(patch))
+        .unwrap();
+    let mut in_makefile = false;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if let Some(f) = l.strip_prefix("+++ b/") {
+            in_makefile = f.split('\t').next() == Some("Makefile");
+            continue;
+        }
+        if !in_makefile || !l.starts_with('+') {
+            continue;
+        }
+        let mut words = l.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "-name" {
+                out.push(words.next().unwrap().trim_matches('\'').to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `make clean` removes every file the patches add: the harness's clean
+/// (6.12's find, restated) has the patterns both patches add to kbuild's,
+/// and after a build with the plain rules and one with the tools (a
+/// single-object module and a composite one, with the imports lists and
+/// the thin links' records) it leaves only the sources.
+#[test]
+fn make_clean_removes_every_file_the_patches_add() {
+    let harness =
+        std::fs::read_to_string(xtask::workspace_root().join("tests/kbuild/Makefile.modules-like"))
+            .unwrap();
+    let mut added = clean_patterns_added_by("modules-dist.patch");
+    added.extend(clean_patterns_added_by("thinlto-tools.patch"));
+    assert!(added.iter().any(|p| p == "*.o.thinlto.bc"), "{added:?}");
+    assert!(added.iter().any(|p| p == "*.o.imports"), "{added:?}");
+    for p in &added {
+        assert!(
+            harness.contains(&format!("-name '{p}'")),
+            "the harness's clean lacks the patches' {p}"
+        );
+    }
+    let sources: BTreeSet<String> =
+        std::fs::read_dir(xtask::workspace_root().join("tests/kbuild/mods"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    let listing = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for mode in [Mode::Plain, Mode::Tools] {
+        let t = module_tree(mode);
+        kmake(t.path(), mode);
+        let dir = t.path().join(DIR);
+        let built = listing(&dir);
+        for f in [
+            "solo.lto.o.thinlto.bc",
+            "twin_a.o.thinlto.bc",
+            "twin.thinlto-index",
+            "solo.thinlto-index",
+        ] {
+            assert!(built.contains(f), "{mode:?}: no {f} in {built:?}");
+        }
+        if mode == Mode::Tools {
+            for f in ["twin_a.o.imports", ".solo.thinlto-index.order"] {
+                assert!(built.contains(f), "{mode:?}: no {f} in {built:?}");
+            }
+        }
+        let mut c = Command::new("make");
+        c.current_dir(t.path())
+            .args(["-f", "Makefile.modules-like"])
+            .arg(format!("obj={DIR}"))
+            .arg("clean")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL");
+        run_ok(&mut c);
+        assert_eq!(listing(&dir), sources, "{mode:?}: left after make clean");
+    }
+}
