@@ -279,6 +279,10 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
         let out = kmake(t.path(), mode);
         assert_eq!(text(&out), "", "{mode:?} no-op");
     }
+    // With the tools, not even a process per composite module (V=1 would
+    // print it): neither thinlto-backend nor the sub-make that links runs.
+    let out = kmake_with(trees[2].path(), Mode::Tools, &["V=1"]);
+    assert_eq!(text(&out), "", "Tools no-op, V=1");
 
     // A touch of the part the other imports (same bitcode): the plain
     // rules rerun every job of the module (the thin link rewrites every
