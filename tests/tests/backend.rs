@@ -183,11 +183,48 @@ fn with_importers(m: &thinlto_index::Manifest, object: &str) -> Vec<String> {
     v
 }
 
+/// The files a job's last (traced) compile read beyond its inputs, from
+/// its record (`# thinlto-dist: read PATH DIGEST`).
+fn recorded_reads(tree: &Path, native: &str) -> Vec<String> {
+    let (dir, name) = native.rsplit_once('/').unwrap_or(("", native));
+    let rec = std::fs::read_to_string(tree.join(dir).join(format!(".{name}.cmd"))).unwrap();
+    assert!(
+        rec.lines().any(|l| l == "# thinlto-dist: traced"),
+        "{native}: the compile was not traced:\n{rec}"
+    );
+    rec.lines()
+        .filter_map(|l| l.strip_prefix("# thinlto-dist: read "))
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+        .collect()
+}
+
 #[test]
 fn incbin_change_reruns_the_job_digests_cannot_see() {
     let t = sample_tree();
-    thin_link(t.path());
+    let m = thin_link(t.path());
     assert!(backend(t.path(), &[]).0.status.success());
+    // Each compile's trace named the files it read beyond its inputs: the
+    // .incbin'd file for the object whose asm includes it, and for an
+    // importer only if it imported that asm.
+    let mut readers: Vec<String> = m
+        .bitcode()
+        .filter(|o| {
+            recorded_reads(
+                t.path(),
+                &thinlto_backend::engine::job::native_of(&o.object),
+            )
+            .iter()
+            .any(|r| r == "kernel/config_data.txt")
+        })
+        .map(|o| o.object.clone())
+        .collect();
+    readers.sort();
+    assert!(
+        readers.iter().any(|o| o == "kernel/config_blob.o"),
+        "{readers:?}"
+    );
+    let importers = with_importers(&m, "kernel/config_blob.o");
+    assert!(readers.iter().all(|o| importers.contains(o)), "{readers:?}");
     let before_bc = std::fs::read(t.path().join("kernel/config_blob.o")).unwrap();
     std::fs::write(
         t.path().join("kernel/config_data.txt"),
@@ -200,24 +237,28 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
         before_bc,
         std::fs::read(t.path().join("kernel/config_blob.o")).unwrap()
     );
-    let m = thin_link(t.path());
+    thin_link(t.path());
     let (_, recs) = backend(t.path(), &[]);
-    // It reruns, and so do its importers (an imported function's inline
-    // asm could .incbin too); nothing else.
-    let expect = with_importers(&m, "kernel/config_blob.o");
-    assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
+    // Exactly the jobs whose compile read the file rerun.
+    assert_eq!(with_status(&recs, JobStatus::Built), readers, "{recs:?}");
     let r = recs
         .iter()
         .find(|r| r.object == "kernel/config_blob.o")
         .unwrap();
-    assert!(r.reason.contains("front-end object rebuilt"), "{r:?}");
+    assert!(
+        r.reason
+            .contains("a file its last compile read changed: kernel/config_data.txt"),
+        "{r:?}"
+    );
     let o = stage4(t.path());
     let out =
         xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");
-    // The same rule for imports: make rebuilds kernel/core.o (a touched
-    // source, the same bitcode); it and every importer rerun, nothing else.
+    // make rebuilds kernel/core.o (a touched source, the same bitcode):
+    // its trace and its importers' show nothing changed, nothing reruns
+    // (the old rule reran it and every importer).
     let m = thin_link(t.path());
+    assert!(with_importers(&m, "kernel/core.o").len() > 1);
     let core_c = t.path().join("kernel/core.c");
     let text = std::fs::read(&core_c).unwrap();
     std::fs::write(&core_c, text).unwrap();
@@ -229,9 +270,37 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     );
     thin_link(t.path());
     let (_, recs) = backend(t.path(), &[]);
+    assert_eq!(
+        with_status(&recs, JobStatus::Built),
+        Vec::<String>::new(),
+        "{recs:?}"
+    );
+    // A record without a trace (a farm's or make's native) keeps the
+    // mtime rule: the rebuilt object and every importer rerun.
+    for o in m.bitcode() {
+        let native = thinlto_backend::engine::job::native_of(&o.object);
+        let (dir, name) = native.rsplit_once('/').unwrap();
+        let rec = t.path().join(dir).join(format!(".{name}.cmd"));
+        let text = std::fs::read_to_string(&rec).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("# thinlto-dist: traced") && !l.starts_with("# thinlto-dist: read ")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&rec, kept).unwrap();
+    }
+    std::fs::write(&core_c, std::fs::read(&core_c).unwrap()).unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let (_, recs) = backend(t.path(), &[]);
     let expect = with_importers(&m, "kernel/core.o");
-    assert!(expect.len() > 1);
     assert_eq!(with_status(&recs, JobStatus::Built), expect, "{recs:?}");
+    assert!(recs
+        .iter()
+        .filter(|r| r.status == JobStatus::Built)
+        .all(|r| r.reason.contains("front-end object rebuilt")));
 }
 
 /// A logging wrapper around the real compiler (not a stub): records when

@@ -33,6 +33,10 @@ const MODES: [Mode; 3] = [Mode::InProcess, Mode::Plain, Mode::Tools];
 const DIR: &str = "drivers/mods";
 const MODULES: [&str; 2] = ["drivers/mods/twin.o", "drivers/mods/solo.o"];
 const TWIN_PARTS: [&str; 2] = ["drivers/mods/twin_a.o", "drivers/mods/twin_b.o"];
+/// The single-object module's bitcode, kept beside its module object.
+const SOLO_BC: &str = "drivers/mods/solo.lto.o";
+/// Its native object: the engine's job in tools mode.
+const SOLO_NATIVE: &str = "drivers/mods/solo.lto.thinlto-native.o";
 
 /// The patch's diff of `file` alone (a unified diff split at its `--- `
 /// headers), for a tree that holds only some of the files it patches.
@@ -109,6 +113,11 @@ fn module_tree(mode: Mode) -> TempDir {
 }
 
 fn kmake(tree: &Path, mode: Mode) -> Output {
+    kmake_with(tree, mode, &[])
+}
+
+/// `kmake` with more make arguments (`THINLTO_BACKEND_FLAGS=…`).
+fn kmake_with(tree: &Path, mode: Mode, extra: &[&str]) -> Output {
     let tc = toolchain();
     let mut c = Command::new("make");
     c.current_dir(tree)
@@ -125,7 +134,7 @@ fn kmake(tree: &Path, mode: Mode) -> Output {
     if mode == Mode::Tools {
         c.arg("THINLTO_TOOLS=1");
     }
-    c.arg("modules");
+    c.args(extra).arg("modules");
     run_ok(&mut c)
 }
 
@@ -213,14 +222,20 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
     let parts: BTreeSet<String> = TWIN_PARTS.iter().map(|s| s.to_string()).collect();
 
     // From scratch: one backend job per bitcode part of the composite
-    // module (the assembler part is linked as it is; the single-object
-    // module's job runs inside its compile, as its in-process relink does).
+    // module (the assembler part is linked as it is). The single-object
+    // module's backend runs inside its compile, as its in-process relink
+    // does: with the plain rules silently, with the tools as a job of
+    // thinlto-backend, which says so.
     for (t, mode) in trees.iter().zip(MODES) {
         let out = kmake(t.path(), mode);
-        let want = if mode == Mode::InProcess {
-            BTreeSet::new()
-        } else {
-            parts.clone()
+        let want = match mode {
+            Mode::InProcess => BTreeSet::new(),
+            Mode::Plain => parts.clone(),
+            Mode::Tools => {
+                let mut p = parts.clone();
+                p.insert(SOLO_BC.to_string());
+                p
+            }
         };
         assert_eq!(
             compiled(&out),
@@ -228,6 +243,9 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
             "{mode:?} from scratch:\n{}",
             text(&out)
         );
+        // The single-object module's job runs in its compile's job slot,
+        // without a word about make's jobserver.
+        assert!(!text(&out).contains("jobserver"), "{}", text(&out));
         assert_like_in_process(in_process, t.path(), mode, "from scratch");
     }
     assert_eq!(
@@ -261,16 +279,22 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
         let out = kmake(t.path(), mode);
         assert_eq!(text(&out), "", "{mode:?} no-op");
     }
+    // With the tools, not even a process per composite module (V=1 would
+    // print it): neither thinlto-backend nor the sub-make that links runs.
+    let out = kmake_with(trees[2].path(), Mode::Tools, &["V=1"]);
+    assert_eq!(text(&out), "", "Tools no-op, V=1");
 
-    // A touch of a part nothing imports: the plain rules rerun every job of
-    // the module (the thin link rewrites every .thinlto.bc), the tools one.
-    touch(&trees, "drivers/mods/twin_a.c", str::to_string);
+    // A touch of the part the other imports (same bitcode): the plain
+    // rules rerun every job of the module (the thin link rewrites every
+    // .thinlto.bc); the tools none, neither the touched part's nor its
+    // importer's, as each compile's trace showed it read nothing the touch
+    // could change (the old rule reran both, in case of an .incbin).
+    touch(&trees, "drivers/mods/twin_b.c", str::to_string);
     for (t, mode) in trees.iter().zip(MODES) {
         let out = kmake(t.path(), mode);
         let want: BTreeSet<String> = match mode {
-            Mode::InProcess => BTreeSet::new(),
+            Mode::InProcess | Mode::Tools => BTreeSet::new(),
             Mode::Plain => parts.clone(),
-            Mode::Tools => ["drivers/mods/twin_a.o".to_string()].into(),
         };
         assert_eq!(
             compiled(&out),
@@ -312,8 +336,128 @@ fn modules_in_distributed_mode_match_in_process_mode_and_rerun_only_their_jobs()
             "{mode:?}: {all}"
         );
         assert!(!all.contains("twin"), "{mode:?}: {all}");
+        if mode == Mode::Tools {
+            assert_eq!(compiled(&out), [SOLO_BC.to_string()].into(), "{all}");
+        }
         assert_like_in_process(in_process, t.path(), mode, "after an edit of solo.c");
     }
+
+    // A touch of it: the compile reruns (make sees a newer source), its
+    // backend job with the tools does not (same bitcode, nothing else read).
+    touch(&trees, "drivers/mods/solo.c", str::to_string);
+    for (t, mode) in trees.iter().zip(MODES) {
+        let out = kmake(t.path(), mode);
+        let all = text(&out);
+        assert!(
+            all.contains("CC [M]  drivers/mods/solo.o"),
+            "{mode:?}: {all}"
+        );
+        if mode == Mode::Tools {
+            assert_eq!(compiled(&out), BTreeSet::new(), "{all}");
+        }
+        assert_like_in_process(in_process, t.path(), mode, "after a touch of solo.c");
+    }
+}
+
+/// With the tools, the single-object module's backend compile is a job of
+/// thinlto-backend like a composite module's parts: recorded (and
+/// explained by `--explain`), taken from the cache in a second tree, and
+/// run on a real farm (BuildGrid and a `thinlto-backend worker`) with the
+/// same native.
+#[test]
+fn a_single_object_modules_backend_is_an_engine_job() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_flags = format!(
+        "THINLTO_BACKEND_FLAGS=--cache-dir {}",
+        cache.path().display()
+    );
+    let first = module_tree(Mode::Tools);
+    let out = kmake_with(first.path(), Mode::Tools, &[&cache_flags]);
+    assert!(compiled(&out).contains(SOLO_BC), "{}", text(&out));
+    // Its record, as for every engine job: the command and the digests.
+    let rec = std::fs::read_to_string(
+        first
+            .path()
+            .join("drivers/mods/.solo.lto.thinlto-native.o.cmd"),
+    )
+    .unwrap();
+    assert!(
+        rec.starts_with("savedcmd_drivers/mods/solo.lto.thinlto-native.o := "),
+        "{rec}"
+    );
+    for flag in [
+        "-DMODULE",
+        "-mcmodel=kernel",
+        "-x ir",
+        "-fthinlto-index=drivers/mods/solo.lto.o.thinlto.bc",
+    ] {
+        assert!(
+            rec.lines().next().unwrap().contains(flag),
+            "no {flag}: {rec}"
+        );
+    }
+    assert!(
+        rec.contains("# thinlto-dist: digest drivers/mods/solo.lto.o "),
+        "{rec}"
+    );
+    let explain = run_ok(
+        tool("thinlto-backend", first.path())
+            .arg("--cc")
+            .arg(&toolchain().cc.spelled)
+            .args(["--index", "drivers/mods/solo.thinlto-index", "--explain"]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&explain.stdout),
+        format!("{SOLO_NATIVE}: up to date\n")
+    );
+    let native = std::fs::read(first.path().join(SOLO_NATIVE)).unwrap();
+    let module = std::fs::read(first.path().join("drivers/mods/solo.o")).unwrap();
+
+    // A second tree: every job from the cache, the same module object.
+    let second = module_tree(Mode::Tools);
+    let out = kmake_with(second.path(), Mode::Tools, &[&cache_flags]);
+    let all = text(&out);
+    assert_eq!(compiled(&out), BTreeSet::new(), "{all}");
+    assert!(all.contains(&format!("HIT     {SOLO_NATIVE}")), "{all}");
+    assert_eq!(
+        std::fs::read(second.path().join(SOLO_NATIVE)).unwrap(),
+        native
+    );
+    assert_eq!(
+        std::fs::read(second.path().join("drivers/mods/solo.o")).unwrap(),
+        module
+    );
+
+    // A third on a farm: the job compiles remotely, the same native.
+    let bgd = thinlto_dist_tests::buildgrid::bgd();
+    let mut farm =
+        xtask::farm::Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    farm.add_worker("w1", &[], &[]).unwrap();
+    let third = module_tree(Mode::Tools);
+    let farm_flags = format!(
+        "THINLTO_BACKEND_FLAGS=--no-cache --remote-exec {}",
+        farm.url
+    );
+    let out = kmake_with(third.path(), Mode::Tools, &[&farm_flags]);
+    let all = text(&out);
+    assert!(all.contains(&format!("RCC     {SOLO_NATIVE}")), "{all}");
+    assert_eq!(
+        std::fs::read(third.path().join(SOLO_NATIVE)).unwrap(),
+        native
+    );
+    for p in TWIN_PARTS {
+        let n = p.replace(".o", ".thinlto-native.o");
+        assert!(all.contains(&format!("RCC     {n}")), "{all}");
+        assert_eq!(
+            std::fs::read(third.path().join(&n)).unwrap(),
+            std::fs::read(first.path().join(&n)).unwrap(),
+            "{n}: the farm's native differs"
+        );
+    }
+    assert_eq!(
+        std::fs::read(third.path().join("drivers/mods/solo.o")).unwrap(),
+        module
+    );
 }
 
 /// The restated Makefile.build saves the flags as the patch has kbuild save
@@ -334,4 +478,90 @@ fn the_harness_saves_flags_as_the_patch_does() {
         saved(&patch_of("scripts/Makefile.build")).expect("no cmd_save_c_flags in the patch");
     assert!(patched.contains("$(modkern_cflags)"), "{patched}");
     assert_eq!(saved(&harness), Some(patched));
+}
+
+/// The `-name` patterns of `make clean`'s find that a patch of
+/// examples/kbuild adds (its `+` lines in the top Makefile).
+fn clean_patterns_added_by(patch: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(xtask::workspace_root().join("examples/kbuild").join(patch))
+        .unwrap();
+    let mut in_makefile = false;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if let Some(f) = l.strip_prefix("+++ b/") {
+            in_makefile = f.split('\t').next() == Some("Makefile");
+            continue;
+        }
+        if !in_makefile || !l.starts_with('+') {
+            continue;
+        }
+        let mut words = l.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "-name" {
+                out.push(words.next().unwrap().trim_matches('\'').to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `make clean` removes every file the patches add: the harness's clean
+/// (6.12's find, restated) has the patterns both patches add to kbuild's,
+/// and after a build with the plain rules and one with the tools (a
+/// single-object module and a composite one, with the imports lists and
+/// the thin links' records) it leaves only the sources.
+#[test]
+fn make_clean_removes_every_file_the_patches_add() {
+    let harness =
+        std::fs::read_to_string(xtask::workspace_root().join("tests/kbuild/Makefile.modules-like"))
+            .unwrap();
+    let mut added = clean_patterns_added_by("modules-dist.patch");
+    added.extend(clean_patterns_added_by("thinlto-tools.patch"));
+    assert!(added.iter().any(|p| p == "*.o.thinlto.bc"), "{added:?}");
+    assert!(added.iter().any(|p| p == "*.o.imports"), "{added:?}");
+    for p in &added {
+        assert!(
+            harness.contains(&format!("-name '{p}'")),
+            "the harness's clean lacks the patches' {p}"
+        );
+    }
+    let sources: BTreeSet<String> =
+        std::fs::read_dir(xtask::workspace_root().join("tests/kbuild/mods"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    let listing = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for mode in [Mode::Plain, Mode::Tools] {
+        let t = module_tree(mode);
+        kmake(t.path(), mode);
+        let dir = t.path().join(DIR);
+        let built = listing(&dir);
+        for f in [
+            "solo.lto.o.thinlto.bc",
+            "twin_a.o.thinlto.bc",
+            "twin.thinlto-index",
+            "solo.thinlto-index",
+        ] {
+            assert!(built.contains(f), "{mode:?}: no {f} in {built:?}");
+        }
+        if mode == Mode::Tools {
+            for f in ["twin_a.o.imports", ".solo.thinlto-index.order"] {
+                assert!(built.contains(f), "{mode:?}: no {f} in {built:?}");
+            }
+        }
+        let mut c = Command::new("make");
+        c.current_dir(t.path())
+            .args(["-f", "Makefile.modules-like"])
+            .arg(format!("obj={DIR}"))
+            .arg("clean")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL");
+        run_ok(&mut c);
+        assert_eq!(listing(&dir), sources, "{mode:?}: left after make clean");
+    }
 }

@@ -54,6 +54,20 @@ pub struct BootOptions {
     /// Where the initramfs and the console log go.
     pub out: PathBuf,
     pub timeout: Duration,
+    pub accel: AccelChoice,
+}
+
+/// The accelerator asked for (`--boot-accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM or nothing: the boot fails, saying why, where KVM cannot run it.
+    Kvm,
+    /// TCG (emulated), even where KVM works.
+    Tcg,
+    /// KVM where it works, else TCG (also when a KVM guest fails to start
+    /// or stays silent: nested KVM).
+    #[default]
+    Auto,
 }
 
 /// How qemu runs the guest.
@@ -476,8 +490,28 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
     let cpio = opts.out.join("initramfs.cpio");
     thinlto_index::fsutil::write_atomic(&cpio, &initramfs(&tree, &order, &busybox)?)?;
     let console_log = opts.out.join("console.log");
-    let mut accel = probe_kvm();
+    let mut accel = match opts.accel {
+        AccelChoice::Tcg => Accel::Tcg("--boot-accel tcg".into()),
+        AccelChoice::Kvm | AccelChoice::Auto => probe_kvm(),
+    };
+    if let (AccelChoice::Kvm, Accel::Tcg(why)) = (opts.accel, &accel) {
+        bail!("--boot-accel kvm: KVM cannot run the guest here ({why}); --boot-accel auto falls back to TCG");
+    }
     let mut run = run_qemu(&accel, &bzimage, &cpio, &console_log, opts.timeout)?;
+    if opts.accel == AccelChoice::Kvm && (run.failed_to_start() || run.silent) {
+        bail!(
+            "--boot-accel kvm: {}; --boot-accel auto falls back to TCG\nconsole log: {}",
+            if run.silent {
+                format!(
+                    "under KVM the guest printed nothing in {} s",
+                    KVM_SILENCE.as_secs()
+                )
+            } else {
+                format!("qemu with KVM failed: {}", run.stderr.trim())
+            },
+            console_log.display()
+        );
+    }
     if accel == Accel::Kvm && (run.failed_to_start() || run.silent) {
         // /dev/kvm worked but qemu could not run a VM in it (nested KVM
         // refusing an MSR, or a guest that never prints): TCG still boots,
@@ -546,6 +580,9 @@ mod tests {
             name: name.into(),
             ko: PathBuf::from(format!("drivers/{name}.ko")),
             depends: Vec::new(),
+            soft_pre: Vec::new(),
+            soft_post: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 
@@ -666,6 +703,7 @@ mod tests {
             tree: d.path().to_path_buf(),
             out: d.path().join("out"),
             timeout: Duration::from_secs(1),
+            accel: AccelChoice::Auto,
         };
         let e = format!("{:#}", run_boot(&opts).unwrap_err());
         assert!(

@@ -76,7 +76,16 @@ pub fn detect_layout(tree: &Path) -> Result<TreeLayout> {
             .map(|f| f.to_string())
             .collect()
     };
-    let common = ["vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"];
+    let common = ["vmlinux.o", ".vmlinux.o.cmd"];
+    // kbuild writes vmlinux's exports to vmlinux.symvers, or to
+    // Module.symvers when it builds modules too (kbuild_vmlinux_symvers).
+    let missing = |fs: &[&str]| -> Vec<String> {
+        let mut m = missing(fs);
+        if !has("vmlinux.symvers") && !has("Module.symvers") {
+            m.push("vmlinux.symvers (or Module.symvers)".into());
+        }
+        m
+    };
     if has("vmlinux.thinlto-index") || has("builtin.order") {
         let mut m = missing(&common);
         m.extend(missing(&[
@@ -110,6 +119,71 @@ pub fn detect_layout(tree: &Path) -> Result<TreeLayout> {
         tree.display(),
         m.join(", ")
     )
+}
+
+/// vmlinux's exports as kbuild wrote them last, and the file they came
+/// from. modpost writes them to `vmlinux.symvers` when kbuild builds
+/// vmlinux without modules (`make vmlinux`); when it builds modules too
+/// (`make`, `make vmlinux modules`, `make modules`) it writes
+/// `Module.symvers` instead, vmlinux's lines first (module `vmlinux`),
+/// and leaves `vmlinux.symvers` as an earlier build left it, if any. The
+/// newer of the two is what kbuild wrote last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KbuildSymvers {
+    /// `vmlinux.symvers`, or `Module.symvers (its vmlinux lines)`.
+    pub file: &'static str,
+    /// vmlinux's lines, each with its newline, in the file's order.
+    pub text: Vec<u8>,
+}
+
+impl KbuildSymvers {
+    pub fn read(tree: &Path) -> Result<KbuildSymvers> {
+        let mtime = |f: &str| {
+            std::fs::metadata(tree.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let use_modules = match (mtime("vmlinux.symvers"), mtime("Module.symvers")) {
+            (Some(v), Some(m)) => m > v,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if !use_modules {
+            let text = std::fs::read(tree.join("vmlinux.symvers")).with_context(|| {
+                format!(
+                    "{}: cannot read (nor is there a Module.symvers)",
+                    tree.join("vmlinux.symvers").display()
+                )
+            })?;
+            return Ok(KbuildSymvers {
+                file: "vmlinux.symvers",
+                text,
+            });
+        }
+        let path = tree.join("Module.symvers");
+        let all =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        // CRC, symbol, module, export type, namespace: tab-separated.
+        let text = all
+            .split_inclusive(|b| *b == b'\n')
+            .filter(|l| l.split(|b| *b == b'\t').nth(2) == Some(b"vmlinux"))
+            .flatten()
+            .copied()
+            .collect();
+        Ok(KbuildSymvers {
+            file: "Module.symvers (its vmlinux lines)",
+            text,
+        })
+    }
+
+    fn sorted_lines(&self) -> Vec<String> {
+        let mut v: Vec<String> = String::from_utf8_lossy(&self.text)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// The commands of a `savedcmd_` line: split at unquoted `;`, each split
@@ -225,13 +299,28 @@ pub fn exports_of(vmlinux_o: &Path) -> Result<(Layout, BTreeSet<String>)> {
 /// `vmlinux.symvers` lists some, fails even when both sides agree (the
 /// exports were not found, e.g. a layout not understood).
 pub fn export_check(ours: &Path, tree_vmlinux_o: &Path, tree_symvers: &Path) -> Result<Check> {
-    let (layout, e_ours) = exports_of(ours)?;
-    let (_, e_tree) = exports_of(tree_vmlinux_o)?;
     let listed = std::fs::read_to_string(tree_symvers)
         .with_context(|| format!("{}: cannot read", tree_symvers.display()))?
         .lines()
         .filter(|l| !l.is_empty())
         .count();
+    export_check_listed(
+        ours,
+        tree_vmlinux_o,
+        listed,
+        &tree_symvers.display().to_string(),
+    )
+}
+
+/// [`export_check`] with the number of exports kbuild listed, in `what`.
+pub fn export_check_listed(
+    ours: &Path,
+    tree_vmlinux_o: &Path,
+    listed: usize,
+    what: &str,
+) -> Result<Check> {
+    let (layout, e_ours) = exports_of(ours)?;
+    let (_, e_tree) = exports_of(tree_vmlinux_o)?;
     let layout = match layout {
         Layout::ExportSymbol => ".export_symbol",
         Layout::Ksymtab => "__ksymtab_",
@@ -244,10 +333,7 @@ pub fn export_check(ours: &Path, tree_vmlinux_o: &Path, tree_symvers: &Path) -> 
         return Ok(Check {
             name,
             ok: false,
-            detail: format!(
-                "no exports found, but {} lists {listed}",
-                tree_symvers.display()
-            ),
+            detail: format!("no exports found, but {what} lists {listed}"),
         });
     }
     Ok(Check {
@@ -262,22 +348,15 @@ pub fn export_check(ours: &Path, tree_vmlinux_o: &Path, tree_symvers: &Path) -> 
     })
 }
 
-fn sorted_lines(p: &Path) -> Result<Vec<String>> {
-    let mut v: Vec<String> = std::fs::read_to_string(p)
-        .with_context(|| format!("{}: cannot read", p.display()))?
-        .lines()
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
     let tree = opts
         .tree
         .canonicalize()
         .with_context(|| format!("{}: no such tree", opts.tree.display()))?;
     let layout = detect_layout(&tree)?;
+    // Read before our stages run (they write nothing into the tree's
+    // symvers files, but the choice is the tree's as the user left it).
+    let kbuild = KbuildSymvers::read(&tree)?;
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
     let (tc, plan, tree_link) = kernel_settings(&tree, &out, layout)?;
@@ -358,10 +437,12 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
                 .collect::<Vec<_>>()
                 .join(" "),
         });
-        let same = std::fs::read(out.join("vmlinux.symvers")).ok()
-            == std::fs::read(tree.join("vmlinux.symvers")).ok();
+        let same = std::fs::read(out.join("vmlinux.symvers")).ok().as_ref() == Some(&kbuild.text);
         checks.push(Check {
-            name: "vmlinux.symvers byte-identical to kbuild's".into(),
+            name: format!(
+                "vmlinux.symvers byte-identical to kbuild's last, {}",
+                kbuild.file
+            ),
             ok: same,
             detail: String::new(),
         });
@@ -383,18 +464,30 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         ok: g_ours == g_tree,
         detail: diff(&g_ours, &g_tree),
     });
-    checks.push(export_check(
+    let listed = kbuild
+        .sorted_lines()
+        .iter()
+        .filter(|l| !l.is_empty())
+        .count();
+    checks.push(export_check_listed(
         &first.vmlinux_o,
         &tree.join("vmlinux.o"),
-        &tree.join("vmlinux.symvers"),
+        listed,
+        kbuild.file,
     )?);
-    let ours = sorted_lines(&out.join("vmlinux.symvers"))?;
-    let theirs = sorted_lines(&tree.join("vmlinux.symvers"))?;
+    let ours = KbuildSymvers {
+        file: "ours",
+        text: std::fs::read(out.join("vmlinux.symvers"))
+            .with_context(|| format!("{}/vmlinux.symvers: cannot read", out.display()))?,
+    }
+    .sorted_lines();
+    let theirs = kbuild.sorted_lines();
     let zero = ours.iter().filter(|l| l.starts_with("0x00000000")).count();
     checks.push(Check {
         name: format!(
-            "sorted vmlinux.symvers equals the tree's ({} lines)",
-            ours.len()
+            "sorted vmlinux.symvers equals the tree's ({} lines, {})",
+            ours.len(),
+            kbuild.file
         ),
         ok: ours == theirs,
         detail: format!("{zero} zero CRCs"),
@@ -427,6 +520,55 @@ mod tests {
     }
 
     const COMMON: [&str; 3] = ["vmlinux.o", ".vmlinux.o.cmd", "vmlinux.symvers"];
+
+    /// kbuild's last word on vmlinux's exports: vmlinux.symvers after
+    /// `make vmlinux`, Module.symvers' vmlinux lines after a build with
+    /// modules (`make`, `make vmlinux modules`), the newer when both.
+    #[test]
+    fn kbuild_symvers_is_the_file_kbuild_wrote_last() {
+        let d = tempfile::tempdir().unwrap();
+        let vmlinux = "0x1\ta\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tb\tvmlinux\tEXPORT_SYMBOL_GPL\t\n";
+        let modules = "0x1\ta\tvmlinux\tEXPORT_SYMBOL\t\n0x3\tc\tvmlinux\tEXPORT_SYMBOL\t\n\
+                       0x4\td\tfs/ext2/ext2\tEXPORT_SYMBOL\t\n0x5\tvmlinux\tfs/x\tEXPORT_SYMBOL\t\n";
+        let set = |f: &str, text: &str, secs: i64| {
+            let p = d.path().join(f);
+            std::fs::write(&p, text).unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        // A plain `make` from scratch: no vmlinux.symvers at all.
+        set("Module.symvers", modules, 2_000_000_000);
+        let k = KbuildSymvers::read(d.path()).unwrap();
+        assert_eq!(k.file, "Module.symvers (its vmlinux lines)");
+        assert_eq!(
+            k.text,
+            b"0x1\ta\tvmlinux\tEXPORT_SYMBOL\t\n0x3\tc\tvmlinux\tEXPORT_SYMBOL\t\n"
+        );
+        assert!(detect_layout(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("vmlinux.o"));
+        // An older vmlinux.symvers (`make vmlinux`, then `make modules`).
+        set("vmlinux.symvers", vmlinux, 1_900_000_000);
+        assert_eq!(KbuildSymvers::read(d.path()).unwrap().file, k.file);
+        // `make vmlinux` after that: vmlinux.symvers is the newer.
+        set("vmlinux.symvers", vmlinux, 2_100_000_000);
+        let k = KbuildSymvers::read(d.path()).unwrap();
+        assert_eq!(
+            (k.file, k.text),
+            ("vmlinux.symvers", vmlinux.as_bytes().to_vec())
+        );
+        std::fs::remove_file(d.path().join("Module.symvers")).unwrap();
+        assert_eq!(
+            KbuildSymvers::read(d.path()).unwrap().file,
+            "vmlinux.symvers"
+        );
+    }
 
     #[test]
     fn layouts_are_told_apart_and_a_partial_tree_names_what_it_lacks() {

@@ -185,6 +185,10 @@ enum Verb {
         /// Kill qemu and fail when the boot has not finished after SECS
         #[arg(long, value_name = "SECS", default_value_t = xtask::boot::DEFAULT_TIMEOUT_SECS)]
         boot_timeout: u64,
+        /// qemu's accelerator: kvm (or fail saying why), tcg, or auto (KVM
+        /// where it runs the guest, else TCG)
+        #[arg(long, value_enum, value_name = "ACCEL", default_value_t)]
+        boot_accel: xtask::boot::AccelChoice,
     },
     /// A kernel tree's loadable modules against the same sources built the
     /// stock way (e.g. distributed mode with examples/kbuild/modules-dist.patch
@@ -517,12 +521,14 @@ fn run(cli: Cli) -> Result<()> {
             boot,
             boot_only,
             boot_timeout,
+            boot_accel,
         } => {
             let out = out.unwrap_or_else(|| tree.join("thinlto-dist-out"));
             let boot_opts = xtask::boot::BootOptions {
                 tree: tree.clone(),
                 out: out.join("boot"),
                 timeout: std::time::Duration::from_secs(boot_timeout),
+                accel: boot_accel,
             };
             if boot || boot_only {
                 // Before the stages: a missing qemu is better said at once.
@@ -677,7 +683,7 @@ fn boot_kernel(opts: &xtask::boot::BootOptions) -> Result<()> {
             String::new()
         } else {
             format!(
-                ", except {} (after the modules it depends on)",
+                ", except {} (after the modules it depends or soft-depends on)",
                 r.deferred.join(", ")
             )
         }

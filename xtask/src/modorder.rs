@@ -2,7 +2,11 @@
 //! `modules.order`'s, except that a module comes after the modules its
 //! `.modinfo` `depends=` names (modpost wrote them: the modules whose
 //! exports it uses), because `insmod` does not resolve dependencies as
-//! `modprobe` would.
+//! `modprobe` would; and after the modules its `softdep=` `pre:` names,
+//! before those its `post:` names, as `modprobe` orders them (a name is a
+//! module's name or one of its `alias=`es: `libcrc32c`'s `pre: crc32c` is
+//! `crc32c_generic`). A soft dependency on a module that was not built as
+//! one (built in, or not configured) is no error: `modprobe` skips it too.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,38 @@ pub struct Module {
     pub ko: PathBuf,
     /// The names of the modules it needs loaded first.
     pub depends: Vec<String>,
+    /// Its `softdep=` `pre:` names: loaded first where they are modules.
+    pub soft_pre: Vec<String>,
+    /// Its `softdep=` `post:` names: loaded after it where they are modules.
+    pub soft_post: Vec<String>,
+    /// Its `alias=` strings (what a soft dependency may name).
+    pub aliases: Vec<String>,
+}
+
+/// kbuild's module name of a string: `-` is `_`.
+fn module_name(s: &str) -> String {
+    s.replace('-', "_")
+}
+
+/// The `pre:` and `post:` names of `softdep=` values (`pre: a b post: c`).
+fn softdeps<'a>(values: impl Iterator<Item = &'a str>) -> (Vec<String>, Vec<String>) {
+    let (mut pre, mut post) = (Vec::new(), Vec::new());
+    for v in values {
+        let mut to_pre = None;
+        for w in v.split_whitespace() {
+            match w {
+                "pre:" => to_pre = Some(true),
+                "post:" => to_pre = Some(false),
+                name => match to_pre {
+                    Some(true) => pre.push(name.to_string()),
+                    Some(false) => post.push(name.to_string()),
+                    // A name before any `pre:`/`post:`: modprobe ignores it.
+                    None => {}
+                },
+            }
+        }
+    }
+    (pre, post)
 }
 
 /// The `.ko` files of `tree/modules.order`, in its order. Linux ≥ 6.2
@@ -92,10 +128,20 @@ pub fn read_module(tree: &Path, ko: &Path) -> Result<Module> {
         .filter(|d| !d.is_empty())
         .map(str::to_string)
         .collect();
+    let values = |key: &str| {
+        info.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    let (soft_pre, soft_post) = softdeps(values("softdep").iter().map(String::as_str));
     Ok(Module {
         name,
         ko: ko.to_path_buf(),
         depends,
+        soft_pre,
+        soft_post,
+        aliases: values("alias"),
     })
 }
 
@@ -116,30 +162,54 @@ pub fn load_order(modules: &[Module]) -> Result<Vec<Module>> {
             }
         }
     }
-    let mut placed = vec![false; modules.len()];
-    let mut order: Vec<Module> = Vec::with_capacity(modules.len());
-    while order.len() < modules.len() {
-        let next = (0..modules.len()).find(|&i| {
-            !placed[i]
-                && modules[i]
-                    .depends
-                    .iter()
-                    .all(|d| order.iter().any(|o| &o.name == d))
-        });
+    // after[i]: the modules that must be loaded before module i.
+    let n = modules.len();
+    let named = |name: &str| -> Vec<usize> {
+        let name = module_name(name);
+        (0..n)
+            .filter(|&j| {
+                module_name(&modules[j].name) == name
+                    || modules[j].aliases.iter().any(|a| module_name(a) == name)
+            })
+            .collect()
+    };
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, m) in modules.iter().enumerate() {
+        for d in &m.depends {
+            after[i].extend((0..n).filter(|&j| &modules[j].name == d));
+        }
+        for d in &m.soft_pre {
+            after[i].extend(named(d).into_iter().filter(|&j| j != i));
+        }
+        for d in &m.soft_post {
+            for j in named(d).into_iter().filter(|&j| j != i) {
+                after[j].push(i);
+            }
+        }
+    }
+    let mut placed = vec![false; n];
+    let mut order: Vec<Module> = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = (0..n).find(|&i| !placed[i] && after[i].iter().all(|&j| placed[j]));
         match next {
             Some(i) => {
                 placed[i] = true;
                 order.push(modules[i].clone());
             }
             None => {
-                let stuck: Vec<String> = (0..modules.len())
+                let stuck: Vec<String> = (0..n)
                     .filter(|&i| !placed[i])
                     .map(|i| {
-                        format!(
-                            "{} (depends={})",
-                            modules[i].name,
-                            modules[i].depends.join(",")
-                        )
+                        let m = &modules[i];
+                        let mut s = format!("{} (depends={}", m.name, m.depends.join(","));
+                        if !m.soft_pre.is_empty() || !m.soft_post.is_empty() {
+                            s += &format!(
+                                "; softdep pre: {} post: {}",
+                                m.soft_pre.join(" "),
+                                m.soft_post.join(" ")
+                            );
+                        }
+                        s + ")"
                     })
                     .collect();
                 bail!("module dependencies form a cycle: {}", stuck.join(", "));
@@ -158,7 +228,44 @@ mod tests {
             name: name.into(),
             ko: PathBuf::from(format!("{name}.ko")),
             depends: depends.iter().map(|d| d.to_string()).collect(),
+            soft_pre: Vec::new(),
+            soft_post: Vec::new(),
+            aliases: Vec::new(),
         }
+    }
+
+    #[test]
+    fn load_order_follows_softdeps_by_name_or_alias_and_skips_absent_ones() {
+        let (pre, post) = softdeps(["pre: crc32c post: x-y", "pre: a b"].into_iter());
+        assert_eq!(
+            (pre, post),
+            (
+                vec!["crc32c".into(), "a".into(), "b".into()],
+                vec!["x-y".into()]
+            )
+        );
+        // libcrc32c (listed first) wants crc32c, an alias of
+        // crc32c_generic; ext2 wants a module nobody built; post_me wants
+        // to be loaded before "later-one" (kbuild's name: later_one).
+        let mut lib = m("libcrc32c", &[]);
+        lib.soft_pre = vec!["crc32c".into()];
+        let mut gen = m("crc32c_generic", &[]);
+        gen.aliases = vec!["crypto-crc32c".into(), "crc32c".into()];
+        let mut ext2 = m("ext2", &[]);
+        ext2.soft_pre = vec!["nosuch".into()];
+        let mut post_me = m("post_me", &[]);
+        post_me.soft_post = vec!["later-one".into()];
+        let v = [m("later_one", &[]), lib, ext2, gen, post_me];
+        assert_eq!(
+            names(&load_order(&v).unwrap()),
+            [
+                "ext2",
+                "crc32c_generic",
+                "libcrc32c",
+                "post_me",
+                "later_one"
+            ]
+        );
     }
 
     fn names(v: &[Module]) -> Vec<&str> {

@@ -811,7 +811,7 @@ fn warn_if_not_private(dirs: &[&Path]) {
 
 /// A new directory for a run's traces: under $XDG_RUNTIME_DIR (a tmpfs of
 /// the user's own), else /dev/shm, else beside the store.
-fn trace_dir(store: &Path) -> Result<tempfile::TempDir> {
+pub(crate) fn trace_dir(store: &Path) -> Result<tempfile::TempDir> {
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
@@ -878,7 +878,7 @@ const STAMP_SLACK: Duration = Duration::from_millis(10);
 
 /// Whether `path` (or a symlink on its way) changed since `started`, or
 /// cannot be told: by the inode change time, which no tool sets back.
-fn changed_since(path: &Path, started: SystemTime) -> bool {
+pub(crate) fn changed_since(path: &Path, started: SystemTime) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some(since) = started
         .checked_sub(STAMP_SLACK)

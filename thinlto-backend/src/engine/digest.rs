@@ -24,7 +24,7 @@ impl DigestCache {
 }
 
 /// blake3 of a regular file's content (see [`digest_file`]).
-fn hash_file(path: &Path) -> Option<String> {
+pub(crate) fn hash_file(path: &Path) -> Option<String> {
     let mut h = blake3::Hasher::new();
     digest_file(path, u64::MAX, |b| {
         h.update(b);

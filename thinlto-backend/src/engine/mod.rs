@@ -10,6 +10,7 @@
 pub mod digest;
 pub mod job;
 pub mod plan;
+pub mod reads;
 pub mod record;
 pub mod scheduler;
 

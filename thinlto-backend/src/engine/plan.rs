@@ -23,6 +23,14 @@
 //! A job's imports are the modules its shard names
 //! ([`crate::engine::job::with_shard_imports`], read here once per job),
 //! with or without the thin link's `.imports` lists.
+//! A record whose compile was traced whole (`engine/reads.rs`, every
+//! local compile where the preload shim can be placed) names every file
+//! the compile read beyond its inputs, with its digest: then those digests
+//! decide instead of the mtimes, and a front-end object rebuilt with the
+//! same bitcode costs nothing — neither its job nor its importers' (an
+//! importer reads an imported object's `.incbin`'d file only if it imports
+//! that asm, and then its own trace names the file). A native from the
+//! farm or the cache, or one built by make, has no trace: the mtime rule.
 //!
 //! A record written by make's `if_changed` (a command, no digests) is
 //! adopted as make itself would judge it: if the command is equal and the
@@ -116,6 +124,17 @@ pub fn decide(job: &BackendJob, cache: &DigestCache) -> Result<(Decision, Native
         Decision::Run(format!("input changed: {p}"))
     } else if old.digests.len() != fresh.digests.len() {
         Decision::Run("the import list changed".into())
+    } else if old.traced {
+        // The last compile's trace named every file it read beyond its
+        // inputs (reads.rs): those decide, not the mtimes.
+        match old
+            .reads
+            .iter()
+            .find(|(p, d)| cache.digest(p).as_deref() != Some(d.as_str()))
+        {
+            Some((p, _)) => Decision::Run(format!("a file its last compile read changed: {p}")),
+            None => Decision::UpToDate,
+        }
     } else if let Some(p) = fresh
         .mtimes
         .iter()

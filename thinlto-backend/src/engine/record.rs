@@ -10,6 +10,8 @@
 //! # thinlto-dist: digest <path> <blake3 hex>      (foo.o, foo.o.thinlto.bc, each import)
 //! # thinlto-dist: mtime <path> <ns since epoch>   (foo.o as the front end left it)
 //! # thinlto-dist: seconds <wall seconds of the last build>
+//! # thinlto-dist: traced                          (the compile was traced whole)
+//! # thinlto-dist: read <path> <blake3 hex>        (each file it read beyond its inputs)
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +34,13 @@ pub struct NativeRecord {
     /// path → mtime in ns, for the front-end object.
     pub mtimes: BTreeMap<String, i128>,
     pub seconds: Option<f64>,
+    /// The compile that built the native was traced whole
+    /// ([`crate::engine::reads`]): `reads` is every file it read beyond
+    /// its inputs, and no other file can change its output.
+    pub traced: bool,
+    /// path → blake3 hex, for each file the traced compile read beyond
+    /// its inputs (an `.incbin`'d file).
+    pub reads: BTreeMap<String, String>,
 }
 
 impl NativeRecord {
@@ -51,6 +60,8 @@ impl NativeRecord {
                 if let Some((_, cmd)) = rest.split_once(" := ") {
                     r.command = Some(unescape_savedcmd(cmd));
                 }
+            } else if line.strip_prefix(TAG) == Some("traced") {
+                r.traced = true;
             } else if let Some(rest) = line.strip_prefix(TAG) {
                 // Paths may hold spaces: the value is the last field.
                 let mut it = rest.splitn(2, ' ');
@@ -71,6 +82,11 @@ impl NativeRecord {
                         }
                     }
                     "seconds" => r.seconds = body.parse().ok(),
+                    "read" => {
+                        if let Some((p, d)) = body.rsplit_once(' ') {
+                            r.reads.insert(p.to_string(), d.to_string());
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -92,6 +108,12 @@ impl NativeRecord {
         }
         if let Some(sec) = self.seconds {
             writeln!(s, "{TAG}seconds {sec:.3}").unwrap();
+        }
+        if self.traced {
+            writeln!(s, "{TAG}traced").unwrap();
+        }
+        for (p, d) in &self.reads {
+            writeln!(s, "{TAG}read {p} {d}").unwrap();
         }
         s
     }
@@ -173,6 +195,9 @@ mod tests {
         r.digests.insert("dir with space/a.o".into(), "ab12".into());
         r.mtimes.insert("a.o".into(), 1_700_000_000_123_456_789);
         r.seconds = Some(0.25);
+        r.traced = true;
+        r.reads
+            .insert("firmware/blob with space.bin".into(), "cd34".into());
         let text = r.render("a.thinlto-native.o");
         assert!(text.starts_with(
             "savedcmd_a.thinlto-native.o := clang '-DX=\"$$a $(pound)b\"' -c -o a b\n"

@@ -162,6 +162,8 @@ struct Ctx<'a> {
     cache: Option<&'a crate::cache::BackendCache>,
     prefetch: Option<&'a crate::cache::Prefetch>,
     remote: Option<&'a RemoteExec>,
+    /// Traces every local compile, for its record ([`crate::engine::reads`]).
+    tracer: Option<crate::engine::reads::Tracer>,
     /// Children running now, by pid, so that a signal can stop them.
     children: Mutex<HashSet<u32>>,
 }
@@ -214,11 +216,17 @@ pub fn run_jobs(
         (true, true, false) => usize::MAX,
         _ => opts.jobs.max(1),
     };
+    // Only jobs with a record keep what their trace says (a DTLTO job,
+    // decided afresh by every link, has none).
+    let wants_trace = jobs.iter().any(|(j, _, _)| j.record_path.is_some());
     let ctx = Ctx {
         opts,
         cache,
         prefetch,
         remote,
+        tracer: wants_trace
+            .then(|| crate::engine::reads::Tracer::new(cache.is_none()))
+            .flatten(),
         children: Mutex::new(HashSet::new()),
     };
     let mut summary = RunSummary::default();
@@ -618,7 +626,10 @@ fn compile_local(
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let argv = &job.argv;
-    let trace = ctx.cache.map(|c| c.trace_file());
+    let trace = match ctx.cache {
+        Some(c) => Some(c.trace_file()),
+        None => ctx.tracer.as_ref().and_then(|t| t.file()),
+    };
     // What the compile read must not have changed since (cache/mod.rs).
     let started = std::time::SystemTime::now();
     // The compiler process: a plain spawn, or a job of the warm compiler
@@ -685,6 +696,15 @@ fn compile_local(
     let seconds = start.elapsed().as_secs_f64();
     let mut rec = record.clone();
     rec.seconds = Some(seconds);
+    if let (Some(tracer), Some(t)) = (&ctx.tracer, &trace) {
+        if let Some(reads) = tracer.reads(t, job, started) {
+            rec.traced = true;
+            rec.reads = reads;
+        }
+        if ctx.cache.is_none() {
+            let _ = std::fs::remove_file(t);
+        }
+    }
     // The record comes last: a crash before it leaves a native that the
     // next run does not trust (no record).
     if let Some(path) = &job.record_path {
