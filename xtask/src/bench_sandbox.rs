@@ -84,15 +84,17 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
             let dir = actions.join(format!("action-{n}"));
             let root = dir.join("root");
             let native = format!("{}.thinlto-native.o", job.object.trim_end_matches(".o"));
-            let summary = job.summary.clone().context("a bitcode job without a shard")?;
+            let summary = job
+                .summary
+                .clone()
+                .context("a bitcode job without a shard")?;
             let mut inputs = vec![job.object.clone(), summary.clone()];
             inputs.extend(job.imports.clone().unwrap_or_default());
             for p in &inputs {
                 let to = root.join(p);
                 std::fs::create_dir_all(to.parent().unwrap())?;
                 if !to.exists() {
-                    std::fs::copy(tree.join(p), &to)
-                        .with_context(|| format!("copying {p}"))?;
+                    std::fs::copy(tree.join(p), &to).with_context(|| format!("copying {p}"))?;
                 }
             }
             std::fs::create_dir_all(root.join(&native).parent().unwrap())?;
@@ -129,7 +131,11 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
                 );
             }
             if (i < 2) != out.warm {
-                bail!("{}: ran {} warm", ways[i].0, if out.warm { "" } else { "not" });
+                bail!(
+                    "{}: ran {} warm",
+                    ways[i].0,
+                    if out.warm { "" } else { "not" }
+                );
             }
             std::fs::remove_dir_all(&dir)?;
         }

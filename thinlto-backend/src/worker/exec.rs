@@ -237,7 +237,9 @@ fn read_output(root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
         .map_err(|_| std::io::Error::other("a NUL in the path"))?;
     // SAFETY: a zeroed open_how is valid; its fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    // O_NONBLOCK: a FIFO left at an output's path must not hang the
+    // worker (it is refused below as not a regular file).
+    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid pointers for the duration of the call.
     let fd = unsafe {
@@ -355,4 +357,37 @@ fn finish(
 /// `dir/N`: a fresh directory for one action.
 pub fn action_dir(base: &Path, n: u64) -> PathBuf {
     base.join(format!("action-{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_output;
+
+    #[test]
+    fn outputs_are_regular_files_beneath_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("kernel")).unwrap();
+        std::fs::write(t.path().join("secret"), "the worker's").unwrap();
+        std::fs::write(root.join("kernel/a.o"), "native").unwrap();
+        assert_eq!(read_output(&root, "kernel/a.o").unwrap(), b"native");
+        // A symlink as the output, or on the way to it.
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join("kernel/b.o")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("up")).unwrap();
+        std::os::unix::fs::symlink("../../secret", root.join("kernel/c.o")).unwrap();
+        for p in [
+            "kernel/b.o",
+            "up/secret",
+            "kernel/c.o",
+            "../secret",
+            "kernel",
+        ] {
+            assert!(read_output(&root, p).is_err(), "{p}");
+        }
+        // A FIFO: refused, not waited on.
+        let fifo = std::ffi::CString::new(root.join("kernel/d.o").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(read_output(&root, "kernel/d.o").is_err());
+    }
 }

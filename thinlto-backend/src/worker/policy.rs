@@ -66,6 +66,9 @@ const REFUSED_PREFIXES: &[&str] = &[
     "-fpass-plugin",
     "-no-integrated-as",
     "-fno-integrated-as",
+    // cc1 as a process of its own: one more program, untraced by the
+    // warm job's shim.
+    "-fno-integrated-cc1",
     "-Wl,",
     "-Xlinker",
     "-Xarch",
@@ -320,6 +323,7 @@ mod tests {
             &["-Xclang", "-load", "-Xclang", "./p.so"],
             &["-no-integrated-as"],
             &["-fno-integrated-as"],
+            &["-fno-integrated-cc1"],
             &["@args"],
             &["-MF", "/tmp/x"],
             &["-MF../x"],
