@@ -78,7 +78,17 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
     let actions = workdir.join("actions");
     let _ = std::fs::remove_dir_all(&actions);
     let mut n = 0;
-    for job in manifest.bitcode().take(jobs_measured) {
+    // Not the sample tree's config_blob nor what imports its asm: that
+    // .incbin's a file an input root would have to carry besides.
+    let plain_jobs = manifest.bitcode().filter(|o| {
+        !o.object.contains("config_blob")
+            && !o
+                .imports
+                .iter()
+                .flatten()
+                .any(|i| i.contains("config_blob"))
+    });
+    for job in plain_jobs.take(jobs_measured) {
         for (i, (_, cc, sandbox)) in ways.iter().enumerate() {
             n += 1;
             let dir = actions.join(format!("action-{n}"));
