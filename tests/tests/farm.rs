@@ -27,6 +27,17 @@ fn execute(
     outputs: &[&str],
     identity: &str,
 ) -> Executed {
+    try_execute(ex, argv, inputs, outputs, identity).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`execute`], the error returned (a refusal is one).
+fn try_execute(
+    ex: &Executor,
+    argv: &[String],
+    inputs: &[&str],
+    outputs: &[&str],
+    identity: &str,
+) -> Result<Executed, String> {
     let spec = ActionSpec {
         argv: argv.to_vec(),
         env: Vec::new(),
@@ -47,7 +58,7 @@ fn execute(
         platform: vec![(COMPILER_PROPERTY.into(), identity.into())],
         local_root: Path::new("."),
     })
-    .unwrap_or_else(|e| panic!("{e:#}"))
+    .map_err(|e| format!("{e:#}"))
 }
 
 #[test]
@@ -134,8 +145,10 @@ fn farm_executes_backend_jobs_hermetically() {
         );
     }
 
-    // Hermetic or nothing: a compile that reads a file outside its input
-    // root (an absolute #include) fails, naming it.
+    // Backend compiles only: a front-end compile, here one that would
+    // read a header outside its input root by absolute path, is refused
+    // before anything runs (worker/policy.rs; the sandbox would not show
+    // the header either). The hermetic check itself: remote_exec.rs.
     let outside = tempfile::tempdir().unwrap();
     let header = outside.path().join("outside.h");
     std::fs::write(&header, "#define VALUE 42\n").unwrap();
@@ -151,49 +164,60 @@ fn farm_executes_backend_jobs_hermetically() {
     let argv: Vec<String> = [cc.as_str(), "-c", "farm/h.c", "-o", "farm/h.o"]
         .map(String::from)
         .to_vec();
-    let r = execute(&ex, &argv, &["farm/h.c"], &["farm/h.o"], &identity);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert_ne!(r.exit_code, 0, "a non-hermetic compile succeeded");
-    assert!(
-        stderr.contains("not hermetic") && stderr.contains(&header.display().to_string()),
-        "{stderr}"
-    );
-    assert!(r.outputs.is_empty(), "{:?}", r.outputs.keys());
+    match try_execute(&ex, &argv, &["farm/h.c"], &["farm/h.o"], &identity) {
+        Ok(r) => panic!("a front-end compile ran on the farm: exit {}", r.exit_code),
+        Err(e) => assert!(e.contains("refused: not a backend compile"), "{e}"),
+    }
 
     // A worker killed mid-job: BuildGrid gives the lease to another. The
-    // compile includes a FIFO (not a regular file: allowed), so it blocks
-    // until this test writes it, and is known to be running on w1 when a
-    // writer can open the FIFO.
+    // gate: config_blob's inline asm .incbin's a FIFO by absolute path
+    // (not a regular file: hermetic), so its backend compile blocks until
+    // this test writes it, and is known to be running when a writer can
+    // open the FIFO. A sandboxed compile cannot see the FIFO: the workers
+    // of this part run with --no-sandbox (the lease handover is the
+    // server's and the worker's, whatever the sandbox).
+    farm.kill_worker(w1);
+    let o1 = farm.add_worker("o1", &["--no-sandbox"], &[]).unwrap();
     let fifo = outside.path().join("value.fifo");
-    run_ok(Command::new("mkfifo").arg(&fifo));
+    let src = "kernel/config_blob.c";
+    let text = std::fs::read_to_string(src).unwrap();
     std::fs::write(
-        "farm/f.c",
-        format!(
-            "#include \"{}\"\nint f(void) {{ return FROM_FIFO; }}\n",
-            fifo.display()
-        ),
+        src,
+        text.replace("kernel/config_data.txt", &fifo.display().to_string()),
     )
     .unwrap();
-    let argv: Vec<String> = [cc.as_str(), "-c", "farm/f.c", "-o", "farm/f.o"]
-        .map(String::from)
-        .to_vec();
+    // The front end assembles the asm too: a regular file until then.
+    std::fs::write(&fifo, "front end\n").unwrap();
+    thinlto_dist_tests::rebuild_fe(Path::new("."));
+    let manifest = thin_link(Path::new("."));
+    std::fs::remove_file(&fifo).unwrap();
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let blob = thinlto_backend::engine::plan::read_front_ends(
+        thinlto_backend::engine::job::inputs_from_manifest(&manifest),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
+    .find(|j| j.input.object == "kernel/config_blob.o")
+    .unwrap();
+    let inputs: Vec<&str> = blob.content_inputs();
     std::thread::scope(|s| {
-        let run = s.spawn(|| execute(&ex, &argv, &["farm/f.c"], &["farm/f.o"], &identity));
+        let run = s.spawn(|| execute(&ex, &blob.argv, &inputs, &[&blob.native], &identity));
         let held = open_fifo_writer(&fifo, &farm);
-        farm.kill_worker(w1);
+        farm.kill_worker(o1);
         drop(held);
         // The killed worker's compile dies with it (PDEATHSIG); until it
         // has, it still holds the FIFO open, and a writer opened now would
-        // feed it instead of w2's compile.
+        // feed it instead of o2's compile.
         wait_for_no_reader(&fifo);
-        farm.add_worker("w2", &[], &[]).unwrap();
+        farm.add_worker("o2", &["--no-sandbox"], &[]).unwrap();
         let mut w = open_fifo_writer(&fifo, &farm);
-        w.write_all(b"#define FROM_FIFO 7\n").unwrap();
+        w.write_all(b"the configuration\n").unwrap();
         drop(w);
         let r = run.join().unwrap();
         assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
-        assert!(r.outputs.contains_key("farm/f.o"));
-        assert!(r.worker.starts_with("w2-"), "ran on {:?}", r.worker);
+        assert!(r.outputs.contains_key(&blob.native));
+        assert!(r.worker.starts_with("o2-"), "ran on {:?}", r.worker);
     });
 
     // The worker with the other compiler never had an action.

@@ -295,7 +295,9 @@ fn main() -> ExitCode {
         Some(Verb::Cache { action, cache_dir }) => cache_verb(action, cache_dir),
         Some(Verb::Dtlto(args)) => dtlto(args, header_env.as_deref()),
         #[cfg(feature = "remote")]
-        Some(Verb::Worker(args)) => thinlto_backend::worker::main(args).map(|()| ExitCode::SUCCESS),
+        Some(Verb::Worker(args)) => {
+            thinlto_backend::worker::main(args, header_env.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         None => backend(cli.run, header_env.as_deref()),
     };
     // A signal that came while cleanup was deferred: the cleanup is done,

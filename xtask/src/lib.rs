@@ -7,6 +7,7 @@ pub mod bench_cache;
 pub mod bench_dtlto;
 pub mod bench_modules;
 pub mod bench_remote;
+pub mod bench_sandbox;
 pub mod boot;
 pub mod buildgrid;
 pub mod cpio;

@@ -139,6 +139,11 @@ enum Verb {
         /// that with THINLTO_TOOLS=1
         #[arg(long, requires = "kernel", conflicts_with_all = ["kbuild_modes_only", "cache_only", "remote_only", "dtlto_only"])]
         modules_only: bool,
+        /// Only the farm worker's sandbox: the generated tree's first jobs
+        /// run as a worker runs them, warm and plain, each with and
+        /// without the sandbox (as root)
+        #[arg(long, conflicts_with_all = ["kbuild_modes_only", "cache_only", "remote_only", "dtlto_only", "modules_only"])]
+        sandbox_only: bool,
         #[command(flatten)]
         toolchain: ToolchainArgs,
     },
@@ -359,6 +364,7 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             dtlto_only,
             modules_only,
+            sandbox_only,
             toolchain,
         } => {
             if dtlto_only {
@@ -371,6 +377,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
+            if sandbox_only {
+                let text = xtask::bench_sandbox::run(
+                    &tc,
+                    if quick { 200 } else { objects },
+                    if quick { 40 } else { 100 },
+                    &xtask::target_dir().join("bench-sandbox"),
+                )?;
+                return publish(
+                    SANDBOX_MARKER,
+                    "The farm worker's sandbox",
+                    ": what running a compile in the worker's sandbox costs a job.",
+                    &text,
+                    write,
+                );
+            }
             if remote_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let text = xtask::bench_remote::run(
@@ -743,6 +764,8 @@ const KBUILD_MODES_MARKER: &str = "<!-- kbuild-modes -->";
 const CACHE_MARKER: &str = "<!-- cache -->";
 /// Where the remote-execution section (bench --remote-only) starts.
 const REMOTE_MARKER: &str = "<!-- remote-exec -->";
+/// Where the worker's sandbox section (bench --sandbox-only) starts.
+const SANDBOX_MARKER: &str = "<!-- sandbox -->";
 /// Where the modules section (bench --modules-only) starts.
 const MODULES_MARKER: &str = "<!-- modules -->";
 

@@ -174,6 +174,13 @@ pub const TEST_NEEDS: &[HostNeed] = &[
         what: "cpio",
         present: || on_path("cpio"),
     },
+    // The farm worker runs every action in a bubblewrap sandbox
+    // (thinlto-backend's worker/sandbox.rs); the worker tests need it.
+    HostNeed {
+        package: "bubblewrap",
+        what: "bwrap",
+        present: || on_path("bwrap"),
+    },
 ];
 
 /// What `cargo xtask kernel --boot` needs: qemu, and a static busybox for

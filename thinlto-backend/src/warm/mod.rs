@@ -595,6 +595,10 @@ pub fn spawn_compiler(argv: &[String], trace: Option<&Path>) -> io::Result<Child
 pub struct JobPlace<'a> {
     pub cwd: &'a Path,
     pub env: &'a [(OsString, OsString)],
+    /// A trace descriptor the job gets as a number of its own (the
+    /// descriptor here, the number there: the worker's unlinked trace,
+    /// `THINLTO_TRACE_FD` in `env`).
+    pub trace_fd: Option<(RawFd, i32)>,
 }
 
 /// The compile `argv` as a job of the warm compiler for `argv[0]`, if one
@@ -673,17 +677,19 @@ fn spawn_warm(
     let (conn, theirs) = socketpair()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    if let Err(e) = send(
-        z.ctl.as_raw_fd(),
-        &req,
-        &[
-            theirs.as_raw_fd(),
-            z.devnull.as_raw_fd(),
-            out_w.as_raw_fd(),
-            err_w.as_raw_fd(),
-            cwd.as_raw_fd(),
-        ],
-    ) {
+    let mut fds = vec![
+        theirs.as_raw_fd(),
+        z.devnull.as_raw_fd(),
+        out_w.as_raw_fd(),
+        err_w.as_raw_fd(),
+        cwd.as_raw_fd(),
+    ];
+    // The sixth: the trace, which the child puts at the number its
+    // THINLTO_TRACE_FD says.
+    if let Some((fd, _)) = place.and_then(|p| p.trace_fd) {
+        fds.push(fd);
+    }
+    if let Err(e) = send(z.ctl.as_raw_fd(), &req, &fds) {
         return Err(match e.raw_os_error() {
             Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => lost(z),
             _ => io::Error::other(format!("cannot send a job to the warm compiler: {e}")),
@@ -739,13 +745,29 @@ impl ChildHandle {
     pub fn wait_with_output(&mut self) -> io::Result<Output> {
         match self {
             ChildHandle::Plain(c) => c.take().expect("waited once").wait_with_output(),
-            ChildHandle::Warm(w) => w.wait_with_output(),
+            ChildHandle::Warm(w) => w.wait_with_output(usize::MAX).map(|(o, _)| o),
+        }
+    }
+
+    /// As [`Self::wait_with_output`] for a warm job, stdout and stderr
+    /// each kept up to `cap` bytes (the rest read and dropped), and
+    /// whether any was cut. (A worker's bound; a plain child is the
+    /// worker's own business: `worker::sandbox`.)
+    pub fn wait_with_output_capped(&mut self, cap: usize) -> io::Result<(Output, bool)> {
+        match self {
+            ChildHandle::Plain(c) => c
+                .take()
+                .expect("waited once")
+                .wait_with_output()
+                .map(|o| (o, false)),
+            ChildHandle::Warm(w) => w.wait_with_output(cap),
         }
     }
 }
 
 impl WarmChild {
-    fn wait_with_output(&mut self) -> io::Result<Output> {
+    fn wait_with_output(&mut self, cap: usize) -> io::Result<(Output, bool)> {
+        let mut cut = false;
         let mut out = Vec::new();
         let mut err = Vec::new();
         let mut status: Option<ExitStatus> = None;
@@ -801,7 +823,12 @@ impl WarmChild {
                 // SAFETY: reading into a live buffer of that size.
                 let n = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
                 match n {
-                    n if n > 0 => sink.extend_from_slice(&buf[..n as usize]),
+                    n if n > 0 => {
+                        let room = cap.saturating_sub(sink.len());
+                        let n = n as usize;
+                        sink.extend_from_slice(&buf[..n.min(room)]);
+                        cut |= n > room;
+                    }
                     0 => *slot = None,
                     _ => {
                         let e = io::Error::last_os_error();
@@ -813,11 +840,14 @@ impl WarmChild {
             }
         }
         match status {
-            Some(status) => Ok(Output {
-                status,
-                stdout: out,
-                stderr: err,
-            }),
+            Some(status) => Ok((
+                Output {
+                    status,
+                    stdout: out,
+                    stderr: err,
+                },
+                cut,
+            )),
             None => {
                 // The zygote died: its child has PDEATHSIG, wait until it is
                 // gone (its output pipes closed above; the pidfd says when

@@ -16,7 +16,8 @@
  * Without THINLTO_ZYGOTE_FD in the environment the shim serves no jobs.
  *
  * The same shim traces, for the backend cache (src/cache/), the files a
- * compile reads: with THINLTO_TRACE=FILE in a compile's environment (a
+ * compile reads: with THINLTO_TRACE=FILE (or THINLTO_TRACE_FD=N, a
+ * descriptor a worker made, whose file has no path) in a compile's environment (a
  * plain spawn preloads the shim; a job of the zygote gets it in its job
  * environment, with LD_PRELOAD for the programs the job spawns), every
  * process of the compile appends to FILE, each line in one write:
@@ -48,7 +49,9 @@
  *     'R' text                                                        refused
  *   client -> zygote on the control socket, one message per job:
  *     'J' argc:u32 envc:u32 argv strings\0... env strings\0...
- *     with SCM_RIGHTS [connection, stdin, stdout, stderr, cwd]
+ *     with SCM_RIGHTS [connection, stdin, stdout, stderr, cwd] and, for a
+ *     worker's job, a sixth: its trace, which the child puts at the number
+ *     THINLTO_TRACE_FD in the job's environment names
  *   zygote -> client on that job's connection:
  *     'P' pid:i32 with SCM_RIGHTS [pidfd of the child]                forked
  *     'S' wait-status:i32                                             exited
@@ -82,7 +85,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -183,8 +190,182 @@ static int wait_status(const siginfo_t *si)
     }
 }
 
+/* ---- a worker's job in its sandbox (worker/sandbox.rs says why) ----
+ *
+ * With THINLTO_SANDBOX_VIEW in the job's environment (a worker running as
+ * root), the child enters, before the compiler's main, the view a plain
+ * spawn gets from bwrap: new mount, ipc, uts, network and pid namespaces;
+ * a tmpfs at VIEW becomes the root, holding read-only binds of the paths
+ * of THINLTO_SANDBOX_RO (one a line; a symlink is recreated as one), the
+ * input root THINLTO_SANDBOX_ROOT writable at its own path, /dev/null,
+ * /dev/zero, /dev/urandom and a /tmp; then the rlimits of
+ * THINLTO_SANDBOX_LIMITS (address space:file size:processes), no groups,
+ * uid and gid of THINLTO_SANDBOX_ID (uid:gid; every capability dropped),
+ * no new privileges, not dumpable; then a fork: the compile is the first
+ * process of its pid namespace, and this process waits for it and ends
+ * as it ended. Any failure ends the job (exit 127, said on stderr). */
+
+static void sandbox_fail(const char *what)
+{
+    dprintf(2, "thinlto-backend zygote: cannot enter the sandbox: %s: %s\n", what,
+            strerror(errno));
+    _exit(127);
+}
+
+static void make_dirs(const char *path, int last)
+{
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) {
+        errno = ENAMETOOLONG;
+        sandbox_fail(path);
+    }
+    for (char *s = p + 1; *s; s++) {
+        if (*s == '/') {
+            *s = 0;
+            mkdir(p, 0755);
+            *s = '/';
+        }
+    }
+    if (last)
+        mkdir(p, 0755);
+}
+
+static void view_path(char *dst, const char *view, const char *p)
+{
+    if (snprintf(dst, PATH_MAX, "%s%s", view, p) >= PATH_MAX) {
+        errno = ENAMETOOLONG;
+        sandbox_fail(p);
+    }
+}
+
+static void bind_into(const char *view, const char *src, unsigned long flags)
+{
+    char dst[PATH_MAX];
+    view_path(dst, view, src);
+    struct stat st;
+    if (lstat(src, &st) < 0) {
+        if (!(flags & MS_RDONLY))
+            sandbox_fail(src); /* the root, or a device: must be there */
+        return; /* not on this host: nothing to show */
+    }
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t k = readlink(src, target, sizeof target - 1);
+        if (k < 0)
+            sandbox_fail(src);
+        target[k] = 0;
+        make_dirs(dst, 0);
+        if (symlink(target, dst) < 0 && errno != EEXIST)
+            sandbox_fail(dst);
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        make_dirs(dst, 1);
+    } else {
+        make_dirs(dst, 0);
+        int fd = open(dst, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0)
+            sandbox_fail(dst);
+        close(fd);
+    }
+    if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+        sandbox_fail(src);
+    if (flags && mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | flags, NULL) < 0)
+        sandbox_fail(dst);
+}
+
+static void enter_sandbox(pid_t zygote)
+{
+    const char *v = getenv("THINLTO_SANDBOX_VIEW");
+    if (!v)
+        return;
+    const char *r = getenv("THINLTO_SANDBOX_ROOT"), *ro = getenv("THINLTO_SANDBOX_RO");
+    const char *id = getenv("THINLTO_SANDBOX_ID"), *lim = getenv("THINLTO_SANDBOX_LIMITS");
+    unsigned uid, gid;
+    unsigned long long as, fsize, nproc;
+    errno = EINVAL;
+    if (!r || !ro || !id || !lim || sscanf(id, "%u:%u", &uid, &gid) != 2 ||
+        sscanf(lim, "%llu:%llu:%llu", &as, &fsize, &nproc) != 3 || strlen(v) >= PATH_MAX ||
+        strlen(r) >= PATH_MAX)
+        sandbox_fail("an incomplete sandbox in the job's environment");
+    char view[PATH_MAX], root[PATH_MAX];
+    strcpy(view, v);
+    strcpy(root, r);
+    char *paths = strdup(ro);
+    unsetenv("THINLTO_SANDBOX_VIEW");
+    unsetenv("THINLTO_SANDBOX_ROOT");
+    unsetenv("THINLTO_SANDBOX_RO");
+    unsetenv("THINLTO_SANDBOX_ID");
+    unsetenv("THINLTO_SANDBOX_LIMITS");
+    if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWPID) < 0)
+        sandbox_fail("unshare");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        sandbox_fail("mount --make-rprivate /");
+    if (mount("tmpfs", view, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m") < 0)
+        sandbox_fail(view);
+    /* /tmp first: a bind below it (a root or a compiler there) must not
+     * be covered by it. */
+    char tmp[PATH_MAX];
+    view_path(tmp, view, "/tmp");
+    make_dirs(tmp, 1);
+    if (mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") < 0)
+        sandbox_fail(tmp);
+    for (char *line = paths, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        bind_into(view, line, MS_RDONLY | MS_NOSUID | MS_NODEV);
+    }
+    free(paths);
+    bind_into(view, root, MS_NOSUID | MS_NODEV);
+    static const char *const devs[] = {"/dev/null", "/dev/zero", "/dev/urandom"};
+    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
+        bind_into(view, devs[i], MS_NOSUID | MS_NOEXEC);
+    if (chdir(view) < 0)
+        sandbox_fail(view);
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        sandbox_fail("pivot_root");
+    if (umount2(".", MNT_DETACH) < 0)
+        sandbox_fail("umount the old root");
+    if (chdir(root) < 0)
+        sandbox_fail("chdir into the root in its view");
+    struct rlimit rl;
+    const struct { int res; unsigned long long v; } lims[] = {
+        {RLIMIT_AS, as}, {RLIMIT_FSIZE, fsize}, {RLIMIT_NPROC, nproc}, {RLIMIT_CORE, 0}};
+    for (size_t i = 0; i < sizeof lims / sizeof *lims; i++) {
+        rl.rlim_cur = rl.rlim_max = lims[i].v;
+        if (setrlimit(lims[i].res, &rl) < 0)
+            sandbox_fail("setrlimit");
+    }
+    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+        sandbox_fail("switch to the sandbox uid");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        sandbox_fail("no_new_privs");
+    /* A new uid clears the parent-death signal: again, and the race. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != zygote)
+        _exit(127);
+    prctl(PR_SET_DUMPABLE, 0);
+    pid_t c = fork();
+    if (c < 0)
+        sandbox_fail("fork into the pid namespace");
+    if (c > 0) {
+        int st;
+        while (waitpid(c, &st, 0) < 0)
+            if (errno != EINTR)
+                _exit(127);
+        if (WIFEXITED(st))
+            _exit(WEXITSTATUS(st));
+        int sig = WTERMSIG(st);
+        signal(sig, SIG_DFL);
+        kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 /* In the child: become the job, then run the compiler's main. */
-static void child(int argc, char **argv, char **env, const int *fds, pid_t zygote)
+static void child(int argc, char **argv, char **env, const int *fds, int nfds, pid_t zygote)
 {
     /* Die with the zygote (and so with thinlto-backend). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -204,10 +385,24 @@ static void child(int argc, char **argv, char **env, const int *fds, pid_t zygot
     for (int i = 0; i < 3; i++)
         if (dup2(fds[1 + i], i) < 0)
             _exit(127);
+    /* A worker's trace descriptor, at the number the job's environment
+     * names (looked up in the job's environment, not the zygote's). */
+    int trace_at = -1;
+    if (nfds == 6) {
+        for (char **e = env; *e; e++)
+            if (strncmp(*e, "THINLTO_TRACE_FD=", 17) == 0)
+                trace_at = atoi(*e + 17);
+        if (trace_at <= 2 || dup2(fds[5], trace_at) < 0) {
+            dprintf(2, "thinlto-backend zygote: a trace descriptor but no THINLTO_TRACE_FD\n");
+            _exit(127);
+        }
+    }
     /* Nothing of the zygote's stays open: only what the compiler itself
-     * opened before main (as in a fresh process) and the job's 0, 1, 2. */
-    for (int i = 0; i < 5; i++)
-        close(fds[i]);
+     * opened before main (as in a fresh process) and the job's 0, 1, 2
+     * (and its trace). */
+    for (int i = 0; i < nfds; i++)
+        if (fds[i] != trace_at)
+            close(fds[i]);
     close(ctl);
     for (int i = 0; i < njobs; i++) {
         if (jobs[i].conn >= 0)
@@ -216,6 +411,7 @@ static void child(int argc, char **argv, char **env, const int *fds, pid_t zygot
             close(jobs[i].pidfd);
     }
     environ = env;
+    enter_sandbox(zygote);
     /* The job's THINLTO_TRACE, not the zygote's (looked up afresh). */
     trace_fd = -2;
     trace_failed = 0;
@@ -237,7 +433,7 @@ static int take_request(pid_t self)
 {
     struct iovec iov = {request, sizeof request - 1};
     union {
-        char buf[CMSG_SPACE(5 * sizeof(int))];
+        char buf[CMSG_SPACE(6 * sizeof(int))];
         struct cmsghdr align;
     } u;
     struct msghdr msg = {0};
@@ -250,7 +446,7 @@ static int take_request(pid_t self)
         return errno == EINTR || errno == EAGAIN ? 1 : 0;
     if (n == 0)
         return 0;
-    int fds[5] = {-1, -1, -1, -1, -1};
+    int fds[6] = {-1, -1, -1, -1, -1, -1};
     int nfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -258,14 +454,14 @@ static int take_request(pid_t self)
             for (int i = 0; i < k; i++) {
                 int fd;
                 memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-                if (nfds < 5)
+                if (nfds < 6)
                     fds[nfds++] = fd;
                 else
                     close(fd);
             }
         }
     }
-    if (nfds != 5 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n < 9 ||
+    if ((nfds != 5 && nfds != 6) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n < 9 ||
         request[0] != 'J') {
         if (fds[0] >= 0)
             send_text(fds[0], 'E', "malformed request");
@@ -278,7 +474,7 @@ static int take_request(pid_t self)
     memcpy(&envc, request + 5, 4);
     if (argc == 0 || argc > (uint32_t)n || envc > (uint32_t)n || njobs == MAX_JOBS) {
         send_text(fds[0], 'E', njobs == MAX_JOBS ? "too many jobs" : "malformed request");
-        close_fds(fds, 5);
+        close_fds(fds, nfds);
         return 1;
     }
     char **argv = malloc((argc + 1) * sizeof *argv);
@@ -294,7 +490,7 @@ static int take_request(pid_t self)
     }
     if (i != argc + envc) {
         send_text(fds[0], 'E', "malformed request");
-        close_fds(fds, 5);
+        close_fds(fds, nfds);
         free(argv);
         free(env);
         return 1;
@@ -310,24 +506,24 @@ static int take_request(pid_t self)
         char why[128];
         snprintf(why, sizeof why, "%d threads in the warm compiler (must be 1 to fork)", tasks);
         send_text(fds[0], 'E', why);
-        close_fds(fds, 5);
+        close_fds(fds, nfds);
         free(argv);
         free(env);
         return 1;
     }
     pid_t pid = fork();
     if (pid == 0)
-        child((int)argc, argv, env, fds, self);
+        child((int)argc, argv, env, fds, nfds, self);
     free(argv);
     free(env);
     if (pid < 0) {
         char why[128];
         snprintf(why, sizeof why, "fork: %s", strerror(errno));
         send_text(fds[0], 'E', why);
-        close_fds(fds, 5);
+        close_fds(fds, nfds);
         return 1;
     }
-    close_fds(fds + 1, 4);
+    close_fds(fds + 1, nfds - 1);
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     char msgbuf[5];
     msgbuf[0] = 'P';
@@ -537,8 +733,18 @@ static int trace_init(void)
     if (fd != -2)
         return fd;
     const char *path = getenv("THINLTO_TRACE");
+    const char *at = getenv("THINLTO_TRACE_FD");
     fd = -1;
-    if (path && *path) {
+    if (at && *at) {
+        /* A worker's trace: a descriptor it made, with no path anywhere. */
+        int n = atoi(at);
+        if (n > 2 && fcntl(n, F_GETFD) >= 0) {
+            char header[64];
+            int k = snprintf(header, sizeof header, "thinlto-trace 2 %d\n", (int)getpid());
+            if (write(n, header, k) == k)
+                fd = n;
+        }
+    } else if (path && *path) {
         fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
                           0600);
         if (fd >= 0) {

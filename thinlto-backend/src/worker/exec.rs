@@ -1,18 +1,26 @@
-//! One action on a worker: its input root materialized, the command run
-//! under the tracing shim, the trace checked (hermetic or nothing), the
-//! outputs uploaded, an ActionResult made.
+//! One action on a worker, a thin composition: the Command validated
+//! ([`super::policy`]), its input root materialized and checked
+//! ([`super::store`]), the compile run in its sandbox within bounds
+//! ([`super::sandbox`]), the trace checked (hermetic or nothing,
+//! [`super::hermetic`]), the outputs read (regular files inside the root,
+//! each present and non-empty) and uploaded, an ActionResult made.
 
 use std::collections::HashMap;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use prost::Message;
 
 use super::compilers::Compiler;
-use super::store::{fetch, BlobStore};
+use super::policy::validate_compile;
+use super::sandbox::{run_compile, Limits, Sandbox, SandboxArgs};
+use super::store::{fetch, BadRoot, BlobStore, DEFAULT_ROOT_LIMITS};
 use crate::reapi::COMPILER_PROPERTY;
 use crate::reapi::{Digest, RemoteCache};
 
@@ -21,99 +29,48 @@ pub struct Worker<'a> {
     pub cas: &'a RemoteCache,
     pub store: &'a BlobStore,
     pub compilers: &'a [Compiler],
+    pub sandbox: &'a Sandbox,
+    pub sandbox_args: &'a SandboxArgs,
     /// This bot's name, for `ExecutedActionMetadata.worker`.
     pub bot: &'a str,
 }
 
-/// How a running action is stopped when the server cancels its lease
-/// (`crate::worker`'s keepalive sees it): the compile's process group is
-/// killed and nothing is uploaded. Either side may come first: a cancel
-/// before the spawn kills the compile as soon as it starts.
-#[derive(Default)]
-pub struct Stop {
-    state: std::sync::Mutex<StopState>,
-}
+pub use super::stop::{LeaseCancelled, Stop};
 
-#[derive(Default)]
-struct StopState {
-    cancelled: bool,
-    /// What a cancel kills, while the compile is not reaped (so the id
-    /// cannot be another's).
-    target: Option<Target>,
-}
-
-/// A running compile, as it is killed.
-#[derive(Clone, Copy)]
-enum Target {
-    /// A plain spawn: its own process group (the compile and whatever it
-    /// started).
-    Group(i32),
-    /// A job of the warm compiler: a child of the zygote, in the
-    /// zygote's process group (the worker's), so the process alone.
-    Process(i32),
-}
-
-/// The error of an action whose lease the server cancelled.
+/// What the bot reports for a lease: the ActionResult, and the lease's
+/// status. A status other than OK makes BuildGrid mark the job
+/// `do_not_cache` (0.4.4, `_complete_job`: the result never reaches its
+/// action cache, whatever its `cache-failed-actions`) and hand the
+/// client the result with that status; the codes used are ones it does
+/// not retry on another bot (it retries INTERNAL and UNAVAILABLE).
 #[derive(Debug)]
-pub struct LeaseCancelled;
-
-impl std::fmt::Display for LeaseCancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cancelled by the server; its compile killed, nothing uploaded"
-        )
-    }
+pub struct Reported {
+    pub result: re::ActionResult,
+    pub status: RpcStatus,
 }
 
-impl std::error::Error for LeaseCancelled {}
-
-impl Stop {
-    /// Cancels the action: its compile, if running, is killed now.
-    pub fn cancel(&self) {
-        let mut st = self.state.lock().unwrap();
-        st.cancelled = true;
-        if let Some(t) = st.target {
-            kill(t);
-        }
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.state.lock().unwrap().cancelled
-    }
-
-    fn started(&self, target: Target) {
-        let mut st = self.state.lock().unwrap();
-        st.target = Some(target);
-        if st.cancelled {
-            kill(target);
-        }
-    }
-
-    fn ended(&self) {
-        self.state.lock().unwrap().target = None;
-    }
-}
-
-fn kill(target: Target) {
-    let id = match target {
-        Target::Group(g) => -g,
-        Target::Process(p) => p,
-    };
-    // SAFETY: kill has no memory-safety preconditions; the process (the
-    // group's leader) is not reaped yet: Stop::ended comes after the
-    // wait, and a warm job's pid stays its own while its handle lives.
-    unsafe {
-        libc::kill(id, libc::SIGKILL);
+/// The status of a failure that must never be cached: the compiler said
+/// it succeeded without its outputs (FAILED_PRECONDITION: in practice an
+/// input the root lacked), the deadline passed (DEADLINE_EXCEEDED, as
+/// REAPI says), the action refused (INVALID_ARGUMENT).
+fn status(code: tonic::Code, message: &str) -> RpcStatus {
+    RpcStatus {
+        code: code as i32,
+        message: message.to_string(),
+        ..Default::default()
     }
 }
 
 /// Runs `action` in `dir` (a new directory, removed by the caller) and
-/// returns its result, outputs and streams uploaded. An action the worker
-/// refuses (no such compiler, another identity, a compile that was not
-/// hermetic) is a failed result (exit code 1) whose stderr says why. An
-/// action `stop` cancels is a [`LeaseCancelled`] error, nothing uploaded.
-pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result<re::ActionResult> {
+/// returns what to report, outputs and streams uploaded. A refused action
+/// (no such compiler, another identity, a flag or variable not allowed,
+/// a malformed or oversized input root) is a failed result (exit code 1)
+/// whose stderr is one line saying why, never the compile's output; a
+/// compile that was not hermetic likewise, with the marker the client
+/// knows. Exit 0 is reported only with every declared output present and
+/// non-empty. An action `stop` cancels is a [`LeaseCancelled`] error,
+/// nothing uploaded.
+pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result<Reported> {
     let command_digest = action
         .command_digest
         .as_ref()
@@ -124,12 +81,14 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         .as_ref()
         .and_then(Digest::from_proto)
         .context("the Action has no valid input_root_digest")?;
-    let command = re::Command::decode(
+    let command = match re::Command::decode(
         fetch(ctx.cas, vec![command_digest.clone()])?[&command_digest].as_slice(),
-    )
-    .with_context(|| format!("Command {command_digest}: malformed"))?;
+    ) {
+        Ok(c) => c,
+        Err(e) => return refused(ctx, format!("Command {command_digest}: malformed: {e}")),
+    };
     let Some(word) = command.arguments.first() else {
-        bail!("Command {command_digest} has no arguments");
+        return refused(ctx, format!("Command {command_digest} has no arguments"));
     };
     let compiler = match choose_compiler(ctx.compilers, word, action, &command) {
         Ok(c) => c,
@@ -141,43 +100,69 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
             "a working_directory other than the input root is not supported".into(),
         );
     }
-    let root = dir.join("root");
-    ctx.store.materialize(ctx.cas, &root_digest, &root)?;
     #[allow(deprecated)]
     let outputs: Vec<String> = if command.output_paths.is_empty() {
         command.output_files.clone()
     } else {
         command.output_paths.clone()
     };
+    let env: Vec<(String, String)> = command
+        .environment_variables
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let compile = match validate_compile(&command.arguments, &env, &outputs, ctx.compilers) {
+        Ok(c) => c,
+        Err(why) => return refused(ctx, why.0),
+    };
+    debug_assert_eq!(compile.compiler.word, compiler.word);
+    let root = dir.join("root");
+    let link = ctx.sandbox.separate_uid();
+    match ctx
+        .store
+        .materialize(ctx.cas, &root_digest, &root, &DEFAULT_ROOT_LIMITS, link)
+    {
+        Ok(()) => {}
+        Err(e) if e.is::<BadRoot>() => return refused(ctx, format!("{e}")),
+        Err(e) => return Err(e),
+    }
     for o in &outputs {
-        if o.starts_with('/') || o.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            bail!("output path {o:?}: not a plain relative path");
-        }
         if let Some(parent) = root.join(o).parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
     }
-    // The input the compile must be seen reading: the last argument that
-    // names an input file (the object, or the source).
-    let object = command.arguments[1..]
-        .iter()
-        .rev()
-        .find(|a| root.join(a).is_file())
-        .cloned()
-        .unwrap_or_default();
-    let trace = dir.join("trace");
-    let (out, warm) = compile(compiler, &command, &root, &trace, stop)?;
+    ctx.sandbox.prepare(dir, &root)?;
+    let timeout = action
+        .timeout
+        .as_ref()
+        .map(|t| std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
+    let limits = Limits::new(ctx.sandbox_args, timeout);
+    let out = run_compile(&compile, &root, ctx.sandbox, &limits, stop)?;
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());
     }
     eprintln!(
-        "thinlto-backend worker {}: {word} -o {}: {}, {}",
+        "thinlto-backend worker {}: {word} -o {}: {}, {}{}",
         ctx.bot,
-        outputs.first().map_or("", String::as_str),
+        compile.native,
         out.status,
-        if warm { "warm compiler" } else { "plain spawn" }
+        if ctx.sandbox.on() { "sandboxed, " } else { "" },
+        if out.warm {
+            "warm compiler"
+        } else {
+            "plain spawn"
+        },
     );
+    if out.timed_out {
+        let why = format!(
+            "the compile ran past its deadline ({} s) and was killed",
+            limits.timeout.as_secs()
+        );
+        let mut r = refused(ctx, why.clone())?;
+        r.status = status(tonic::Code::DeadlineExceeded, &why);
+        return Ok(r);
+    }
     let mut result = re::ActionResult {
         // Killed by a signal: 128 + its number, as a shell says.
         exit_code: out
@@ -186,29 +171,99 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
             .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
         ..Default::default()
     };
-    let mut stderr = out.stderr;
-    let text = std::fs::read_to_string(&trace).unwrap_or_default();
-    if let Err(why) = super::hermetic::check(&text, &root, &object, compiler) {
+    if let Err(why) = super::hermetic::check(&out.trace, &root, &compile.object, compiler) {
         // The client recognizes the marker and compiles the job itself
-        // (its trace then learns the missing file).
-        stderr.extend_from_slice(
-            format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot).as_bytes(),
-        );
+        // (its trace then learns the missing file). Only the marker: the
+        // compile's own output may show what it read.
+        let msg = format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot);
         result.exit_code = 1;
-        return finish(ctx, result, &[], &out.stdout, &stderr);
+        return finish(ctx, result, &[], b"", msg.as_bytes(), RpcStatus::default());
     }
+    let mut stderr = out.stderr;
+    if out.truncated {
+        stderr.extend_from_slice(
+            format!(
+                "\nthinlto-backend worker {}: the compile's output was cut at {} bytes\n",
+                ctx.bot, limits.output_cap
+            )
+            .as_bytes(),
+        );
+    }
+    if result.exit_code != 0 {
+        return finish(ctx, result, &[], &out.stdout, &stderr, RpcStatus::default());
+    }
+    // Exit 0: every declared output must be there, a regular file inside
+    // the root, not empty; else this is a failure that is never cached.
     let mut files = Vec::new();
-    if result.exit_code == 0 {
-        for o in &outputs {
-            let p = root.join(o);
-            if p.is_file() {
-                let data =
-                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                files.push((o.clone(), data));
+    for o in &outputs {
+        match read_output(&root, o) {
+            Ok(data) if !data.is_empty() => files.push((o.clone(), data)),
+            r => {
+                let why = match r {
+                    Ok(_) => format!("the compiler exited 0 but its output {o} is empty"),
+                    Err(e) => format!("the compiler exited 0 but wrote no output {o} ({e})"),
+                };
+                stderr.extend_from_slice(
+                    format!("thinlto-backend worker {}: {why}\n", ctx.bot).as_bytes(),
+                );
+                result.exit_code = 1;
+                return finish(
+                    ctx,
+                    result,
+                    &[],
+                    &out.stdout,
+                    &stderr,
+                    status(tonic::Code::FailedPrecondition, &why),
+                );
             }
         }
     }
-    finish(ctx, result, &files, &out.stdout, &stderr)
+    finish(
+        ctx,
+        result,
+        &files,
+        &out.stdout,
+        &stderr,
+        RpcStatus::default(),
+    )
+}
+
+/// The output `rel` of the compile in `root`: opened beneath the root
+/// with no symlink anywhere on the way (openat2 RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS, O_NOFOLLOW), and a regular file.
+fn read_output(root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
+    let dir = std::fs::File::open(root)?;
+    let c_rel = std::ffi::CString::new(std::ffi::OsStr::new(rel).as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the path"))?;
+    // SAFETY: a zeroed open_how is valid; its fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    // O_NONBLOCK: a FIFO left at an output's path must not hang the
+    // worker (it is refused below as not a regular file).
+    how.flags = (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid pointers for the duration of the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            c_rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned here.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut data = Vec::new();
+    f.take(super::sandbox::MAX_OUTPUT_BYTES)
+        .read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// The compiler for `word`; an error saying why when this worker has none
@@ -246,108 +301,20 @@ fn choose_compiler<'a>(
     Ok(c)
 }
 
-/// The compile, as a job of the warm compiler for it when one serves it
-/// (`crate::warm`: started by the worker for each of its compilers; a job
-/// lost with it runs again plainly), else a plain [`spawn`]; either way
-/// in the input root, with the Command's environment only, under the
-/// tracing shim. Its output, and whether it ran warm.
-fn compile(
-    compiler: &Compiler,
-    command: &re::Command,
-    root: &Path,
-    trace: &Path,
-    stop: &Stop,
-) -> Result<(std::process::Output, bool)> {
-    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = command
-        .environment_variables
-        .iter()
-        .map(|e| (e.name.clone().into(), e.value.clone().into()))
-        .collect();
-    let place = crate::warm::JobPlace {
-        cwd: root,
-        env: &env,
-    };
-    if let Some(mut child) = crate::warm::try_warm(&command.arguments, Some(trace), Some(&place)) {
-        stop.started(Target::Process(child.id() as i32));
-        let out = child.wait_with_output();
-        stop.ended();
-        drop(child);
-        match out {
-            Ok(o) => return Ok((o, true)),
-            // The zygote died under the job (a worker's cancel kills the
-            // job alone): run it again plainly, its trace afresh.
-            Err(e) if crate::warm::is_lost(&e) => {
-                let _ = std::fs::remove_file(trace);
-            }
-            Err(e) => return Err(e).context("waiting for the warm compiler's job"),
-        }
-    }
-    let child = spawn(compiler, command, root, trace)?;
-    stop.started(Target::Group(child.id() as i32));
-    let out = child.wait_with_output();
-    stop.ended();
-    Ok((
-        out.with_context(|| format!("running {}", command.arguments[0]))?,
-        false,
-    ))
-}
-
-/// A plain compile: the resolved executable with `argv[0]` as the action
-/// spells it, in the input root, with the Command's environment only,
-/// under the tracing shim.
-fn spawn(
-    compiler: &Compiler,
-    command: &re::Command,
-    root: &Path,
-    trace: &Path,
-) -> Result<std::process::Child> {
-    let mut cmd = Command::new(&compiler.exe);
-    cmd.arg0(&command.arguments[0])
-        .args(&command.arguments[1..])
-        .current_dir(root)
-        .env_clear()
-        .envs(
-            command
-                .environment_variables
-                .iter()
-                .map(|e| (&e.name, &e.value)),
-        )
-        .env("THINLTO_TRACE", trace)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a cancelled lease kills the compile and
-        // whatever it started (`Stop`), not the worker.
-        .process_group(0);
-    // Without the shim the trace has no header, and the check fails the
-    // action: hermetic or nothing.
-    if let Ok(shim) = crate::warm::shim::path() {
-        cmd.env("LD_PRELOAD", shim);
-    }
-    // A worker that dies takes its compile with it: the lease goes to
-    // another worker, and an orphan must not go on reading the inputs or
-    // writing into a work directory nobody owns.
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-    // before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .with_context(|| format!("cannot run {}", compiler.exe.display()))
-}
-
-fn refused(ctx: &Worker, why: String) -> Result<re::ActionResult> {
-    let msg = format!("thinlto-backend worker {}: {why}\n", ctx.bot);
+fn refused(ctx: &Worker, why: String) -> Result<Reported> {
+    let msg = format!("thinlto-backend worker {}: refused: {why}\n", ctx.bot);
     let result = re::ActionResult {
         exit_code: 1,
         ..Default::default()
     };
-    finish(ctx, result, &[], b"", msg.as_bytes())
+    finish(
+        ctx,
+        result,
+        &[],
+        b"",
+        msg.as_bytes(),
+        status(tonic::Code::InvalidArgument, &format!("refused: {why}")),
+    )
 }
 
 /// Uploads the outputs and streams, and completes `result` with them.
@@ -357,7 +324,8 @@ fn finish(
     files: &[(String, Vec<u8>)],
     stdout: &[u8],
     stderr: &[u8],
-) -> Result<re::ActionResult> {
+    status: RpcStatus,
+) -> Result<Reported> {
     let mut blobs: HashMap<Digest, &[u8]> = HashMap::new();
     for (path, data) in files {
         let d = Digest::of_bytes(data);
@@ -383,10 +351,43 @@ fn finish(
         worker: ctx.bot.to_string(),
         ..Default::default()
     });
-    Ok(result)
+    Ok(Reported { result, status })
 }
 
 /// `dir/N`: a fresh directory for one action.
 pub fn action_dir(base: &Path, n: u64) -> PathBuf {
     base.join(format!("action-{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_output;
+
+    #[test]
+    fn outputs_are_regular_files_beneath_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("kernel")).unwrap();
+        std::fs::write(t.path().join("secret"), "the worker's").unwrap();
+        std::fs::write(root.join("kernel/a.o"), "native").unwrap();
+        assert_eq!(read_output(&root, "kernel/a.o").unwrap(), b"native");
+        // A symlink as the output, or on the way to it.
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join("kernel/b.o")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("up")).unwrap();
+        std::os::unix::fs::symlink("../../secret", root.join("kernel/c.o")).unwrap();
+        for p in [
+            "kernel/b.o",
+            "up/secret",
+            "kernel/c.o",
+            "../secret",
+            "kernel",
+        ] {
+            assert!(read_output(&root, p).is_err(), "{p}");
+        }
+        // A FIFO: refused, not waited on.
+        let fifo = std::ffi::CString::new(root.join("kernel/d.o").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(read_output(&root, "kernel/d.o").is_err());
+    }
 }

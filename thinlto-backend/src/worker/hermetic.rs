@@ -18,7 +18,7 @@ use crate::cache::trace;
 /// compiler's own files (its installation prefix, its executable and the
 /// shared libraries the loader resolves for it, libc included) are
 /// allowed per compiler ([`Compiler`]); so is the tracing shim itself.
-const ALLOWED_FILES: &[&str] = &[
+pub const ALLOWED_FILES: &[&str] = &[
     "/etc/ld.so.cache",
     "/etc/os-release",
     "/usr/lib/os-release",

@@ -26,6 +26,9 @@
 pub mod compilers;
 pub mod exec;
 pub mod hermetic;
+pub mod policy;
+pub mod sandbox;
+pub mod stop;
 pub mod store;
 
 use std::path::PathBuf;
@@ -84,10 +87,27 @@ pub struct WorkerArgs {
     /// action in its input root; see `thinlto-backend --help`, --warm)
     #[arg(long)]
     pub no_warm: bool,
+    /// gRPC metadata sent with every call to the server, e.g.
+    /// 'authorization=Bearer …' (repeatable); a token belongs in
+    /// --remote-header-file, which only you can read
+    #[arg(long, value_name = "NAME=VALUE", value_parser = crate::remote_headers::parse_header)]
+    pub remote_header: Vec<(String, String)>,
+    /// Headers from a file, one `NAME: VALUE` or `NAME=VALUE` per line
+    /// (as the client's --remote-header-file; also
+    /// THINLTO_REMOTE_HEADER_FILE, and $THINLTO_REMOTE_HEADERS)
+    #[arg(long, value_name = "FILE", env = "THINLTO_REMOTE_HEADER_FILE")]
+    pub remote_header_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for a grpcs:// server (default: the system's)
+    #[arg(long, value_name = "FILE")]
+    pub remote_tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub sandbox: sandbox::SandboxArgs,
 }
 
 /// Runs the worker until a signal or a fatal error.
-pub fn main(args: WorkerArgs) -> Result<()> {
+/// `header_env`: `$THINLTO_REMOTE_HEADERS`, taken from the environment
+/// before any thread (`remote_headers::take_env`).
+pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()> {
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
@@ -97,7 +117,12 @@ pub fn main(args: WorkerArgs) -> Result<()> {
     let cas = RemoteCache::connect(&RemoteOptions {
         url: args.server.clone(),
         instance: args.instance.clone(),
-        ..Default::default()
+        headers: crate::remote_headers::gather(
+            header_env,
+            &args.remote_header,
+            args.remote_header_file.as_slice(),
+        )?,
+        tls_ca: args.remote_tls_ca.clone(),
     })?;
     let temp;
     let work = match &args.work_dir {
@@ -110,7 +135,38 @@ pub fn main(args: WorkerArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
+    let sandbox = sandbox::Sandbox::new(&args.sandbox, &compilers)?;
+    if let Some(v) = sandbox.view().iter().find(|v| work.starts_with(v)) {
+        bail!(
+            "the work directory {} is inside {}, which every sandbox sees: choose another --work-dir",
+            work.display(),
+            v.display()
+        );
+    }
     let store = BlobStore::new(work.join("blobs"))?;
+    // The store is the worker's alone; the work directory can be walked
+    // through, not listed (bwrap, running as the sandbox uid, walks to
+    // an action's root to bind it).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [(work.clone(), 0o711), (work.join("blobs"), 0o700)] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot chmod {}", d.display()))?;
+        }
+    }
+    eprintln!(
+        "thinlto-backend worker {name}: {}",
+        if !sandbox.on() {
+            "NO sandbox (--no-sandbox): every client can run code as this worker's user".to_string()
+        } else if sandbox.separate_uid() {
+            format!(
+                "compiles sandboxed (bwrap), uid {}",
+                args.sandbox.sandbox_id
+            )
+        } else {
+            "compiles sandboxed (bwrap), under this worker's uid in a user namespace".to_string()
+        }
+    );
     for c in &compilers {
         eprintln!(
             "thinlto-backend worker {name}: {} ({}) {COMPILER_PROPERTY}={}",
@@ -128,6 +184,8 @@ pub fn main(args: WorkerArgs) -> Result<()> {
         cas,
         store,
         compilers,
+        sandbox,
+        sandbox_args: args.sandbox.clone(),
         work,
         instance: args.instance.clone(),
         actions: AtomicU64::new(0),
@@ -164,6 +222,8 @@ struct Shared {
     cas: RemoteCache,
     store: BlobStore,
     compilers: Vec<Compiler>,
+    sandbox: sandbox::Sandbox,
+    sandbox_args: sandbox::SandboxArgs,
     work: PathBuf,
     instance: String,
     /// Numbers the actions' directories.
@@ -283,7 +343,7 @@ fn run_lease(
         .payload
         .as_ref()
         .map(|p| re::Action::decode(p.value.as_slice()));
-    let outcome: Result<re::ActionResult> = match action {
+    let outcome: Result<exec::Reported> = match action {
         None => Err(anyhow::anyhow!("lease {lease_id} has no payload")),
         Some(Err(e)) => Err(anyhow::anyhow!(
             "lease {lease_id}: the payload is not an Action: {e}"
@@ -299,6 +359,8 @@ fn run_lease(
                         cas: &shared.cas,
                         store: &shared.store,
                         compilers: &shared.compilers,
+                        sandbox: &shared.sandbox,
+                        sandbox_args: &shared.sandbox_args,
                         bot: id,
                     };
                     let r = std::fs::create_dir_all(&dir)
@@ -348,7 +410,7 @@ fn run_lease(
         }
     };
     let (result, status) = match outcome {
-        Ok(r) => (Some(r), RpcStatus::default()),
+        Ok(r) => (Some(r.result), r.status),
         Err(e) if e.is::<exec::LeaseCancelled>() => {
             eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e}");
             return update(shared, client, session, KEEPALIVE_DEADLINE);
