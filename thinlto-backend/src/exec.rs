@@ -47,7 +47,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::RemoteOptions;
 use crate::engine::job::{split_dwarf_file, BackendJob};
-use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
+use crate::reapi::execute::{ActionRefused, Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::{is_transient, printable, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
 
@@ -203,6 +203,8 @@ pub struct RemoteExec {
     jobs: usize,
     /// The reasons for compiling here already said (each once a run).
     said: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// The kinds of per-action refusal already said (each once a run).
+    said_refused: std::sync::Mutex<std::collections::HashSet<tonic::Code>>,
     /// A result without its outputs was said (once a run).
     said_empty: AtomicBool,
     built: AtomicU64,
@@ -231,6 +233,7 @@ impl RemoteExec {
             off: AtomicBool::new(false),
             jobs: jobs.max(1),
             said: Default::default(),
+            said_refused: Default::default(),
             said_empty: AtomicBool::new(false),
             built: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
@@ -330,6 +333,20 @@ impl RemoteExec {
                         Some(c) => c.to_string(),
                         None => format!("{e:#}"),
                     })
+                }
+                // One action's own trouble (refused by the worker's
+                // policy, past its deadline, an output-less success the
+                // worker would not call one): this job compiles here,
+                // said once per kind; the farm serves the others.
+                Err(e) if e.downcast_ref::<ActionRefused>().is_some() => {
+                    let r = e.downcast_ref::<ActionRefused>().unwrap();
+                    if self.said_refused.lock().unwrap().insert(r.code) {
+                        eprintln!(
+                            "thinlto-backend: remote execution: {}: the farm answered {r}; compiling it here (said once for {:?})",
+                            job.native, r.code
+                        );
+                    }
+                    return self.fallback(format!("the farm answered {r}"));
                 }
                 Err(e) if is_transient(&e) => match tries.next() {
                     Some(pause) => std::thread::sleep(*pause),

@@ -107,6 +107,45 @@ impl std::fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
+/// The execution service answered for this action alone: its
+/// ExecuteResponse carries a status other than OK that concerns the
+/// action (a worker refused it, its deadline passed, its inputs were
+/// incomplete), not the farm. Such a job compiles here; the farm stays
+/// in use for the others.
+#[derive(Debug)]
+pub struct ActionRefused {
+    pub code: Code,
+    /// The status's message, escaped (`reapi::printable`).
+    pub message: String,
+}
+
+impl std::fmt::Display for ActionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ActionRefused {}
+
+impl ActionRefused {
+    /// The codes a worker or the scheduler gives one action (REAPI v2's
+    /// ExecuteResponse.status: INVALID_ARGUMENT for an action it will not
+    /// run, FAILED_PRECONDITION for missing inputs or an output-less
+    /// success, DEADLINE_EXCEEDED past `Action.timeout`, and what a
+    /// worker's sandbox reports: PERMISSION_DENIED, RESOURCE_EXHAUSTED is
+    /// not among them: that one means an overloaded server, retried).
+    fn of(code: Code) -> bool {
+        matches!(
+            code,
+            Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::DeadlineExceeded
+                | Code::PermissionDenied
+                | Code::OutOfRange
+        )
+    }
+}
+
 impl Executor {
     /// Connects as the remote cache does (GetCapabilities included).
     pub fn connect(opts: &RemoteOptions) -> Result<Executor> {
@@ -233,6 +272,14 @@ impl Executor {
         };
         let response = self.run_operation(req, name).await?;
         if let Some(s) = response.status.as_ref().filter(|s| s.code != 0) {
+            let code = Code::from(s.code);
+            if ActionRefused::of(code) {
+                let mut message = printable(&s.message).into_owned();
+                if !response.message.is_empty() {
+                    message.push_str(&format!(" ({})", printable(&response.message)));
+                }
+                return Err(ActionRefused { code, message }.into());
+            }
             bail!(
                 "the server could not execute action {}: {:?}: {}{}",
                 protos.action,
