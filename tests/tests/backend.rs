@@ -168,8 +168,11 @@ fn incremental_by_content() {
     // The harness sees the new code.
     let exe = t.path().join("out/h");
     let o = stage4(t.path());
-    let out = xtask::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
-    assert_ne!(out, xtask::reference::expected_harness_output().unwrap());
+    let out = xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
+    assert_ne!(
+        out,
+        xtask::sample::reference::expected_harness_output().unwrap()
+    );
 }
 
 /// `object` and the objects that import from it, sorted.
@@ -213,7 +216,8 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     assert!(r.reason.contains("front-end object rebuilt"), "{r:?}");
     let o = stage4(t.path());
     let out =
-        xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
+        xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h"))
+            .unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");
     // The same rule for imports: make rebuilds kernel/core.o (a touched
     // source, the same bitcode); it and every importer rerun, nothing else.

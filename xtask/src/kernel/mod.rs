@@ -9,6 +9,9 @@
 //!   natives are set aside, ours are built in their place and compared
 //!   byte for byte.
 
+pub mod modorder;
+pub mod modules_cmp;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
