@@ -40,23 +40,9 @@ pub struct Config {
 /// `--remote-exec`: the farm, and how many jobs it runs at once.
 #[derive(Debug, Clone)]
 pub struct RemoteExecOptions {
-    pub remote: RemoteOptions,
+    pub remote: crate::reapi::RemoteOptions,
     /// `--remote-jobs`; the default is [`crate::exec::DEFAULT_REMOTE_JOBS`].
     pub jobs: usize,
-}
-
-/// Where and how to reach the REAPI server.
-#[derive(Debug, Clone, Default)]
-pub struct RemoteOptions {
-    /// grpc://host:port (plaintext) or grpcs://host:port (TLS, system roots, or tls_ca)
-    pub url: String,
-    /// REAPI instance name ("" by default)
-    pub instance: String,
-    /// Extra gRPC metadata on every call (e.g. authorization), as
-    /// [`crate::remote_headers::gather`] collects them
-    pub headers: Vec<(String, String)>,
-    /// PEM file of a CA to trust for grpcs:// (optional)
-    pub tls_ca: Option<PathBuf>,
 }
 
 /// Build, or only say what a build would do.

@@ -38,9 +38,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::RemoteOptions;
 use crate::engine::job::{split_dwarf_file, BackendJob};
 use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
+use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
 

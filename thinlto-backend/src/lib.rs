@@ -16,7 +16,7 @@
 //!   shim also traces the files a compile reads, for the cache; [`warm::shim`]
 //!   keeps the shim where only the user can write);
 //! - [`reapi`]: the Remote Execution API client (feature `remote`, on by
-//!   default);
+//!   default) and where a server is ([`reapi::RemoteOptions`]);
 //! - [`remote_headers`]: the headers (tokens) for remote services, from
 //!   flags, a file or the environment;
 //! - [`worker`]: a REAPI farm worker (Remote Workers API, feature
@@ -29,11 +29,17 @@
 //! - [`signals`]: dying by the signal received, after cleaning up;
 //! - [`limits`]: the bounds on what is read from a cache or a server.
 //!
-//! Dependencies run one way: `engine` uses `cache`, `warm` and `config`;
-//! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
-//! `reapi`, never the scheduler; `reapi` uses only `config`, `limits` and
-//! `engine::digest`; `worker` uses `reapi`, `cache` (identity, trace) and
-//! `warm` (the shim); `dtlto` uses `engine` and `config`.
+//! Dependencies run one way, module by module (tests/tests/conventions.rs
+//! fails on an import circle): each room owns its options and `config`
+//! only composes them into one run's [`config::Config`] (the cache's
+//! `CacheOptions`, the scheduler's `Verbosity`, `reapi`'s
+//! `RemoteOptions`), so nothing below the engine's entry uses `config`:
+//! `main` → [`engine::run`] → `config` → `engine::scheduler` → (`cache`,
+//! `exec`, `warm`) → `reapi`. `cache` and `exec` use `engine`'s job model
+//! (`job`, `digest`, `record`), never the scheduler; `reapi` uses only
+//! `limits`, `remote_headers` and `engine::digest`; `worker` uses `reapi`,
+//! `cache` (identity, trace) and `warm` (the shim); `dtlto` uses `engine`
+//! and `config`.
 
 pub mod archive;
 pub mod cache;
@@ -46,7 +52,6 @@ pub mod exec;
 #[path = "exec_off.rs"]
 pub mod exec;
 pub mod limits;
-#[cfg(feature = "remote")]
 pub mod reapi;
 pub mod remote_headers;
 pub mod signals;

@@ -11,6 +11,7 @@ use thinlto_backend::engine::job::{inputs_from_index, inputs_from_manifest, JobI
 use thinlto_backend::engine::plan::read_front_ends;
 use thinlto_backend::engine::scheduler;
 use thinlto_backend::engine::{self, stdout_error, Outcome};
+use thinlto_backend::reapi::RemoteOptions;
 use thinlto_backend::signals;
 use thinlto_index::toolchain::ToolEnv;
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
@@ -437,8 +438,8 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
     };
     // The same server settings (instance, headers, TLS) for the cache and
     // the executor; the headers are read only when a URL needs them.
-    let remote_options = |url: String| -> Result<config::RemoteOptions> {
-        Ok(config::RemoteOptions {
+    let remote_options = |url: String| -> Result<RemoteOptions> {
+        Ok(RemoteOptions {
             url,
             instance: args.remote_instance.clone(),
             headers: thinlto_backend::remote_headers::gather(

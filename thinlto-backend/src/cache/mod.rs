@@ -80,7 +80,7 @@ pub struct CacheOptions {
     /// `--cache-shared`: see [`local::Sharing`].
     pub sharing: local::Sharing,
     pub max_size: u64,
-    pub remote: Option<crate::config::RemoteOptions>,
+    pub remote: Option<crate::reapi::RemoteOptions>,
 }
 
 /// A cached result, ready to be put in place.

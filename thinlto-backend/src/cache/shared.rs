@@ -28,11 +28,11 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RemoteOptions;
 use crate::engine::job::BackendJob;
 use crate::limits::{
     MAX_EXTRAS, MAX_EXTRA_BYTES, MAX_MANIFEST_BYTES, MAX_OUTPUT_TEXT, MAX_PATH_BYTES, MAX_VARIANTS,
 };
+use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit};
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";

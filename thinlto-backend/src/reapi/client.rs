@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-pub use crate::config::RemoteOptions;
+use super::RemoteOptions;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
 use prost::Message;
