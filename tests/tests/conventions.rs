@@ -1,13 +1,15 @@
 //! The conventions of README.md's "Conventions" section, checked across
 //! the four tools: toolchain flags anywhere, `-o` for what a command
 //! writes, `-` for stdin, exit status 0/1/2 with `<tool>: error: <file>`
-//! messages, and outputs whose mode follows the umask.
+//! messages, and outputs whose mode follows the umask. And two of the
+//! code's and the docs': no import circle inside a crate (issue 28).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use thinlto_dist_tests::imports;
 use thinlto_dist_tests::*;
 
 const TOOLS: [&str; 4] = [
@@ -441,4 +443,59 @@ fn outputs_follow_the_umask() {
         check("xtask fe: .cmd", &tree.join("kernel/.core.o.cmd"));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The workspace's library crates: each member directory with a `src/lib.rs`.
+fn library_crates() -> Vec<PathBuf> {
+    let root = xtask::workspace_root();
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("src/lib.rs"))
+        .filter(|lib| lib.is_file())
+        .collect();
+    crates.sort();
+    assert!(
+        crates.len() >= 6,
+        "library crates under {}: {crates:?}",
+        root.display()
+    );
+    crates
+}
+
+/// Rooms without circles (issue 28): inside each crate, the modules'
+/// `crate::`/`super::` uses (between different branches of the module
+/// tree) form no circle, so docs/architecture.md's arrows run one way.
+#[test]
+fn no_import_circle_inside_a_crate() {
+    let root = xtask::workspace_root();
+    let mut report = String::new();
+    for lib in library_crates() {
+        let g = thinlto_dist_tests::imports::ModuleGraph::of_crate(&lib);
+        let edges: usize = g.edges.values().map(|e| e.len()).sum();
+        let krate = lib
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .strip_prefix(&root)
+            .unwrap();
+        println!(
+            "{}: {} modules, {edges} uses between rooms",
+            krate.display(),
+            g.modules.len()
+        );
+        for circle in g.circles() {
+            report += &format!(
+                "{}: an import circle of {}:\n{}",
+                krate.display(),
+                circle
+                    .iter()
+                    .map(|m| imports::show(m))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                g.describe(&circle, &root)
+            );
+        }
+    }
+    assert!(report.is_empty(), "{report}");
 }
