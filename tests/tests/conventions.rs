@@ -1,4 +1,4 @@
-//! The conventions of README.md's "Conventions" section, checked across
+//! The conventions of docs/tools.md's "Conventions" section, checked across
 //! the four tools: toolchain flags anywhere, `-o` for what a command
 //! writes, `-` for stdin, exit status 0/1/2 with `<tool>: error: <file>`
 //! messages, and outputs whose mode follows the umask. And two of the

@@ -203,7 +203,7 @@ struct EngineArgs {
     /// Take natives from the backend cache, and store what compiles (also
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
-    /// (an .incbin'd file included); see README, "The backend cache"
+    /// (an .incbin'd file included); see docs/cache.md
     #[arg(long)]
     cache: bool,
     /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
@@ -212,7 +212,7 @@ struct EngineArgs {
     cache_dir: Option<PathBuf>,
     /// A cache shared with other users (also THINLTO_CACHE_SHARED=1): its
     /// new directories get the umask's modes (umask 002 and a setgid
-    /// directory of a trusted group: see README, "Who is trusted"), and no
+    /// directory of a trusted group: see docs/cache.md, "Who is trusted"), and no
     /// warning that others can write it. Otherwise they are created 0700
     #[arg(long)]
     cache_shared: bool,
@@ -250,8 +250,7 @@ struct EngineArgs {
     /// grpc://HOST:PORT or grpcs://HOST:PORT (also THINLTO_REMOTE_EXEC;
     /// --remote-instance, the headers and --remote-tls-ca apply). A job the
     /// farm cannot take (debug information, a plugin, a file its input
-    /// root lacks, a farm that is down) compiles here; see README, "A
-    /// local farm"
+    /// root lacks, a farm that is down) compiles here; see docs/remote.md
     #[arg(long, value_name = "URL", env = "THINLTO_REMOTE_EXEC")]
     remote_exec: Option<String>,
     /// Jobs on the farm at once [default: 64]; make's job slots bound only

@@ -803,7 +803,7 @@ fn warn_if_not_private(dirs: &[&Path]) {
     if let Some(why) = why {
         eprintln!(
             "thinlto-backend: cache: warning: {why}: whoever can write the cache chooses what \
-             this build links (declare a shared cache with --cache-shared; see README, \"Who is trusted\")"
+             this build links (declare a shared cache with --cache-shared; see docs/cache.md, \"Who is trusted\")"
         );
     }
 }
