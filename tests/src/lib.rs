@@ -3,6 +3,7 @@
 //! BuildGrid for the remote cache ([`buildgrid`]).
 
 pub mod buildgrid;
+pub mod docflags;
 pub mod imports;
 
 use std::path::{Path, PathBuf};

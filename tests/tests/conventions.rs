@@ -2,15 +2,16 @@
 //! the four tools: toolchain flags anywhere, `-o` for what a command
 //! writes, `-` for stdin, exit status 0/1/2 with `<tool>: error: <file>`
 //! messages, and outputs whose mode follows the umask. And two of the
-//! code's and the docs': no import circle inside a crate (issue 28).
+//! code's and the docs': no import circle inside a crate, and no flag in
+//! the docs that the tool's `--help` lacks (issue 28).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use thinlto_dist_tests::imports;
 use thinlto_dist_tests::*;
+use thinlto_dist_tests::{docflags, imports};
 
 const TOOLS: [&str; 4] = [
     "thinlto-index",
@@ -498,4 +499,58 @@ fn no_import_circle_inside_a_crate() {
         }
     }
     assert!(report.is_empty(), "{report}");
+}
+
+/// The docs do not drift from `--help` (issue 28): every `--flag` that
+/// README.md and docs/*.md write in a command after a tool's name (or
+/// `cargo xtask VERB`) is in that tool's (or subcommand's) `--help`.
+#[test]
+fn every_flag_in_the_docs_is_in_the_tools_help() {
+    let root = xtask::workspace_root();
+    let commands = docflags::doc_commands(&root);
+    let mut helps: std::collections::HashMap<String, Option<docflags::Help>> = Default::default();
+    let mut report = String::new();
+    let mut flags = 0;
+    for c in &commands {
+        let exe = match c.tool {
+            "cargo xtask" => bin("xtask"),
+            tool => bin(tool),
+        };
+        let help = |path: &[String]| {
+            helps
+                .entry(format!("{} {}", c.tool, path.join(" ")))
+                .or_insert_with(|| {
+                    let out = Command::new(&exe)
+                        .args(path)
+                        .arg("--help")
+                        .output()
+                        .unwrap();
+                    out.status
+                        .success()
+                        .then(|| docflags::Help::parse(&String::from_utf8_lossy(&out.stdout)))
+                })
+                .clone()
+        };
+        flags += c
+            .words
+            .iter()
+            .filter_map(|w| docflags::long_flag(w))
+            .count();
+        for (flag, path) in docflags::unknown_flags(&c.words, help) {
+            report += &format!(
+                "{}:{}: `{} {}`: {flag} is not in `{} {path} --help`\n",
+                c.file.strip_prefix(&root).unwrap_or(&c.file).display(),
+                c.line,
+                c.tool,
+                c.words.join(" "),
+                c.tool,
+            );
+        }
+    }
+    println!(
+        "{} commands in the docs, {flags} flags checked",
+        commands.len()
+    );
+    assert!(commands.len() > 50, "too few commands found: {commands:?}");
+    assert!(report.is_empty(), "flags the tools do not have:\n{report}");
 }
