@@ -554,3 +554,36 @@ fn every_flag_in_the_docs_is_in_the_tools_help() {
     assert!(commands.len() > 50, "too few commands found: {commands:?}");
     assert!(report.is_empty(), "flags the tools do not have:\n{report}");
 }
+
+/// The architecture map names every room (issue 28): each top-level module
+/// of each library crate is in docs/architecture.md, as `name`, `name/` or
+/// `name.rs`, so a new room cannot go unmapped.
+#[test]
+fn the_architecture_map_names_every_room() {
+    let root = xtask::workspace_root();
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let mut missing = Vec::new();
+    for lib in library_crates() {
+        let krate = lib
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .strip_prefix(&root)
+            .unwrap();
+        let g = imports::ModuleGraph::of_crate(&lib);
+        for m in g.modules.keys().filter(|m| m.len() == 1) {
+            let name = &m[0];
+            if !["`{name}`", "`{name}/`", "`{name}.rs`"]
+                .iter()
+                .any(|f| map.contains(&f.replace("{name}", name)))
+            {
+                missing.push(format!("{}: {name}", krate.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name these modules: {missing:?}"
+    );
+}
