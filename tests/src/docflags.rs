@@ -277,6 +277,70 @@ pub fn unknown_flags(
     unknown
 }
 
+/// GitHub's anchor of a heading: lower case, punctuation dropped (but
+/// `-` and `_`), spaces as `-`.
+pub fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The relative links of a Markdown text that do not resolve: `[…](path)`
+/// to a file that does not exist (relative to `dir`), or `[…](path#a)` /
+/// `[…](#a)` to a heading that is not there; as `(line, link)`.
+pub fn broken_links(text: &str, dir: &Path) -> Vec<(usize, String)> {
+    let anchors_of = |t: &str| -> Vec<String> {
+        let mut in_fence = false;
+        t.lines()
+            .filter(|l| {
+                if l.trim_start().starts_with("```") {
+                    in_fence = !in_fence;
+                }
+                !in_fence && l.starts_with('#')
+            })
+            .map(|l| anchor(l.trim_start_matches('#')))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(p) = rest.find("](") {
+            let after = &rest[p + 2..];
+            let Some(end) = after.find(')') else { break };
+            let link = &after[..end];
+            rest = &after[end..];
+            if link.contains("://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (path, frag) = link.split_once('#').unwrap_or((link, ""));
+            let target = if path.is_empty() {
+                None
+            } else {
+                Some(dir.join(path))
+            };
+            let ok = match &target {
+                Some(t) if !t.exists() => false,
+                _ if frag.is_empty() => true,
+                Some(t) if t.extension().is_some_and(|e| e == "md") => {
+                    anchors_of(&std::fs::read_to_string(t).unwrap_or_default())
+                        .iter()
+                        .any(|a| a == frag)
+                }
+                Some(_) => true,
+                None => anchors_of(text).iter().any(|a| a == frag),
+            };
+            if !ok {
+                out.push((n + 1, link.to_string()));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +364,26 @@ mod tests {
                 (5, "thinlto-index", words("link -o out --ldflags '-m x'")),
                 (7, "thinlto-backend", words("wrap clang-19")),
                 (1, "thinlto-backend", words("--index X --cache")),
+            ]
+        );
+    }
+
+    #[test]
+    fn links_resolve_to_files_and_headings() {
+        assert_eq!(anchor("Booting it: `--boot`"), "booting-it---boot");
+        assert_eq!(
+            anchor("What the tools decide, and why"),
+            "what-the-tools-decide-and-why"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.md"), "# A title\n## Who is trusted\n").unwrap();
+        let text = "# Here\n[x](a.md) [y](a.md#who-is-trusted) [z](#here)\n[bad](b.md) [bad2](a.md#nope) [bad3](#gone) [web](https://x.org/#a)\n";
+        assert_eq!(
+            broken_links(text, dir.path()),
+            [
+                (3, "b.md".to_string()),
+                (3, "a.md#nope".to_string()),
+                (3, "#gone".to_string())
             ]
         );
     }

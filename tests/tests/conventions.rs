@@ -587,3 +587,22 @@ fn the_architecture_map_names_every_room() {
         "docs/architecture.md does not name these modules: {missing:?}"
     );
 }
+
+/// A reader can follow every link of the docs: each relative link of
+/// README.md and docs/*.md names a file that exists and, with `#…`, a
+/// heading that is there.
+#[test]
+fn every_link_in_the_docs_resolves() {
+    let root = xtask::workspace_root();
+    let mut report = String::new();
+    for doc in docflags::documents(&root) {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for (line, link) in docflags::broken_links(&text, doc.parent().unwrap()) {
+            report += &format!(
+                "{}:{line}: ({link}) leads nowhere\n",
+                doc.strip_prefix(&root).unwrap().display()
+            );
+        }
+    }
+    assert!(report.is_empty(), "{report}");
+}
