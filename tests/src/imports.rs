@@ -66,6 +66,33 @@ impl ModuleGraph {
         g
     }
 
+    /// The same graph between top-level modules only (a use from or to a
+    /// submodule counts as its top-level module's; uses inside one
+    /// top-level module are dropped).
+    pub fn rooms(&self) -> ModuleGraph {
+        let top = |m: &ModPath| m.iter().take(1).cloned().collect::<ModPath>();
+        let mut g = ModuleGraph::default();
+        for (m, files) in &self.modules {
+            g.modules
+                .entry(top(m))
+                .or_default()
+                .extend(files.iter().cloned());
+        }
+        for (from, tos) in &self.edges {
+            for (to, site) in tos {
+                let (f, t) = (top(from), top(to));
+                if f != t {
+                    g.edges
+                        .entry(f)
+                        .or_default()
+                        .entry(t)
+                        .or_insert(site.clone());
+                }
+            }
+        }
+        g
+    }
+
     /// The import circles: every strongly connected set of two modules or
     /// more, each as its modules in order.
     pub fn circles(&self) -> Vec<Vec<ModPath>> {

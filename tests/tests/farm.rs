@@ -89,7 +89,7 @@ fn farm_executes_backend_jobs_hermetically() {
     // Real backend jobs, the ones that import most first: byte-identical
     // natives from the farm.
     let front_ends = thinlto_backend::engine::plan::read_front_ends(
-        thinlto_backend::engine::job::inputs_from_manifest(&manifest),
+        thinlto_backend::job::inputs_from_manifest(&manifest),
     )
     .unwrap();
     let mut jobs: Vec<BackendJob> = front_ends

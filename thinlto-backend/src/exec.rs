@@ -38,16 +38,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::engine::job::{split_dwarf_file, BackendJob};
+use crate::job::{split_dwarf_file, BackendJob};
 use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
-
-/// The marker a worker puts before its reason when it refuses an action
-/// as not hermetic (`worker/exec.rs`): the client compiles such a job
-/// here instead of reporting a compile error.
-pub const NOT_HERMETIC: &str = "thinlto-backend worker: not hermetic: ";
+use crate::worker::hermetic::NOT_HERMETIC;
 
 /// Remote jobs in flight at once without `--remote-jobs`: a farm serves
 /// many more than this machine's cores, and each waiting job costs only a

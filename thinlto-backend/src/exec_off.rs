@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::engine::job::BackendJob;
+use crate::job::BackendJob;
 use crate::reapi::RemoteOptions;
 
 pub enum Outcome {

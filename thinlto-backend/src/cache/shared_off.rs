@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::engine::job::BackendJob;
+use crate::job::BackendJob;
 use crate::reapi::RemoteOptions;
 
 pub struct RemoteResult {

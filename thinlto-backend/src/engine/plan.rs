@@ -36,9 +36,9 @@ use anyhow::{bail, Context, Result};
 use thinlto_cmdparse::{cmd_file_for_object, CmdFile};
 use thinlto_index::tree_tools::{self, TreeRecord};
 
-use crate::engine::digest::{mtime_ns, DigestCache};
-use crate::engine::job::{BackendJob, JobInput};
-use crate::engine::record::NativeRecord;
+use crate::digest::{mtime_ns, DigestCache};
+use crate::job::{BackendJob, JobInput};
+use crate::record::NativeRecord;
 
 /// Whether a job must run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +195,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::native_of;
+    use crate::job::native_of;
 
     #[test]
     fn native_names() {

@@ -192,7 +192,12 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         // The client recognizes the marker and compiles the job itself
         // (its trace then learns the missing file).
         stderr.extend_from_slice(
-            format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot).as_bytes(),
+            format!(
+                "{}{why} (worker {})\n",
+                super::hermetic::NOT_HERMETIC,
+                ctx.bot
+            )
+            .as_bytes(),
         );
         result.exit_code = 1;
         return finish(ctx, result, &[], &out.stdout, &stderr);

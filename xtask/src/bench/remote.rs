@@ -72,7 +72,7 @@ fn natives(tree: &Path, objects: &[String]) -> Result<BTreeMap<String, Vec<u8>>>
     objects
         .iter()
         .map(|o| {
-            let n = thinlto_backend::engine::job::native_of(o);
+            let n = thinlto_backend::job::native_of(o);
             let b = std::fs::read(tree.join(&n)).with_context(|| format!("{n}: cannot read"))?;
             Ok((n, b))
         })
@@ -178,9 +178,7 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     let mut named = 0u64;
     for o in &objects {
         let mut files = vec![o.clone(), format!("{o}.thinlto.bc")];
-        if let Some(imports) =
-            thinlto_backend::engine::job::imports_of(&tree.join(o).to_string_lossy())
-        {
+        if let Some(imports) = thinlto_backend::job::imports_of(&tree.join(o).to_string_lossy()) {
             files.extend(imports);
         }
         for f in files {
