@@ -230,13 +230,25 @@ pub fn thin_link(tree: &Path) -> thinlto_index::Manifest {
 
 /// `thin_link` with more `thinlto-index link` arguments (e.g. `--force`).
 pub fn thin_link_with(tree: &Path, extra: &[&str]) -> thinlto_index::Manifest {
+    let mut args = vec!["--imports"];
+    args.extend_from_slice(extra);
+    thin_link_args(tree, &args)
+}
+
+/// Stage 2 as kbuild runs it: no `--imports` (lld writes no `.imports`
+/// files, the manifest lists none).
+pub fn thin_link_without_imports(tree: &Path) -> thinlto_index::Manifest {
+    thin_link_args(tree, &[])
+}
+
+fn thin_link_args(tree: &Path, extra: &[&str]) -> thinlto_index::Manifest {
     std::fs::create_dir_all(tree.join("out")).unwrap();
     let order = run_ok(tool("thinlto-index", tree).args(["order", "vmlinux.a"]));
     std::fs::write(tree.join("out/builtin.order"), &order.stdout).unwrap();
     let m = run_ok(
         tool("thinlto-index", tree)
             .args(["link", "--ldflags", &ldflags(tree)])
-            .args(["-o", "out/vmlinux.thinlto-index", "--imports"])
+            .args(["-o", "out/vmlinux.thinlto-index"])
             .args(extra)
             .arg("out/builtin.order"),
     );

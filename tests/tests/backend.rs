@@ -953,3 +953,69 @@ wait $pid
     assert!(with_status(&recs, JobStatus::Built).contains(&"kernel/core.o".to_string()));
     assert!(t.path().join("kernel/core.thinlto-native.dwo").exists());
 }
+
+/// A tree thin-linked as kbuild links it (no `--imports`, so no
+/// `.imports` files): each job's imports come from its shard all the
+/// same. Its record keeps their digests, a stale `.imports` file (left by
+/// an older link) is not read, and a front-end rebuild of an imported
+/// module with the same bitcode reruns its importers too (the `.incbin`
+/// rule: an imported function may carry its asm).
+#[test]
+fn imports_come_from_the_shard_without_imports_files() {
+    let t = sample_tree();
+    let m = thin_link_without_imports(t.path());
+    let modules = |o: &str| {
+        thinlto_index::shard::module_paths_of(&t.path().join(format!("{o}.thinlto.bc"))).unwrap()
+    };
+    let importers: Vec<String> = m
+        .bitcode()
+        .filter(|o| {
+            o.object != "kernel/core.o" && modules(&o.object).iter().any(|p| p == "kernel/core.o")
+        })
+        .map(|o| o.object.clone())
+        .collect();
+    assert!(!importers.is_empty());
+    // A stale list naming a module that is gone.
+    let stale = &importers[0];
+    std::fs::write(
+        t.path().join(format!("{stale}.imports")),
+        "gone/missing.o\n",
+    )
+    .unwrap();
+    let (out, recs) = backend(t.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        with_status(&recs, JobStatus::Built).len(),
+        m.bitcode().count()
+    );
+    let native = format!("{}.thinlto-native.o", stale.trim_end_matches(".o"));
+    let (dir, base) = native.rsplit_once('/').unwrap();
+    let record = std::fs::read_to_string(t.path().join(format!("{dir}/.{base}.cmd"))).unwrap();
+    for p in modules(stale) {
+        assert!(
+            record.contains(&format!("# thinlto-dist: digest {p} ")),
+            "{p} not in the record of {native}:\n{record}"
+        );
+    }
+    assert!(!record.contains("gone/missing.o"), "{record}");
+
+    // kernel/core.o rebuilt by the front end, same bitcode: it and every
+    // importer rerun, nothing else.
+    std::thread::sleep(Duration::from_millis(20));
+    let core = t.path().join("kernel/core.c");
+    let text = std::fs::read_to_string(&core).unwrap();
+    std::fs::write(&core, &text).unwrap();
+    rebuild_fe(t.path());
+    thin_link_without_imports(t.path());
+    let (_, recs) = backend(t.path(), &[]);
+    let mut built = with_status(&recs, JobStatus::Built);
+    built.sort();
+    let mut want = importers.clone();
+    want.push("kernel/core.o".to_string());
+    want.sort();
+    assert_eq!(built, want, "{recs:?}");
+}

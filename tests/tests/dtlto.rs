@@ -392,3 +392,65 @@ fn requires_llvm22_older_bitcode_gets_no_front_end_llvm_warning() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("was written by"), "{err}");
 }
+
+/// clang (19 and 22 alike), missing a module its shard imports from, prints "Error
+/// loading imported file …" and exits 0 with an empty object. A real
+/// case: a job file that does not list an import, and the import gone.
+/// The job fails (nothing empty is a success), and the error shows what
+/// the compiler said, not only that it wrote nothing.
+#[test]
+fn a_compile_that_exits_0_without_output_shows_the_compilers_message() {
+    let tc = toolchain();
+    let d = tempfile::tempdir().unwrap();
+    let run = |cmd: &mut Command| run_ok(cmd.current_dir(d.path()));
+    std::fs::write(
+        d.path().join("a.c"),
+        "int g(int);\nint f(int x) { return g(x) + 1; }\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("b.c"), "int g(int x) { return x * 3; }\n").unwrap();
+    for o in ["a", "b"] {
+        run(Command::new(&tc.cc.path).args([
+            "-flto=thin",
+            "-O2",
+            "-c",
+            &format!("{o}.c"),
+            "-o",
+            &format!("{o}.o"),
+        ]));
+    }
+    run(Command::new(&tc.ld.path).args(["-r", "--thinlto-index-only", "a.o", "b.o", "-o", "ab.o"]));
+    std::fs::remove_file(d.path().join("b.o")).unwrap();
+    let job = serde_json::json!({
+        "common": {"args": [tc.cc.spelled, "-c", "-O2", "-x", "ir"]},
+        "jobs": [{
+            "args": ["a.o", "-fthinlto-index=a.o.thinlto.bc", "-o", "a.native.o"],
+            "inputs": ["a.o", "a.o.thinlto.bc"],
+            "outputs": ["a.native.o"],
+        }],
+    });
+    let f = d.path().join("out.1.dist-file.json");
+    std::fs::write(&f, job.to_string()).unwrap();
+    // The warm compiler (the default) and plain spawns.
+    for warm in ["--warm", "--no-warm"] {
+        let out = Command::new(bin("thinlto-backend"))
+            .args(["dtlto", "-j1", warm])
+            .arg(&f)
+            .current_dir(d.path())
+            .env_remove("THINLTO_CACHE")
+            .env_remove("THINLTO_REMOTE_EXEC")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{warm}: {err}");
+        assert!(
+            err.contains("a.native.o: the compiler exited 0 but wrote no output"),
+            "{warm}: {err}"
+        );
+        assert!(err.contains("Error loading imported file"), "{warm}: {err}");
+        assert!(
+            !d.path().join("a.native.o").exists(),
+            "{warm}: an empty native was left"
+        );
+    }
+}

@@ -94,7 +94,10 @@ fn farm_executes_backend_jobs_hermetically() {
     .unwrap();
     let mut jobs: Vec<BackendJob> = front_ends
         .into_iter()
-        .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
+        .map(|(i, cmd)| {
+            let i = thinlto_backend::job::with_shard_imports(i).unwrap();
+            BackendJob::new(i, &cmd, &cc).unwrap()
+        })
         .collect();
     jobs.sort_by_key(|j| std::cmp::Reverse(j.input.imports.as_ref().map_or(0, Vec::len)));
     assert!(jobs[0]

@@ -171,6 +171,60 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     assert_eq!(native_files(t.path(), &m), from_farm);
 }
 
+/// A tree thin-linked as kbuild links it, without `--imports`: each job's
+/// input root still holds every module it imports (its shard names them),
+/// so the farm builds the jobs that import with the natives of a local
+/// build. (Before, each came back exit 0 without its native: clang-19,
+/// missing an imported file, exits 0 with an empty object.)
+#[test]
+fn a_tree_linked_without_imports_builds_on_the_farm() {
+    let t = sample_tree();
+    let m = thin_link_without_imports(t.path());
+    let modules = |o: &str| {
+        let shard = t.path().join(format!("{o}.thinlto.bc"));
+        thinlto_index::shard::module_paths_of(&shard).unwrap()
+    };
+    let importers: Vec<String> = m
+        .bitcode()
+        .filter(|o| modules(&o.object).len() > 1)
+        .map(|o| o.object.clone())
+        .collect();
+    // The jobs that read the file config_blob.o's asm .incbin's: it and
+    // its importers.
+    let incbin: Vec<String> = m
+        .bitcode()
+        .filter(|o| modules(&o.object).iter().any(|p| p == BLOB))
+        .map(|o| o.object.clone())
+        .collect();
+    assert!(!importers.is_empty());
+    assert!(m
+        .bitcode()
+        .all(|o| o.imports.is_none() && !t.path().join(format!("{}.imports", o.object)).exists()));
+    run(t.path(), &["-B", "--no-cache", "--no-warm"]);
+    let local = native_files(t.path(), &m);
+
+    let bgd = buildgrid::bgd();
+    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    farm.add_worker("w1", &[], &[]).unwrap();
+    let (err, recs) = run(
+        t.path(),
+        &["-B", "--no-cache", "--remote-exec", farm.url.as_str()],
+    );
+    assert!(!err.contains("farm fault"), "{err}");
+    let remote = placed(&recs, Place::Remote);
+    // Every job on the farm but those that read the .incbin'd file no
+    // trace knows yet (--no-cache): it is not in their input root, they
+    // fail there and compile here.
+    let here = placed(&recs, Place::Local);
+    assert!(here.iter().all(|o| incbin.contains(o)), "{here:?}:\n{err}");
+    let on_farm: Vec<&String> = importers.iter().filter(|o| remote.contains(o)).collect();
+    assert!(
+        on_farm.len() + here.len() >= importers.len() && !on_farm.is_empty(),
+        "importers {importers:?}, on the farm {remote:?}:\n{err}"
+    );
+    assert_eq!(native_files(t.path(), &m), local, "{err}");
+}
+
 /// SIGINT while a job runs on the farm: the client cancels its operation
 /// (CancelOperation) before it dies by the signal, the server has it
 /// cancelled, the worker kills the compile (it would otherwise wait on

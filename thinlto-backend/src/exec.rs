@@ -2,7 +2,8 @@
 //! neither up to date nor a cache hit runs on a REAPI farm's workers.
 //!
 //! Each job is one REAPI action: its argv, an input root of the object,
-//! its shard, its imports and the extra files the backend cache's trace
+//! its shard, its imports (the modules the shard names,
+//! [`crate::job::with_shard_imports`]) and the extra files the backend cache's trace
 //! knows it reads (an `.incbin`'d file), the native (and `.dwo`) as
 //! outputs, and the platform property `thinlto-compiler=<identity>` (the
 //! cache key's compiler identity, [`crate::cache::identity`]) so that only
@@ -20,6 +21,11 @@
 //!   `--explain` asks too);
 //! - a compile error is a compile error (the worker's stderr, as a local
 //!   compile would print it), not a retry;
+//! - nothing empty is a success: exit 0 with a declared output missing or
+//!   empty (clang-19 exits 0 with an empty object when it cannot load an
+//!   import), from a worker or from the action cache, is the farm's
+//!   fault: the job compiles here, said once with the farm's output;
+//! - what the server sends is printed escaped ([`printable`]);
 //! - a worker that refused the action as not hermetic (the compile read a
 //!   file the input root lacks; `worker/hermetic.rs`) means the trace does
 //!   not know that file yet: the job compiles here, traced, so the next
@@ -31,9 +37,10 @@
 //!   (`reapi::execute`), its worker stops the compile, and the job is
 //!   compiled nowhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -41,7 +48,7 @@ use anyhow::{bail, Context, Result};
 use crate::job::{split_dwarf_file, BackendJob};
 use crate::reapi::execute::{Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::RemoteOptions;
-use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
+use crate::reapi::{is_transient, printable, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
 use crate::worker::hermetic::NOT_HERMETIC;
 
@@ -99,6 +106,10 @@ pub struct Placer {
     /// hermetic rule of `worker/hermetic.rs`), or why nothing can go to
     /// the farm.
     compiler: std::result::Result<Compiler, String>,
+    /// The SHA-256 of each input file, taken once a run: a module is the
+    /// input of every job that imports it, and each job's action is
+    /// built twice (placed, then sent).
+    digests: Mutex<HashMap<String, Digest>>,
 }
 
 impl Placer {
@@ -114,7 +125,28 @@ impl Placer {
         } else {
             Compiler::new(&cc_argv[0]).map_err(|e| format!("{e:#}"))
         };
-        Placer { compiler }
+        Placer {
+            compiler,
+            digests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The SHA-256 of the tree's file `p`, taken once a run.
+    fn digest(&self, p: &str) -> Result<Digest> {
+        if let Some(d) = self.digests.lock().unwrap().get(p) {
+            return Ok(d.clone());
+        }
+        let d = Digest::of_file(Path::new(p))?;
+        self.digests
+            .lock()
+            .unwrap()
+            .insert(p.to_string(), d.clone());
+        Ok(d)
+    }
+
+    /// The job's action ([`action`]), its inputs digested once a run.
+    fn action(&self, job: &BackendJob, extras: &[String]) -> Result<ActionSpec> {
+        action(job, extras, &|p| self.digest(p))
     }
 
     /// Why `job` must compile here, if it must: the compiler cannot run
@@ -137,7 +169,7 @@ impl Placer {
                 "its compile reads {file}, outside the tree and the compiler (a worker refuses that: not hermetic)"
             ));
         }
-        match action(job, &in_tree(reads)).and_then(|s| s.key()) {
+        match self.action(job, &in_tree(reads)).and_then(|s| s.key()) {
             Ok(_) => None,
             Err(e) => Some(format!("{e:#}")),
         }
@@ -167,6 +199,8 @@ pub struct RemoteExec {
     jobs: usize,
     /// The reasons for compiling here already said (each once a run).
     said: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// A result without its outputs was said (once a run).
+    said_empty: AtomicBool,
     built: AtomicU64,
     fallbacks: AtomicU64,
     bytes_up: AtomicU64,
@@ -193,6 +227,7 @@ impl RemoteExec {
             off: AtomicBool::new(false),
             jobs: jobs.max(1),
             said: Default::default(),
+            said_empty: AtomicBool::new(false),
             built: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
@@ -257,7 +292,11 @@ impl RemoteExec {
             return self.fallback("the farm failed earlier in this run".into());
         }
         let extras = in_tree(reads.unwrap_or_default());
-        let key = match action(job, &extras).and_then(|s| s.key()) {
+        let spec = match self.placer.action(job, &extras) {
+            Ok(s) => s,
+            Err(e) => return self.fallback(format!("{e:#}")),
+        };
+        let key = match spec.key() {
             Ok(k) => k,
             Err(e) => return self.fallback(format!("{e:#}")),
         };
@@ -301,8 +340,11 @@ impl RemoteExec {
             + executed.stdout.len()
             + executed.stderr.len();
         self.bytes_down.fetch_add(down as u64, Ordering::Relaxed);
+        // What the server sent is printed escaped (`reapi::printable`).
         let mut output = String::from_utf8_lossy(&executed.stdout).into_owned();
         output.push_str(&String::from_utf8_lossy(&executed.stderr));
+        let output = printable(&output).into_owned();
+        let worker = printable(&executed.worker).into_owned();
         if executed.exit_code != 0 {
             if let Some(why) = output.lines().find_map(|l| {
                 l.find(NOT_HERMETIC)
@@ -312,12 +354,11 @@ impl RemoteExec {
                     "thinlto-backend: remote execution: {}: {why}; compiling it here (its trace then knows the file)",
                     job.native
                 );
-                return self.fallback(format!("not hermetic on {}: {why}", executed.worker));
+                return self.fallback(format!("not hermetic on {worker}: {why}"));
             }
             if !traced {
                 return self.fallback(format!(
-                    "failed on {} before any trace of it was known",
-                    executed.worker
+                    "failed on {worker} before any trace of it was known"
                 ));
             }
             return Outcome::CompileError {
@@ -325,11 +366,43 @@ impl RemoteExec {
                 output,
             };
         }
+        // Nothing empty is a success: exit 0 without every output, or
+        // with an empty one (clang-19 exits 0 with an empty object when
+        // it cannot load an imported module), is the farm's fault, not
+        // the job's. It compiles here; said once a run.
+        if let Some(missing) = spec
+            .output_paths
+            .iter()
+            .find(|p| executed.outputs.get(*p).is_none_or(Vec::is_empty))
+        {
+            let whence = if executed.cached {
+                "from the farm's action cache"
+            } else {
+                "from the farm"
+            };
+            if !self.said_empty.swap(true, Ordering::Relaxed) {
+                let said = output.trim_end();
+                eprintln!(
+                    "thinlto-backend: remote execution: {}: the result {whence} (worker {worker:?}) has exit status 0 but no (or an empty) {}: a farm fault; such jobs compile here{}",
+                    job.native,
+                    printable(missing),
+                    if said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(". The compiler's output on the farm:\n{said}")
+                    }
+                );
+            }
+            return self.fallback(format!(
+                "the result {whence} (worker {worker:?}) has no (or an empty) {}",
+                printable(missing)
+            ));
+        }
         self.built.fetch_add(1, Ordering::Relaxed);
         Outcome::Built {
             outputs: executed.outputs,
             output,
-            worker: executed.worker,
+            worker,
         }
     }
 
@@ -365,7 +438,11 @@ pub fn stays_local(argv: &[String]) -> Option<&'static str> {
 /// The job's action: its argv in the tree's root, its content inputs and
 /// `extras` as the input root, its native (and .dwo) as outputs. Every
 /// path must be inside the tree (relative, no `..`).
-fn action(job: &BackendJob, extras: &[String]) -> Result<ActionSpec> {
+fn action(
+    job: &BackendJob,
+    extras: &[String],
+    digest_of: &dyn Fn(&str) -> Result<Digest>,
+) -> Result<ActionSpec> {
     let mut inputs: Vec<InputFile> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for p in job
@@ -377,8 +454,8 @@ fn action(job: &BackendJob, extras: &[String]) -> Result<ActionSpec> {
             continue;
         }
         let path = tree_path(p)?;
-        let digest = Digest::of_file(Path::new(p))
-            .with_context(|| format!("{p}: cannot read (input of {})", job.native))?;
+        let digest =
+            digest_of(p).with_context(|| format!("{p}: cannot read (input of {})", job.native))?;
         inputs.push(InputFile {
             path,
             digest,

@@ -13,11 +13,14 @@ use thinlto_index::Manifest;
 pub struct JobInput {
     pub object: String,
     pub summary: String,
-    /// The modules it imports, when known.
+    /// The modules it imports. None until the plan reads them from the
+    /// shard ([`with_shard_imports`]); a DTLTO job has lld's list.
     pub imports: Option<Vec<String>>,
 }
 
-/// The bitcode objects of a manifest (from `thinlto-index link`).
+/// The bitcode objects of a manifest (from `thinlto-index link`). Its
+/// `imports` lists are not taken: the shard is the one source
+/// ([`with_shard_imports`]).
 pub fn inputs_from_manifest(m: &Manifest) -> Vec<JobInput> {
     m.bitcode()
         .map(|o| JobInput {
@@ -26,13 +29,12 @@ pub fn inputs_from_manifest(m: &Manifest) -> Vec<JobInput> {
                 .summary
                 .clone()
                 .unwrap_or_else(|| format!("{}.thinlto.bc", o.object)),
-            imports: o.imports.clone(),
+            imports: None,
         })
         .collect()
 }
 
-/// The objects of a plain index file (`vmlinux.thinlto-index`); imports
-/// come from `foo.o.imports` where lld wrote one.
+/// The objects of a plain index file (`vmlinux.thinlto-index`).
 pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -42,21 +44,24 @@ pub fn inputs_from_index(path: &Path) -> Result<Vec<JobInput>> {
         .map(|o| JobInput {
             object: o.to_string(),
             summary: format!("{o}.thinlto.bc"),
-            imports: imports_of(o),
+            imports: None,
         })
         .collect())
 }
 
-/// The modules `object` imports, from the `object.imports` lld wrote
-/// (`--thinlto-emit-imports-files`); None where there is none.
-pub fn imports_of(object: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("{object}.imports")).ok()?;
-    Some(
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+/// `input` with its imports, when not known yet, read from its shard:
+/// the shard's module string table names every module the backend loads
+/// ([`thinlto_index::shard`]), so the list is complete whether or not the
+/// thin link wrote `.imports` files (a stale one from an older link is
+/// not read either). The one place a kbuild job's imports come from: the
+/// up-to-date check, the cache key and the farm's input root all use it.
+pub fn with_shard_imports(mut input: JobInput) -> Result<JobInput> {
+    if input.imports.is_none() {
+        let modules = thinlto_index::shard::module_paths_of(Path::new(&input.summary))
+            .with_context(|| format!("the imports of {}", input.object))?;
+        input.imports = Some(modules.into_iter().filter(|m| *m != input.object).collect());
+    }
+    Ok(input)
 }
 
 /// `dir/foo.o` → `dir/foo.thinlto-native.o`.

@@ -39,7 +39,7 @@ use thinlto_cmdparse::shell;
 
 use crate::digest::DigestCache;
 use crate::engine::plan::{decide, Decision};
-use crate::job::{imports_of, BackendJob, JobInput};
+use crate::job::{with_shard_imports, BackendJob, JobInput};
 use crate::record::write_record;
 
 /// A compiler command recognised as a ThinLTO backend compile.
@@ -105,24 +105,25 @@ pub fn digests_path(native: &str) -> PathBuf {
 }
 
 /// The job for a recognised command: the argv as given, the record beside
-/// the native.
-pub fn job_for(argv: &[OsString], cmd: &BackendCommand) -> BackendJob {
+/// the native, the imports its shard names (an error when the shard
+/// cannot be read as one).
+pub fn job_for(argv: &[OsString], cmd: &BackendCommand) -> anyhow::Result<BackendJob> {
     let argv: Vec<String> = argv
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    BackendJob {
-        input: JobInput {
+    Ok(BackendJob {
+        input: with_shard_imports(JobInput {
             object: cmd.object.clone(),
             summary: cmd.summary.clone(),
-            imports: imports_of(&cmd.object),
-        },
+            imports: None,
+        })?,
         native: cmd.native.clone(),
         record_path: Some(digests_path(&cmd.native)),
         command_text: shell::join(&argv),
         argv,
         key_argv: None,
-    }
+    })
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -180,7 +181,11 @@ pub fn main(argv: Vec<OsString>) -> ! {
     let Some(cmd) = recognise(&argv) else {
         exec(&argv)
     };
-    let job = job_for(&argv, &cmd);
+    // A shard that cannot be read: the compiler says it as it would
+    // without us.
+    let Ok(job) = job_for(&argv, &cmd) else {
+        exec(&argv)
+    };
     let record_path = digests_path(&job.native);
     let (decision, mut record) = match decide(&job, &DigestCache::default()) {
         Ok(d) => d,

@@ -33,6 +33,10 @@ struct State {
     names: BTreeSet<String>,
     max_batch: i64,
     digest_functions: Vec<i32>,
+    /// The ActionResult every Execute answers (None: Execute is
+    /// UNIMPLEMENTED), and whether it says it came from the action cache.
+    executed: Option<re::ActionResult>,
+    executed_cached: bool,
 }
 
 #[derive(Clone, Default)]
@@ -214,6 +218,53 @@ impl ContentAddressableStorage for Fake {
     }
 }
 
+#[tonic::async_trait]
+impl re::execution_server::Execution for Fake {
+    type ExecuteStream = BoxStream<bazel_remote_apis::google::longrunning::Operation>;
+    /// One Operation, done, with the ExecuteResponse of `executed`.
+    async fn execute(
+        &self,
+        req: Request<re::ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        use prost::Message;
+        self.saw("Execute", &req);
+        let (result, cached) = {
+            let s = self.0.lock().unwrap();
+            (s.executed.clone(), s.executed_cached)
+        };
+        let result = result.ok_or_else(|| Status::unimplemented("not in the fake"))?;
+        let response = re::ExecuteResponse {
+            result: Some(result),
+            cached_result: cached,
+            ..Default::default()
+        };
+        let op = bazel_remote_apis::google::longrunning::Operation {
+            name: "fake-operation".into(),
+            done: true,
+            result: Some(
+                bazel_remote_apis::google::longrunning::operation::Result::Response(
+                    bazel_remote_apis::google::protobuf::Any {
+                        type_url:
+                            "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse"
+                                .into(),
+                        value: response.encode_to_vec(),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter([Ok(op)]))))
+    }
+
+    type WaitExecutionStream = BoxStream<bazel_remote_apis::google::longrunning::Operation>;
+    async fn wait_execution(
+        &self,
+        _: Request<re::WaitExecutionRequest>,
+    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        unimplemented()
+    }
+}
+
 /// The hash of a `…/blobs/HASH/SIZE` resource name.
 fn resource_hash(name: &str) -> String {
     let parts: Vec<&str> = name.split('/').collect();
@@ -327,6 +378,7 @@ fn serve_with(
         .add_service(CapabilitiesServer::new(fake.clone()))
         .add_service(ActionCacheServer::new(fake.clone()))
         .add_service(ContentAddressableStorageServer::new(fake.clone()))
+        .add_service(re::execution_server::ExecutionServer::new(fake.clone()))
         .add_service(bytestream::byte_stream_server::ByteStreamServer::new(
             fake.clone(),
         ));
@@ -595,12 +647,21 @@ fn a_failed_action_is_a_miss() {
 /// of it. The job is made of files of this crate (the tests run in its
 /// directory): only their digests matter, nothing compiles.
 fn backend_lookup(extras: &[(String, String, i64)], native_size: Option<i64>) -> Option<Vec<u8>> {
+    backend_lookup_of(extras, native_size, b"native bytes")
+}
+
+/// [`backend_lookup`] with `native` as the newest variant's native.
+fn backend_lookup_of(
+    extras: &[(String, String, i64)],
+    native_size: Option<i64>,
+    native: &[u8],
+) -> Option<Vec<u8>> {
     use thinlto_backend::cache::{BackendCache, CacheOptions};
     use thinlto_backend::{BackendJob, JobInput};
     let server = serve(MAX_BATCH, vec![SHA256]);
     let native_path = "fake.thinlto-native.o";
     let manifest = serde_json::to_vec(&serde_json::json!({ "variants": [extras] })).unwrap();
-    let native = b"native bytes".to_vec();
+    let native = native.to_vec();
     {
         let mut s = server.fake.0.lock().unwrap();
         let mut output_files = Vec::new();
@@ -728,6 +789,11 @@ fn hostile_manifests_are_misses_and_never_hang() {
     assert_eq!(backend_lookup(&[huge], None), None);
     assert_eq!(
         backend_lookup(&[extra("build.rs", "build.rs")], Some(1 << 62)),
+        None
+    );
+    // Nothing empty is a hit: an entry whose native is the empty blob.
+    assert_eq!(
+        backend_lookup_of(&[extra("build.rs", "build.rs")], None, b""),
         None
     );
 }
@@ -864,4 +930,177 @@ fn headers_from_a_file_and_the_environment_reach_the_server() {
     assert!(!ok);
     assert!(err.contains("headers:2: expected a header"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// A two-object tree for the binary: `a.o` calls a function of `b.o`
+/// (ThinLTO imports it), thin-linked by ld.lld WITHOUT
+/// `--thinlto-emit-imports-files` (as kbuild links), kbuild's `.cmd`
+/// files and the index. Compiled by the toolchain's own compiler word (a
+/// worker would need the same). Returns the tree.
+fn two_object_tree() -> tempfile::TempDir {
+    let tc = thinlto_index::Toolchain::resolve(&Default::default()).expect("a toolchain");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.current_dir(d).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    std::fs::write(
+        d.join("a.c"),
+        "int g(int);\nint f(int x) { return g(x) + 1; }\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("b.c"), "int g(int x) { return x * 3; }\n").unwrap();
+    for o in ["a", "b"] {
+        run(std::process::Command::new(&tc.cc.path).args([
+            "-flto=thin",
+            "-O2",
+            "-c",
+            "-o",
+            &format!("{o}.o"),
+            &format!("{o}.c"),
+        ]));
+        std::fs::write(
+            d.join(format!(".{o}.o.cmd")),
+            format!(
+                "savedcmd_{o}.o := {} -flto=thin -O2 -c -o {o}.o {o}.c\n",
+                tc.cc.spelled
+            ),
+        )
+        .unwrap();
+    }
+    run(std::process::Command::new(&tc.ld.path).args([
+        "-r",
+        "--thinlto-index-only",
+        "a.o",
+        "b.o",
+        "-o",
+        "ab.o",
+    ]));
+    assert!(!d.join("a.o.imports").exists());
+    std::fs::write(d.join("index"), "a.o\nb.o\n").unwrap();
+    t
+}
+
+/// `thinlto-backend -B --no-cache --index index` on `tree`, with `args`:
+/// (success, stderr, stdout).
+fn backend_run(tree: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let tc = thinlto_index::Toolchain::resolve(&Default::default()).expect("a toolchain");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinlto-backend"))
+        .current_dir(tree)
+        .args(["-B", "--no-cache", "--no-warm", "--index", "index"])
+        .args(args)
+        .env("CC", &tc.cc.spelled)
+        .env_remove("LLVM")
+        .env_remove("THINLTO_REMOTE_EXEC")
+        .env_remove("THINLTO_REMOTE_HEADERS")
+        .env_remove("THINLTO_REMOTE_HEADER_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Nothing empty is a success: a farm that answers exit 0 without the
+/// native (as BuildGrid did, and then served from its action cache, when
+/// clang-19 on a worker could not load an import), or an action-cache
+/// hit whose native is empty, is a farm fault: every job compiles here,
+/// the build succeeds with the natives of a local build, and it is said
+/// once, with the worker's own output escaped (it is the server's text).
+#[test]
+fn a_farm_result_without_its_outputs_compiles_here() {
+    let t = two_object_tree();
+    let (ok, err, _) = backend_run(t.path(), &[]);
+    assert!(ok, "{err}");
+    let local: Vec<Vec<u8>> = ["a", "b"]
+        .map(|o| std::fs::read(t.path().join(format!("{o}.thinlto-native.o"))).unwrap())
+        .to_vec();
+    assert!(local.iter().all(|n| !n.is_empty()));
+
+    let server = serve(MAX_BATCH, vec![SHA256]);
+    let empty = Digest::of_bytes(b"");
+    let cases = [
+        // Exit 0, no output at all, clang's message on stderr (with an
+        // escape sequence a hostile server could send).
+        (
+            false,
+            re::ActionResult {
+                exit_code: 0,
+                stderr_raw: b"Error running ThinLTO backend: Error loading imported file 'b.o': \x1b[31mNo such file or directory\n".to_vec(),
+                ..Default::default()
+            },
+        ),
+        // An action-cache hit whose native is the empty blob.
+        (
+            true,
+            re::ActionResult {
+                exit_code: 0,
+                output_files: vec![re::OutputFile {
+                    path: "a.thinlto-native.o".into(),
+                    digest: Some(re::Digest {
+                        hash: empty.hash.clone(),
+                        size_bytes: 0,
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (cached, result) in cases {
+        {
+            let mut s = server.fake.0.lock().unwrap();
+            s.executed = Some(result);
+            s.executed_cached = cached;
+            s.calls.clear();
+        }
+        for o in ["a", "b"] {
+            std::fs::remove_file(t.path().join(format!("{o}.thinlto-native.o"))).unwrap();
+        }
+        let (ok, err, out) = backend_run(t.path(), &["--remote-exec", &server.url]);
+        let executes = server
+            .fake
+            .0
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(rpc, _)| *rpc == "Execute")
+            .count();
+        assert_eq!(executes, 2, "both jobs went to the farm:\n{err}");
+        assert!(ok, "cached={cached}: the build failed:\n{err}");
+        assert_eq!(
+            err.matches("a farm fault; such jobs compile here").count(),
+            1,
+            "cached={cached}: said once:\n{err}"
+        );
+        let whence = if cached {
+            "from the farm's action cache"
+        } else {
+            "from the farm (worker"
+        };
+        assert!(err.contains(whence), "{err}");
+        if !cached {
+            assert!(
+                err.contains("Error loading imported file 'b.o': \\x1b[31mNo such file"),
+                "the worker's output, escaped:\n{err}"
+            );
+        }
+        assert!(
+            !err.contains('\x1b'),
+            "a raw escape reached the terminal:\n{err}"
+        );
+        assert_eq!(out.matches("\"where\":\"local\"").count(), 2, "{out}");
+        assert!(
+            err.contains("0 on the farm, 2 compiled here instead"),
+            "{err}"
+        );
+        for (o, want) in ["a", "b"].iter().zip(&local) {
+            let got = std::fs::read(t.path().join(format!("{o}.thinlto-native.o"))).unwrap();
+            assert!(&got == want, "{o}: not the local build's native");
+        }
+    }
 }

@@ -183,6 +183,61 @@ impl<'a> BitReader<'a> {
             .context("truncated abbreviation")
     }
 
+    /// The values of one record written with `abbrev`, record code first
+    /// (the abbreviation id already read). An array or blob of more than
+    /// `max_len` elements is an error, not a large allocation.
+    pub fn abbreviated(&mut self, abbrev: &[Op], max_len: u64) -> Result<Vec<u64>> {
+        let mut values = Vec::new();
+        let mut i = 0;
+        while i < abbrev.len() {
+            match abbrev[i] {
+                Op::Array => {
+                    let elt = *abbrev
+                        .get(i + 1)
+                        .context("an array without an element type")?;
+                    let n = self.vbr(6).context("truncated array")?;
+                    if n > max_len {
+                        bail!("an array of {n} elements (at most {max_len} expected)");
+                    }
+                    for _ in 0..n {
+                        values.push(self.scalar(elt).context("truncated record")?);
+                    }
+                    i += 2;
+                }
+                Op::Blob => {
+                    let n = self.vbr(6).context("truncated blob")?;
+                    if n > max_len {
+                        bail!("a blob of {n} bytes (at most {max_len} expected)");
+                    }
+                    self.align32();
+                    values.extend(self.bytes(n)?.iter().map(|&b| b as u64));
+                    self.align32();
+                    i += 1;
+                }
+                op => {
+                    values.push(self.scalar(op).context("truncated record")?);
+                    i += 1;
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// The code and operands of one unabbreviated record (the
+    /// abbreviation id already read); more than `max_len` operands is an
+    /// error.
+    pub fn unabbreviated(&mut self, max_len: u64) -> Result<(u64, Vec<u64>)> {
+        let code = self.vbr(6).context("truncated record")?;
+        let n = self.vbr(6).context("truncated record")?;
+        if n > max_len {
+            bail!("a record of {n} operands (at most {max_len} expected)");
+        }
+        let ops = (0..n)
+            .map(|_| self.vbr(6).context("truncated record"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((code, ops))
+    }
+
     /// One scalar operand (an array element or a plain operand).
     pub fn scalar(&mut self, op: Op) -> Result<u64> {
         const CHAR6: &[u8; 64] =

@@ -10,6 +10,7 @@ pub mod launcher;
 pub mod link;
 pub mod manifest;
 pub mod producer;
+pub mod shard;
 pub mod toolchain;
 pub mod tree_tools;
 

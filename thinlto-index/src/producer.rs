@@ -15,8 +15,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::bitstream::{
-    self, Abbrev, BitReader, Op, DEFINE_ABBREV, END_BLOCK, ENTER_SUBBLOCK,
-    FIRST_APPLICATION_ABBREV, UNABBREV_RECORD,
+    self, Abbrev, BitReader, DEFINE_ABBREV, END_BLOCK, ENTER_SUBBLOCK, FIRST_APPLICATION_ABBREV,
+    UNABBREV_RECORD,
 };
 
 /// What the identification block of a bitcode object says.
@@ -158,20 +158,12 @@ fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
             }
             _ => {
                 let (code, ops) = if id == UNABBREV_RECORD {
-                    let code = r.vbr(6).context("truncated record")?;
-                    let n = r.vbr(6).context("truncated record")?;
-                    if n > MAX_STRING {
-                        bail!("a record of {n} operands in the identification block");
-                    }
-                    let ops = (0..n)
-                        .map(|_| r.vbr(6).context("truncated record"))
-                        .collect::<Result<Vec<_>>>()?;
-                    (code, ops)
+                    r.unabbreviated(MAX_STRING)?
                 } else {
                     let abbrev = abbrevs
                         .get((id - FIRST_APPLICATION_ABBREV) as usize)
                         .with_context(|| format!("undefined abbreviation {id}"))?;
-                    let mut values = read_abbreviated(r, abbrev)?;
+                    let mut values = r.abbreviated(abbrev, MAX_STRING)?;
                     if values.is_empty() {
                         bail!("an abbreviation with no record code");
                     }
@@ -196,44 +188,6 @@ fn read_identification(r: &mut BitReader, width: u32) -> Result<Producer> {
         Some(string) => Ok(Producer { string, epoch }),
         None => bail!("identification block without a STRING record"),
     }
-}
-
-/// The values of one abbreviated record, record code first.
-fn read_abbreviated(r: &mut BitReader, abbrev: &[Op]) -> Result<Vec<u64>> {
-    let mut values = Vec::new();
-    let mut i = 0;
-    while i < abbrev.len() {
-        match abbrev[i] {
-            Op::Array => {
-                let elt = *abbrev
-                    .get(i + 1)
-                    .context("an array without an element type")?;
-                let n = r.vbr(6).context("truncated array")?;
-                if n > MAX_STRING {
-                    bail!("an array of {n} elements in the identification block");
-                }
-                for _ in 0..n {
-                    values.push(r.scalar(elt).context("truncated record")?);
-                }
-                i += 2;
-            }
-            Op::Blob => {
-                let n = r.vbr(6).context("truncated blob")?;
-                if n > MAX_STRING {
-                    bail!("a blob of {n} bytes in the identification block");
-                }
-                r.align32();
-                values.extend(r.bytes(n)?.iter().map(|&b| b as u64));
-                r.align32();
-                i += 1;
-            }
-            op => {
-                values.push(r.scalar(op).context("truncated record")?);
-                i += 1;
-            }
-        }
-    }
-    Ok(values)
 }
 
 #[cfg(test)]

@@ -598,7 +598,8 @@ impl Inner {
     fn lookup_local(&self, key: &str) -> Option<Hit> {
         let m = self.local.manifest(key);
         for v in m.variants.iter().filter(|v| self.extras_match(v)) {
-            let Some(native) = self.local.get_blob(&v.native) else {
+            // Nothing empty is a hit.
+            let Some(native) = self.local.get_blob(&v.native).filter(|b| !b.is_empty()) else {
                 continue;
             };
             let dwo = match &v.dwo {

@@ -295,11 +295,17 @@ impl RemoteTier {
                     None => continue,
                 }
             };
-            let Some(native) = hit.outputs.remove(&spec.output_paths[0]) else {
+            // Nothing empty is a hit (no compile that succeeds writes an
+            // empty object).
+            let Some(native) = hit
+                .outputs
+                .remove(&spec.output_paths[0])
+                .filter(|b| !b.is_empty())
+            else {
                 continue;
             };
             let dwo = match spec.output_paths.get(1) {
-                Some(p) => match hit.outputs.remove(p) {
+                Some(p) => match hit.outputs.remove(p).filter(|b| !b.is_empty()) {
                     Some(b) => Some(b),
                     None => continue,
                 },
@@ -308,8 +314,10 @@ impl RemoteTier {
             if hit.stdout.len() + hit.stderr.len() > MAX_OUTPUT_TEXT {
                 continue;
             }
+            // Replayed as the compile's warnings: printed escaped.
             let mut output = String::from_utf8_lossy(&hit.stdout).into_owned();
             output.push_str(&String::from_utf8_lossy(&hit.stderr));
+            let output = crate::reapi::printable(&output).into_owned();
             return Ok(Some(RemoteResult {
                 key: key.action.hash.clone(),
                 native,

@@ -20,10 +20,9 @@
 //! bytes are unchanged. The thin link never touches `foo.o` (only
 //! `foo.o.thinlto.bc`), so this costs nothing on a relink; a front-end
 //! rebuild that changed nothing costs the jobs that read that object.
-//! (Without `.imports` lists — a plain index and no `--thinlto-emit-imports-files`
-//! — an import's content is still covered: each `foo.o.thinlto.bc` holds
-//! the module hash of every module it imports from; only the mtime rule
-//! for imports is lost.)
+//! A job's imports are the modules its shard names
+//! ([`crate::job::with_shard_imports`], read here once per job),
+//! with or without the thin link's `.imports` lists.
 //!
 //! A record written by make's `if_changed` (a command, no digests) is
 //! adopted as make itself would judge it: if the command is equal and the
@@ -37,7 +36,7 @@ use thinlto_cmdparse::{cmd_file_for_object, CmdFile};
 use thinlto_index::tree_tools::{self, TreeRecord};
 
 use crate::digest::{mtime_ns, DigestCache};
-use crate::job::{BackendJob, JobInput};
+use crate::job::{with_shard_imports, BackendJob, JobInput};
 use crate::record::NativeRecord;
 
 /// Whether a job must run, and why.
@@ -184,7 +183,7 @@ pub fn plan(
     let results: Vec<Result<(BackendJob, Decision, NativeRecord)>> = front_ends
         .into_par_iter()
         .map(|(i, cmd)| {
-            let job = BackendJob::new(i, &cmd, cc)?;
+            let job = BackendJob::new(with_shard_imports(i)?, &cmd, cc)?;
             let (d, r) = decide(&job, &cache)?;
             Ok((job, d, r))
         })

@@ -680,10 +680,13 @@ fn compile_local(
     match std::fs::metadata(native) {
         Ok(m) if m.is_file() && m.len() > 0 => {}
         _ => {
+            // What the compiler said is why (clang-19 exits 0 with an
+            // empty object when it cannot load an imported module:
+            // "Error loading imported file …").
             return fail(
                 "the compiler exited 0 but wrote no output (or an empty one)".into(),
-                Some(job.command_text.clone()),
-            )
+                Some(format!("{}\n{text}", job.command_text)),
+            );
         }
     }
     let seconds = start.elapsed().as_secs_f64();

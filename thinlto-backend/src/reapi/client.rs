@@ -647,8 +647,9 @@ impl RemoteCache {
             if code != Code::Ok as i32 {
                 let msg = r.status.map(|s| s.message).unwrap_or_default();
                 bail!(
-                    "BatchReadBlobs: a blob failed with {:?}: {msg}",
-                    Code::from(code)
+                    "BatchReadBlobs: a blob failed with {:?}: {}",
+                    Code::from(code),
+                    super::printable(&msg)
                 );
             }
             // Compressed replies were not asked for; anything but identity
@@ -702,9 +703,16 @@ impl RemoteCache {
     /// FindMissingBlobs, then uploads what it names.
     /// Returns the bytes uploaded.
     pub(crate) async fn upload_missing(&self, blobs: &HashMap<Digest, &[u8]>) -> Result<u64> {
+        let missing = self.find_missing(blobs.keys().collect()).await?;
+        self.upload(&missing, blobs).await
+    }
+
+    /// FindMissingBlobs: which of `digests` the server lacks (each one
+    /// of them; anything else it answers is an error).
+    pub(crate) async fn find_missing(&self, mut digests: Vec<&Digest>) -> Result<Vec<Digest>> {
         let mut cas = self.cas.clone();
-        let mut digests: Vec<&Digest> = blobs.keys().collect();
         digests.sort();
+        digests.dedup();
         let req = re::FindMissingBlobsRequest {
             instance_name: self.instance.clone(),
             blob_digests: digests.iter().map(|d| d.to_proto()).collect(),
@@ -715,11 +723,34 @@ impl RemoteCache {
             .map_err(|s| status_error(s, "FindMissingBlobs"))?
             .into_inner()
             .missing_blob_digests;
+        let mut out = missing
+            .iter()
+            .map(|m| {
+                let d = Digest::from_proto(m).with_context(|| {
+                    format!("FindMissingBlobs answered a malformed digest {m:?}")
+                })?;
+                if digests.binary_search(&&d).is_err() {
+                    bail!("FindMissingBlobs answered {d}, which was not asked");
+                }
+                Ok(d)
+            })
+            .collect::<Result<Vec<Digest>>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Uploads `missing`, each found in `blobs`. Returns the bytes
+    /// uploaded.
+    pub(crate) async fn upload(
+        &self,
+        missing: &[Digest],
+        blobs: &HashMap<Digest, &[u8]>,
+    ) -> Result<u64> {
         let mut small = Vec::new();
         let mut uploaded = 0u64;
-        for m in &missing {
-            let d = Digest::from_proto(m)
-                .with_context(|| format!("FindMissingBlobs answered a malformed digest {m:?}"))?;
+        for d in missing {
+            let d = d.clone();
             let data = *blobs
                 .get(&d)
                 .with_context(|| format!("FindMissingBlobs answered {d}, which was not asked"))?;
@@ -759,9 +790,9 @@ impl RemoteCache {
                 let d = r.digest.map(|d| format!("{}/{}", d.hash, d.size_bytes));
                 bail!(
                     "BatchUpdateBlobs: blob {} failed with {:?}: {}",
-                    d.unwrap_or_default(),
+                    super::printable(&d.unwrap_or_default()),
                     Code::from(s.code),
-                    s.message
+                    super::printable(&s.message)
                 );
             }
         }
@@ -1051,7 +1082,8 @@ pub(crate) async fn timed<T>(
 pub(crate) fn status_error(s: Status, call: &str) -> anyhow::Error {
     let mut msg = format!("{call} failed: {:?}", s.code());
     if !s.message().is_empty() {
-        msg += &format!(": {}", s.message());
+        // The server's words: printed escaped.
+        msg += &format!(": {}", super::printable(s.message()));
     }
     if let Some(src) = std::error::Error::source(&s) {
         msg += &format!(" ({src}: {})", source_chain(src));

@@ -34,7 +34,7 @@ use prost::Message;
 use re::execution_client::ExecutionClient;
 use tonic::Code;
 
-use crate::reapi::{status_error, ActionKey, Digest, RemoteCache, RemoteOptions, Svc};
+use crate::reapi::{printable, status_error, ActionKey, Digest, RemoteCache, RemoteOptions, Svc};
 
 /// How many times a broken operation stream is resumed with
 /// WaitExecution before the execution is an error.
@@ -95,8 +95,12 @@ impl std::fmt::Display for Cancelled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.operation.is_empty(), &self.error) {
             (true, _) => write!(f, "cancelled before the server named the operation"),
-            (false, None) => write!(f, "cancelled operation {}", self.operation),
-            (false, Some(e)) => write!(f, "cannot cancel operation {}: {e}", self.operation),
+            (false, None) => write!(f, "cancelled operation {}", printable(&self.operation)),
+            (false, Some(e)) => write!(
+                f,
+                "cannot cancel operation {}: {e}",
+                printable(&self.operation)
+            ),
         }
     }
 }
@@ -190,12 +194,18 @@ impl Executor {
             blobs.insert(d.clone(), b.clone());
         }
         let files = input_files(action.key)?;
-        // Only the inputs the server lacks are read, with the protos.
-        let refs: HashMap<Digest, &[u8]> = blobs.iter().map(|(d, b)| (d.clone(), &b[..])).collect();
-        let mut all = refs.clone();
+        // Only the inputs the server lacks are read (and checked against
+        // their digests), with the protos: a module imported by hundreds
+        // of jobs is on the server after the first.
+        let mut asked: Vec<&Digest> = blobs.keys().collect();
+        asked.extend(files.iter().map(|(d, _)| d));
+        let missing = self.cas.find_missing(asked).await?;
+        let lacked: std::collections::HashSet<&Digest> = missing.iter().collect();
+        let mut all: HashMap<Digest, &[u8]> =
+            blobs.iter().map(|(d, b)| (d.clone(), &b[..])).collect();
         let mut contents: HashMap<Digest, Vec<u8>> = HashMap::new();
         for (d, path) in &files {
-            if contents.contains_key(d) {
+            if contents.contains_key(d) || !lacked.contains(d) {
                 continue;
             }
             let local = action.local_root.join(path);
@@ -212,7 +222,7 @@ impl Executor {
         for (d, data) in &contents {
             all.insert(d.clone(), data);
         }
-        let uploaded = self.cas.upload_missing(&all).await?;
+        let uploaded = self.cas.upload(&missing, &all).await?;
 
         let req = re::ExecuteRequest {
             instance_name: self.cas.instance.clone(),
@@ -227,11 +237,11 @@ impl Executor {
                 "the server could not execute action {}: {:?}: {}{}",
                 protos.action,
                 Code::from(s.code),
-                s.message,
+                printable(&s.message),
                 if response.message.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", response.message)
+                    format!(" ({})", printable(&response.message))
                 }
             );
         }
@@ -318,7 +328,10 @@ impl Executor {
         }
         match last_error {
             Some(s) => Err(status_error(s, "Execute")),
-            None => bail!("the operation stream ended before the operation {name:?} was done"),
+            None => bail!(
+                "the operation stream ended before the operation {:?} was done",
+                printable(&name)
+            ),
         }
     }
 }
@@ -336,14 +349,19 @@ fn resumable(s: &tonic::Status) -> bool {
 fn done(op: Operation) -> Result<re::ExecuteResponse> {
     match op.result {
         Some(operation::Result::Response(any)) => re::ExecuteResponse::decode(any.value.as_slice())
-            .with_context(|| format!("operation {}: a malformed ExecuteResponse", op.name)),
+            .with_context(|| {
+                format!(
+                    "operation {}: a malformed ExecuteResponse",
+                    printable(&op.name)
+                )
+            }),
         Some(operation::Result::Error(s)) => bail!(
             "operation {} failed: {:?}: {}",
-            op.name,
+            printable(&op.name),
             Code::from(s.code),
-            s.message
+            printable(&s.message)
         ),
-        None => bail!("operation {} is done without a result", op.name),
+        None => bail!("operation {} is done without a result", printable(&op.name)),
     }
 }
 

@@ -43,3 +43,43 @@ pub struct RemoteOptions {
     /// PEM file of a CA to trust for grpcs:// (optional)
     pub tls_ca: Option<PathBuf>,
 }
+
+/// Text a server sent (a result's stdout and stderr, an error message, a
+/// worker's name) as it may be printed: every control character but
+/// newline and tab, and the Unicode controls that reorder text, escaped
+/// (`\x1b`, `\u{202e}`), so that a server cannot move the cursor, rewrite
+/// what the terminal shows or hide text in it.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn server_text_is_printed_with_its_control_characters_escaped() {
+        let plain = "a.c:1: warning: x\n\tnote: é\n";
+        assert!(matches!(printable(plain), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            printable("\x1b[2J\x1b]0;title\x07ok\r\x7f\u{9b}"),
+            "\\x1b[2J\\x1b]0;title\\x07ok\\x0d\\x7f\\u{9b}"
+        );
+        assert_eq!(printable("a\u{202e}b\u{2066}"), "a\\u{202e}b\\u{2066}");
+    }
+}

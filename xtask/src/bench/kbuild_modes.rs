@@ -470,7 +470,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
             let only_tools: Vec<&String> = to.difference(wr).take(5).collect();
             writeln!(
                 s,
-                "- {}: wrap ran {} jobs, tools {}; tools only (first 5): {:?} (tools' `.imports` lists also apply the `.incbin` rule to importers)",
+                "- {}: wrap ran {} jobs, tools {}; tools only (first 5): {:?}",
                 step.name,
                 wr.len(),
                 to.len(),

@@ -177,9 +177,11 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     // what went up: how much the CAS's deduplication saves.
     let mut named = 0u64;
     for o in &objects {
-        let mut files = vec![o.clone(), format!("{o}.thinlto.bc")];
-        if let Some(imports) = thinlto_backend::job::imports_of(&tree.join(o).to_string_lossy()) {
-            files.extend(imports);
+        let shard = format!("{o}.thinlto.bc");
+        let mut files = vec![o.clone(), shard.clone()];
+        // The modules the shard names: the object itself and its imports.
+        if let Ok(modules) = thinlto_index::shard::module_paths_of(&tree.join(&shard)) {
+            files.extend(modules.into_iter().filter(|m| m != o));
         }
         for f in files {
             named += std::fs::metadata(tree.join(&f))
