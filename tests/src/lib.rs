@@ -3,6 +3,8 @@
 //! BuildGrid for the remote cache ([`buildgrid`]).
 
 pub mod buildgrid;
+pub mod docflags;
+pub mod imports;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,7 +13,7 @@ use std::sync::OnceLock;
 use tempfile::TempDir;
 pub use thinlto_backend::{JobRecord, JobStatus};
 use thinlto_index::{Toolchain, ToolchainArgs};
-use xtask::fe::{FeOptions, FeReport};
+use xtask::sample::fe::{FeOptions, FeReport};
 
 /// The resolved and probed LLVM toolchain (installed by `cargo xtask setup`).
 pub fn toolchain() -> &'static Toolchain {
@@ -143,7 +145,7 @@ pub fn fe_tree(objects: usize, saved_c_flags: bool) -> FeTree {
         .prefix("thinlto-dist-tree.")
         .tempdir()
         .expect("tempdir");
-    let report = xtask::fe::build(
+    let report = xtask::sample::fe::build(
         &FeOptions {
             tree: dir.path().to_path_buf(),
             objects,
@@ -164,7 +166,7 @@ pub fn sample_tree() -> FeTree {
 
 /// The tree's top-level `KBUILD_LDFLAGS`.
 pub fn ldflags(tree: &Path) -> String {
-    xtask::tree::Tree::load(tree)
+    xtask::sample::tree::Tree::load(tree)
         .expect("tree loads")
         .top
         .ldflags
@@ -287,9 +289,9 @@ pub fn with_status(records: &[JobRecord], status: JobStatus) -> Vec<String> {
 }
 
 /// Runs the make reference flow on a tree (top-level outputs in out-ref/).
-pub fn reference(tree: &Path) -> xtask::reference::ReferenceReport {
-    xtask::reference::run(
-        &xtask::reference::ReferenceOptions {
+pub fn reference(tree: &Path) -> xtask::sample::reference::ReferenceReport {
+    xtask::sample::reference::run(
+        &xtask::sample::reference::ReferenceOptions {
             tree: tree.to_path_buf(),
             jobs: 2,
             out: "out-ref".into(),
@@ -381,7 +383,7 @@ exec '{}' \"$@\"
 pub fn rebuild_fe(tree: &Path) -> FeReport {
     // Let an edit made just before be newer than the objects.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    xtask::fe::build(
+    xtask::sample::fe::build(
         &FeOptions {
             tree: tree.to_path_buf(),
             objects: 0,

@@ -168,8 +168,11 @@ fn incremental_by_content() {
     // The harness sees the new code.
     let exe = t.path().join("out/h");
     let o = stage4(t.path());
-    let out = xtask::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
-    assert_ne!(out, xtask::reference::expected_harness_output().unwrap());
+    let out = xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &exe).unwrap();
+    assert_ne!(
+        out,
+        xtask::sample::reference::expected_harness_output().unwrap()
+    );
 }
 
 /// `object` and the objects that import from it, sorted.
@@ -211,7 +214,7 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
         .filter(|o| {
             recorded_reads(
                 t.path(),
-                &thinlto_backend::engine::job::native_of(&o.object),
+                &thinlto_backend::job::native_of(&o.object),
             )
             .iter()
             .any(|r| r == "kernel/config_data.txt")
@@ -252,7 +255,8 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     );
     let o = stage4(t.path());
     let out =
-        xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
+        xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h"))
+            .unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");
     // make rebuilds kernel/core.o (a touched source, the same bitcode):
     // its trace and its importers' show nothing changed, nothing reruns
@@ -278,7 +282,7 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     // A record without a trace (a farm's or make's native) keeps the
     // mtime rule: the rebuilt object and every importer rerun.
     for o in m.bitcode() {
-        let native = thinlto_backend::engine::job::native_of(&o.object);
+        let native = thinlto_backend::job::native_of(&o.object);
         let (dir, name) = native.rsplit_once('/').unwrap();
         let rec = t.path().join(dir).join(format!(".{name}.cmd"));
         let text = std::fs::read_to_string(&rec).unwrap();

@@ -158,7 +158,8 @@ fn incbin_is_never_served_stale(extra: &[&str]) {
     assert_eq!(std::fs::read(t.path().join(blob)).unwrap(), changed);
     let o = stage4(t.path());
     let out =
-        xtask::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h")).unwrap();
+        xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h"))
+            .unwrap();
     assert!(out.contains("blob: size=17 "), "{out}");
 
     // Back to the old content: both variants are kept, all hits.

@@ -1,14 +1,17 @@
-//! The conventions of README.md's "Conventions" section, checked across
+//! The conventions of docs/tools.md's "Conventions" section, checked across
 //! the four tools: toolchain flags anywhere, `-o` for what a command
 //! writes, `-` for stdin, exit status 0/1/2 with `<tool>: error: <file>`
-//! messages, and outputs whose mode follows the umask.
+//! messages, and outputs whose mode follows the umask. And two of the
+//! code's and the docs': no import circle inside a crate, and no flag in
+//! the docs that the tool's `--help` lacks (issue 28).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use thinlto_dist_tests::*;
+use thinlto_dist_tests::{docflags, imports};
 
 const TOOLS: [&str; 4] = [
     "thinlto-index",
@@ -441,4 +444,171 @@ fn outputs_follow_the_umask() {
         check("xtask fe: .cmd", &tree.join("kernel/.core.o.cmd"));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The workspace's library crates: each member directory with a `src/lib.rs`.
+fn library_crates() -> Vec<PathBuf> {
+    let root = xtask::workspace_root();
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("src/lib.rs"))
+        .filter(|lib| lib.is_file())
+        .collect();
+    crates.sort();
+    assert!(
+        crates.len() >= 6,
+        "library crates under {}: {crates:?}",
+        root.display()
+    );
+    crates
+}
+
+/// Rooms without circles (issue 28): inside each crate, the uses between
+/// its top-level modules (a submodule's counted as its top-level
+/// module's), and between modules on different branches of the module
+/// tree, form no circle, so docs/architecture.md's arrows run one way.
+#[test]
+fn no_import_circle_inside_a_crate() {
+    let root = xtask::workspace_root();
+    let mut report = String::new();
+    for lib in library_crates() {
+        let g = thinlto_dist_tests::imports::ModuleGraph::of_crate(&lib);
+        let edges: usize = g.edges.values().map(|e| e.len()).sum();
+        let krate = lib
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .strip_prefix(&root)
+            .unwrap();
+        println!(
+            "{}: {} modules, {edges} uses between modules on different branches",
+            krate.display(),
+            g.modules.len()
+        );
+        // Rooms (top-level modules, a submodule's uses counted as its
+        // room's), then modules on different branches inside a room.
+        let rooms = g.rooms();
+        for (kind, graph) in [("rooms", &rooms), ("modules", &g)] {
+            for circle in graph.circles() {
+                report += &format!(
+                    "{}: an import circle of {kind} {}:\n{}",
+                    krate.display(),
+                    circle
+                        .iter()
+                        .map(|m| imports::show(m))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    graph.describe(&circle, &root)
+                );
+            }
+        }
+    }
+    assert!(report.is_empty(), "{report}");
+}
+
+/// The docs do not drift from `--help` (issue 28): every `--flag` that
+/// README.md and docs/*.md write in a command after a tool's name (or
+/// `cargo xtask VERB`) is in that tool's (or subcommand's) `--help`.
+#[test]
+fn every_flag_in_the_docs_is_in_the_tools_help() {
+    let root = xtask::workspace_root();
+    let commands = docflags::doc_commands(&root);
+    let mut helps: std::collections::HashMap<String, Option<docflags::Help>> = Default::default();
+    let mut report = String::new();
+    let mut flags = 0;
+    for c in &commands {
+        let exe = match c.tool {
+            "cargo xtask" => bin("xtask"),
+            tool => bin(tool),
+        };
+        let help = |path: &[String]| {
+            helps
+                .entry(format!("{} {}", c.tool, path.join(" ")))
+                .or_insert_with(|| {
+                    let out = Command::new(&exe)
+                        .args(path)
+                        .arg("--help")
+                        .output()
+                        .unwrap();
+                    out.status
+                        .success()
+                        .then(|| docflags::Help::parse(&String::from_utf8_lossy(&out.stdout)))
+                })
+                .clone()
+        };
+        flags += c
+            .words
+            .iter()
+            .filter_map(|w| docflags::long_flag(w))
+            .count();
+        for (flag, path) in docflags::unknown_flags(&c.words, help) {
+            report += &format!(
+                "{}:{}: `{} {}`: {flag} is not in `{} {path} --help`\n",
+                c.file.strip_prefix(&root).unwrap_or(&c.file).display(),
+                c.line,
+                c.tool,
+                c.words.join(" "),
+                c.tool,
+            );
+        }
+    }
+    println!(
+        "{} commands in the docs, {flags} flags checked",
+        commands.len()
+    );
+    assert!(commands.len() > 50, "too few commands found: {commands:?}");
+    assert!(report.is_empty(), "flags the tools do not have:\n{report}");
+}
+
+/// The architecture map names every room (issue 28): each top-level module
+/// of each library crate is in docs/architecture.md, as `name`, `name/` or
+/// `name.rs`, so a new room cannot go unmapped.
+#[test]
+fn the_architecture_map_names_every_room() {
+    let root = xtask::workspace_root();
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let mut missing = Vec::new();
+    for lib in library_crates() {
+        let krate = lib
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .strip_prefix(&root)
+            .unwrap();
+        let g = imports::ModuleGraph::of_crate(&lib);
+        for m in g.modules.keys().filter(|m| m.len() == 1) {
+            let name = &m[0];
+            if !["`{name}`", "`{name}/`", "`{name}.rs`"]
+                .iter()
+                .any(|f| map.contains(&f.replace("{name}", name)))
+            {
+                missing.push(format!("{}: {name}", krate.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name these modules: {missing:?}"
+    );
+}
+
+/// A reader can follow every link of the docs: each relative link of
+/// README.md and docs/*.md names a file that exists and, with `#…`, a
+/// heading that is there.
+#[test]
+fn every_link_in_the_docs_resolves() {
+    let root = xtask::workspace_root();
+    let mut report = String::new();
+    for doc in docflags::documents(&root) {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for (line, link) in docflags::broken_links(&text, doc.parent().unwrap()) {
+            report += &format!(
+                "{}:{line}: ({link}) leads nowhere\n",
+                doc.strip_prefix(&root).unwrap().display()
+            );
+        }
+    }
+    assert!(report.is_empty(), "{report}");
 }

@@ -46,8 +46,8 @@ impl Tree {
             .prefix("thinlto-dist-dtlto.")
             .tempdir()
             .unwrap();
-        xtask::fe::build(
-            &xtask::fe::FeOptions {
+        xtask::sample::fe::build(
+            &xtask::sample::fe::FeOptions {
                 tree: dir.path().to_path_buf(),
                 objects: generated,
                 jobs: xtask::default_jobs(),

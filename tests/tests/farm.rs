@@ -100,13 +100,13 @@ fn farm_executes_backend_jobs_hermetically() {
     // Real backend jobs, the ones that import most first: byte-identical
     // natives from the farm.
     let front_ends = thinlto_backend::engine::plan::read_front_ends(
-        thinlto_backend::engine::job::inputs_from_manifest(&manifest),
+        thinlto_backend::job::inputs_from_manifest(&manifest),
     )
     .unwrap();
     let mut jobs: Vec<BackendJob> = front_ends
         .into_iter()
         .map(|(i, cmd)| {
-            let i = thinlto_backend::engine::job::with_shard_imports(i).unwrap();
+            let i = thinlto_backend::job::with_shard_imports(i).unwrap();
             BackendJob::new(i, &cmd, &cc).unwrap()
         })
         .collect();
@@ -193,7 +193,7 @@ fn farm_executes_backend_jobs_hermetically() {
     std::fs::remove_file(&fifo).unwrap();
     run_ok(Command::new("mkfifo").arg(&fifo));
     let blob = thinlto_backend::engine::plan::read_front_ends(
-        thinlto_backend::engine::job::inputs_from_manifest(&manifest),
+        thinlto_backend::job::inputs_from_manifest(&manifest),
     )
     .unwrap()
     .into_iter()

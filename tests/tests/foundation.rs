@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use thinlto_dist_tests::{bin, fe_tree, rebuild_fe, run_ok, sample_tree, toolchain};
-use xtask::reference::{self, ReferenceOptions};
-use xtask::tree::{Lang, Tree};
+use xtask::sample::reference::{self, ReferenceOptions};
+use xtask::sample::tree::{Lang, Tree};
 
 /// What GNU make sees after including a `.cmd` file: each variable's value,
 /// one per line, printed by make itself.

@@ -18,7 +18,7 @@ fn llvm_ar(dir: &Path, args: &[&str]) -> Vec<u8> {
 fn order_equals_llvm_ar_t() {
     let t = sample_tree();
     let mut archives = vec!["vmlinux.a".to_string()];
-    for a in xtask::tree::Tree::load(t.path()).unwrap().archives {
+    for a in xtask::sample::tree::Tree::load(t.path()).unwrap().archives {
         archives.push(a.path);
     }
     for a in &archives {
@@ -83,7 +83,7 @@ fn scan_matches_how_each_object_was_built() {
     let order = run_ok(tool("thinlto-index", t.path()).args(["order", "vmlinux.a"])).stdout;
     std::fs::write(t.path().join("order"), &order).unwrap();
     let out = run_ok(tool("thinlto-index", t.path()).args(["scan", "order"])).stdout;
-    let tree = xtask::tree::Tree::load(t.path()).unwrap();
+    let tree = xtask::sample::tree::Tree::load(t.path()).unwrap();
     let lines: Vec<thinlto_index::ScanRecord> = String::from_utf8(out)
         .unwrap()
         .lines()

@@ -94,7 +94,7 @@ fn kbuild_tree(mode: Mode) -> FeTree {
 /// The front end's per-directory archives, in link order (what kbuild
 /// passes as KBUILD_VMLINUX_OBJS).
 fn vmlinux_objs(tree: &Path) -> String {
-    let t = xtask::tree::Tree::load(tree).unwrap();
+    let t = xtask::sample::tree::Tree::load(tree).unwrap();
     let top = t.archives.iter().find(|a| a.path == "vmlinux.a").unwrap();
     top.members.join(" ")
 }

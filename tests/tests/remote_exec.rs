@@ -374,7 +374,7 @@ fn explain_predicts_remote_placement() {
     let cache = cache.path().to_str().unwrap();
     let nobody = format!(
         "grpc://127.0.0.1:{}",
-        xtask::buildgrid::free_port().unwrap()
+        xtask::farm::buildgrid::free_port().unwrap()
     );
     let explain = |args: &[&str]| -> (String, String) {
         let out = run_ok(

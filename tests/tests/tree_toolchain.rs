@@ -11,7 +11,7 @@ use std::process::Output;
 use thinlto_dist_tests::*;
 use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{Tool, Toolchain, ToolchainArgs};
-use xtask::fe::{FeOptions, FeTools};
+use xtask::sample::fe::{FeOptions, FeTools};
 
 /// A program of the installed LLVM `version` (`/usr/lib/llvm-19/bin/clang`).
 fn llvm(version: u32, name: &str) -> PathBuf {
@@ -44,7 +44,7 @@ fn tree_built_by(cc: &str, ld: &Path, path: &OsString) -> FeTree {
         .prefix("thinlto-dist-tree.")
         .tempdir()
         .unwrap();
-    let report = xtask::fe::build_with(
+    let report = xtask::sample::fe::build_with(
         &FeOptions {
             tree: dir.path().to_path_buf(),
             objects: 0,

@@ -1,4 +1,4 @@
-//! Who is trusted (README, "Who is trusted"): the preload shim is loaded
+//! Who is trusted (docs/cache.md, "Who is trusted"): the preload shim is loaded
 //! only from a private directory of the user's, checked before each run —
 //! a planted shim (another user's directory, a world-writable one, a
 //! symlink, a foreign file) never runs; new cache directories are 0700

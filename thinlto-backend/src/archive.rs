@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use thinlto_index::fsutil::write_atomic;
 
-use crate::engine::job::native_of;
+use crate::job::native_of;
 
 /// The member list of the final archive: `builtin.order` with every object
 /// listed in the index replaced by its native object — by exact path match.

@@ -1,18 +1,20 @@
-//! What a backend run is asked to do ([`Config`]), and every default the
-//! engine applies, each decided here once: the parallelism, the cache
-//! directory and size, the warm compiler, how on/off switches in the
-//! environment are spelled, and the verbosity kbuild asks for.
+//! What a backend run is asked to do ([`Config`]), composed of the rooms'
+//! own options (the cache's, `reapi`'s), and every default the engine
+//! applies, each decided here once: the cache directory and size, the warm
+//! compiler, how on/off switches in the environment are spelled, and the
+//! verbosity kbuild asks for. (The parallelism without `-j` depends on
+//! make's jobserver: the scheduler decides it,
+//! [`crate::engine::scheduler::default_jobs`].)
 //!
 //! The binary's flags (main.rs) parse into a [`Config`]; the library
-//! ([`crate::engine::scheduler`]) does the work. Another front end (a DTLTO
-//! distributor, a test) builds a [`Config`] the same way.
+//! ([`crate::engine::run`]) does the work. Another front end (a DTLTO
+//! distributor, a test) builds a [`Config`] the same way. Nothing here uses
+//! the engine: it uses this.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use thinlto_index::ToolchainArgs;
-
-use crate::engine::scheduler::{MakeJobserver, Verbosity};
 
 /// One backend run.
 #[derive(Debug, Clone)]
@@ -40,23 +42,9 @@ pub struct Config {
 /// `--remote-exec`: the farm, and how many jobs it runs at once.
 #[derive(Debug, Clone)]
 pub struct RemoteExecOptions {
-    pub remote: RemoteOptions,
+    pub remote: crate::reapi::RemoteOptions,
     /// `--remote-jobs`; the default is [`crate::exec::DEFAULT_REMOTE_JOBS`].
     pub jobs: usize,
-}
-
-/// Where and how to reach the REAPI server.
-#[derive(Debug, Clone, Default)]
-pub struct RemoteOptions {
-    /// grpc://host:port (plaintext) or grpcs://host:port (TLS, system roots, or tls_ca)
-    pub url: String,
-    /// REAPI instance name ("" by default)
-    pub instance: String,
-    /// Extra gRPC metadata on every call (e.g. authorization), as
-    /// [`crate::remote_headers::gather`] collects them
-    pub headers: Vec<(String, String)>,
-    /// PEM file of a CA to trust for grpcs:// (optional)
-    pub tls_ca: Option<PathBuf>,
 }
 
 /// Build, or only say what a build would do.
@@ -124,17 +112,13 @@ pub fn env_switch(name: &str) -> Result<Option<bool>> {
     }
 }
 
-/// Parallel jobs without `-j`: under a usable jobserver as many as make
-/// grants (capped by nothing but tokens; this is the first, implicit
-/// one's share), under an unusable one one at a time (a recipe without
-/// `+`: like a sub-make), else every core.
-pub fn default_jobs(jobserver: &MakeJobserver) -> usize {
-    match jobserver {
-        MakeJobserver::Unusable => 1,
-        _ => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-    }
+/// How much a run prints: nothing but failures and the compilers'
+/// warnings, kbuild's quiet lines, or every command (`V=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Commands,
 }
 
 /// The verbosity: `-q`, else `-v`, `V=1` in the environment or in make's

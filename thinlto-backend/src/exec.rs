@@ -3,7 +3,7 @@
 //!
 //! Each job is one REAPI action: its argv, an input root of the object,
 //! its shard, its imports (the modules the shard names,
-//! [`crate::engine::job::with_shard_imports`]) and the extra files the backend cache's trace
+//! [`crate::job::with_shard_imports`]) and the extra files the backend cache's trace
 //! knows it reads (an `.incbin`'d file), the native (and `.dwo`) as
 //! outputs, and the platform property `thinlto-compiler=<identity>` (the
 //! cache key's compiler identity, [`crate::cache::identity`]) so that only
@@ -45,16 +45,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::RemoteOptions;
-use crate::engine::job::{split_dwarf_file, BackendJob};
+use crate::job::{split_dwarf_file, BackendJob};
 use crate::reapi::execute::{ActionRefused, Cancelled, Executed, Executor, RemoteAction};
+use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, printable, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
-
-/// The marker a worker puts before its reason when it refuses an action
-/// as not hermetic (`worker/exec.rs`): the client compiles such a job
-/// here instead of reporting a compile error.
-pub const NOT_HERMETIC: &str = "thinlto-backend worker: not hermetic: ";
+use crate::worker::hermetic::NOT_HERMETIC;
 
 /// Remote jobs in flight at once without `--remote-jobs`: a farm serves
 /// many more than this machine's cores, and each waiting job costs only a

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::config::RemoteOptions;
-use crate::engine::job::BackendJob;
+use crate::job::BackendJob;
+use crate::reapi::RemoteOptions;
 
 pub enum Outcome {
     Built {

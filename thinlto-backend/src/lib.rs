@@ -4,11 +4,15 @@
 //! [`engine::run`].
 //!
 //! Its rooms:
-//! - [`engine`]: the jobs ([`engine::job`]: inputs, argv, outputs), whether
-//!   each must run ([`engine::plan`], by content), running them
-//!   ([`engine::scheduler`]: parallel, inside make's jobserver, longest first,
-//!   crash-safe) and their kbuild-compatible records ([`engine::record`]);
-//! - [`config`]: what a run is asked to do, and every default;
+//! - [`engine`]: a run: whether each job must run ([`engine::plan`], by
+//!   content), looking it up in the cache, running it
+//!   ([`engine::scheduler`]: parallel, inside make's jobserver, longest
+//!   first, crash-safe), reporting it;
+//! - the job model every room shares: [`job`] (inputs, argv, outputs),
+//!   [`digest`] (blake3 of the files a job reads) and [`record`] (the
+//!   kbuild-compatible records);
+//! - [`config`]: what a run is asked to do, composed of the rooms' options,
+//!   and every default;
 //! - [`exec`]: remote execution of the jobs on a REAPI farm
 //!   (`--remote-exec`);
 //! - [`cache`]: the backend-job cache, local and on a REAPI server;
@@ -16,7 +20,7 @@
 //!   shim also traces the files a compile reads, for the cache; [`warm::shim`]
 //!   keeps the shim where only the user can write);
 //! - [`reapi`]: the Remote Execution API client (feature `remote`, on by
-//!   default);
+//!   default) and where a server is ([`reapi::RemoteOptions`]);
 //! - [`remote_headers`]: the headers (tokens) for remote services, from
 //!   flags, a file or the environment;
 //! - [`worker`]: a REAPI farm worker (Remote Workers API, feature
@@ -29,15 +33,21 @@
 //! - [`signals`]: dying by the signal received, after cleaning up;
 //! - [`limits`]: the bounds on what is read from a cache or a server.
 //!
-//! Dependencies run one way: `engine` uses `cache`, `warm` and `config`;
-//! `cache` uses `engine`'s job model (`job`, `digest`, `record`) and
-//! `reapi`, never the scheduler; `reapi` uses only `config`, `limits` and
-//! `engine::digest`; `worker` uses `reapi`, `cache` (identity, trace) and
-//! `warm` (the shim); `dtlto` uses `engine` and `config`.
+//! Dependencies run one way between rooms (tests/tests/conventions.rs
+//! fails on an import circle; docs/architecture.md draws them): `main` →
+//! `engine` → `config` → (`cache`, `reapi`); `engine` → (`cache`, `exec`,
+//! `warm`); `exec` → (`cache`, `worker`, `reapi`); `worker` → (`cache`,
+//! `warm`, `reapi`); `cache` → (`warm`, `reapi`); everything → the job
+//! model; `reapi` uses only `digest`, `limits` and `remote_headers`. Each
+//! room owns its options and `config` only composes them into one run's
+//! [`config::Config`] (the cache's `CacheOptions`, `reapi`'s
+//! `RemoteOptions`): no room but `engine`, `dtlto` and `main` uses
+//! `config`.
 
 pub mod archive;
 pub mod cache;
 pub mod config;
+pub mod digest;
 pub mod dtlto;
 pub mod engine;
 #[cfg(feature = "remote")]
@@ -45,9 +55,10 @@ pub mod exec;
 #[cfg(not(feature = "remote"))]
 #[path = "exec_off.rs"]
 pub mod exec;
+pub mod job;
 pub mod limits;
-#[cfg(feature = "remote")]
 pub mod reapi;
+pub mod record;
 pub mod remote_headers;
 pub mod signals;
 pub mod warm;
@@ -55,6 +66,7 @@ pub mod warm;
 pub mod worker;
 pub mod wrap;
 
-pub use engine::job::{BackendJob, JobInput};
+pub use config::Verbosity;
 pub use engine::plan::Decision;
-pub use engine::scheduler::{JobRecord, JobStatus, RunOptions, RunSummary, Verbosity};
+pub use engine::scheduler::{JobRecord, JobStatus, RunOptions, RunSummary};
+pub use job::{BackendJob, JobInput};

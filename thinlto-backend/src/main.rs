@@ -7,10 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use thinlto_backend::cache::local::Sharing;
 use thinlto_backend::cache::CacheOptions;
 use thinlto_backend::config::{self, Config, Mode, Warm};
-use thinlto_backend::engine::job::{inputs_from_index, inputs_from_manifest, JobInput};
 use thinlto_backend::engine::plan::read_front_ends;
 use thinlto_backend::engine::scheduler;
 use thinlto_backend::engine::{self, stdout_error, Outcome};
+use thinlto_backend::job::{inputs_from_index, inputs_from_manifest, JobInput};
+use thinlto_backend::reapi::RemoteOptions;
 use thinlto_backend::signals;
 use thinlto_index::toolchain::ToolEnv;
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
@@ -202,7 +203,7 @@ struct EngineArgs {
     /// Take natives from the backend cache, and store what compiles (also
     /// THINLTO_CACHE=1). The key is the compiler's identity, the command,
     /// the object, its shard, its imports and every file the compile read
-    /// (an .incbin'd file included); see README, "The backend cache"
+    /// (an .incbin'd file included); see docs/cache.md
     #[arg(long)]
     cache: bool,
     /// The cache directory (implies --cache) [default: $THINLTO_CACHE_DIR,
@@ -211,7 +212,7 @@ struct EngineArgs {
     cache_dir: Option<PathBuf>,
     /// A cache shared with other users (also THINLTO_CACHE_SHARED=1): its
     /// new directories get the umask's modes (umask 002 and a setgid
-    /// directory of a trusted group: see README, "Who is trusted"), and no
+    /// directory of a trusted group: see docs/cache.md, "Who is trusted"), and no
     /// warning that others can write it. Otherwise they are created 0700
     #[arg(long)]
     cache_shared: bool,
@@ -249,8 +250,7 @@ struct EngineArgs {
     /// grpc://HOST:PORT or grpcs://HOST:PORT (also THINLTO_REMOTE_EXEC;
     /// --remote-instance, the headers and --remote-tls-ca apply). A job the
     /// farm cannot take (debug information, a plugin, a file its input
-    /// root lacks, a farm that is down) compiles here; see README, "A
-    /// local farm"
+    /// root lacks, a farm that is down) compiles here; see docs/remote.md
     #[arg(long, value_name = "URL", env = "THINLTO_REMOTE_EXEC")]
     remote_exec: Option<String>,
     /// Jobs on the farm at once [default: 64]; make's job slots bound only
@@ -439,8 +439,8 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
     };
     // The same server settings (instance, headers, TLS) for the cache and
     // the executor; the headers are read only when a URL needs them.
-    let remote_options = |url: String| -> Result<config::RemoteOptions> {
-        Ok(config::RemoteOptions {
+    let remote_options = |url: String| -> Result<RemoteOptions> {
+        Ok(RemoteOptions {
             url,
             instance: args.remote_instance.clone(),
             headers: thinlto_backend::remote_headers::gather(

@@ -37,10 +37,10 @@ use std::time::Instant;
 
 use thinlto_cmdparse::shell;
 
-use crate::engine::digest::DigestCache;
-use crate::engine::job::{with_shard_imports, BackendJob, JobInput};
+use crate::digest::DigestCache;
 use crate::engine::plan::{decide, Decision};
-use crate::engine::record::write_record;
+use crate::job::{with_shard_imports, BackendJob, JobInput};
+use crate::record::write_record;
 
 /// A compiler command recognised as a ThinLTO backend compile.
 #[derive(Debug, Clone, PartialEq, Eq)]

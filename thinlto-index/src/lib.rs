@@ -6,6 +6,7 @@ pub mod archive;
 pub mod bitstream;
 pub mod classify;
 pub mod fsutil;
+pub mod launcher;
 pub mod link;
 pub mod manifest;
 pub mod producer;

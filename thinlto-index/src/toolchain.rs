@@ -142,10 +142,6 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Programs that run the compiler named after them (and their own
-/// options and `VAR=value` words, for `env`): skipped to find the real one.
-const LAUNCHERS: &[&str] = &["ccache", "sccache", "distcc", "icecc", "buildcache", "env"];
-
 /// One resolved tool.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tool {
@@ -190,7 +186,7 @@ impl Tool {
                 role.var()
             );
         }
-        let real = real_program(&argv);
+        let real = crate::launcher::real_program(&argv);
         let find = |name: &str| {
             find_program(name, path_var).map_err(|e| {
                 anyhow::anyhow!(
@@ -241,21 +237,6 @@ impl Tool {
         self.version = Some(first);
         Ok(())
     }
-}
-
-/// The index of the real program in a tool's words: the first word that is
-/// neither a launcher nor a launcher's option (`-…`) or `VAR=value`.
-pub(crate) fn real_program(argv: &[String]) -> usize {
-    let mut after_launcher = false;
-    for (i, w) in argv.iter().enumerate() {
-        let base = w.rsplit('/').next().unwrap_or(w);
-        if LAUNCHERS.contains(&base) {
-            after_launcher = true;
-        } else if !(after_launcher && (w.starts_with('-') || w.contains('='))) {
-            return i;
-        }
-    }
-    0
 }
 
 /// `CC`, `LD` and `AR`, resolved.

@@ -31,7 +31,7 @@ pub fn recorded_tool(savedcmd: &str) -> Option<String> {
     if first.is_empty() {
         return None;
     }
-    let real = crate::toolchain::real_program(&first);
+    let real = crate::launcher::real_program(&first);
     Some(shell::join(&first[..=real]))
 }
 
@@ -64,7 +64,7 @@ pub fn agree<'a>(records: impl IntoIterator<Item = (&'a Path, String)>) -> Optio
 /// for a compiler that is not clang: its LLVM is not known.
 pub fn linker_for_compiler(cc_spelled: &str) -> Option<String> {
     let words = shell::split(cc_spelled).ok()?;
-    let program = words.get(crate::toolchain::real_program(&words))?;
+    let program = words.get(crate::launcher::real_program(&words))?;
     let (dir, name) = match program.rsplit_once('/') {
         Some((d, n)) => (Some(d), n),
         None => (None, program.as_str()),

@@ -524,8 +524,8 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
     let mut stages = Vec::new();
 
     let t = Instant::now();
-    let fe = crate::fe::build(
-        &crate::fe::FeOptions {
+    let fe = crate::sample::fe::build(
+        &crate::sample::fe::FeOptions {
             tree: tree.to_path_buf(),
             objects: opts.objects,
             jobs: opts.jobs,
@@ -539,14 +539,14 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         seconds: t.elapsed().as_secs_f64(),
         detail: format!("{} objects, {} compiled", fe.objects, fe.compiled),
     });
-    let ldflags = crate::tree::Tree::load(tree)?.top.ldflags;
+    let ldflags = crate::sample::tree::Tree::load(tree)?.top.ldflags;
 
     // The reference runs on a copy, so that its outputs and ours never mix.
     let ref_tree = tree.with_extension("ref");
     copy_fe_tree(tree, &ref_tree)?;
     let t = Instant::now();
-    let reference = crate::reference::run(
-        &crate::reference::ReferenceOptions {
+    let reference = crate::sample::reference::run(
+        &crate::sample::reference::ReferenceOptions {
             tree: ref_tree.clone(),
             jobs: opts.jobs,
             out: "out-ref".into(),
@@ -623,16 +623,18 @@ pub fn run_flow(opts: &FlowOptions, tc: &Toolchain) -> Result<FlowReport> {
         e_ours == e_in && !e_ours.is_empty(),
         diff(&e_ours, &e_in),
     ));
-    let run = |o: &Path, exe: &str| crate::reference::run_harness(tc, tree, o, &tree.join(exe));
+    let run =
+        |o: &Path, exe: &str| crate::sample::reference::run_harness(tc, tree, o, &tree.join(exe));
     let h_ours = run(&first.vmlinux_o, "out/harness-distributed")?;
     let h_in = run(&inproc, "out/harness-inprocess")?;
-    let h_ref = crate::reference::run_harness(
+    let h_ref = crate::sample::reference::run_harness(
         tc,
         &ref_tree,
         &reference.vmlinux_o,
         &ref_tree.join("out-ref/harness"),
     )?;
-    let expected_ok = opts.objects > 0 || h_ours == crate::reference::expected_harness_output()?;
+    let expected_ok =
+        opts.objects > 0 || h_ours == crate::sample::reference::expected_harness_output()?;
     checks.push(check(
         "harness output identical (distributed, in-process, reference)",
         h_ours == h_in && h_ours == h_ref && expected_ok,

@@ -3,30 +3,15 @@
 //! Integration tests use it as a library.
 
 pub mod bench;
-pub mod bench_cache;
-pub mod bench_dtlto;
-pub mod bench_modules;
-pub mod bench_remote;
-pub mod bench_sandbox;
 pub mod boot;
-pub mod buildgrid;
-pub mod cpio;
 pub mod deps;
 pub mod farm;
-pub mod fe;
 pub mod flow;
-pub mod gen;
 pub mod install;
-pub mod kbuild;
-pub mod kbuild_modes;
 pub mod kernel;
-pub mod measure;
-pub mod modorder;
-pub mod modules_cmp;
 pub mod oracle;
 pub mod provision;
-pub mod reference;
-pub mod tree;
+pub mod sample;
 
 use std::path::PathBuf;
 

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use thinlto_index::toolchain::Role;
 use thinlto_index::ToolchainArgs;
-use xtask::fe::{self, FeOptions};
 use xtask::provision;
-use xtask::reference::{self, ReferenceOptions};
+use xtask::sample::fe::{self, FeOptions};
+use xtask::sample::reference::{self, ReferenceOptions};
 
 /// Automation for thinlto-dist: `cargo xtask <verb>`.
 ///
@@ -288,7 +288,7 @@ fn run(cli: Cli) -> Result<()> {
             provision::ensure_llvm_versions()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
-            println!("bgd: {}", xtask::buildgrid::ensure()?.display());
+            println!("bgd: {}", xtask::farm::buildgrid::ensure()?.display());
             Ok(())
         }
         Verb::Install { bin_dir } => {
@@ -378,7 +378,7 @@ fn run(cli: Cli) -> Result<()> {
             provision::ensure_make()?;
             let tc = provision::ensure_llvm(&toolchain)?;
             if sandbox_only {
-                let text = xtask::bench_sandbox::run(
+                let text = xtask::bench::sandbox::run(
                     &tc,
                     if quick { 200 } else { objects },
                     if quick { 40 } else { 100 },
@@ -394,7 +394,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if remote_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
-                let text = xtask::bench_remote::run(
+                let text = xtask::bench::remote::run(
                     k,
                     &as_typed(k),
                     jobs.unwrap_or_else(xtask::default_jobs),
@@ -430,7 +430,7 @@ fn run(cli: Cli) -> Result<()> {
             if modules_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
-                let text = xtask::bench_modules::run(k, &as_typed(k), jobs)?;
+                let text = xtask::bench::modules::run(k, &as_typed(k), jobs)?;
                 return publish(
                     MODULES_MARKER,
                     "Loadable modules in distributed mode",
@@ -442,7 +442,7 @@ fn run(cli: Cli) -> Result<()> {
             if kbuild_modes_only {
                 let k = kernel.as_ref().expect("clap: requires kernel");
                 let jobs = jobs.unwrap_or_else(xtask::default_jobs);
-                let text = xtask::kbuild_modes::run(k, &as_typed(k), jobs, false)?;
+                let text = xtask::bench::kbuild_modes::run(k, &as_typed(k), jobs, false)?;
                 return publish(
                     KBUILD_MODES_MARKER,
                     "kbuild's distributed mode, three ways",
@@ -478,7 +478,7 @@ fn run(cli: Cli) -> Result<()> {
                     // with the stock rules, the wrapper and THINLTO_TOOLS=1.
                     if xtask::kernel::detect_layout(k)? == xtask::kernel::TreeLayout::Dist {
                         let shown = xtask::bench::report_path(k, home.as_deref());
-                        let text = xtask::kbuild_modes::run(k, &shown, opts.jobs, false)?;
+                        let text = xtask::bench::kbuild_modes::run(k, &shown, opts.jobs, false)?;
                         s.push_str(&format!("\n{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by the same run.\n\n{text}\n"));
                     }
                     Some(s)
@@ -582,7 +582,7 @@ fn run(cli: Cli) -> Result<()> {
             booted
         }
         Verb::ModulesCompare { stock, tree } => {
-            let checks = xtask::modules_cmp::compare_modules(&stock, &tree)?;
+            let checks = xtask::kernel::modules_cmp::compare_modules(&stock, &tree)?;
             print!("{}", xtask::flow::table(&[], &checks));
             if !checks.iter().all(|c| c.ok) {
                 bail!("{} differs from {}", tree.display(), stock.display());
@@ -799,20 +799,20 @@ fn bench_dtlto(objects: usize, jobs: usize, kernel: Option<&Path>, write: bool) 
     let bins = xtask::flow::build_bins()?;
     let ours = bins.dir.join("thinlto-backend");
     let workdir = xtask::target_dir().join("bench-dtlto");
-    let mut text = xtask::bench_dtlto::bench(
+    let mut text = xtask::bench::dtlto::bench(
         &tc,
         &ours,
-        &xtask::bench_dtlto::generated(&tc, objects, xtask::default_jobs(), &workdir)?,
+        &xtask::bench::dtlto::generated(&tc, objects, xtask::default_jobs(), &workdir)?,
         jobs,
         &workdir,
     )?;
     if let Some(k) = kernel {
         let shown = as_typed(k);
         text.push('\n');
-        text.push_str(&xtask::bench_dtlto::bench(
+        text.push_str(&xtask::bench::dtlto::bench(
             &tc,
             &ours,
-            &xtask::bench_dtlto::Link::kernel(k, &shown)?,
+            &xtask::bench::dtlto::Link::kernel(k, &shown)?,
             jobs,
             &workdir,
         )?);
@@ -873,12 +873,12 @@ fn bench_cache(
     kernel: Option<&std::path::Path>,
     home: Option<&std::path::Path>,
 ) -> Result<String> {
-    use xtask::bench_cache::{CacheBench, CacheTree};
+    use xtask::bench::cache::{CacheBench, CacheTree};
     let bins = xtask::flow::build_bins()?;
     let workdir = xtask::target_dir().join("bench");
     std::fs::create_dir_all(&workdir)?;
     // The second machine's shared cache: a BuildGrid on 127.0.0.1.
-    let server = xtask::buildgrid::Server::start(&xtask::buildgrid::ensure()?)?;
+    let server = xtask::farm::buildgrid::Server::start(&xtask::farm::buildgrid::ensure()?)?;
     let remote = Some(server.url.clone());
     let mut text = String::new();
     let tree = workdir.join(format!("cache-gen-{objects}"));
@@ -886,8 +886,8 @@ fn bench_cache(
         std::fs::remove_dir_all(&tree)?;
     }
     eprintln!("bench (cache): front end of a {objects}-object tree");
-    xtask::fe::build(
-        &xtask::fe::FeOptions {
+    xtask::sample::fe::build(
+        &xtask::sample::fe::FeOptions {
             tree: tree.clone(),
             objects,
             jobs,
@@ -896,7 +896,7 @@ fn bench_cache(
         },
         tc,
     )?;
-    let ldflags = xtask::tree::Tree::load(&tree)?.top.ldflags;
+    let ldflags = xtask::sample::tree::Tree::load(&tree)?.top.ldflags;
     let plan = xtask::flow::LinkPlan::plain(tc, &ldflags, "out");
     // The second checkout: a path with a space.
     let second = workdir.join(format!("cache-gen-{objects} second checkout"));
@@ -999,7 +999,7 @@ fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
         toolchains.push(provision::ensure_llvm(&args)?);
     }
     // The remote-cache tests run a real BuildGrid; they find its bgd here.
-    let bgd = xtask::buildgrid::ensure()?;
+    let bgd = xtask::farm::buildgrid::ensure()?;
     eprintln!("xtask test: bgd {}", bgd.display());
     eprintln!("xtask test: unused dependencies");
     xtask::deps::check(&xtask::workspace_root())?;

@@ -158,8 +158,8 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
     if tree.exists() {
         std::fs::remove_dir_all(&tree)?;
     }
-    crate::fe::build(
-        &crate::fe::FeOptions {
+    crate::sample::fe::build(
+        &crate::sample::fe::FeOptions {
             tree: tree.clone(),
             objects: 0,
             jobs: crate::default_jobs(),
@@ -168,7 +168,7 @@ pub fn run_modpost_oracle(tc: &Toolchain, update: bool) -> Result<Vec<OracleCase
         },
         tc,
     )?;
-    let ldflags = crate::tree::Tree::load(&tree)?.top.ldflags;
+    let ldflags = crate::sample::tree::Tree::load(&tree)?.top.ldflags;
     let run = flow::run_stages(
         &bins,
         tc,

@@ -95,7 +95,7 @@ pub(crate) fn content_digest(path: &Path) -> Result<String> {
     // The one way the cache digests a file: regular files only, never
     // blocking, bounded.
     let mut h = blake3::Hasher::new();
-    crate::engine::digest::digest_file(path, crate::limits::MAX_EXTRA_BYTES, |b| {
+    crate::digest::digest_file(path, crate::limits::MAX_EXTRA_BYTES, |b| {
         h.update(b);
     })
     .with_context(|| format!("{}: cannot read", path.display()))?;

@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use thinlto_index::fsutil::write_atomic;
 
-use crate::engine::digest::open_regular;
+use crate::digest::open_regular;
 use crate::limits::{
     is_hex, MAX_BLOB_BYTES, MAX_EXTRAS, MAX_MANIFEST_BYTES, MAX_OUTPUT_TEXT, MAX_PATH_BYTES,
     MAX_VARIANTS,

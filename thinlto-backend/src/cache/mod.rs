@@ -50,9 +50,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::digest::DigestCache;
-use crate::engine::job::BackendJob;
-use crate::engine::record::NativeRecord;
+use crate::digest::DigestCache;
+use crate::job::BackendJob;
+use crate::record::NativeRecord;
 use local::{Counters, LocalStore, Variant};
 
 /// Which tier answered.
@@ -80,7 +80,7 @@ pub struct CacheOptions {
     /// `--cache-shared`: see [`local::Sharing`].
     pub sharing: local::Sharing,
     pub max_size: u64,
-    pub remote: Option<crate::config::RemoteOptions>,
+    pub remote: Option<crate::reapi::RemoteOptions>,
 }
 
 /// A cached result, ready to be put in place.
@@ -464,8 +464,7 @@ impl BackendCache {
             let _ = std::fs::remove_file(trace);
             let native = std::fs::read(&job.native)
                 .with_context(|| format!("{}: cannot read", job.native))?;
-            let dwo = match crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native))
-            {
+            let dwo = match crate::job::split_dwarf_file(&job.argv, Path::new(&job.native)) {
                 Some(p) => Some(
                     std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?,
                 ),
@@ -695,7 +694,7 @@ impl Inner {
         let job = &f.job;
         let mut known = job.content_inputs();
         known.push(&job.native);
-        let dwo_str = crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native))
+        let dwo_str = crate::job::split_dwarf_file(&job.argv, Path::new(&job.native))
             .map(|p| p.to_string_lossy().into_owned());
         if let Some(d) = &dwo_str {
             known.push(d);
@@ -751,7 +750,7 @@ impl Inner {
                 }
             }
         }
-        let seconds = Some(crate::engine::record::round3(f.seconds));
+        let seconds = Some(crate::record::round3(f.seconds));
         match self.add_local(
             &f.key,
             with_digests,
@@ -804,7 +803,7 @@ fn warn_if_not_private(dirs: &[&Path]) {
     if let Some(why) = why {
         eprintln!(
             "thinlto-backend: cache: warning: {why}: whoever can write the cache chooses what \
-             this build links (declare a shared cache with --cache-shared; see README, \"Who is trusted\")"
+             this build links (declare a shared cache with --cache-shared; see docs/cache.md, \"Who is trusted\")"
         );
     }
 }

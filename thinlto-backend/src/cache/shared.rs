@@ -28,11 +28,11 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RemoteOptions;
-use crate::engine::job::BackendJob;
+use crate::job::BackendJob;
 use crate::limits::{
     MAX_EXTRAS, MAX_EXTRA_BYTES, MAX_MANIFEST_BYTES, MAX_OUTPUT_TEXT, MAX_PATH_BYTES, MAX_VARIANTS,
 };
+use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, ActionSpec, Digest, InputFile, RemoteCache, RemoteHit};
 
 const MANIFEST_OUTPUT: &str = "thinlto-dist.manifest";
@@ -64,7 +64,7 @@ impl RemoteManifest {
 /// it, no empty or `.` component), or an absolute one outside /proc, /sys
 /// and /dev (the compiler's own files, which every trace lists; the
 /// compile action names them in its salt). What is opened is then read
-/// only if it is a regular file ([`crate::engine::digest::open_regular`]).
+/// only if it is a regular file ([`crate::digest::open_regular`]).
 fn extra_is_plain(path: &str, size: i64) -> bool {
     let rel = path.strip_prefix('/').unwrap_or(path);
     let plain = !rel.is_empty()
@@ -398,7 +398,7 @@ fn retry<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
 /// when the command asks for split DWARF.
 fn outputs_of(job: &BackendJob) -> Result<Vec<String>> {
     let mut outputs = vec![tree_path(&job.native)?];
-    if let Some(dwo) = crate::engine::job::split_dwarf_file(&job.argv, Path::new(&job.native)) {
+    if let Some(dwo) = crate::job::split_dwarf_file(&job.argv, Path::new(&job.native)) {
         outputs.push(tree_path(&dwo.to_string_lossy())?);
     }
     Ok(outputs)

@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Result};
 
-use crate::config::RemoteOptions;
-use crate::engine::job::BackendJob;
+use crate::job::BackendJob;
+use crate::reapi::RemoteOptions;
 
 pub struct RemoteResult {
     pub key: String,

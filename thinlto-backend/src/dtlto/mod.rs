@@ -39,12 +39,12 @@ use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{Toolchain, ToolchainArgs};
 
 use crate::config::Config;
-use crate::engine::digest::DigestCache;
-use crate::engine::job::{BackendJob, JobInput};
+use crate::digest::DigestCache;
 use crate::engine::plan::Decision;
-use crate::engine::record::NativeRecord;
 use crate::engine::scheduler::MakeJobserver;
 use crate::engine::{run_planned, Outcome, Planned};
+use crate::job::{BackendJob, JobInput};
+use crate::record::NativeRecord;
 use schema::DistFile;
 
 /// Runs the jobs of the DTLTO file `json` as `cfg` says (its toolchain,

@@ -143,7 +143,7 @@ impl DistFile {
         // native (the split-DWARF file), which the engine knows.
         let mut argv = self.common.args.clone();
         argv.extend(j.args.iter().cloned());
-        let dwo = crate::engine::job::split_dwarf_file(&argv, Path::new(&native))
+        let dwo = crate::job::split_dwarf_file(&argv, Path::new(&native))
             .map(|p| p.to_string_lossy().into_owned());
         if let Some((k, o)) = j
             .outputs

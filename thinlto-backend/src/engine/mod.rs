@@ -7,11 +7,8 @@
 //! compilers' warnings and the summary go to stderr, as the tool's users
 //! read them.
 
-pub mod digest;
-pub mod job;
 pub mod plan;
 pub mod reads;
-pub mod record;
 pub mod scheduler;
 
 use std::io::{IsTerminal, Write};
@@ -23,11 +20,11 @@ use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{Tool, Toolchain};
 
 use crate::cache::BackendCache;
-use crate::config::{Config, Mode, Warm};
-use crate::engine::job::{native_of, BackendJob, JobInput};
+use crate::config::{Config, Mode, Verbosity, Warm};
 use crate::engine::plan::{plan, read_front_ends, recorded_cc, Decision, FrontEnd};
-use crate::engine::record::{round3, write_record, NativeRecord};
-use crate::engine::scheduler::{JobRecord, JobStatus, MakeJobserver, RunOptions, Verbosity};
+use crate::engine::scheduler::{JobRecord, JobStatus, MakeJobserver, RunOptions};
+use crate::job::{native_of, BackendJob, JobInput};
+use crate::record::{round3, write_record, NativeRecord};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +227,7 @@ pub fn run_planned(
     let opts = RunOptions {
         jobs: cfg
             .jobs
-            .unwrap_or_else(|| crate::config::default_jobs(&jobserver)),
+            .unwrap_or_else(|| scheduler::default_jobs(&jobserver)),
         jobs_explicit: cfg.jobs.is_some(),
         keep_going: cfg.keep_going,
         verbosity: if progress {

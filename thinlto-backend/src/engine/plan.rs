@@ -21,7 +21,7 @@
 //! `foo.o.thinlto.bc`), so this costs nothing on a relink; a front-end
 //! rebuild that changed nothing costs the jobs that read that object.
 //! A job's imports are the modules its shard names
-//! ([`crate::engine::job::with_shard_imports`], read here once per job),
+//! ([`crate::job::with_shard_imports`], read here once per job),
 //! with or without the thin link's `.imports` lists.
 //! A record whose compile was traced whole (`engine/reads.rs`, every
 //! local compile where the preload shim can be placed) names every file
@@ -43,9 +43,9 @@ use anyhow::{bail, Context, Result};
 use thinlto_cmdparse::{cmd_file_for_object, CmdFile};
 use thinlto_index::tree_tools::{self, TreeRecord};
 
-use crate::engine::digest::{mtime_ns, DigestCache};
-use crate::engine::job::{with_shard_imports, BackendJob, JobInput};
-use crate::engine::record::NativeRecord;
+use crate::digest::{mtime_ns, DigestCache};
+use crate::job::{with_shard_imports, BackendJob, JobInput};
+use crate::record::NativeRecord;
 
 /// Whether a job must run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +213,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::native_of;
+    use crate::job::native_of;
 
     #[test]
     fn native_names() {

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::cache::trace;
-use crate::engine::digest::hash_file;
-use crate::engine::job::BackendJob;
+use crate::digest::hash_file;
+use crate::job::BackendJob;
 
 /// Where this run's traces go when no cache hands them out.
 pub struct Tracer {
@@ -115,7 +115,7 @@ fn reads_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::JobInput;
+    use crate::job::JobInput;
 
     #[test]
     fn reads_are_files_read_not_programs_run() {

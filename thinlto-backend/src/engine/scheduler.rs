@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::job::{split_dwarf_file, BackendJob};
-use crate::engine::record::{round3, write_record, NativeRecord};
+use crate::config::Verbosity;
 use crate::exec::{Outcome as RemoteOutcome, RemoteExec};
+use crate::job::{split_dwarf_file, BackendJob};
+use crate::record::{round3, write_record, NativeRecord};
 use crate::signals::pending_signal;
 
 /// The JSON record printed for every job (SPEC §3).
@@ -74,13 +75,6 @@ impl std::fmt::Display for JobStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Commands,
-}
-
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Parallel jobs; with a jobserver, at most this many (when explicit).
@@ -134,6 +128,19 @@ pub fn jobserver_from_env() -> MakeJobserver {
                 MakeJobserver::Absent
             }
         }
+    }
+}
+
+/// Parallel jobs without `-j`: under a usable jobserver as many as make
+/// grants (capped by nothing but tokens; this is the first, implicit
+/// one's share), under an unusable one one at a time (a recipe without
+/// `+`: like a sub-make), else every core.
+pub fn default_jobs(jobserver: &MakeJobserver) -> usize {
+    match jobserver {
+        MakeJobserver::Unusable => 1,
+        _ => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     }
 }
 

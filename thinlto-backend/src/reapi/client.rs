@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-pub use crate::config::RemoteOptions;
+use super::RemoteOptions;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
 use prost::Message;
@@ -84,11 +84,11 @@ impl Digest {
     }
 
     /// The digest of a regular file of at most [`MAX_EXTRA_BYTES`], read
-    /// as the cache reads every file ([`crate::engine::digest::digest_file`]: never
+    /// as the cache reads every file ([`crate::digest::digest_file`]: never
     /// blocking, never a device or a FIFO).
     pub fn of_file(p: &Path) -> std::io::Result<Digest> {
         let mut h = Sha256::new();
-        let size = crate::engine::digest::digest_file(p, MAX_EXTRA_BYTES, |b| h.update(b))?;
+        let size = crate::digest::digest_file(p, MAX_EXTRA_BYTES, |b| h.update(b))?;
         Ok(Digest {
             hash: hex(&h.finalize()),
             size_bytes: size as i64,

@@ -175,7 +175,7 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         // The client recognizes the marker and compiles the job itself
         // (its trace then learns the missing file). Only the marker: the
         // compile's own output may show what it read.
-        let msg = format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot);
+        let msg = format!("{}{why} (worker {})\n", super::hermetic::NOT_HERMETIC, ctx.bot);
         result.exit_code = 1;
         return finish(ctx, result, &[], b"", msg.as_bytes(), RpcStatus::default());
     }

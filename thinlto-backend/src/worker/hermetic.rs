@@ -11,6 +11,11 @@ use std::path::Path;
 use super::compilers::Compiler;
 use crate::cache::trace;
 
+/// The marker a worker puts before its reason when it refuses an action
+/// as not hermetic (`worker/exec.rs`): the client (`crate::exec`) compiles such a job
+/// here instead of reporting a compile error.
+pub const NOT_HERMETIC: &str = "thinlto-backend worker: not hermetic: ";
+
 /// The files outside the compiler's installation that any compile may
 /// read: the dynamic loader's cache and the files the clang driver reads
 /// to tell the distribution (clang's `Distro.cpp`), which only sets

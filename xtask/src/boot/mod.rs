@@ -12,7 +12,9 @@
 //! The initramfs (newc cpio, uncompressed: a config need not have any
 //! `RD_*` decompressor) holds a static busybox, `/init` (a script of it)
 //! and the modules under `/lib/modules/`, loaded with `insmod` in
-//! [`crate::modorder::load_order`]'s order.
+//! [`crate::kernel::modorder::load_order`]'s order.
+
+pub mod cpio;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -22,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cpio::{Archive, Node};
-use crate::modorder::{self, Module};
+use crate::boot::cpio::{Archive, Node};
+use crate::kernel::modorder::{self, Module};
 
 /// How long a boot may take before qemu is killed: generous for TCG on a
 /// loaded machine (KVM boots in seconds).

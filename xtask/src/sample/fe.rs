@@ -20,8 +20,8 @@ use thinlto_cmdparse::make::escape_savedcmd;
 use thinlto_index::fsutil::write_atomic;
 use thinlto_index::{Tool, Toolchain};
 
-use crate::gen;
-use crate::tree::{exported_symbols, symbol_crc, Archive, Lang, Object, Tree};
+use crate::sample::gen;
+use crate::sample::tree::{exported_symbols, symbol_crc, Archive, Lang, Object, Tree};
 
 /// Where the bundled sources live.
 pub fn fixture_dir() -> PathBuf {

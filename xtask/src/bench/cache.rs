@@ -14,9 +14,9 @@ use anyhow::{bail, Result};
 use thinlto_backend::JobStatus;
 use thinlto_index::Toolchain;
 
+use crate::bench::measure::Sample;
 use crate::bench::ScenarioResult;
 use crate::flow::{self, Bins, LinkPlan};
-use crate::measure::Sample;
 
 /// A tree whose front end is built, with its stage-2–4 plan.
 pub struct CacheTree {

@@ -31,8 +31,8 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
     std::fs::create_dir_all(workdir)?;
     let workdir = std::path::absolute(workdir)?;
     let tree = workdir.join(format!("gen-{objects}"));
-    crate::fe::build(
-        &crate::fe::FeOptions {
+    crate::sample::fe::build(
+        &crate::sample::fe::FeOptions {
             tree: tree.clone(),
             objects,
             jobs: crate::default_jobs(),
@@ -42,14 +42,14 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
         tc,
     )?;
     let bins = crate::flow::build_bins()?;
-    let ldflags = crate::tree::Tree::load(&tree)?.top.ldflags;
+    let ldflags = crate::sample::tree::Tree::load(&tree)?.top.ldflags;
     std::fs::create_dir_all(tree.join("out"))?;
-    crate::measure::measure(
+    crate::bench::measure::measure(
         bins.tool("thinlto-index", tc, &tree)
             .args(["order", "vmlinux.a"])
             .stdout(std::fs::File::create(tree.join("out/builtin.order"))?),
     )?;
-    crate::measure::measure(
+    crate::bench::measure::measure(
         bins.tool("thinlto-index", tc, &tree)
             .args(["link", "--ldflags", &ldflags])
             .args(["-o", "out/vmlinux.thinlto-index", "--imports"])

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::kbuild::{words, KbuildFile};
+use crate::sample::kbuild::{words, KbuildFile};
 
 /// What kind of source an object is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

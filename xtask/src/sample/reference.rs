@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use thinlto_index::Toolchain;
 
-use crate::tree::Tree;
+use crate::sample::tree::Tree;
 
 pub fn makefile() -> PathBuf {
     crate::workspace_root().join("tests/reference/Makefile")
@@ -81,7 +81,7 @@ pub fn run(opts: &ReferenceOptions, tc: &Toolchain) -> Result<ReferenceReport> {
 /// Links the user-space harness against a `vmlinux.o` and runs it; returns
 /// its standard output.
 pub fn run_harness(tc: &Toolchain, tree: &Path, vmlinux_o: &Path, exe: &Path) -> Result<String> {
-    let main_c = crate::fe::fixture_dir().join("harness/main.c");
+    let main_c = crate::sample::fe::fixture_dir().join("harness/main.c");
     let link = Command::new(&tc.cc.path)
         .args(["-O2", "-no-pie", "-o"])
         .arg(exe)
@@ -108,6 +108,6 @@ pub fn run_harness(tc: &Toolchain, tree: &Path, vmlinux_o: &Path, exe: &Path) ->
 }
 
 pub fn expected_harness_output() -> Result<String> {
-    let p = crate::fe::fixture_dir().join("harness/expected.txt");
+    let p = crate::sample::fe::fixture_dir().join("harness/expected.txt");
     std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
 }

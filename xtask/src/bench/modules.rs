@@ -23,8 +23,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::kbuild_modes::{make_llvm_args, run_make};
 use crate::flow;
-use crate::kbuild_modes::{make_llvm_args, run_make};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -70,7 +70,7 @@ impl Module {
 }
 
 fn modules(tree: &Path) -> Result<Vec<Module>> {
-    crate::modorder::read_modules_order(tree)?
+    crate::kernel::modorder::read_modules_order(tree)?
         .into_iter()
         .map(|ko| {
             let object = ko.with_extension("o").to_string_lossy().into_owned();

@@ -78,7 +78,7 @@ pub struct BackendJob {
     pub input: JobInput,
     pub native: String,
     /// Where the job's record goes (kbuild's `dir/.foo.thinlto-native.o.cmd`,
-    /// [`crate::engine::record`]); None: no record (a DTLTO job, whose
+    /// [`crate::record`]); None: no record (a DTLTO job, whose
     /// outputs are the linker's temporaries, decided afresh by every link).
     pub record_path: Option<PathBuf>,
     /// The whole argv, compiler first, `-o` naming the real target.

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::engine::job::temp_path;
+use crate::job::temp_path;
 
 use thinlto_cmdparse::make::{escape_savedcmd, unescape_savedcmd};
 

@@ -3,6 +3,14 @@
 //! a real kernel tree. Figures are ratios of medians measured in one run;
 //! `--write` puts them in BENCHMARKS.md.
 
+pub mod cache;
+pub mod dtlto;
+pub mod kbuild_modes;
+pub mod measure;
+pub mod modules;
+pub mod remote;
+pub mod sandbox;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,8 +18,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use thinlto_index::Toolchain;
 
+use crate::bench::measure::{measure, measure_sh, stats, Sample};
 use crate::flow::{self, Bins, LinkPlan};
-use crate::measure::{measure, measure_sh, stats, Sample};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -245,9 +253,9 @@ impl Ctx<'_> {
     }
 
     fn make_all(&self) -> Command {
-        let tree = crate::tree::Tree::load(&self.ref_tree).expect("tree");
-        let mut c = crate::reference::command(
-            &crate::reference::ReferenceOptions {
+        let tree = crate::sample::tree::Tree::load(&self.ref_tree).expect("tree");
+        let mut c = crate::sample::reference::command(
+            &crate::sample::reference::ReferenceOptions {
                 tree: self.ref_tree.clone(),
                 jobs: self.jobs,
                 out: "out-ref".into(),
@@ -359,8 +367,8 @@ pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<Scenario
     if tree.exists() {
         std::fs::remove_dir_all(&tree)?;
     }
-    crate::fe::build(
-        &crate::fe::FeOptions {
+    crate::sample::fe::build(
+        &crate::sample::fe::FeOptions {
             tree: tree.clone(),
             objects: opts.objects,
             jobs: opts.jobs,
@@ -369,7 +377,7 @@ pub fn run_generated(opts: &BenchOptions, tc: &Toolchain) -> Result<Vec<Scenario
         },
         tc,
     )?;
-    let ldflags = crate::tree::Tree::load(&tree)?.top.ldflags;
+    let ldflags = crate::sample::tree::Tree::load(&tree)?.top.ldflags;
     let plan = LinkPlan::plain(tc, &ldflags, "out");
     let ref_tree = tree.with_extension("ref");
     flow::copy_fe_tree(&tree, &ref_tree)?;
@@ -650,8 +658,8 @@ fn scenario_incremental(cx: &Ctx, runs: usize) -> Result<Vec<ScenarioResult>> {
         for run in 0..runs {
             for t in [&cx.tree, &cx.ref_tree] {
                 edit_source(&t.join(file), run)?;
-                crate::fe::build(
-                    &crate::fe::FeOptions {
+                crate::sample::fe::build(
+                    &crate::sample::fe::FeOptions {
                         tree: t.clone(),
                         objects: cx.objects,
                         jobs: cx.jobs,

@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use thinlto_index::Toolchain;
 
-use crate::measure::{measure, Sample};
+use crate::bench::measure::{measure, Sample};
 
 /// One link to measure: `LD <ldflags> -r -o OUT --whole-archive ARCHIVE`,
 /// run in `dir`.
@@ -124,8 +124,8 @@ pub fn relocation_model_flags(per_object: &[(PathBuf, Vec<String>)]) -> Result<V
 /// under `workdir`, as a link of its thin archive with its flags.
 pub fn generated(tc: &Toolchain, objects: usize, jobs: usize, workdir: &Path) -> Result<Link> {
     let dir = workdir.join(format!("gen-{objects}"));
-    crate::fe::build(
-        &crate::fe::FeOptions {
+    crate::sample::fe::build(
+        &crate::sample::fe::FeOptions {
             tree: dir.clone(),
             objects,
             jobs,
@@ -134,7 +134,7 @@ pub fn generated(tc: &Toolchain, objects: usize, jobs: usize, workdir: &Path) ->
         },
         tc,
     )?;
-    let ldflags = crate::tree::Tree::load(&dir)?.top.ldflags;
+    let ldflags = crate::sample::tree::Tree::load(&dir)?.top.ldflags;
     Ok(Link {
         name: format!("the generated tree ({objects} objects + the sample tree)"),
         dir,

@@ -72,7 +72,7 @@ fn natives(tree: &Path, objects: &[String]) -> Result<BTreeMap<String, Vec<u8>>>
     objects
         .iter()
         .map(|o| {
-            let n = thinlto_backend::engine::job::native_of(o);
+            let n = thinlto_backend::job::native_of(o);
             let b = std::fs::read(tree.join(&n)).with_context(|| format!("{n}: cannot read"))?;
             Ok((n, b))
         })
@@ -147,7 +147,7 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     let same_local = natives(&tree, &objects)? == kbuild;
 
     eprintln!("bench (remote): a farm of {workers} workers, then every job on it");
-    let bgd = crate::buildgrid::ensure()?;
+    let bgd = crate::farm::buildgrid::ensure()?;
     let mut farm = Farm::start(&bgd, &exe)?;
     for i in 0..workers {
         farm.add_worker(&format!("w{}", i + 1), &["-j", "1"], &[])?;

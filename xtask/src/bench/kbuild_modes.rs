@@ -28,7 +28,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::flow;
-use thinlto_backend::engine::job::native_of;
+use thinlto_backend::job::native_of;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

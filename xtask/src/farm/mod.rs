@@ -11,6 +11,8 @@
 //! and BuildGrid killed by process group, the cluster stopped, the
 //! directory removed), so every exit path of a caller cleans up.
 
+pub mod buildgrid;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -315,7 +317,7 @@ impl Farm {
                 String::from_utf8_lossy(&migrate.stderr)
             );
         }
-        let port = crate::buildgrid::free_port()?;
+        let port = crate::farm::buildgrid::free_port()?;
         let cfg = farm.dir.path().join("farm.yml");
         std::fs::write(&cfg, config(port, &sql)).context("writing the BuildGrid config")?;
         let log = std::fs::File::create(farm.dir.path().join("bgd.log"))?;
@@ -331,7 +333,7 @@ impl Farm {
         farm.port = port;
         farm.url = format!("grpc://127.0.0.1:{port}");
         let child = &mut farm.bgd.as_mut().expect("just started").child;
-        crate::buildgrid::wait_listening(port, child, &farm.dir.path().join("bgd.log"))?;
+        crate::farm::buildgrid::wait_listening(port, child, &farm.dir.path().join("bgd.log"))?;
         Ok(farm)
     }
 
@@ -449,7 +451,7 @@ pub fn main(args: &FarmArgs) -> Result<()> {
             crate::target_dir().join("debug/thinlto-backend")
         }
     };
-    let bgd = crate::buildgrid::ensure()?;
+    let bgd = crate::farm::buildgrid::ensure()?;
     let mut farm = Farm::start(&bgd, &exe)?;
     let jobs = args.jobs.to_string();
     for i in 1..=args.workers {

@@ -9,6 +9,9 @@
 //!   natives are set aside, ours are built in their place and compared
 //!   byte for byte.
 
+pub mod modorder;
+pub mod modules_cmp;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -377,7 +380,7 @@ pub fn run_kernel(opts: &KernelOptions) -> Result<KernelReport> {
         let index = std::fs::read_to_string(tree.join("vmlinux.thinlto-index"))
             .context("vmlinux.thinlto-index: cannot read")?;
         for obj in index.lines().filter(|l| !l.is_empty()) {
-            let native = thinlto_backend::engine::job::native_of(obj);
+            let native = thinlto_backend::job::native_of(obj);
             let to = kbuild_natives.join(&native);
             std::fs::create_dir_all(to.parent().unwrap())?;
             std::fs::copy(tree.join(&native), &to).with_context(|| {
