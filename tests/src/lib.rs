@@ -3,6 +3,7 @@
 //! BuildGrid for the remote cache ([`buildgrid`]).
 
 pub mod buildgrid;
+pub mod llvm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

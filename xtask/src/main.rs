@@ -225,6 +225,13 @@ enum Verb {
         /// [default: the toolchain found as the tools find it]
         #[arg(long, value_name = "LLVM", allow_hyphen_values = true)]
         llvm: Vec<String>,
+        /// Every tested LLVM must be here (installed first when root on
+        /// Debian, as `setup` does) and a test that would skip for lack of
+        /// one fails instead (CI). Without it, a machine with one LLVM
+        /// passes: the tests that need another (named `requires_…`) print
+        /// SKIPPED and why.
+        #[arg(long)]
+        no_skip: bool,
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
@@ -598,7 +605,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Verb::Farm(args) => xtask::farm::main(&args),
-        Verb::Test { llvm, rest } => run_tests(&llvm, &rest),
+        Verb::Test {
+            llvm,
+            no_skip,
+            rest,
+        } => run_tests(&llvm, no_skip, &rest),
     }
 }
 
@@ -951,9 +962,12 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
+fn run_tests(llvm: &[String], no_skip: bool, rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     provision::ensure_host(provision::TEST_NEEDS)?;
+    if no_skip {
+        provision::ensure_llvm_versions()?;
+    }
     // Each selection must name an installed toolchain; the default one is
     // installed when missing.
     let selections: Vec<Option<&String>> = if llvm.is_empty() {
@@ -968,6 +982,15 @@ fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
             ..Default::default()
         };
         toolchains.push(provision::ensure_llvm(&args)?);
+    }
+    // A machine with one LLVM passes: say here, where it is seen, what the
+    // suite skips (a skipped test's own line is hidden by cargo test).
+    for v in provision::missing_llvm_versions() {
+        eprintln!(
+            "xtask test: LLVM {v} (clang-{v}, ld.lld-{v}, llvm-ar-{v}) is not installed: the tests \
+             that need it (named requires_…) print SKIPPED and pass; `cargo xtask setup` \
+             installs it, `--no-skip` makes a skip a failure"
+        );
     }
     // The remote-cache tests run a real BuildGrid; they find its bgd here.
     let bgd = xtask::buildgrid::ensure()?;
@@ -1002,6 +1025,11 @@ fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
         test.args(["test", "--workspace"])
             .args(rest)
             .env("THINLTO_TEST_BGD", &bgd);
+        if no_skip {
+            test.env(provision::TEST_NO_SKIP_VAR, "1");
+        } else {
+            test.env_remove(provision::TEST_NO_SKIP_VAR);
+        }
         // The suite resolves its toolchain as the tools do: LLVM= selects
         // it (and beats CC/LD/AR, as in kbuild).
         if let Some(l) = sel {
