@@ -37,6 +37,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod dtlto;
 pub mod engine;

@@ -19,6 +19,7 @@ pub mod install;
 pub mod kbuild;
 pub mod kbuild_modes;
 pub mod kernel;
+pub mod manual;
 pub mod measure;
 pub mod modorder;
 pub mod modules_cmp;

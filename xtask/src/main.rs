@@ -38,7 +38,9 @@ enum Verb {
     /// Build the four tools in release mode and copy them into one
     /// directory on PATH (default: $CARGO_HOME/bin, i.e. ~/.cargo/bin), for
     /// kernel builds: make CC="thinlto-backend wrap clang-19" vmlinux, or
-    /// make THINLTO_TOOLS=1 vmlinux with examples/kbuild/thinlto-tools.patch
+    /// make THINLTO_TOOLS=1 vmlinux with examples/kbuild/thinlto-tools.patch;
+    /// their man pages and bash/zsh/fish completions go beside, under
+    /// DIR/../share (man thinlto-backend then works with DIR on PATH)
     Install {
         /// Where to put the binaries
         #[arg(long, value_name = "DIR")]

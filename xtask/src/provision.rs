@@ -181,8 +181,8 @@ pub const FLOW_NEEDS: &[HostNeed] = &[
 
 /// What the test suite needs besides [`FLOW_NEEDS`]: `script` (the backend's
 /// progress on a terminal), a static libc (the warm compiler's test of a
-/// static compiler) and `cpio` (reads back the initramfs writer's
-/// archives). The tests say which package to install when one is missing.
+/// static compiler), `cpio` (reads back the initramfs writer's
+/// archives) and `ccache` (the wrapper composed with it). The tests say which package to install when one is missing.
 pub const TEST_NEEDS: &[HostNeed] = &[
     HostNeed {
         package: "bsdutils",
@@ -198,6 +198,11 @@ pub const TEST_NEEDS: &[HostNeed] = &[
         package: "cpio",
         what: "cpio",
         present: || on_path("cpio"),
+    },
+    HostNeed {
+        package: "ccache",
+        what: "ccache",
+        present: || on_path("ccache"),
     },
 ];
 
