@@ -91,5 +91,5 @@ Examples (from the tree root):
 const LINK_EXAMPLES: &str = "\
 Examples (from the tree root):
   thinlto-index link --ldflags '-m elf_x86_64' -o vmlinux.thinlto-index --imports builtin.order > manifest.json
-  thinlto-index --ld ld.lld-19 link --force -o vmlinux.thinlto-index builtin.order > /dev/null
+  thinlto-index link --force -o vmlinux.thinlto-index builtin.order > /dev/null
   thinlto-index order vmlinux.a | thinlto-index link -o vmlinux.thinlto-index - | thinlto-backend";

@@ -306,6 +306,19 @@ fn run(cli: Cli) -> Result<()> {
                     dir.display()
                 );
             }
+            // man-db finds DIR/../share/man by itself only when MANPATH is
+            // unset (or has an empty part, which stands for that search).
+            let man = xtask::install::share_dir(&dir).join("man");
+            if let Some(mp) = std::env::var_os("MANPATH") {
+                let listed =
+                    std::env::split_paths(&mp).any(|p| p.as_os_str().is_empty() || p == man);
+                if !listed {
+                    println!(
+                        "note: MANPATH is set and lacks {}; add it (or an empty part: MANPATH=\"$MANPATH:\") for man thinlto-backend",
+                        man.display()
+                    );
+                }
+            }
             Ok(())
         }
         Verb::Fe {

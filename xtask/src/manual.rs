@@ -171,6 +171,59 @@ mod tests {
         );
     }
 
+    /// What `cargo xtask install` writes, found by the real man-db from
+    /// PATH alone (a prefix whose path has a space), with its examples.
+    #[test]
+    fn man_finds_the_pages_beside_the_bin_directory_on_path() {
+        let prefix = tempfile::Builder::new()
+            .prefix("thinlto man.")
+            .tempdir()
+            .unwrap();
+        let bin = prefix.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let written = install(&crate::install::share_dir(&bin)).unwrap();
+        let share = prefix.path().join("share");
+        for f in [
+            "man/man1/thinlto-backend.1",
+            "man/man1/thinlto-backend-cache-stats.1",
+            "man/man1/thinlto-index-link.1",
+            "bash-completion/completions/modpost-ir",
+            "zsh/site-functions/_thinlto-cmdparse",
+            "fish/vendor_completions.d/thinlto-backend.fish",
+        ] {
+            assert!(written.contains(&share.join(f)), "{f} not written");
+        }
+        // The man-db of a fresh machine is a prerequisite: missing, the
+        // test fails naming it (cargo xtask setup installs it).
+        let man = |args: &[&str]| {
+            std::process::Command::new("man")
+                .args(args)
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env_remove("MANPATH")
+                .env("MANWIDTH", "200")
+                .output()
+                .unwrap_or_else(|e| panic!("man: {e}: install man-db (cargo xtask setup does)"))
+        };
+        let out = man(&["-w", "thinlto-backend"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            share
+                .join("man/man1/thinlto-backend.1")
+                .display()
+                .to_string(),
+            "{out:?}"
+        );
+        let out = man(&["-P", "cat", "thinlto-backend-wrap"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            text.contains("EXAMPLES")
+                && text
+                    .contains("make LLVM=-19 CC=\"thinlto-backend wrap ccache clang-19\" vmlinux"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn every_subcommand_has_a_page_with_examples() {
         for cmd in commands() {

@@ -182,7 +182,9 @@ pub const FLOW_NEEDS: &[HostNeed] = &[
 /// What the test suite needs besides [`FLOW_NEEDS`]: `script` (the backend's
 /// progress on a terminal), a static libc (the warm compiler's test of a
 /// static compiler), `cpio` (reads back the initramfs writer's
-/// archives) and `ccache` (the wrapper composed with it). The tests say which package to install when one is missing.
+/// archives), `ccache` (the wrapper composed with it) and `man` (the
+/// installed man pages). The tests say which package to install when one
+/// is missing.
 pub const TEST_NEEDS: &[HostNeed] = &[
     HostNeed {
         package: "bsdutils",
@@ -203,6 +205,11 @@ pub const TEST_NEEDS: &[HostNeed] = &[
         package: "ccache",
         what: "ccache",
         present: || on_path("ccache"),
+    },
+    HostNeed {
+        package: "man-db",
+        what: "man",
+        present: || on_path("man"),
     },
 ];
 
