@@ -109,10 +109,14 @@ fn man_page(cmd: &Command) -> Result<Vec<u8>> {
 fn examples_section(text: &str) -> String {
     let mut lines = text.lines();
     let mut roff = String::from(".SH EXAMPLES\n");
+    // The heading says where the commands run ("Examples (from the tree
+    // root):"); a bare "Examples:" would only repeat the section's name.
     if let Some(head) = lines.next() {
         let head = head.trim_end_matches(':');
-        roff.push_str(&roff_line(head));
-        roff.push('\n');
+        if head != "Examples" {
+            roff.push_str(&roff_line(head));
+            roff.push('\n');
+        }
     }
     roff.push_str(".PP\n.nf\n.RS 4\n");
     for l in lines {
@@ -169,6 +173,7 @@ mod tests {
             roff,
             ".SH EXAMPLES\nExamples (here)\n.PP\n.nf\n.RS 4\na \\-\\-x 'b\\ec'\n\\&.hidden\n.RE\n.fi\n"
         );
+        assert!(examples_section("Examples:\n  a").starts_with(".SH EXAMPLES\n.PP\n"));
     }
 
     /// What `cargo xtask install` writes, found by the real man-db from
