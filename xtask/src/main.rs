@@ -280,12 +280,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Setup { boot, toolchain } => {
+            // A toolchain the user named but that is broken (LLVM=yes,
+            // CC=gcc) is said before anything is installed: on a machine
+            // with one LLVM, setup installs the other.
+            provision::ensure_llvm(&toolchain)?;
             provision::ensure_make()?;
             provision::ensure_host(provision::TEST_NEEDS)?;
             if boot {
                 provision::ensure_host(provision::BOOT_NEEDS)?;
             }
             provision::ensure_llvm_versions()?;
+            // Again: the newest is now the default.
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
             println!("bgd: {}", xtask::buildgrid::ensure()?.display());
