@@ -10,6 +10,7 @@
 //! `.vmlinux.export.c` byte for byte as modpost writes them, with its
 //! diagnostics (section mismatches included) in its words and order.
 
+pub mod cli;
 pub mod exports;
 
 use std::fmt::Write as _;

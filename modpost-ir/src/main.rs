@@ -1,87 +1,11 @@
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use modpost_ir::cli::{Cli, ObjectSource, Verb};
 use modpost_ir::{crcs, read_exports_with, read_object_list, render, Mapping, ReadOptions};
 use thinlto_index::fsutil::write_atomic;
-use thinlto_index::ToolchainArgs;
-
-/// modpost's side of kbuild's distributed ThinLTO: symbol CRCs looked up
-/// with the `.thinlto-native.o` → `.o.cmd` mapping, and `vmlinux.symvers`
-/// / `.vmlinux.export.c` written exactly as the kernel's modpost writes
-/// them.
-///
-/// Examples (from the tree root):
-///
-///   modpost-ir crcs --objects .vmlinux.objs          # JSON Lines
-///   modpost-ir crcs --archive vmlinux.a --unpatched  # what an unpatched modpost sees
-///   modpost-ir symvers vmlinux.o --objects .vmlinux.objs \
-///       -o vmlinux.symvers --export-c .vmlinux.export.c
-#[derive(Parser)]
-#[command(version, verbatim_doc_comment, arg_required_else_help = true)]
-struct Cli {
-    #[command(subcommand)]
-    verb: Option<Verb>,
-    /// Accepted as by every tool of the family; modpost-ir runs none of them
-    #[command(flatten)]
-    toolchain: ToolchainArgs,
-}
-
-#[derive(Args)]
-struct ObjectSource {
-    /// An object list, one per line (kbuild's .vmlinux.objs); `-`: stdin
-    #[arg(long, value_name = "FILE")]
-    objects: Option<PathBuf>,
-    /// The members of an archive (e.g. vmlinux.a)
-    #[arg(long, value_name = "ARCHIVE", conflicts_with = "objects")]
-    archive: Option<PathBuf>,
-    /// A module's object list (foo.mod); `-`: stdin
-    #[arg(long = "mod", value_name = "FILE", conflicts_with_all = ["objects", "archive"])]
-    module: Option<PathBuf>,
-    /// Read CRCs as modpost did before kbuild's change (dir/.foo.thinlto-native.o.cmd)
-    #[arg(long)]
-    unpatched: bool,
-}
-
-#[derive(Subcommand)]
-enum Verb {
-    /// Print the CRC of every #SYMVER line of every object's .cmd file:
-    /// JSON Lines {"object","cmd_file","symbol","crc"}
-    Crcs {
-        #[command(flatten)]
-        source: ObjectSource,
-        /// Objects (instead of a list)
-        #[arg(value_name = "OBJECT")]
-        paths: Vec<String>,
-    },
-    /// Write vmlinux.symvers (and .vmlinux.export.c) from vmlinux.o and the
-    /// CRCs of its objects
-    Symvers {
-        vmlinux_o: PathBuf,
-        #[command(flatten)]
-        source: ObjectSource,
-        /// vmlinux.symvers [default: stdout]
-        #[arg(short, value_name = "FILE")]
-        o: Option<PathBuf>,
-        /// Also write .vmlinux.export.c here
-        #[arg(long, value_name = "FILE")]
-        export_c: Option<PathBuf>,
-        /// Without CONFIG_MODVERSIONS (modpost without -m): no CRCs
-        #[arg(long)]
-        no_modversions: bool,
-        /// Without CONFIG_MODULES (modpost without -M): .export_symbol is
-        /// not read, vmlinux exports nothing
-        #[arg(long)]
-        no_modules: bool,
-        /// Section mismatches are errors (modpost -E, i.e. without
-        /// CONFIG_SECTION_MISMATCH_WARN_ONLY): the outputs are written, then
-        /// the run fails
-        #[arg(long)]
-        section_mismatch_errors: bool,
-    },
-}
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {

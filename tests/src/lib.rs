@@ -5,6 +5,7 @@
 pub mod buildgrid;
 pub mod docflags;
 pub mod imports;
+pub mod llvm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

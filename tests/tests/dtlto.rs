@@ -8,27 +8,19 @@
 //! naming the field.
 //!
 //! A test that needs LLVM 22 is named `requires_llvm22_…` and says on
-//! stderr that it was skipped when the tools are missing.
+//! stderr that it was skipped when the tools are missing
+//! (thinlto_dist_tests::llvm); the bad job file's test needs no compiler.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use thinlto_dist_tests::llvm::llvm_version;
 use thinlto_dist_tests::*;
-use thinlto_index::{Toolchain, ToolchainArgs};
+use thinlto_index::Toolchain;
 
-/// The clang-22/ld.lld-22/llvm-ar-22 set, or None (said on stderr).
+/// The clang-22/ld.lld-22/llvm-ar-22 set, or None (the test skipped).
 fn llvm22(test: &str) -> Option<Toolchain> {
-    let args = ToolchainArgs {
-        llvm: Some("-22".into()),
-        ..Default::default()
-    };
-    match Toolchain::resolve(&args).and_then(|mut tc| tc.probe().map(|()| tc)) {
-        Ok(tc) => Some(tc),
-        Err(e) => {
-            eprintln!("{test}: SKIPPED: no LLVM 22 ({e:#}); `cargo xtask setup` installs it");
-            None
-        }
-    }
+    llvm_version(test, 22)
 }
 
 /// The sample tree plus `generated` objects, front end by clang-22; its
@@ -365,18 +357,12 @@ fn a_bad_job_file_is_an_error_naming_the_field() {
 /// that the compiler is another LLVM than the front end's, which is
 /// advice for kbuild's jobs only.
 #[test]
-fn requires_llvm22_older_bitcode_gets_no_front_end_llvm_warning() {
-    let test = "requires_llvm22_older_bitcode_gets_no_front_end_llvm_warning";
+fn requires_llvm19_and_22_older_bitcode_gets_no_front_end_llvm_warning() {
+    let test = "requires_llvm19_and_22_older_bitcode_gets_no_front_end_llvm_warning";
     let Some(tc) = llvm22(test) else {
         return;
     };
-    let older = Toolchain::resolve(&ToolchainArgs {
-        llvm: Some("-19".into()),
-        ..Default::default()
-    })
-    .and_then(|mut t| t.probe().map(|()| t));
-    let Ok(older) = older else {
-        eprintln!("{test}: SKIPPED: no LLVM 19 for the front end; `cargo xtask setup` installs it");
+    let Some(older) = llvm_version(test, 19) else {
         return;
     };
     let tree = Tree::new(&older, 0);

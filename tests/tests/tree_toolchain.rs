@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use thinlto_dist_tests::llvm::two_llvms;
 use thinlto_dist_tests::*;
 use thinlto_index::toolchain::{Role, ToolEnv};
 use thinlto_index::{Tool, Toolchain, ToolchainArgs};
@@ -22,6 +23,12 @@ fn llvm(version: u32, name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A program of the suite's own LLVM (`/usr/lib/llvm-N/bin/clang`): the
+/// tests that need no second version run with whichever one is installed.
+fn suite_llvm(name: &str) -> PathBuf {
+    llvm_bin_dir().join(name)
 }
 
 /// `dir` first, then the process's PATH.
@@ -84,17 +91,17 @@ fn recorded_command(tree: &Path, native: &str) -> String {
     line.split_once(" := ").unwrap().1.to_string()
 }
 
-/// A bin directory with `clang-tree`: LLVM 19's clang under a name the
+/// A bin directory with `clang-tree`: the suite's clang under a name the
 /// newest-set search does not take (no version suffix),
 /// through a script that logs each run (so that a test sees it ran). The
 /// front end runs it by its path (its commands go through `/bin/sh` with
 /// this process's PATH); the two-LLVM test covers a name on PATH.
-fn renamed_clang19(bin: &Path) -> OsString {
+fn renamed_clang(bin: &Path) -> OsString {
     script(
         &bin.join("clang-tree"),
         &format!(
             "#!/bin/sh\necho \"$*\" >> \"$0.log\"\nexec {} \"$@\"\n",
-            llvm(19, "clang").display()
+            suite_llvm("clang").display()
         ),
     );
     path_with(bin)
@@ -103,9 +110,9 @@ fn renamed_clang19(bin: &Path) -> OsString {
 #[test]
 fn the_compiler_the_records_name_runs_when_nothing_names_one() {
     let bin = tempfile::tempdir().unwrap();
-    let path = renamed_clang19(bin.path());
+    let path = renamed_clang(bin.path());
     let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
+    let tree = tree_built_by(&clang_tree, &suite_llvm("ld.lld"), &path);
     std::fs::remove_file(bin.path().join("clang-tree.log")).unwrap();
 
     let out = backend_on(tree.path(), &path, &[]);
@@ -146,21 +153,21 @@ fn the_compiler_the_records_name_runs_when_nothing_names_one() {
     assert!(record.ends_with(".o.cmd"), "{tc}");
 
     // An explicit compiler still wins, as `make CC=` does.
-    let clang19 = llvm(19, "clang");
-    let out = backend_on(tree.path(), &path, &["--cc", &clang19.to_string_lossy()]);
+    let clang = suite_llvm("clang");
+    let out = backend_on(tree.path(), &path, &["--cc", &clang.to_string_lossy()]);
     assert!(out.status.success(), "{out:?}");
     for r in job_records(&out.stdout) {
         let cmd = recorded_command(tree.path(), &r.native);
-        assert!(cmd.starts_with(&format!("{} ", clang19.display())), "{cmd}");
+        assert!(cmd.starts_with(&format!("{} ", clang.display())), "{cmd}");
     }
 }
 
 #[test]
 fn records_naming_two_compilers_are_an_error_naming_both_files() {
     let bin = tempfile::tempdir().unwrap();
-    let path = renamed_clang19(bin.path());
+    let path = renamed_clang(bin.path());
     let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
+    let tree = tree_built_by(&clang_tree, &suite_llvm("ld.lld"), &path);
     // One object's record says another compiler built it.
     let objects = std::fs::read_to_string(tree.path().join("out/vmlinux.thinlto-index")).unwrap();
     let last = objects.lines().last().unwrap();
@@ -194,18 +201,18 @@ fn records_naming_two_compilers_are_an_error_naming_both_files() {
 #[test]
 fn a_compiler_of_another_llvm_than_the_bitcode_is_warned_about_once() {
     let bin = tempfile::tempdir().unwrap();
-    let path = renamed_clang19(bin.path());
-    // clang-88 compiles with LLVM 19 but says it is 88.1.2 (only the
+    let path = renamed_clang(bin.path());
+    // clang-88 compiles with the suite's LLVM but says it is 88.1.2 (only the
     // version check is fooled; the compiles are real).
     script(
         &bin.path().join("clang-88"),
         &format!(
             "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'clang version 88.1.2 (test)'; exit 0; fi\nexec {} \"$@\"\n",
-            llvm(19, "clang").display()
+            suite_llvm("clang").display()
         ),
     );
     let clang_tree = bin.path().join("clang-tree").to_string_lossy().into_owned();
-    let tree = tree_built_by(&clang_tree, &llvm(19, "ld.lld"), &path);
+    let tree = tree_built_by(&clang_tree, &suite_llvm("ld.lld"), &path);
     let out = backend_on(tree.path(), &path, &["--cc", "clang-88"]);
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -214,12 +221,12 @@ fn a_compiler_of_another_llvm_than_the_bitcode_is_warned_about_once() {
     let w = warnings[0];
     let first = std::fs::read_to_string(tree.path().join("out/vmlinux.thinlto-index")).unwrap();
     let first = first.lines().next().unwrap();
-    let v19 = xtask_version(&llvm(19, "clang"));
+    let v_suite = xtask_version(&suite_llvm("clang"));
     assert!(
         w.starts_with(&format!(
-            "thinlto-backend: warning: {first} was written by LLVM{v19}"
+            "thinlto-backend: warning: {first} was written by LLVM{v_suite}"
         )) && w.contains("CC=clang-88 is 88.1.2")
-            && w.contains(&format!("differ from those of LLVM {v19}")),
+            && w.contains(&format!("differ from those of LLVM {v_suite}")),
         "{w}"
     );
     // Nothing to compile: nothing read, nothing said.
@@ -241,41 +248,6 @@ fn xtask_version(clang: &Path) -> String {
         .to_string();
     let (a, b, c) = thinlto_index::producer::tool_version(&line).unwrap();
     format!("{a}.{b}.{c}")
-}
-
-/// The installed LLVM versions with clang and ld.lld, oldest first.
-fn installed_llvms() -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("llvm-")?.parse().ok())
-        .filter(|n| {
-            ["clang", "ld.lld"]
-                .iter()
-                .all(|t| Path::new(&format!("/usr/lib/llvm-{n}/bin/{t}")).is_file())
-                && Path::new(&format!("/usr/bin/clang-{n}")).exists()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// The oldest and newest installed LLVM when they differ; else None, said
-/// on stderr as the test `name` skipped.
-fn two_llvms(name: &str) -> Option<(u32, u32)> {
-    let versions = installed_llvms();
-    let (Some(&old), Some(&new)) = (versions.first(), versions.last()) else {
-        eprintln!("SKIPPED {name}: no LLVM installed in /usr/lib/llvm-N");
-        return None;
-    };
-    if old == new {
-        eprintln!(
-            "SKIPPED {name}: only LLVM {old} is installed; it needs two versions (e.g. clang-19 and clang-22)"
-        );
-        return None;
-    }
-    Some((old, new))
 }
 
 #[test]

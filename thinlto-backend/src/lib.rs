@@ -46,6 +46,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod dtlto;

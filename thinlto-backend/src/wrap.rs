@@ -21,6 +21,15 @@
 //! commands then stay as they were, and no front-end object is rebuilt
 //! for a changed `$(CC)` when the wrapper is switched on or off.
 //!
+//! With ccache (which cannot cache a backend compile, `-x ir`: "unsupported
+//! source language", but caches the front end's `-flto=thin -c`), the two
+//! compose, ccache for the front end and the wrapper for the backend:
+//! `CC="thinlto-backend wrap ccache clang-19"`, or masquerading, ccache's
+//! directory of `clang-19 -> ccache` links before ours on PATH (ccache runs
+//! the next `clang-19` that is not ccache: ours, which runs the next one
+//! after its own directory). Ours first instead would loop (ccache would
+//! find ours again); that is stopped with an error saying so.
+//!
 //! The record with the digests is `dir/.N.digests.cmd`, not kbuild's
 //! `dir/.N.cmd`: `if_changed` truncates that one after every run of the
 //! recipe (`printf … > $(dot-target).cmd`), ours survives it. The name
@@ -303,20 +312,45 @@ pub fn wrap_argv() -> Option<Vec<OsString>> {
     }
 }
 
-/// The next program called `name` on PATH that is not this executable.
+/// Set in the environment of what a masquerading wrapper runs: met again
+/// by a masquerading wrapper, it means a loop (ours → ccache → ours …).
+const MASQUERADE_VAR: &str = "THINLTO_WRAP_MASQUERADE";
+
+/// The program called `name` on PATH that this masquerading wrapper runs:
+/// the next one after the PATH directory that holds this wrapper (or, if
+/// none does, the first that is not this executable). Leaves
+/// [`MASQUERADE_VAR`] in the environment for it.
 fn masqueraded_compiler(name: &OsStr) -> Option<PathBuf> {
-    let me = std::env::current_exe().ok()?.canonicalize().ok()?;
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file() && p.canonicalize().is_ok_and(|c| c != me));
-    if found.is_none() {
+    if std::env::var_os(MASQUERADE_VAR).is_some() {
         eprintln!(
-            "thinlto-backend wrap: no {} on PATH other than this wrapper",
+            "thinlto-backend wrap: {} on PATH leads back to this wrapper (a loop: is ccache's \
+             directory of compiler links after ours on PATH? put it before ours, or set \
+             CCACHE_PATH to the directories without either)",
             name.to_string_lossy()
         );
         std::process::exit(127);
     }
+    let me = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let path = std::env::var_os("PATH")?;
+    let candidates: Vec<PathBuf> = std::env::split_paths(&path).map(|d| d.join(name)).collect();
+    let is_me = |p: &Path| p.canonicalize().is_ok_and(|c| c == me);
+    let after_me = candidates
+        .iter()
+        .position(|p| is_me(p))
+        .map_or(0, |i| i + 1);
+    let found = candidates[after_me..]
+        .iter()
+        .find(|p| p.is_file() && !is_me(p))
+        .cloned();
+    if found.is_none() {
+        eprintln!(
+            "thinlto-backend wrap: no {} on PATH after this wrapper",
+            name.to_string_lossy()
+        );
+        std::process::exit(127);
+    }
+    // Still single-threaded: before any parsing or thread.
+    std::env::set_var(MASQUERADE_VAR, name);
     found
 }
 

@@ -10,6 +10,7 @@
 //!   escaping of `savedcmd_`.
 //! - [`CmdRecord`] is the JSON Lines record of the `thinlto-cmdparse` tool.
 
+pub mod cli;
 mod cmdfile;
 pub mod make;
 pub mod record;

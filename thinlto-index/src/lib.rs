@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod bitstream;
 pub mod classify;
+pub mod cli;
 pub mod fsutil;
 pub mod launcher;
 pub mod link;

@@ -1,74 +1,12 @@
 use std::io::{BufRead, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use thinlto_index::cli::{Cli, Verb};
 use thinlto_index::toolchain::{Role, ToolEnv};
-use thinlto_index::{classify, order, ThinLink, Toolchain, ToolchainArgs};
-
-/// Stage 2 of kbuild's distributed ThinLTO: archive member order, bitcode
-/// classification, and the thin link.
-///
-/// Examples (from the tree root):
-///
-///   thinlto-index order vmlinux.a > builtin.order        # == llvm-ar t
-///   thinlto-index scan builtin.order                     # {"object","kind"} per line
-///   thinlto-index link --ldflags '-m elf_x86_64 -z noexecstack' \
-///       -o vmlinux.thinlto-index --imports builtin.order > manifest.json
-///   thinlto-index link ... builtin.order | thinlto-backend
-///   thinlto-index order vmlinux.a | thinlto-index link -o vmlinux.thinlto-index -
-#[derive(Parser)]
-#[command(version, verbatim_doc_comment, arg_required_else_help = true)]
-struct Cli {
-    #[command(flatten)]
-    toolchain: ToolchainArgs,
-    #[command(subcommand)]
-    verb: Option<Verb>,
-}
-
-#[derive(Subcommand)]
-enum Verb {
-    /// Print the members of thin or regular archives, one per line, exactly
-    /// as `llvm-ar t` prints them
-    Order {
-        #[arg(required = true)]
-        archives: Vec<PathBuf>,
-    },
-    /// Classify objects by magic (bitcode, bitcode-wrapper, elf, other):
-    /// JSON Lines {"object","kind"}
-    Scan {
-        /// An order file (one object per line), or `-` for stdin
-        #[arg(default_value = "-")]
-        order_file: String,
-    },
-    /// Run the thin link (`$LD $LDFLAGS -r --thinlto-index-only=INDEX
-    /// @ORDER_FILE`), check every promised output, print the manifest
-    Link {
-        /// KBUILD_LDFLAGS, as shell text (e.g. '-m elf_x86_64 -mllvm -import-instr-limit=5')
-        #[arg(long, default_value = "", allow_hyphen_values = true)]
-        ldflags: String,
-        /// The index file to write (`--index FILE`, the old spelling, still works)
-        #[arg(
-            short = 'o',
-            value_name = "INDEX",
-            long = "output",
-            alias = "index",
-            default_value = "vmlinux.thinlto-index"
-        )]
-        index: PathBuf,
-        /// Have lld write foo.o.imports files and list them in the manifest
-        #[arg(long)]
-        imports: bool,
-        /// Run lld even if the inputs and the command are those of the last
-        /// link recorded in dir/.INDEX.cmd (by default such a link is skipped)
-        #[arg(long)]
-        force: bool,
-        /// The inputs, one per line (builtin.order), or `-` for stdin (kept
-        /// as dir/.INDEX.order, the file lld reads and the record names)
-        order_file: PathBuf,
-    },
-}
+use thinlto_index::{classify, order, ThinLink, Toolchain};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {

@@ -25,9 +25,18 @@ pub fn default_bin_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cargo/bin"))
 }
 
+/// Where the man pages and completions go for binaries in `bin_dir`: the
+/// prefix's `share` (`~/.cargo/bin` → `~/.cargo/share`), which man and
+/// bash-completion search beside each PATH directory.
+pub fn share_dir(bin_dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(bin_dir).unwrap_or_else(|_| bin_dir.to_path_buf());
+    abs.parent().unwrap_or(Path::new("/")).join("share")
+}
+
 /// Builds the tools and copies them into `bin_dir`, each through a
 /// temporary and a rename (a build running the old binary meanwhile keeps
-/// it; nobody sees half a program). Returns the installed paths.
+/// it; nobody sees half a program), then their man pages and shell
+/// completions into [`share_dir`]. Returns the installed paths.
 pub fn install(bin_dir: &Path) -> Result<Vec<PathBuf>> {
     // Lean binaries: the release build keeps debug info for profiling.
     let bins = crate::flow::build_bins_in("dist")?;
@@ -46,6 +55,7 @@ pub fn install(bin_dir: &Path) -> Result<Vec<PathBuf>> {
         })?;
         out.push(to);
     }
+    out.extend(crate::manual::install(&share_dir(bin_dir))?);
     Ok(out)
 }
 

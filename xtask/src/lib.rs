@@ -9,6 +9,7 @@ pub mod farm;
 pub mod flow;
 pub mod install;
 pub mod kernel;
+pub mod manual;
 pub mod oracle;
 pub mod provision;
 pub mod sample;

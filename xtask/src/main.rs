@@ -38,7 +38,9 @@ enum Verb {
     /// Build the four tools in release mode and copy them into one
     /// directory on PATH (default: $CARGO_HOME/bin, i.e. ~/.cargo/bin), for
     /// kernel builds: make CC="thinlto-backend wrap clang-19" vmlinux, or
-    /// make THINLTO_TOOLS=1 vmlinux with examples/kbuild/thinlto-tools.patch
+    /// make THINLTO_TOOLS=1 vmlinux with examples/kbuild/thinlto-tools.patch;
+    /// their man pages and bash/zsh/fish completions go beside, under
+    /// DIR/../share (man thinlto-backend then works with DIR on PATH)
     Install {
         /// Where to put the binaries
         #[arg(long, value_name = "DIR")]
@@ -234,6 +236,13 @@ enum Verb {
         /// [default: the toolchain found as the tools find it]
         #[arg(long, value_name = "LLVM", allow_hyphen_values = true)]
         llvm: Vec<String>,
+        /// Every tested LLVM must be here (installed first when root on
+        /// Debian, as `setup` does) and a test that would skip for lack of
+        /// one fails instead (CI). Without it, a machine with one LLVM
+        /// passes: the tests that need another (named `requires_…`) print
+        /// SKIPPED and why.
+        #[arg(long)]
+        no_skip: bool,
         /// Arguments passed on to `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
@@ -280,12 +289,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Setup { boot, toolchain } => {
+            // A toolchain the user named but that is broken (LLVM=yes,
+            // CC=gcc) is said before anything is installed: on a machine
+            // with one LLVM, setup installs the other.
+            provision::ensure_llvm(&toolchain)?;
             provision::ensure_make()?;
             provision::ensure_host(provision::TEST_NEEDS)?;
             if boot {
                 provision::ensure_host(provision::BOOT_NEEDS)?;
             }
             provision::ensure_llvm_versions()?;
+            // Again: the newest is now the default.
             let tc = provision::ensure_llvm(&toolchain)?;
             print!("{tc}");
             println!("bgd: {}", xtask::farm::buildgrid::ensure()?.display());
@@ -305,6 +319,19 @@ fn run(cli: Cli) -> Result<()> {
                     dir.display(),
                     dir.display()
                 );
+            }
+            // man-db finds DIR/../share/man by itself only when MANPATH is
+            // unset (or has an empty part, which stands for that search).
+            let man = xtask::install::share_dir(&dir).join("man");
+            if let Some(mp) = std::env::var_os("MANPATH") {
+                let listed =
+                    std::env::split_paths(&mp).any(|p| p.as_os_str().is_empty() || p == man);
+                if !listed {
+                    println!(
+                        "note: MANPATH is set and lacks {}; add it (or an empty part: MANPATH=\"$MANPATH:\") for man thinlto-backend",
+                        man.display()
+                    );
+                }
             }
             Ok(())
         }
@@ -625,7 +652,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Verb::Farm(args) => xtask::farm::main(&args),
-        Verb::Test { llvm, rest } => run_tests(&llvm, &rest),
+        Verb::Test {
+            llvm,
+            no_skip,
+            rest,
+        } => run_tests(&llvm, no_skip, &rest),
     }
 }
 
@@ -980,9 +1011,12 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
+fn run_tests(llvm: &[String], no_skip: bool, rest: &[String]) -> Result<()> {
     provision::ensure_make()?;
     provision::ensure_host(provision::TEST_NEEDS)?;
+    if no_skip {
+        provision::ensure_llvm_versions()?;
+    }
     // Each selection must name an installed toolchain; the default one is
     // installed when missing.
     let selections: Vec<Option<&String>> = if llvm.is_empty() {
@@ -997,6 +1031,15 @@ fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
             ..Default::default()
         };
         toolchains.push(provision::ensure_llvm(&args)?);
+    }
+    // A machine with one LLVM passes: say here, where it is seen, what the
+    // suite skips (a skipped test's own line is hidden by cargo test).
+    for v in provision::missing_llvm_versions() {
+        eprintln!(
+            "xtask test: LLVM {v} (clang-{v}, ld.lld-{v}, llvm-ar-{v}) is not installed: the tests \
+             that need it (named requires_…) print SKIPPED and pass; `cargo xtask setup` \
+             installs it, `--no-skip` makes a skip a failure"
+        );
     }
     // The remote-cache tests run a real BuildGrid; they find its bgd here.
     let bgd = xtask::farm::buildgrid::ensure()?;
@@ -1031,6 +1074,11 @@ fn run_tests(llvm: &[String], rest: &[String]) -> Result<()> {
         test.args(["test", "--workspace"])
             .args(rest)
             .env("THINLTO_TEST_BGD", &bgd);
+        if no_skip {
+            test.env(provision::TEST_NO_SKIP_VAR, "1");
+        } else {
+            test.env_remove(provision::TEST_NO_SKIP_VAR);
+        }
         // The suite resolves its toolchain as the tools do: LLVM= selects
         // it (and beats CC/LD/AR, as in kbuild).
         if let Some(l) = sel {

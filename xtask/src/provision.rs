@@ -49,11 +49,16 @@ pub fn ensure_tools(args: &ToolchainArgs, roles: &[Role]) -> Result<Vec<Tool>> {
     resolve()
 }
 
-/// Installs the packages of every version of [`LLVM_VERSIONS`] that this
-/// machine lacks (`cargo xtask setup`: CI runs the suite with each).
-pub fn ensure_llvm_versions() -> Result<()> {
+/// Set (non-empty) in the test suite's environment by `cargo xtask test
+/// --no-skip` (CI): a test that needs an LLVM the machine lacks fails
+/// instead of skipping (`thinlto_dist_tests::llvm::skip`).
+pub const TEST_NO_SKIP_VAR: &str = "THINLTO_TEST_NO_SKIP";
+
+/// The packages of [`LLVM_VERSIONS`] this machine lacks, each with its
+/// version: none of its program on PATH nor in `/usr/lib/llvm-N/bin`.
+fn missing_llvm_packages() -> Vec<(u32, String)> {
     let path = std::env::var_os("PATH");
-    let missing: Vec<String> = LLVM_VERSIONS
+    LLVM_VERSIONS
         .iter()
         .flat_map(|v| llvm_packages(*v).map(|p| (*v, p)))
         .filter(|(version, (_, program))| {
@@ -63,7 +68,27 @@ pub fn ensure_llvm_versions() -> Result<()> {
             thinlto_index::toolchain::find_program(program, path.as_ref()).is_err()
                 && !Path::new(&format!("/usr/lib/llvm-{version}/bin/{name}")).exists()
         })
-        .map(|(_, (package, _))| package)
+        .map(|(version, (package, _))| (version, package))
+        .collect()
+}
+
+/// The versions of [`LLVM_VERSIONS`] not completely installed here
+/// (`cargo xtask test` says which tests they skip).
+pub fn missing_llvm_versions() -> Vec<u32> {
+    let mut v: Vec<u32> = missing_llvm_packages()
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Installs the packages of every version of [`LLVM_VERSIONS`] that this
+/// machine lacks (`cargo xtask setup`: CI runs the suite with each).
+pub fn ensure_llvm_versions() -> Result<()> {
+    let missing: Vec<String> = missing_llvm_packages()
+        .into_iter()
+        .map(|(_, package)| package)
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -156,8 +181,10 @@ pub const FLOW_NEEDS: &[HostNeed] = &[
 
 /// What the test suite needs besides [`FLOW_NEEDS`]: `script` (the backend's
 /// progress on a terminal), a static libc (the warm compiler's test of a
-/// static compiler) and `cpio` (reads back the initramfs writer's
-/// archives). The tests say which package to install when one is missing.
+/// static compiler), `cpio` (reads back the initramfs writer's
+/// archives), `ccache` (the wrapper composed with it) and `man` (the
+/// installed man pages). The tests say which package to install when one
+/// is missing.
 pub const TEST_NEEDS: &[HostNeed] = &[
     HostNeed {
         package: "bsdutils",
@@ -180,6 +207,16 @@ pub const TEST_NEEDS: &[HostNeed] = &[
         package: "bubblewrap",
         what: "bwrap",
         present: || on_path("bwrap"),
+    },
+    HostNeed {
+        package: "ccache",
+        what: "ccache",
+        present: || on_path("ccache"),
+    },
+    HostNeed {
+        package: "man-db",
+        what: "man",
+        present: || on_path("man"),
     },
 ];
 

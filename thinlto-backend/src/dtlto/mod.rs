@@ -61,6 +61,12 @@ pub fn run(
     if file.jobs.is_empty() {
         return Ok(Outcome::Success);
     }
+    // Every job is checked before the compiler is looked for: a bad job
+    // file is the file's error on any machine, whether or not the LLVM it
+    // names is installed.
+    for i in 0..file.jobs.len() {
+        file.check(i).with_context(|| json.display().to_string())?;
+    }
     let compiler = &file.common.args[0];
     let cc = Toolchain::resolve_one(
         &ToolchainArgs {
