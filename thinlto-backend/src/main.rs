@@ -257,6 +257,11 @@ struct EngineArgs {
     /// the jobs that compile here
     #[arg(long, value_name = "N")]
     remote_jobs: Option<usize>,
+    /// Jobs packed into one farm action: auto (sized from the jobs'
+    /// expected times, the longest alone) or at most N (1: one action a
+    /// job). Each job keeps its own result and cache entry
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    remote_batch: config::BatchSize,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     remote_tls_ca: Option<PathBuf>,
@@ -460,6 +465,7 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
                 jobs: args
                     .remote_jobs
                     .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
+                batch: args.remote_batch,
             })
         })
         .transpose()?;

@@ -34,6 +34,18 @@ pub struct JobRecord {
     /// For a remote build: the farm's worker that ran it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// For a remote build in a batched action (`--remote-batch`): which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRef>,
+}
+
+/// The batched action a remote job was part of: its action digest's hash,
+/// the job's place in it (from 0) and how many jobs it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRef {
+    pub action: String,
+    pub job: usize,
+    pub jobs: usize,
 }
 
 /// Where a compile ran; in JSON "local" or "remote".
@@ -517,6 +529,7 @@ impl JobOut<'_> {
                 key: None,
                 place: (status == JobStatus::Failed).then_some(self.place),
                 worker: None,
+                batch: None,
             },
             output,
         )
@@ -584,6 +597,7 @@ fn prepare(
                             key: Some(hit.key),
                             place: None,
                             worker: None,
+                            batch: None,
                         },
                         (!hit.output.is_empty()).then_some(hit.output),
                     ));
@@ -706,6 +720,7 @@ fn compile_local(
             key: None,
             place: Some(Place::Local),
             worker: None,
+            batch: None,
         },
         // Warnings of a job that succeeded (-Wframe-larger-than and the
         // like fire only here, in the backend): shown whatever the
@@ -726,8 +741,9 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         Verbosity::Normal => eprintln!("  {:<7} {}", "RCC", job.native),
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
-    let (outputs, text, worker) =
-        match remote.run(job, known.as_deref(), &|| pending_signal().is_some()) {
+    let expected = crate::engine::expected_seconds(job, record);
+    let (outputs, text, worker, batch) =
+        match remote.run(job, known.as_deref(), expected, &|| pending_signal().is_some()) {
             RemoteOutcome::Fallback(_) => return Built::Fallback,
             RemoteOutcome::Cancelled(what) => {
                 if ctx.opts.verbosity != Verbosity::Quiet {
@@ -751,7 +767,8 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
                 outputs,
                 output,
                 worker,
-            } => (outputs, output, worker),
+                batch,
+            } => (outputs, output, worker, batch),
         };
     let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
     let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
@@ -788,6 +805,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     let (mut rec, _) = out.result(JobStatus::Built, reason.to_string(), None);
     rec.place = Some(Place::Remote);
     rec.worker = Some(worker);
+    rec.batch = batch;
     Built::Done(rec, (!text.is_empty()).then_some(text))
 }
 

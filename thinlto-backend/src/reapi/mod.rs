@@ -8,6 +8,7 @@
 //! - [`bots`]: the Remote Workers API a worker speaks to BuildGrid
 //!   (`crate::worker`).
 
+pub mod batch;
 pub mod bots;
 pub mod client;
 pub mod execute;

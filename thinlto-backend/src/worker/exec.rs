@@ -128,7 +128,16 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         fetch(ctx.cas, vec![command_digest.clone()])?[&command_digest].as_slice(),
     )
     .with_context(|| format!("Command {command_digest}: malformed"))?;
-    let Some(word) = command.arguments.first() else {
+    // A batch's compiles are run by its jobs' compiler, not the shell.
+    let batch = match parse_batch(&command.arguments) {
+        Some(Err(why)) => return refused(ctx, why),
+        Some(Ok(jobs)) => Some(jobs),
+        None => None,
+    };
+    let Some(word) = batch
+        .as_ref()
+        .map_or(command.arguments.first(), |jobs| jobs[0].first())
+    else {
         bail!("Command {command_digest} has no arguments");
     };
     let compiler = match choose_compiler(ctx.compilers, word, action, &command) {
@@ -158,45 +167,24 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
     }
-    // The input the compile must be seen reading: the last argument that
-    // names an input file (the object, or the source).
-    let object = command.arguments[1..]
-        .iter()
-        .rev()
-        .find(|a| root.join(a).is_file())
-        .cloned()
-        .unwrap_or_default();
-    let trace = dir.join("trace");
-    let (out, warm) = compile(compiler, &command, &root, &trace, stop)?;
+    if let Some(jobs) = &batch {
+        return super::batch::run(ctx, compiler, &command, jobs, &root, dir, &outputs, stop);
+    }
+    let out = compile_one(ctx, compiler, &command, &root, &dir.join("trace"), stop)?;
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());
     }
     eprintln!(
-        "thinlto-backend worker {}: {word} -o {}: {}, {}",
+        "thinlto-backend worker {}: {word} -o {}: exit status {}, {}",
         ctx.bot,
         outputs.first().map_or("", String::as_str),
-        out.status,
-        if warm { "warm compiler" } else { "plain spawn" }
+        out.exit_code,
+        if out.warm { "warm compiler" } else { "plain spawn" }
     );
-    let mut result = re::ActionResult {
-        // Killed by a signal: 128 + its number, as a shell says.
-        exit_code: out
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
+    let result = re::ActionResult {
+        exit_code: out.exit_code,
         ..Default::default()
     };
-    let mut stderr = out.stderr;
-    let text = std::fs::read_to_string(&trace).unwrap_or_default();
-    if let Err(why) = super::hermetic::check(&text, &root, &object, compiler) {
-        // The client recognizes the marker and compiles the job itself
-        // (its trace then learns the missing file).
-        stderr.extend_from_slice(
-            format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot).as_bytes(),
-        );
-        result.exit_code = 1;
-        return finish(ctx, result, &[], &out.stdout, &stderr);
-    }
     let mut files = Vec::new();
     if result.exit_code == 0 {
         for o in &outputs {
@@ -208,12 +196,76 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
             }
         }
     }
-    finish(ctx, result, &files, &out.stdout, &stderr)
+    finish(ctx, result, &files, &out.stdout, &out.stderr)
+}
+
+/// The jobs of a batched action (`crate::reapi::batch`), if `argv` is
+/// one: the word its compiles are run by is then the jobs' compiler, not
+/// the shell. A malformed batch is the reason to refuse it.
+fn parse_batch(argv: &[String]) -> Option<std::result::Result<Vec<Vec<String>>, String>> {
+    match crate::reapi::batch::parse(argv) {
+        Ok(None) => None,
+        Ok(Some(jobs)) => Some(Ok(jobs)),
+        Err(e) => Some(Err(format!("{e:#}"))),
+    }
+}
+
+/// One compile done on this worker.
+pub(crate) struct Compiled {
+    /// Killed by a signal: 128 + its number, as a shell says; 1 for a
+    /// compile that was not hermetic.
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    /// The compiler's, and for a compile that was not hermetic, the
+    /// reason after the marker the client recognizes.
+    pub stderr: Vec<u8>,
+    pub warm: bool,
+}
+
+/// Runs `command` (one compile by `compiler`) in `root` under the tracing
+/// shim, its trace in `trace`, and checks it was hermetic: the one
+/// per-compile step of a lone action and of each job of a batch.
+pub(crate) fn compile_one(
+    ctx: &Worker,
+    compiler: &Compiler,
+    command: &re::Command,
+    root: &Path,
+    trace: &Path,
+    stop: &Stop,
+) -> Result<Compiled> {
+    // The input the compile must be seen reading: the last argument that
+    // names an input file (the object, or the source).
+    let object = command.arguments[1..]
+        .iter()
+        .rev()
+        .find(|a| root.join(a).is_file())
+        .cloned()
+        .unwrap_or_default();
+    let (out, warm) = compile(compiler, command, root, trace, stop)?;
+    let mut done = Compiled {
+        exit_code: out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
+        stdout: out.stdout,
+        stderr: out.stderr,
+        warm,
+    };
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    if let Err(why) = super::hermetic::check(&text, root, &object, compiler) {
+        // The client recognizes the marker and compiles the job itself
+        // (its trace then learns the missing file).
+        done.stderr.extend_from_slice(
+            format!("{}{why} (worker {})\n", crate::exec::NOT_HERMETIC, ctx.bot).as_bytes(),
+        );
+        done.exit_code = 1;
+    }
+    Ok(done)
 }
 
 /// The compiler for `word`; an error saying why when this worker has none
 /// that the action's `thinlto-compiler` property names.
-fn choose_compiler<'a>(
+pub(crate) fn choose_compiler<'a>(
     compilers: &'a [Compiler],
     word: &str,
     action: &re::Action,
@@ -341,7 +393,7 @@ fn spawn(
         .with_context(|| format!("cannot run {}", compiler.exe.display()))
 }
 
-fn refused(ctx: &Worker, why: String) -> Result<re::ActionResult> {
+pub(crate) fn refused(ctx: &Worker, why: String) -> Result<re::ActionResult> {
     let msg = format!("thinlto-backend worker {}: {why}\n", ctx.bot);
     let result = re::ActionResult {
         exit_code: 1,
@@ -351,7 +403,7 @@ fn refused(ctx: &Worker, why: String) -> Result<re::ActionResult> {
 }
 
 /// Uploads the outputs and streams, and completes `result` with them.
-fn finish(
+pub(crate) fn finish(
     ctx: &Worker,
     mut result: re::ActionResult,
     files: &[(String, Vec<u8>)],
