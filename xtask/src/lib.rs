@@ -23,6 +23,7 @@ pub mod measure;
 pub mod modorder;
 pub mod modules_cmp;
 pub mod oracle;
+pub mod proc_cpu;
 pub mod provision;
 pub mod reference;
 pub mod tree;
