@@ -13,6 +13,8 @@ use std::process::Command;
 
 use thinlto_backend::engine::scheduler::Place;
 use thinlto_backend::reapi::batch;
+use thinlto_backend::reapi::execute::{Executor, RemoteAction};
+use thinlto_backend::reapi::{ActionSpec, Digest, InputFile, RemoteOptions, COMPILER_PROPERTY};
 use thinlto_backend::BackendJob;
 use thinlto_dist_tests::*;
 use xtask::farm::Farm;
@@ -60,6 +62,26 @@ fn compiles(log: &str, skip: usize) -> (usize, usize) {
         }
     }
     (ok, failed)
+}
+
+/// The backend jobs of `tree`, read as the tool reads them (from the
+/// tree: the working directory, which the tests of this file share, so
+/// one at a time and put back).
+fn jobs_of(tree: &Path, m: &thinlto_index::Manifest) -> Vec<BackendJob> {
+    static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let was = std::env::current_dir().unwrap();
+    std::env::set_current_dir(tree).unwrap();
+    let cc = toolchain().cc.spelled.clone();
+    let jobs = thinlto_backend::engine::plan::read_front_ends(
+        thinlto_backend::engine::job::inputs_from_manifest(m),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
+    .collect();
+    std::env::set_current_dir(was).unwrap();
+    jobs
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -195,6 +217,75 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
         let (log, _) = log_lines(&farm);
         assert_eq!(compiles(&log, seen2).0, 0, "--remote-batch {size}:\n{log}");
     }
+
+    // 4. Hermetic is per job, not per batch: a batch of the job that
+    // .incbin's config_data.txt (its own input) and of one that imports
+    // its asm without the file among its own inputs. The file is in the
+    // batch's input root; the second job does not see it (it fails, as
+    // alone: its compile cannot find the file), so nothing is recorded
+    // under its own action that its own inputs would not give.
+    let jobs = jobs_of(t.path(), &m);
+    let blob = jobs.iter().find(|j| j.input.object == BLOB).unwrap();
+    let reader = jobs
+        .iter()
+        .find(|j| j.input.imports.iter().flatten().any(|i| i == BLOB))
+        .expect("a job importing config_blob.o's asm");
+    let data = "kernel/config_data.txt";
+    let own = |j: &BackendJob, extra: &[&str]| batch::BatchJob {
+        argv: j.argv.clone(),
+        inputs: j
+            .content_inputs()
+            .iter()
+            .chain(extra)
+            .map(|p| p.to_string())
+            .collect(),
+    };
+    let pair = [own(blob, &[data]), own(reader, &[])];
+    let mut inputs: Vec<String> = pair.iter().flat_map(|j| j.inputs.clone()).collect();
+    inputs.sort();
+    inputs.dedup();
+    let spec = ActionSpec {
+        argv: batch::build(&pair),
+        env: Vec::new(),
+        output_paths: [&blob.native, &reader.native]
+            .into_iter()
+            .cloned()
+            .chain((0..2).flat_map(batch::result_paths))
+            .collect(),
+        inputs: inputs
+            .iter()
+            .map(|p| InputFile {
+                path: p.clone(),
+                digest: Digest::of_file(&t.path().join(p)).unwrap(),
+                executable: false,
+            })
+            .collect(),
+        salt: b"remote_batch test".to_vec(),
+    };
+    let key = spec.key().unwrap();
+    let cc = toolchain().cc.spelled.clone();
+    let identity = thinlto_backend::cache::identity::compiler_identity(&[cc])
+        .unwrap()
+        .0;
+    let ex = Executor::connect(&RemoteOptions {
+        url: farm.url.clone(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let x = ex
+        .execute(&RemoteAction {
+            key: &key,
+            platform: vec![(COMPILER_PROPERTY.into(), identity)],
+            local_root: t.path(),
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let text = |p: String| String::from_utf8_lossy(&x.outputs[&p]).into_owned();
+    assert_eq!(x.exit_code, 0, "{}", String::from_utf8_lossy(&x.stderr));
+    assert_eq!(text(batch::status_path(0)), "0\n", "{}", text(batch::stderr_path(0)));
+    let said = text(batch::stderr_path(1));
+    assert_ne!(text(batch::status_path(1)), "0\n", "{said}");
+    assert!(said.contains(data), "{said}");
+    assert!(x.outputs.contains_key(&blob.native) && !x.outputs.contains_key(&reader.native));
 }
 
 /// A batch's command run by a plain `/bin/sh` on its input root (as a
@@ -205,20 +296,12 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
 fn a_plain_shell_runs_a_batch() {
     let t = sample_tree();
     let m = thin_link(t.path());
-    let cc = toolchain().cc.spelled.clone();
     let (ok, err, _) = run(t.path(), &["-B", "--no-cache", "--no-warm"]);
     assert!(ok, "{err}");
     let local = native_files(t.path(), &m);
 
-    // (The jobs are read as the tool reads them: from the tree.)
-    std::env::set_current_dir(t.path()).unwrap();
-    let front_ends = thinlto_backend::engine::plan::read_front_ends(
-        thinlto_backend::engine::job::inputs_from_manifest(&m),
-    )
-    .unwrap();
-    let jobs: Vec<BackendJob> = front_ends
+    let jobs: Vec<BackendJob> = jobs_of(t.path(), &m)
         .into_iter()
-        .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
         .filter(|j| j.input.object != BLOB)
         .take(3)
         .collect();
@@ -230,29 +313,34 @@ fn a_plain_shell_runs_a_batch() {
         .prefix("batch root with 'quotes' and spaces.")
         .tempdir()
         .unwrap();
-    let mut argvs: Vec<Vec<String>> = Vec::new();
+    let mut batch_jobs: Vec<batch::BatchJob> = Vec::new();
     for j in &jobs {
         // (With the file config_blob.o's asm .incbin's: jobs that import
         // that asm read it too, as their trace would tell.)
-        let extra = "kernel/config_data.txt";
-        for p in j.content_inputs().into_iter().chain([extra]) {
+        let mut inputs = j.content_inputs();
+        inputs.push("kernel/config_data.txt");
+        for p in &inputs {
             let to = root.path().join(p);
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             std::fs::copy(t.path().join(p), &to).unwrap();
         }
-        argvs.push(j.argv.clone());
+        batch_jobs.push(batch::BatchJob {
+            argv: j.argv.clone(),
+            inputs: inputs.iter().map(|p| p.to_string()).collect(),
+        });
     }
     // A fourth job that fails: its object is not there.
-    let mut missing = jobs[0].argv.clone();
+    let mut missing = batch_jobs[0].clone();
     let obj = missing
+        .argv
         .iter()
         .position(|a| a == &jobs[0].input.object)
         .unwrap();
-    missing[obj] = "no such object.o".into();
-    argvs.push(missing);
+    missing.argv[obj] = "no such object.o".into();
+    batch_jobs.push(missing);
     std::fs::create_dir_all(root.path().join(batch::RESULTS_DIR)).unwrap();
-    let argv = batch::build(&argvs);
-    assert_eq!(batch::parse(&argv).unwrap(), Some(argvs.clone()));
+    let argv = batch::build(&batch_jobs);
+    assert_eq!(batch::parse(&argv).unwrap(), Some(batch_jobs.clone()));
     let out = Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(root.path())

@@ -360,9 +360,9 @@ impl Batcher {
     }
 }
 
-/// The batch's action: the jobs' argvs in [`format::build`]'s command,
-/// the union of their inputs (a path twice must be one file), their
-/// outputs and each job's result files.
+/// The batch's action: the jobs' argvs and own inputs in
+/// [`format::build`]'s command, the union of their inputs (a path twice
+/// must be one file), their outputs and each job's result files.
 fn batch_spec(batch: &[&Member]) -> anyhow::Result<ActionSpec> {
     let mut inputs: std::collections::BTreeMap<&str, &InputFile> = Default::default();
     let mut outputs = Vec::new();
@@ -381,7 +381,10 @@ fn batch_spec(batch: &[&Member]) -> anyhow::Result<ActionSpec> {
         }
         outputs.extend(m.spec.output_paths.iter().cloned());
         outputs.extend(format::result_paths(k));
-        argvs.push(m.spec.argv.clone());
+        argvs.push(format::BatchJob {
+            argv: m.spec.argv.clone(),
+            inputs: m.spec.inputs.iter().map(|f| f.path.clone()).collect(),
+        });
     }
     Ok(ActionSpec {
         argv: format::build(&argvs),

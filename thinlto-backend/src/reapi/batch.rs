@@ -6,11 +6,14 @@
 //! `/bin/sh` (Buildbarn, buildbox, ours):
 //!
 //! ```text
-//! /bin/sh -c SCRIPT thinlto-batch --job N1 ARGV1… --job N2 ARGV2… …
+//! /bin/sh -c SCRIPT thinlto-batch --job N1 ARGV1… --inputs M1 PATHS1… --job N2 …
 //! ```
 //!
 //! [`SCRIPT`] is a constant text: it runs each job's argv (its `N` words)
-//! in turn in the input root, and writes the job's exit status, stdout
+//! in turn in the input root, skips the job's `M` input paths (the files
+//! of the input root that are the job's own: a worker that checks each
+//! compile is hermetic checks it against those, not against the union of
+//! the batch), and writes the job's exit status, stdout
 //! and stderr to `.thinlto-batch/K.status`, `K.stdout`, `K.stderr`
 //! (K counts the jobs from 0), which are declared outputs beside each
 //! job's own. It exits 0 whatever the compiles did: only a malformed
@@ -33,6 +36,17 @@ pub const NAME: &str = "thinlto-batch";
 
 /// The word before each job's word count.
 pub const JOB: &str = "--job";
+
+/// The word before the count of each job's input paths.
+pub const INPUTS: &str = "--inputs";
+
+/// One job of a batch: its compile's argv, and the paths of the input
+/// root that are its own inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchJob {
+    pub argv: Vec<String>,
+    pub inputs: Vec<String>,
+}
 
 /// The directory of the per-job result files, inside the input root (no
 /// kbuild tree has it: its name starts with a dot).
@@ -59,13 +73,23 @@ while [ "$#" -gt 0 ]; do
   (eval "exec $cmd") <"/dev/null" >"$o.stdout" 2>"$o.stderr"
   echo "$?" >"$o.status"
   shift "$n"
+  if [ "$#" -lt 2 ] || [ "$1" != --inputs ]; then
+    echo "thinlto-batch: job $k: expected --inputs M, got: $*" >&2; exit 2
+  fi
+  m=$2
+  case $m in ''|*[!0-9]*) echo "thinlto-batch: job $k: bad input count: $m" >&2; exit 2;; esac
+  shift 2
+  if [ "$#" -lt "$m" ]; then
+    echo "thinlto-batch: job $k: $m input paths expected, $# left" >&2; exit 2
+  fi
+  shift "$m"
   k=$((k + 1))
 done
 exit 0
 "#;
 
-/// The argv of a batch of `jobs` (each a compile's argv, non-empty).
-pub fn build(jobs: &[Vec<String>]) -> Vec<String> {
+/// The argv of a batch of `jobs` (each with a non-empty argv).
+pub fn build(jobs: &[BatchJob]) -> Vec<String> {
     let mut argv = vec![
         SHELL.to_string(),
         "-c".to_string(),
@@ -73,19 +97,24 @@ pub fn build(jobs: &[Vec<String>]) -> Vec<String> {
         NAME.to_string(),
     ];
     for job in jobs {
-        assert!(!job.is_empty(), "a batched job needs an argv");
+        assert!(!job.argv.is_empty(), "a batched job needs an argv");
         argv.push(JOB.to_string());
-        argv.push(job.len().to_string());
-        argv.extend(job.iter().cloned());
+        argv.push(job.argv.len().to_string());
+        argv.extend(job.argv.iter().cloned());
+        argv.push(INPUTS.to_string());
+        argv.push(job.inputs.len().to_string());
+        argv.extend(job.inputs.iter().cloned());
     }
     argv
 }
 
-/// The jobs' argvs if `argv` is a batch; `Ok(None)` if it is not one (it
-/// does not start with [`SHELL`] `-c` [`SCRIPT`]); an error if it is one
-/// but malformed: `$0` other than [`NAME`], a group not `--job N` with N
-/// a plain positive decimal, fewer words than N, no job at all.
-pub fn parse(argv: &[String]) -> Result<Option<Vec<Vec<String>>>> {
+/// The jobs if `argv` is a batch; `Ok(None)` if it is not one (it does
+/// not start with [`SHELL`] `-c` [`SCRIPT`]); an error if it is one but
+/// malformed: `$0` other than [`NAME`], a group not `--job N ARGV…
+/// --inputs M PATHS…` with N a plain positive decimal and M a plain
+/// decimal, fewer words than said, an input path that is not a plain
+/// relative path, no job at all.
+pub fn parse(argv: &[String]) -> Result<Option<Vec<BatchJob>>> {
     if argv.len() < 3 || argv[0] != SHELL || argv[1] != "-c" || argv[2] != SCRIPT {
         return Ok(None);
     }
@@ -95,18 +124,33 @@ pub fn parse(argv: &[String]) -> Result<Option<Vec<Vec<String>>>> {
     }
     let mut rest = &argv[4..];
     let mut jobs = Vec::new();
+    // The `WORD COUNT ITEMS…` group at the start of `rest`, moved past.
+    fn group<'a>(
+        rest: &mut &'a [String],
+        word: &str,
+        k: usize,
+        zero_ok: bool,
+    ) -> Result<&'a [String]> {
+        if rest.len() < 2 || rest[0] != word {
+            bail!("batch job {k}: expected {word} N, got {:?}", &rest[..rest.len().min(2)]);
+        }
+        let n = plain_count(&rest[1], zero_ok)
+            .with_context(|| format!("batch job {k}: the count after {word}"))?;
+        let after = &rest[2..];
+        if after.len() < n {
+            bail!("batch job {k}: {n} words expected after {word}, {} left", after.len());
+        }
+        *rest = &after[n..];
+        Ok(&after[..n])
+    }
     while !rest.is_empty() {
         let k = jobs.len();
-        if rest[0] != JOB || rest.len() < 2 {
-            bail!("batch job {k}: expected {JOB} N, got {:?}", &rest[..rest.len().min(2)]);
+        let argv = group(&mut rest, JOB, k, false)?.to_vec();
+        let inputs = group(&mut rest, INPUTS, k, true)?.to_vec();
+        if let Some(bad) = inputs.iter().find(|p| !plain_relative(p)) {
+            bail!("batch job {k}: input {bad:?} is not a plain relative path");
         }
-        let n = plain_count(&rest[1]).with_context(|| format!("batch job {k}: word count"))?;
-        rest = &rest[2..];
-        if rest.len() < n {
-            bail!("batch job {k}: {n} words expected, {} left", rest.len());
-        }
-        jobs.push(rest[..n].to_vec());
-        rest = &rest[n..];
+        jobs.push(BatchJob { argv, inputs });
     }
     if jobs.is_empty() {
         bail!("a batch without jobs");
@@ -114,14 +158,20 @@ pub fn parse(argv: &[String]) -> Result<Option<Vec<Vec<String>>>> {
     Ok(Some(jobs))
 }
 
-/// A positive decimal as the script accepts it (digits only, not 0).
-fn plain_count(s: &str) -> Result<usize> {
+/// Relative, '/'-separated, no empty, `.` or `..` component.
+fn plain_relative(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// A count as the script accepts it (digits only; 0 only if `zero_ok`).
+fn plain_count(s: &str, zero_ok: bool) -> Result<usize> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         bail!("{s:?} is not a decimal number");
     }
     match s.parse::<usize>() {
-        Ok(0) | Err(_) => bail!("{s:?} is not a word count"),
+        Ok(0) if !zero_ok => bail!("{s:?} is not a word count"),
         Ok(n) => Ok(n),
+        Err(_) => bail!("{s:?} is not a word count"),
     }
 }
 
@@ -177,12 +227,19 @@ mod tests {
         w.iter().map(|s| s.to_string()).collect()
     }
 
+    fn job(argv: &[&str], inputs: &[&str]) -> BatchJob {
+        BatchJob {
+            argv: words(argv),
+            inputs: words(inputs),
+        }
+    }
+
     #[test]
     fn built_batches_parse_back() {
         let jobs = vec![
-            words(&["clang-19", "-c", "a b.o", "-o", "--job"]),
-            words(&["clang-19", "-c", "$(x) \"q\" 'y'", "-o", ""]),
-            words(&["clang-19"]),
+            job(&["clang-19", "-c", "a b.o", "-o", "--job"], &["a b.o", "--inputs"]),
+            job(&["clang-19", "-c", "$(x) \"q\" 'y'", "-o", ""], &[]),
+            job(&["clang-19"], &["d/e.o"]),
         ];
         assert_eq!(parse(&build(&jobs)).unwrap(), Some(jobs));
     }
@@ -191,31 +248,38 @@ mod tests {
     fn other_commands_are_not_batches() {
         assert_eq!(parse(&words(&["clang-19", "-c", "x.o"])).unwrap(), None);
         assert_eq!(parse(&words(&["/bin/sh", "-c", "echo hi"])).unwrap(), None);
-        let mut almost = build(&[words(&["cc"])]);
+        let mut almost = build(&[job(&["cc"], &[])]);
         almost[2].push(' ');
         assert_eq!(parse(&almost).unwrap(), None);
     }
 
     #[test]
     fn malformed_batches_are_errors() {
-        let good = build(&[words(&["cc", "-c"])]);
+        let good = build(&[job(&["cc", "-c"], &[])]);
         let with = |rest: &[&str]| {
             let mut a = good[..3].to_vec();
             a.extend(words(rest));
             a
         };
+        assert!(parse(&with(&[NAME, "--job", "1", "cc", "--inputs", "0"])).is_ok());
         for bad in [
             with(&[]),
             with(&["sh"]),
             with(&[NAME]),
             with(&[NAME, "--job"]),
-            with(&[NAME, "--job", "0"]),
-            with(&[NAME, "--job", "+1", "cc"]),
-            with(&[NAME, "--job", "01x", "cc"]),
-            with(&[NAME, "--job", "2", "cc"]),
-            with(&[NAME, "--jobs", "1", "cc"]),
-            with(&[NAME, "--job", "1", "cc", "extra"]),
-            with(&[NAME, "--job", "99999999999999999999999", "cc"]),
+            with(&[NAME, "--job", "0", "--inputs", "0"]),
+            with(&[NAME, "--job", "+1", "cc", "--inputs", "0"]),
+            with(&[NAME, "--job", "01x", "cc", "--inputs", "0"]),
+            with(&[NAME, "--job", "2", "cc", "--inputs", "0"]),
+            with(&[NAME, "--jobs", "1", "cc", "--inputs", "0"]),
+            with(&[NAME, "--job", "1", "cc"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs", "1"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs", "0", "extra"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs", "1", "../x"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs", "1", "/etc/passwd"]),
+            with(&[NAME, "--job", "1", "cc", "--inputs", "1", "a//b"]),
+            with(&[NAME, "--job", "99999999999999999999999", "cc", "--inputs", "0"]),
         ] {
             assert!(parse(&bad).is_err(), "{:?}", &bad[3..]);
         }

@@ -2,7 +2,11 @@
 //! by its exact script, its jobs parsed strictly, and each job run as a
 //! single compile ([`super::exec::compile_one`]: the warm compiler, the
 //! tracing shim, the hermetic check), in parallel within the worker's
-//! compile slots. Each job's exit status, stdout and stderr go to the
+//! compile slots. Each compile runs in a root of its own holding only
+//! its job's inputs (hard links into the batch's input root): hermetic
+//! means hermetic on the job's own inputs, not on the union of the
+//! batch's, since the client records each job under its own action;
+//! its outputs are moved into the batch's root after. Each job's exit status, stdout and stderr go to the
 //! files the script would write; the action itself exits 0, so that one
 //! failing (or not hermetic) compile fails that job only.
 //!
@@ -16,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 
 use super::compilers::Compiler;
@@ -81,23 +85,32 @@ pub(crate) fn run(
     ctx: &Worker,
     compiler: &Compiler,
     command: &re::Command,
-    jobs: &[Vec<String>],
+    jobs: &[format::BatchJob],
     root: &Path,
     dir: &Path,
     outputs: &[String],
     stop: &Stop,
 ) -> Result<re::ActionResult> {
     for (k, job) in jobs.iter().enumerate() {
-        if job[0] != compiler.word {
+        if job.argv[0] != compiler.word {
             return refused(
                 ctx,
-                format!("batch job {k}: {} is not the batch's compiler {}", job[0], compiler.word),
+                format!(
+                    "batch job {k}: {} is not the batch's compiler {}",
+                    job.argv[0], compiler.word
+                ),
             );
         }
         if let Some(p) = format::result_paths(k).into_iter().find(|p| !outputs.contains(p)) {
             return refused(ctx, format!("batch job {k}: {p} is not a declared output"));
         }
+        if let Some(p) = job.inputs.iter().find(|p| !root.join(p).is_file()) {
+            return refused(ctx, format!("batch job {k}: its input {p} is not a file of the input root"));
+        }
     }
+    // The job's own outputs: the declared ones but the result files.
+    let results: Vec<String> = (0..jobs.len()).flat_map(format::result_paths).collect();
+    let outputs_of_jobs: Vec<&String> = outputs.iter().filter(|o| !results.contains(o)).collect();
     let stops: Vec<Stop> = jobs.iter().map(|_| Stop::default()).collect();
     let finished = AtomicBool::new(false);
     let results: Vec<Result<Compiled>> = std::thread::scope(|s| {
@@ -116,18 +129,30 @@ pub(crate) fn run(
             .zip(&stops)
             .enumerate()
             .map(|(k, (job, job_stop))| {
+                let outputs_of_jobs = &outputs_of_jobs;
                 s.spawn(move || {
                     let _slot = slots().take();
                     if job_stop.is_cancelled() {
                         return Err(LeaseCancelled.into());
                     }
                     let one = re::Command {
-                        arguments: job.clone(),
+                        arguments: job.argv.clone(),
                         environment_variables: command.environment_variables.clone(),
                         ..Default::default()
                     };
+                    let own = dir.join(format!("job-{k}"));
+                    job_root(root, &own, &job.inputs, outputs_of_jobs)?;
                     let trace = dir.join(format!("trace-{k}"));
-                    compile_one(ctx, compiler, &one, root, &trace, job_stop)
+                    let done = compile_one(ctx, compiler, &one, &own, &trace, job_stop)?;
+                    for o in outputs_of_jobs {
+                        let from = own.join(o);
+                        if from.is_file() {
+                            std::fs::rename(&from, root.join(o)).with_context(|| {
+                                format!("cannot move {} into the batch's root", from.display())
+                            })?;
+                        }
+                    }
+                    Ok(done)
                 })
             })
             .collect();
@@ -179,4 +204,29 @@ pub(crate) fn run(
         ..Default::default()
     };
     finish(ctx, result, &files, b"", b"")
+}
+
+/// `own`: a root for one job of a batch, with its `inputs` hard-linked
+/// from the batch's `root` (copied where a link fails) and the
+/// directories of the batch's `outputs`.
+fn job_root(root: &Path, own: &Path, inputs: &[String], outputs: &[&String]) -> Result<()> {
+    for p in inputs {
+        let to = own.join(p);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let from = root.join(p);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+    }
+    for o in outputs {
+        if let Some(parent) = own.join(o).parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -136,7 +136,7 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
     };
     let Some(word) = batch
         .as_ref()
-        .map_or(command.arguments.first(), |jobs| jobs[0].first())
+        .map_or(command.arguments.first(), |jobs| jobs[0].argv.first())
     else {
         bail!("Command {command_digest} has no arguments");
     };
@@ -202,7 +202,9 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
 /// The jobs of a batched action (`crate::reapi::batch`), if `argv` is
 /// one: the word its compiles are run by is then the jobs' compiler, not
 /// the shell. A malformed batch is the reason to refuse it.
-fn parse_batch(argv: &[String]) -> Option<std::result::Result<Vec<Vec<String>>, String>> {
+fn parse_batch(
+    argv: &[String],
+) -> Option<std::result::Result<Vec<crate::reapi::batch::BatchJob>, String>> {
     match crate::reapi::batch::parse(argv) {
         Ok(None) => None,
         Ok(Some(jobs)) => Some(Ok(jobs)),
