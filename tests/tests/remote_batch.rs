@@ -102,7 +102,10 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
     let m = thin_link(t.path());
     let (ok, err, recs) = run(t.path(), &["-B", "--no-cache", "--no-warm"]);
     assert!(ok, "{err}");
-    assert_eq!(with_status(&recs, JobStatus::Built).len(), m.bitcode().count());
+    assert_eq!(
+        with_status(&recs, JobStatus::Built).len(),
+        m.bitcode().count()
+    );
     let local = native_files(t.path(), &m);
 
     // A job nobody imports from (so its broken object fails it alone),
@@ -126,10 +129,18 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
     farm.add_worker("w1", &["-j", "2"], &[]).unwrap();
     let url = farm.url.clone();
     let remote = |batch: &'static str| -> Vec<String> {
-        ["-B", "-k", "--no-cache", "--remote-exec", &url, "--remote-batch", batch]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "-B",
+            "-k",
+            "--no-cache",
+            "--remote-exec",
+            &url,
+            "--remote-batch",
+            batch,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
 
     // 1. One object broken: its compile fails, alone; the not-hermetic
@@ -141,7 +152,11 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
     let a = remote("4");
     let (ok, err, recs) = run(t.path(), &strs(&a));
     assert!(!ok, "{err}");
-    assert_eq!(with_status(&recs, JobStatus::Failed), vec![broken.clone()], "{err}");
+    assert_eq!(
+        with_status(&recs, JobStatus::Failed),
+        vec![broken.clone()],
+        "{err}"
+    );
     let here: Vec<String> = recs
         .iter()
         .filter(|r| r.status == JobStatus::Built && r.place == Some(Place::Local))
@@ -183,7 +198,12 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
     assert!(log.contains(": a batch of "), "{log}");
     for r in &on_farm {
         let mine = local.iter().find(|(n, _)| *n == r.native).unwrap();
-        assert_eq!(std::fs::read(t.path().join(&r.native)).unwrap(), mine.1, "{}", r.native);
+        assert_eq!(
+            std::fs::read(t.path().join(&r.native)).unwrap(),
+            mine.1,
+            "{}",
+            r.native
+        );
     }
 
     // 2. The object mended, batched by 4 again: only it is new to the
@@ -281,7 +301,12 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let text = |p: String| String::from_utf8_lossy(&x.outputs[&p]).into_owned();
     assert_eq!(x.exit_code, 0, "{}", String::from_utf8_lossy(&x.stderr));
-    assert_eq!(text(batch::status_path(0)), "0\n", "{}", text(batch::stderr_path(0)));
+    assert_eq!(
+        text(batch::status_path(0)),
+        "0\n",
+        "{}",
+        text(batch::stderr_path(0))
+    );
     let said = text(batch::stderr_path(1));
     assert_ne!(text(batch::status_path(1)), "0\n", "{said}");
     assert!(said.contains(data), "{said}");
@@ -348,8 +373,13 @@ fn a_plain_shell_runs_a_batch() {
         .env("PATH", path_with_bins())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let read = |p: String| std::fs::read(root.path().join(&p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read =
+        |p: String| std::fs::read(root.path().join(&p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     for (k, j) in jobs.iter().enumerate() {
         assert_eq!(
             batch::parse_status(&read(batch::status_path(k))).unwrap(),
@@ -361,7 +391,10 @@ fn a_plain_shell_runs_a_batch() {
         let mine = local.iter().find(|(n, _)| *n == j.native).unwrap();
         assert_eq!(read(j.native.clone()), mine.1, "{}", j.native);
     }
-    assert_ne!(batch::parse_status(&read(batch::status_path(3))).unwrap(), 0);
+    assert_ne!(
+        batch::parse_status(&read(batch::status_path(3))).unwrap(),
+        0
+    );
     let said = String::from_utf8_lossy(&read(batch::stderr_path(3))).into_owned();
     assert!(said.contains("no such object.o"), "{said}");
     assert!(read(batch::stdout_path(3)).is_empty());

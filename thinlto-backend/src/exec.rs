@@ -288,7 +288,11 @@ impl RemoteExec {
             Err(e) => return self.fallback(format!("{e:#}")),
         };
         let (executed, batch) = match self.batcher.as_ref().filter(|b| b.takes(expected)) {
-            Some(b) => match b.run(self, batch::Member::new(job, spec, key, expected), cancelled) {
+            Some(b) => match b.run(
+                self,
+                batch::Member::new(job, spec, key, expected),
+                cancelled,
+            ) {
                 Ok(x) => x,
                 Err(outcome) => return outcome,
             },

@@ -36,8 +36,8 @@ use thinlto_backend::engine::scheduler::Place;
 use thinlto_backend::{JobRecord, JobStatus};
 
 use crate::farm::Farm;
-use crate::proc_cpu::{self, FarmCpu};
 use crate::kernel::{detect_layout, kernel_settings, TreeLayout};
+use crate::proc_cpu::{self, FarmCpu};
 
 /// One backend run: its wall time, the client's CPU (its own and its
 /// local compiles'), job records and summary line.
@@ -301,7 +301,10 @@ fn report(r: &Report) -> Result<String> {
 
     let mut md = String::new();
     writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores, a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run.\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs)?;
-    writeln!(md, "| run | wall (s) | vs here | actions | natives = kbuild's |")?;
+    writeln!(
+        md,
+        "| run | wall (s) | vs here | actions | natives = kbuild's |"
+    )?;
     writeln!(md, "|---|---:|---:|---:|---|")?;
     writeln!(
         md,
@@ -417,7 +420,9 @@ fn report(r: &Report) -> Result<String> {
     for cores in [8.0, 32.0, 128.0] {
         let t = project(cores);
         let rate = actions / t;
-        let servers = (rate * server_per_action / SERVER_PROCESS_CORES).ceil().max(1.0);
+        let servers = (rate * server_per_action / SERVER_PROCESS_CORES)
+            .ceil()
+            .max(1.0);
         writeln!(
             md,
             "| {cores:.0} | {t:.2} | {:.2}× | {rate:.1} | {servers:.0} |",

@@ -742,34 +742,35 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let expected = crate::engine::expected_seconds(job, record);
-    let (outputs, text, worker, batch) =
-        match remote.run(job, known.as_deref(), expected, &|| pending_signal().is_some()) {
-            RemoteOutcome::Fallback(_) => return Built::Fallback,
-            RemoteOutcome::Cancelled(what) => {
-                if ctx.opts.verbosity != Verbosity::Quiet {
-                    eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
-                }
-                let sig = pending_signal().unwrap_or(0);
-                let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
-                return Built::Done(rec, text);
+    let (outputs, text, worker, batch) = match remote.run(job, known.as_deref(), expected, &|| {
+        pending_signal().is_some()
+    }) {
+        RemoteOutcome::Fallback(_) => return Built::Fallback,
+        RemoteOutcome::Cancelled(what) => {
+            if ctx.opts.verbosity != Verbosity::Quiet {
+                eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
             }
-            RemoteOutcome::CompileError { exit_code, output } => {
-                let (rec, text) = match pending_signal() {
-                    Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
-                    None => out.fail(
-                        format!("the compiler failed on the farm (exit status {exit_code})"),
-                        Some(format!("{}\n{output}", job.command_text)),
-                    ),
-                };
-                return Built::Done(rec, text);
-            }
-            RemoteOutcome::Built {
-                outputs,
-                output,
-                worker,
-                batch,
-            } => (outputs, output, worker, batch),
-        };
+            let sig = pending_signal().unwrap_or(0);
+            let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
+            return Built::Done(rec, text);
+        }
+        RemoteOutcome::CompileError { exit_code, output } => {
+            let (rec, text) = match pending_signal() {
+                Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
+                None => out.fail(
+                    format!("the compiler failed on the farm (exit status {exit_code})"),
+                    Some(format!("{}\n{output}", job.command_text)),
+                ),
+            };
+            return Built::Done(rec, text);
+        }
+        RemoteOutcome::Built {
+            outputs,
+            output,
+            worker,
+            batch,
+        } => (outputs, output, worker, batch),
+    };
     let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
     let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
     let put = || -> anyhow::Result<()> {

@@ -239,7 +239,10 @@ impl Batcher {
             // Alone, a job is its own action.
             [k] => {
                 let m = &members[k];
-                results[k] = Some(exec.execute(&m.key, &m.native, cancelled).map(|x| (x, None)));
+                results[k] = Some(
+                    exec.execute(&m.key, &m.native, cancelled)
+                        .map(|x| (x, None)),
+                );
             }
             _ => {
                 let batch: Vec<&Member> = to_run.iter().map(|k| &members[*k]).collect();
@@ -273,7 +276,10 @@ impl Batcher {
             Ok(k) => k,
             Err(e) => {
                 let why = format!("{e:#}");
-                return batch.iter().map(|_| (Err(exec.fallback(why.clone())), None)).collect();
+                return batch
+                    .iter()
+                    .map(|_| (Err(exec.fallback(why.clone())), None))
+                    .collect();
             }
         };
         let x = match exec.execute(&key, &what, cancelled) {
@@ -308,7 +314,10 @@ impl Batcher {
                 said.lines().next().unwrap_or("")
             );
             eprintln!("thinlto-backend: remote execution: {why}; its {n} jobs compile here");
-            return batch.iter().map(|_| (Err(exec.fallback(why.clone())), None)).collect();
+            return batch
+                .iter()
+                .map(|_| (Err(exec.fallback(why.clone())), None))
+                .collect();
         }
         let action = x.action.hash.clone();
         batch
@@ -340,7 +349,12 @@ impl Batcher {
     /// Records each built job under its own action in the server's action
     /// cache, when the server allows it; a refusal is said once and ends
     /// the writes of this run.
-    fn remember(&self, exec: &RemoteExec, members: &[Member], writes: Vec<(usize, re::ActionResult)>) {
+    fn remember(
+        &self,
+        exec: &RemoteExec,
+        members: &[Member],
+        writes: Vec<(usize, re::ActionResult)>,
+    ) {
         if !exec.executor.may_remember() {
             return;
         }
@@ -348,7 +362,10 @@ impl Batcher {
             if self.remember_off.load(Ordering::Relaxed) {
                 return;
             }
-            if let Err(e) = exec.executor.remember(&exec.remote_action(&members[k].key), result) {
+            if let Err(e) = exec
+                .executor
+                .remember(&exec.remote_action(&members[k].key), result)
+            {
                 if !self.remember_off.swap(true, Ordering::Relaxed) {
                     eprintln!(
                         "thinlto-backend: remote execution: recording {} in the action cache: {e:#}; batched jobs are not recorded there for the rest of this run",

@@ -132,13 +132,19 @@ pub fn parse(argv: &[String]) -> Result<Option<Vec<BatchJob>>> {
         zero_ok: bool,
     ) -> Result<&'a [String]> {
         if rest.len() < 2 || rest[0] != word {
-            bail!("batch job {k}: expected {word} N, got {:?}", &rest[..rest.len().min(2)]);
+            bail!(
+                "batch job {k}: expected {word} N, got {:?}",
+                &rest[..rest.len().min(2)]
+            );
         }
         let n = plain_count(&rest[1], zero_ok)
             .with_context(|| format!("batch job {k}: the count after {word}"))?;
         let after = &rest[2..];
         if after.len() < n {
-            bail!("batch job {k}: {n} words expected after {word}, {} left", after.len());
+            bail!(
+                "batch job {k}: {n} words expected after {word}, {} left",
+                after.len()
+            );
         }
         *rest = &after[n..];
         Ok(&after[..n])
@@ -160,7 +166,9 @@ pub fn parse(argv: &[String]) -> Result<Option<Vec<BatchJob>>> {
 
 /// Relative, '/'-separated, no empty, `.` or `..` component.
 fn plain_relative(p: &str) -> bool {
-    !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// A count as the script accepts it (digits only; 0 only if `zero_ok`).
@@ -203,7 +211,9 @@ pub fn status_text(code: i32) -> String {
 /// A status file's exit code: a decimal (as `echo "$?"` writes it, so
 /// 0–255), one newline. Anything else is an error.
 pub fn parse_status(bytes: &[u8]) -> Result<i32> {
-    let text = std::str::from_utf8(bytes).ok().and_then(|t| t.strip_suffix('\n'));
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.strip_suffix('\n'));
     match text {
         Some(t) if !t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit()) => {
             let code: i32 = t.parse().expect("three digits");
@@ -237,7 +247,10 @@ mod tests {
     #[test]
     fn built_batches_parse_back() {
         let jobs = vec![
-            job(&["clang-19", "-c", "a b.o", "-o", "--job"], &["a b.o", "--inputs"]),
+            job(
+                &["clang-19", "-c", "a b.o", "-o", "--job"],
+                &["a b.o", "--inputs"],
+            ),
             job(&["clang-19", "-c", "$(x) \"q\" 'y'", "-o", ""], &[]),
             job(&["clang-19"], &["d/e.o"]),
         ];
@@ -279,7 +292,14 @@ mod tests {
             with(&[NAME, "--job", "1", "cc", "--inputs", "1", "../x"]),
             with(&[NAME, "--job", "1", "cc", "--inputs", "1", "/etc/passwd"]),
             with(&[NAME, "--job", "1", "cc", "--inputs", "1", "a//b"]),
-            with(&[NAME, "--job", "99999999999999999999999", "cc", "--inputs", "0"]),
+            with(&[
+                NAME,
+                "--job",
+                "99999999999999999999999",
+                "cc",
+                "--inputs",
+                "0",
+            ]),
         ] {
             assert!(parse(&bad).is_err(), "{:?}", &bad[3..]);
         }
@@ -289,7 +309,16 @@ mod tests {
     fn status_files_are_strict() {
         assert_eq!(parse_status(b"0\n").unwrap(), 0);
         assert_eq!(parse_status(status_text(137).as_bytes()).unwrap(), 137);
-        for bad in [&b""[..], b"0", b"\n", b"-1\n", b"1 \n", b"256\n", b"0\n\n", b"1000\n"] {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"\n",
+            b"-1\n",
+            b"1 \n",
+            b"256\n",
+            b"0\n\n",
+            b"1000\n",
+        ] {
             assert!(parse_status(bad).is_err(), "{bad:?}");
         }
     }

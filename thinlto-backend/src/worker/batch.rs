@@ -101,11 +101,17 @@ pub(crate) fn run(
                 ),
             );
         }
-        if let Some(p) = format::result_paths(k).into_iter().find(|p| !outputs.contains(p)) {
+        if let Some(p) = format::result_paths(k)
+            .into_iter()
+            .find(|p| !outputs.contains(p))
+        {
             return refused(ctx, format!("batch job {k}: {p} is not a declared output"));
         }
         if let Some(p) = job.inputs.iter().find(|p| !root.join(p).is_file()) {
-            return refused(ctx, format!("batch job {k}: its input {p} is not a file of the input root"));
+            return refused(
+                ctx,
+                format!("batch job {k}: its input {p} is not a file of the input root"),
+            );
         }
     }
     // The job's own outputs: the declared ones but the result files.
@@ -175,7 +181,10 @@ pub(crate) fn run(
         failed += usize::from(c.exit_code != 0);
         warm += usize::from(c.warm);
         for (path, data) in [
-            (format::status_path(k), format::status_text(c.exit_code).into_bytes()),
+            (
+                format::status_path(k),
+                format::status_text(c.exit_code).into_bytes(),
+            ),
             (format::stdout_path(k), c.stdout),
             (format::stderr_path(k), c.stderr),
         ] {

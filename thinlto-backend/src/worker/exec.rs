@@ -179,7 +179,11 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         ctx.bot,
         outputs.first().map_or("", String::as_str),
         out.exit_code,
-        if out.warm { "warm compiler" } else { "plain spawn" }
+        if out.warm {
+            "warm compiler"
+        } else {
+            "plain spawn"
+        }
     );
     let result = re::ActionResult {
         exit_code: out.exit_code,

@@ -92,9 +92,9 @@ pub struct WorkerArgs {
 /// Runs the worker until a signal or a fatal error.
 pub fn main(args: WorkerArgs) -> Result<()> {
     // Leases at once: as many as this machine's cores unless told.
-    let jobs = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
