@@ -784,9 +784,10 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
             write_atomic(p, bytes)?;
         }
         write_atomic(out.native, native)?;
-        let mut rec = record.clone();
-        rec.seconds = Some(out.start.elapsed().as_secs_f64());
-        record_job(job, &rec)
+        // The record keeps the last compile time measured here: the
+        // farm's latency (upload, queue, a batch's other jobs) is not the
+        // job's length, which orders the jobs and sizes the batches.
+        record_job(job, record)
     };
     if let Err(e) = put() {
         let (rec, text) = out.fail(format!("{e:#}"), None);

@@ -50,8 +50,13 @@ const AUTO_TARGET_SECONDS: f64 = 1.5;
 /// (`--remote-jobs`), so that several batches keep several workers busy.
 const AUTO_SHARE_OF_IN_FLIGHT: usize = 4;
 
-/// How long the first job of a batch waits for others.
-const LINGER: Duration = Duration::from_millis(25);
+/// How long the first job of a batch waits for another after the last
+/// that joined: jobs reach the batcher staggered by their inputs'
+/// digests, which many threads compute at once.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// The longest a batch that is not full waits for jobs.
+const MAX_LINGER: Duration = Duration::from_millis(500);
 
 /// One job as a batch carries it.
 pub(super) struct Member {
@@ -95,9 +100,10 @@ struct Batch {
     born: Instant,
 }
 
-#[derive(Default)]
 struct State {
     members: Vec<Member>,
+    /// When the last member joined.
+    last_join: Instant,
     seconds: f64,
     closed: bool,
     /// One per member, taken by its job's thread.
@@ -142,7 +148,8 @@ impl Batcher {
             {
                 let mut st = batch.state.lock().unwrap();
                 while !st.closed {
-                    let left = LINGER.saturating_sub(batch.born.elapsed());
+                    let idle = LINGER.saturating_sub(st.last_join.elapsed());
+                    let left = idle.min(MAX_LINGER.saturating_sub(batch.born.elapsed()));
                     if left.is_zero() {
                         break;
                     }
@@ -179,6 +186,7 @@ impl Batcher {
             if !st.closed {
                 st.seconds += member.expected;
                 st.members.push(member);
+                st.last_join = Instant::now();
                 let k = st.members.len() - 1;
                 if self.full(&st) {
                     st.closed = true;
@@ -193,7 +201,10 @@ impl Batcher {
             state: Mutex::new(State {
                 seconds: member.expected,
                 members: vec![member],
-                ..Default::default()
+                last_join: Instant::now(),
+                closed: false,
+                results: Vec::new(),
+                done: false,
             }),
             cv: Condvar::new(),
             born: Instant::now(),
