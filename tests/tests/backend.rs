@@ -212,12 +212,9 @@ fn incbin_change_reruns_the_job_digests_cannot_see() {
     let mut readers: Vec<String> = m
         .bitcode()
         .filter(|o| {
-            recorded_reads(
-                t.path(),
-                &thinlto_backend::job::native_of(&o.object),
-            )
-            .iter()
-            .any(|r| r == "kernel/config_data.txt")
+            recorded_reads(t.path(), &thinlto_backend::job::native_of(&o.object))
+                .iter()
+                .any(|r| r == "kernel/config_data.txt")
         })
         .map(|o| o.object.clone())
         .collect();

@@ -72,7 +72,15 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
     farm.add_worker("w1", &[], &[]).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let remote = ["--remote-exec", farm.url.as_str(), "--cache-dir"];
+    // One action a job, so that the worker's log tells of each (batched
+    // actions: remote_batch.rs).
+    let remote = [
+        "--remote-batch",
+        "1",
+        "--remote-exec",
+        farm.url.as_str(),
+        "--cache-dir",
+    ];
     let remote_args = |extra: &[&str]| -> Vec<String> {
         remote
             .iter()

@@ -256,6 +256,11 @@ pub struct EngineArgs {
     /// the jobs that compile here
     #[arg(long, value_name = "N")]
     pub remote_jobs: Option<usize>,
+    /// Jobs packed into one farm action: auto (sized from the jobs'
+    /// expected times, the longest alone) or at most N (1: one action a
+    /// job). Each job keeps its own result and cache entry
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    pub remote_batch: crate::config::BatchSize,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     pub remote_tls_ca: Option<PathBuf>,

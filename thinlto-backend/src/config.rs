@@ -45,6 +45,36 @@ pub struct RemoteExecOptions {
     pub remote: crate::reapi::RemoteOptions,
     /// `--remote-jobs`; the default is [`crate::exec::DEFAULT_REMOTE_JOBS`].
     pub jobs: usize,
+    /// `--remote-batch`: how many jobs one action carries.
+    pub batch: BatchSize,
+}
+
+/// `--remote-batch auto|N`: how jobs are packed into the farm's actions
+/// (several compiles in one action: the server's price is per action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchSize {
+    /// Sized from the jobs' expected times toward a target of compile
+    /// time per action; the longest jobs go alone (`crate::exec::batch`).
+    #[default]
+    Auto,
+    /// At most this many jobs an action (1: one action per job).
+    Fixed(usize),
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<BatchSize, String> {
+        if s == "auto" {
+            return Ok(BatchSize::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=crate::limits::MAX_BATCH_JOBS).contains(&n) => Ok(BatchSize::Fixed(n)),
+            _ => Err(format!(
+                "{s:?}: expected auto or a number of jobs from 1 to {}",
+                crate::limits::MAX_BATCH_JOBS
+            )),
+        }
+    }
 }
 
 /// Build, or only say what a build would do.

@@ -45,7 +45,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::job::{split_dwarf_file, BackendJob};
+mod batch;
+
+use crate::config::BatchSize;
+use crate::job::{split_dwarf_file, BackendJob, BatchRef};
 use crate::reapi::execute::{ActionRefused, Cancelled, Executed, Executor, RemoteAction};
 use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, printable, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
@@ -79,6 +82,8 @@ pub enum Outcome {
         outputs: BTreeMap<String, Vec<u8>>,
         output: String,
         worker: String,
+        /// The batched action it was part of, if any (`--remote-batch`).
+        batch: Option<BatchRef>,
     },
     /// The compiler failed on the worker (its exit code and output).
     CompileError { exit_code: i32, output: String },
@@ -207,13 +212,20 @@ pub struct RemoteExec {
     fallbacks: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    /// Packs jobs into batched actions; None with `--remote-batch 1`.
+    batcher: Option<batch::Batcher>,
 }
 
 impl RemoteExec {
     /// Connects to the farm for jobs compiled by `cc_argv` (the words of
     /// `$(CC)`). A compiler behind a launcher (`ccache clang-19`) cannot
     /// run remotely: a worker runs a compiler it has, by name.
-    pub fn connect(opts: &RemoteOptions, jobs: usize, cc_argv: &[String]) -> Result<RemoteExec> {
+    pub fn connect(
+        opts: &RemoteOptions,
+        jobs: usize,
+        batch: BatchSize,
+        cc_argv: &[String],
+    ) -> Result<RemoteExec> {
         let placer = Placer::new(cc_argv);
         if let Err(why) = &placer.compiler {
             bail!("{why}");
@@ -235,6 +247,7 @@ impl RemoteExec {
             fallbacks: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            batcher: batch::Batcher::new(batch, jobs.max(1)),
         })
     }
 
@@ -275,10 +288,15 @@ impl RemoteExec {
     /// the compiler could not find reads nothing, so the worker cannot
     /// tell): it compiles here, where the error, if it is one, is the
     /// compiler's own and the trace learns what it reads.
+    ///
+    /// `expected` is the job's expected compile time in seconds
+    /// ([`crate::engine::expected_seconds`]): with `--remote-batch` it
+    /// decides whether and with whom the job shares an action.
     pub fn run(
         &self,
         job: &BackendJob,
         reads: Option<&[String]>,
+        expected: f64,
         cancelled: &dyn Fn() -> bool,
     ) -> Outcome {
         let traced = reads.is_some();
@@ -303,32 +321,64 @@ impl RemoteExec {
             Ok(k) => k,
             Err(e) => return self.fallback(format!("{e:#}")),
         };
-        let action = RemoteAction {
-            key: &key,
+        let outputs = spec.output_paths.clone();
+        let (executed, batch) = match self.batcher.as_ref().filter(|b| b.takes(expected)) {
+            Some(b) => match b.run(
+                self,
+                batch::Member::new(job, spec, key, expected),
+                cancelled,
+            ) {
+                Ok(x) => x,
+                Err(outcome) => return outcome,
+            },
+            None => match self.execute(&key, &job.native, cancelled) {
+                Ok(x) => (x, None),
+                Err(outcome) => return outcome,
+            },
+        };
+        self.interpret(job, traced, &outputs, executed, batch)
+    }
+
+    /// The action of `key` as the farm runs it: with the platform
+    /// property every action carries, its inputs read from the tree.
+    fn remote_action<'a>(&self, key: &'a crate::reapi::ActionKey) -> RemoteAction<'a> {
+        RemoteAction {
+            key,
             platform: vec![self.compiler.clone()],
             local_root: Path::new("."),
-        };
+        }
+    }
+
+    /// Executes the action of `key` (`what` names it in messages), with
+    /// retries while the farm is unavailable; the outcome to return
+    /// instead when it cannot (the farm failed, a signal).
+    fn execute(
+        &self,
+        key: &crate::reapi::ActionKey,
+        what: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) -> std::result::Result<Executed, Outcome> {
+        let action = self.remote_action(key);
         let mut tries = BACKOFF.iter();
         let started = std::time::Instant::now();
         let late = || started.elapsed() > FARM_PATIENCE;
-        let executed: Executed = loop {
+        loop {
             match self
                 .executor
                 .execute_until(&action, &|| cancelled() || late())
             {
-                Ok(x) => break x,
+                Ok(x) => return Ok(x),
                 Err(_) if late() && !cancelled() => {
-                    return self.give_up(&anyhow::anyhow!(
-                        "{} not done after {} s on the farm (no worker serving it?)",
-                        job.native,
+                    return Err(self.give_up(&anyhow::anyhow!(
+                        "{what} not done after {} s on the farm (no worker serving it?)",
                         FARM_PATIENCE.as_secs()
-                    ))
+                    )))
                 }
                 Err(e) if cancelled() => {
-                    return Outcome::Cancelled(match e.downcast_ref::<Cancelled>() {
+                    return Err(Outcome::Cancelled(match e.downcast_ref::<Cancelled>() {
                         Some(c) => c.to_string(),
                         None => format!("{e:#}"),
-                    })
+                    }))
                 }
                 // One action's own trouble (refused by the worker's
                 // policy, past its deadline, an output-less success the
@@ -338,19 +388,31 @@ impl RemoteExec {
                     let r = e.downcast_ref::<ActionRefused>().unwrap();
                     if self.said_refused.lock().unwrap().insert(r.code) {
                         eprintln!(
-                            "thinlto-backend: remote execution: {}: the farm answered {r}; compiling it here (said once for {:?})",
-                            job.native, r.code
+                            "thinlto-backend: remote execution: {what}: the farm answered {r}; compiling it here (said once for {:?})",
+                            r.code
                         );
                     }
-                    return self.fallback(format!("the farm answered {r}"));
+                    return Err(self.fallback(format!("the farm answered {r}")));
                 }
                 Err(e) if is_transient(&e) => match tries.next() {
                     Some(pause) => std::thread::sleep(*pause),
-                    None => return self.give_up(&e),
+                    None => return Err(self.give_up(&e)),
                 },
-                Err(e) => return self.give_up(&e),
+                Err(e) => return Err(self.give_up(&e)),
             }
-        };
+        }
+    }
+
+    /// What a job's execution (alone or in a batch) means: built, a
+    /// compile error, or compile it here.
+    fn interpret(
+        &self,
+        job: &BackendJob,
+        traced: bool,
+        outputs: &[String],
+        executed: Executed,
+        batch: Option<BatchRef>,
+    ) -> Outcome {
         self.bytes_up
             .fetch_add(executed.uploaded, Ordering::Relaxed);
         let down: usize = executed.outputs.values().map(Vec::len).sum::<usize>()
@@ -387,8 +449,7 @@ impl RemoteExec {
         // with an empty one (clang-19 exits 0 with an empty object when
         // it cannot load an imported module), is the farm's fault, not
         // the job's. It compiles here; said once a run.
-        if let Some(missing) = spec
-            .output_paths
+        if let Some(missing) = outputs
             .iter()
             .find(|p| executed.outputs.get(*p).is_none_or(Vec::is_empty))
         {
@@ -420,6 +481,7 @@ impl RemoteExec {
             outputs: executed.outputs,
             output,
             worker,
+            batch,
         }
     }
 

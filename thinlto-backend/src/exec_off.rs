@@ -14,6 +14,7 @@ pub enum Outcome {
         outputs: BTreeMap<String, Vec<u8>>,
         output: String,
         worker: String,
+        batch: Option<crate::job::BatchRef>,
     },
     CompileError {
         exit_code: i32,
@@ -48,7 +49,12 @@ impl Placer {
 pub enum RemoteExec {}
 
 impl RemoteExec {
-    pub fn connect(opts: &RemoteOptions, _: usize, _: &[String]) -> Result<RemoteExec> {
+    pub fn connect(
+        opts: &RemoteOptions,
+        _: usize,
+        _: crate::config::BatchSize,
+        _: &[String],
+    ) -> Result<RemoteExec> {
         bail!(
             "{}: this thinlto-backend was built without the `remote` feature (no REAPI client)",
             opts.url
@@ -67,7 +73,13 @@ impl RemoteExec {
         match *self {}
     }
 
-    pub fn run(&self, _: &BackendJob, _: Option<&[String]>, _: &dyn Fn() -> bool) -> Outcome {
+    pub fn run(
+        &self,
+        _: &BackendJob,
+        _: Option<&[String]>,
+        _: f64,
+        _: &dyn Fn() -> bool,
+    ) -> Outcome {
         match *self {}
     }
 }

@@ -166,3 +166,12 @@ pub fn split_dwarf_file(argv: &[String], native: &Path) -> Option<std::path::Pat
     });
     split.then(|| native.with_extension("dwo"))
 }
+
+/// The batched action a remote job was part of: its action digest's hash,
+/// the job's place in it (from 0) and how many jobs it carried.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchRef {
+    pub action: String,
+    pub job: usize,
+    pub jobs: usize,
+}

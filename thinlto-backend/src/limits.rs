@@ -38,9 +38,14 @@ pub const MAX_OUTPUT_TEXT: usize = 1 << 20;
 /// that parsing may allocate.
 pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
+/// Jobs in one batched action (`--remote-batch`): bounds its argv and its
+/// outputs.
+pub const MAX_BATCH_JOBS: usize = 32;
+
 /// Output files in one ActionResult: the cache's actions have three at
-/// most (the manifest, the native, the `.dwo`).
-pub const MAX_REMOTE_OUTPUTS: usize = 16;
+/// most (the manifest, the native, the `.dwo`); a batched action five a
+/// job (the native, the `.dwo`, its status, stdout and stderr files).
+pub const MAX_REMOTE_OUTPUTS: usize = 5 * MAX_BATCH_JOBS;
 
 /// Whether `s` is `len` lowercase hex digits (a digest, a fan directory):
 /// how names and digests from a manifest or a server are checked.

@@ -8,11 +8,11 @@ use thinlto_backend::cache::local::Sharing;
 use thinlto_backend::cache::CacheOptions;
 use thinlto_backend::cli::{CacheAction, Cli, DtltoArgs, EngineArgs, RunArgs, Verb};
 use thinlto_backend::config::{self, Config, Mode, Warm};
-use thinlto_backend::job::{inputs_from_index, inputs_from_manifest, JobInput};
-use thinlto_backend::reapi::RemoteOptions;
 use thinlto_backend::engine::plan::read_front_ends;
 use thinlto_backend::engine::scheduler;
 use thinlto_backend::engine::{self, stdout_error, Outcome};
+use thinlto_backend::job::{inputs_from_index, inputs_from_manifest, JobInput};
+use thinlto_backend::reapi::RemoteOptions;
 use thinlto_backend::signals;
 use thinlto_index::toolchain::ToolEnv;
 use thinlto_index::{Manifest, Toolchain, ToolchainArgs};
@@ -205,6 +205,7 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
                 jobs: args
                     .remote_jobs
                     .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
+                batch: args.remote_batch,
             })
         })
         .transpose()?;

@@ -145,7 +145,7 @@ pub fn run_planned(
     // A farm that cannot be reached is said once; the jobs compile here.
     let remote = match &cfg.remote_exec {
         Some(o) if needs_run && cfg.mode == Mode::Build => {
-            match crate::exec::RemoteExec::connect(&o.remote, o.jobs, &cc.argv) {
+            match crate::exec::RemoteExec::connect(&o.remote, o.jobs, o.batch, &cc.argv) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     eprintln!("thinlto-backend: remote execution: {e:#}; compiling here");
@@ -207,6 +207,7 @@ pub fn run_planned(
             key: None,
             place: None,
             worker: None,
+            batch: None,
         })
         .map_err(stdout_error)?;
     }
@@ -435,17 +436,22 @@ fn explain(
 fn longest_first(to_run: &[(BackendJob, String, NativeRecord)]) -> Vec<usize> {
     let cost: Vec<f64> = to_run
         .iter()
-        .map(|(j, _, rec)| {
-            rec.seconds.unwrap_or_else(|| {
-                std::fs::metadata(&j.input.object)
-                    .map(|m| m.len() as f64 * 2e-5)
-                    .unwrap_or(0.0)
-            })
-        })
+        .map(|(j, _, rec)| expected_seconds(j, rec))
         .collect();
     let mut order: Vec<usize> = (0..to_run.len()).collect();
     order.sort_by(|a, b| cost[*b].total_cmp(&cost[*a]).then(a.cmp(b)));
     order
+}
+
+/// A job's expected compile time in seconds: its last recorded duration,
+/// else its bitcode's size scaled to seconds (a rough guess, ~50 KB a
+/// second). It orders the jobs and sizes the farm's batches.
+pub fn expected_seconds(job: &BackendJob, record: &NativeRecord) -> f64 {
+    record.seconds.unwrap_or_else(|| {
+        std::fs::metadata(&job.input.object)
+            .map(|m| m.len() as f64 * 2e-5)
+            .unwrap_or(0.0)
+    })
 }
 
 /// An error writing the records (a closed pipe included: the tool exits 1

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Verbosity;
 use crate::exec::{Outcome as RemoteOutcome, RemoteExec};
-use crate::job::{split_dwarf_file, BackendJob};
+use crate::job::{split_dwarf_file, BackendJob, BatchRef};
 use crate::record::{round3, write_record, NativeRecord};
 use crate::signals::pending_signal;
 
@@ -35,6 +35,9 @@ pub struct JobRecord {
     /// For a remote build: the farm's worker that ran it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// For a remote build in a batched action (`--remote-batch`): which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRef>,
 }
 
 /// Where a compile ran; in JSON "local" or "remote".
@@ -532,6 +535,7 @@ impl JobOut<'_> {
                 key: None,
                 place: (status == JobStatus::Failed).then_some(self.place),
                 worker: None,
+                batch: None,
             },
             output,
         )
@@ -599,6 +603,7 @@ fn prepare(
                             key: Some(hit.key),
                             place: None,
                             worker: None,
+                            batch: None,
                         },
                         (!hit.output.is_empty()).then_some(hit.output),
                     ));
@@ -736,6 +741,7 @@ fn compile_local(
             key: None,
             place: Some(Place::Local),
             worker: None,
+            batch: None,
         },
         // Warnings of a job that succeeded (-Wframe-larger-than and the
         // like fire only here, in the backend): shown whatever the
@@ -756,33 +762,36 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         Verbosity::Normal => eprintln!("  {:<7} {}", "RCC", job.native),
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
-    let (outputs, text, worker) =
-        match remote.run(job, known.as_deref(), &|| pending_signal().is_some()) {
-            RemoteOutcome::Fallback(_) => return Built::Fallback,
-            RemoteOutcome::Cancelled(what) => {
-                if ctx.opts.verbosity != Verbosity::Quiet {
-                    eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
-                }
-                let sig = pending_signal().unwrap_or(0);
-                let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
-                return Built::Done(rec, text);
+    let expected = crate::engine::expected_seconds(job, record);
+    let (outputs, text, worker, batch) = match remote.run(job, known.as_deref(), expected, &|| {
+        pending_signal().is_some()
+    }) {
+        RemoteOutcome::Fallback(_) => return Built::Fallback,
+        RemoteOutcome::Cancelled(what) => {
+            if ctx.opts.verbosity != Verbosity::Quiet {
+                eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
             }
-            RemoteOutcome::CompileError { exit_code, output } => {
-                let (rec, text) = match pending_signal() {
-                    Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
-                    None => out.fail(
-                        format!("the compiler failed on the farm (exit status {exit_code})"),
-                        Some(format!("{}\n{output}", job.command_text)),
-                    ),
-                };
-                return Built::Done(rec, text);
-            }
-            RemoteOutcome::Built {
-                outputs,
-                output,
-                worker,
-            } => (outputs, output, worker),
-        };
+            let sig = pending_signal().unwrap_or(0);
+            let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);
+            return Built::Done(rec, text);
+        }
+        RemoteOutcome::CompileError { exit_code, output } => {
+            let (rec, text) = match pending_signal() {
+                Some(sig) => out.fail(format!("interrupted by signal {sig}"), None),
+                None => out.fail(
+                    format!("the compiler failed on the farm (exit status {exit_code})"),
+                    Some(format!("{}\n{output}", job.command_text)),
+                ),
+            };
+            return Built::Done(rec, text);
+        }
+        RemoteOutcome::Built {
+            outputs,
+            output,
+            worker,
+            batch,
+        } => (outputs, output, worker, batch),
+    };
     let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
     let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
     let put = || -> anyhow::Result<()> {
@@ -796,9 +805,10 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
             write_atomic(p, bytes)?;
         }
         write_atomic(out.native, native)?;
-        let mut rec = record.clone();
-        rec.seconds = Some(out.start.elapsed().as_secs_f64());
-        record_job(job, &rec)
+        // The record keeps the last compile time measured here: the
+        // farm's latency (upload, queue, a batch's other jobs) is not the
+        // job's length, which orders the jobs and sizes the batches.
+        record_job(job, record)
     };
     if let Err(e) = put() {
         let (rec, text) = out.fail(format!("{e:#}"), None);
@@ -818,6 +828,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     let (mut rec, _) = out.result(JobStatus::Built, reason.to_string(), None);
     rec.place = Some(Place::Remote);
     rec.worker = Some(worker);
+    rec.batch = batch;
     Built::Done(rec, (!text.is_empty()).then_some(text))
 }
 

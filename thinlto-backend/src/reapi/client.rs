@@ -490,6 +490,52 @@ impl RemoteCache {
         Ok(plan.assemble(&blobs, result.exit_code))
     }
 
+    /// Whether the server lets clients write its action cache
+    /// (GetCapabilities' `update_enabled`).
+    pub(crate) fn updates_allowed(&self) -> bool {
+        self.update_enabled
+    }
+
+    /// GetActionResult of `action` as it is (NOT_FOUND is `None`), the
+    /// blobs neither fetched nor checked: the caller does.
+    pub(crate) async fn action_result(&self, action: &Digest) -> Result<Option<re::ActionResult>> {
+        let mut ac = self.ac.clone();
+        let req = re::GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action.to_proto()),
+            inline_stdout: true,
+            inline_stderr: true,
+            digest_function: re::digest_function::Value::Sha256 as i32,
+            ..Default::default()
+        };
+        match timed(async move { ac.get_action_result(req).await }).await {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(status_error(s, "GetActionResult")),
+        }
+    }
+
+    /// UpdateActionResult of `action` with `result`, whose blobs the
+    /// caller knows the CAS has (nothing is uploaded).
+    pub(crate) async fn put_action_result(
+        &self,
+        action: &Digest,
+        result: re::ActionResult,
+    ) -> Result<()> {
+        let mut ac = self.ac.clone();
+        let req = re::UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result),
+            digest_function: re::digest_function::Value::Sha256 as i32,
+            ..Default::default()
+        };
+        timed(async move { ac.update_action_result(req).await })
+            .await
+            .map_err(|s| status_error(s, "UpdateActionResult"))?;
+        Ok(())
+    }
+
     /// Every output and stdout/stderr blob of `result`, each verified,
     /// whatever its exit code (remote execution, `reapi::execute`); `None`
     /// if one is missing or does not match its digest.

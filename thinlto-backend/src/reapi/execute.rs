@@ -204,6 +204,57 @@ impl Executor {
             .with_context(|| format!("remote execution on {}", self.cas.url))
     }
 
+    /// The server's action cache's answer for `action` (its digest with
+    /// the platform properties, as [`Executor::execute`] would send it):
+    /// a successful result whose every blob is fetched and verified, else
+    /// `None` (a miss: absent, failed, or a blob missing or wrong).
+    pub fn cached(&self, action: &RemoteAction) -> Result<Option<Executed>> {
+        let protos = with_platform(action.key, &action.platform)?;
+        self.cas
+            .rt
+            .block_on(async {
+                let Some(result) = self.cas.action_result(&protos.action).await? else {
+                    return Ok::<_, anyhow::Error>(None);
+                };
+                if result.exit_code != 0 {
+                    return Ok(None);
+                }
+                let Some(hit) = self.cas.result_blobs(&result).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(Executed {
+                    exit_code: 0,
+                    outputs: hit.outputs,
+                    stdout: hit.stdout,
+                    stderr: hit.stderr,
+                    cached: true,
+                    worker: result
+                        .execution_metadata
+                        .map(|m| m.worker)
+                        .unwrap_or_default(),
+                    action: protos.action,
+                    uploaded: 0,
+                }))
+            })
+            .with_context(|| format!("action cache of {}", self.cas.url))
+    }
+
+    /// Whether the server lets clients write its action cache.
+    pub fn may_remember(&self) -> bool {
+        self.cas.updates_allowed()
+    }
+
+    /// Records `result` in the server's action cache under `action` (its
+    /// digest with the platform properties). Its blobs must be in the CAS
+    /// already (a batch's worker uploaded them): nothing is uploaded.
+    pub fn remember(&self, action: &RemoteAction, result: re::ActionResult) -> Result<()> {
+        let protos = with_platform(action.key, &action.platform)?;
+        self.cas
+            .rt
+            .block_on(self.cas.put_action_result(&protos.action, result))
+            .with_context(|| format!("action cache of {}", self.cas.url))
+    }
+
     /// CancelOperation on `name`, within [`CANCEL_DEADLINE`] (the call's
     /// connection included).
     async fn cancel(&self, name: &str) -> Result<()> {

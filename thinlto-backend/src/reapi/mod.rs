@@ -12,6 +12,7 @@
 //! cache's and remote execution's options name a server either way (and
 //! connecting says the feature is off).
 
+pub mod batch;
 #[cfg(feature = "remote")]
 pub mod bots;
 #[cfg(feature = "remote")]

@@ -18,7 +18,7 @@ use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use prost::Message;
 
 use super::compilers::Compiler;
-use super::policy::validate_compile;
+use super::policy::{validate_compile, ValidCompile};
 use super::sandbox::{run_compile, Limits, Sandbox, SandboxArgs};
 use super::store::{fetch, BadRoot, BlobStore, DEFAULT_ROOT_LIMITS};
 use crate::reapi::COMPILER_PROPERTY;
@@ -53,7 +53,7 @@ pub struct Reported {
 /// it succeeded without its outputs (FAILED_PRECONDITION: in practice an
 /// input the root lacked), the deadline passed (DEADLINE_EXCEEDED, as
 /// REAPI says), the action refused (INVALID_ARGUMENT).
-fn status(code: tonic::Code, message: &str) -> RpcStatus {
+pub(crate) fn status(code: tonic::Code, message: &str) -> RpcStatus {
     RpcStatus {
         code: code as i32,
         message: message.to_string(),
@@ -87,19 +87,6 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         Ok(c) => c,
         Err(e) => return refused(ctx, format!("Command {command_digest}: malformed: {e}")),
     };
-    let Some(word) = command.arguments.first() else {
-        return refused(ctx, format!("Command {command_digest} has no arguments"));
-    };
-    let compiler = match choose_compiler(ctx.compilers, word, action, &command) {
-        Ok(c) => c,
-        Err(why) => return refused(ctx, why),
-    };
-    if !command.working_directory.is_empty() {
-        return refused(
-            ctx,
-            "a working_directory other than the input root is not supported".into(),
-        );
-    }
     #[allow(deprecated)]
     let outputs: Vec<String> = if command.output_paths.is_empty() {
         command.output_files.clone()
@@ -111,11 +98,54 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         .iter()
         .map(|e| (e.name.clone(), e.value.clone()))
         .collect();
-    let compile = match validate_compile(&command.arguments, &env, &outputs, ctx.compilers) {
-        Ok(c) => c,
-        Err(why) => return refused(ctx, why.0),
+    // A batch (`crate::reapi::batch`) is recognized by its exact script;
+    // its compiles are run by their compiler, each validated and run as a
+    // lone action's (`super::batch`), never by the shell.
+    let batch = match crate::reapi::batch::parse(&command.arguments) {
+        Ok(b) => b,
+        Err(e) => return refused(ctx, format!("a malformed batch: {e:#}")),
     };
-    debug_assert_eq!(compile.compiler.word, compiler.word);
+    let words: Vec<&String> = match &batch {
+        Some(jobs) => jobs.iter().filter_map(|j| j.argv.first()).collect(),
+        None => command.arguments.first().into_iter().collect(),
+    };
+    let Some(word) = words.first().copied() else {
+        return refused(ctx, format!("Command {command_digest} has no arguments"));
+    };
+    if let Some(other) = words.iter().find(|w| **w != word) {
+        return refused(
+            ctx,
+            format!("a batch of two compilers ({word}, {other}): one compiler an action"),
+        );
+    }
+    let compiler = match choose_compiler(ctx.compilers, word, action, &command) {
+        Ok(c) => c,
+        Err(why) => return refused(ctx, why),
+    };
+    if !command.working_directory.is_empty() {
+        return refused(
+            ctx,
+            "a working_directory other than the input root is not supported".into(),
+        );
+    }
+    let compiles: Vec<ValidCompile> = match &batch {
+        Some(jobs) => {
+            let own = super::batch::job_outputs(jobs.len(), &outputs);
+            let mut v = Vec::new();
+            for (k, job) in jobs.iter().enumerate() {
+                match validate_compile(&job.argv, &env, &own, ctx.compilers) {
+                    Ok(c) => v.push(c),
+                    Err(why) => return refused(ctx, format!("batch job {k}: {}", why.0)),
+                }
+            }
+            v
+        }
+        None => match validate_compile(&command.arguments, &env, &outputs, ctx.compilers) {
+            Ok(c) => vec![c],
+            Err(why) => return refused(ctx, why.0),
+        },
+    };
+    debug_assert!(compiles.iter().all(|c| c.compiler.word == compiler.word));
     let root = dir.join("root");
     let link = ctx.sandbox.separate_uid();
     match ctx
@@ -126,25 +156,119 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
         Err(e) if e.is::<BadRoot>() => return refused(ctx, format!("{e}")),
         Err(e) => return Err(e),
     }
-    for o in &outputs {
-        if let Some(parent) = root.join(o).parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-    }
-    ctx.sandbox.prepare(dir, &root)?;
     let timeout = action
         .timeout
         .as_ref()
         .map(|t| std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
     let limits = Limits::new(ctx.sandbox_args, timeout);
-    let out = run_compile(&compile, &root, ctx.sandbox, &limits, stop)?;
+    if let Some(jobs) = &batch {
+        return super::batch::run(ctx, jobs, &compiles, &root, dir, &outputs, &limits, stop);
+    }
+    let compile = &compiles[0];
+    prepare_outputs(&root, &outputs)?;
+    ctx.sandbox.prepare(dir, &root)?;
+    let done = {
+        let _slot = super::batch::compile_slot();
+        compile_job(ctx, compile, &root, &outputs, &[], &limits, stop)?
+    };
+    let mut result = re::ActionResult {
+        exit_code: done.exit_code,
+        ..Default::default()
+    };
+    match done.fault {
+        Some(JobFault::TimedOut(why)) => {
+            let mut r = refused(ctx, why.clone())?;
+            r.status = status(tonic::Code::DeadlineExceeded, &why);
+            Ok(r)
+        }
+        Some(JobFault::NotHermetic(msg)) => {
+            // Only the marker: the compile's own output may show what it
+            // read.
+            result.exit_code = 1;
+            finish(ctx, result, &[], b"", msg.as_bytes(), RpcStatus::default())
+        }
+        Some(JobFault::NoOutput(why)) => {
+            // Never cached: a status other than OK.
+            result.exit_code = 1;
+            finish(
+                ctx,
+                result,
+                &[],
+                &done.stdout,
+                &done.stderr,
+                status(tonic::Code::FailedPrecondition, &why),
+            )
+        }
+        None => finish(
+            ctx,
+            result,
+            &done.files,
+            &done.stdout,
+            &done.stderr,
+            RpcStatus::default(),
+        ),
+    }
+}
+
+/// The directories of `outputs` under `root`, made.
+pub(crate) fn prepare_outputs(root: &Path, outputs: &[String]) -> Result<()> {
+    for o in outputs {
+        if let Some(parent) = root.join(o).parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a compile that ran gives no result of its own: the worker's
+/// verdict, not the compiler's.
+pub(crate) enum JobFault {
+    /// Killed at its deadline (the reason).
+    TimedOut(String),
+    /// It read a file outside its input root: the whole message, the
+    /// marker the client knows first.
+    NotHermetic(String),
+    /// Exit 0 without a required output, or with an empty one.
+    NoOutput(String),
+}
+
+/// One compile on this worker, as a lone action and each job of a batch
+/// report it.
+pub(crate) struct JobDone {
+    /// Killed by a signal: 128 + its number, as a shell says.
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    /// The compiler's (with a line saying where it was cut).
+    pub stderr: Vec<u8>,
+    /// With exit 0 and no fault: the outputs it wrote, read safely.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub warm: bool,
+    pub fault: Option<JobFault>,
+}
+
+/// Runs `compile` in `root` (prepared) within `limits` and judges it: the
+/// deadline, the hermetic check, then with exit 0 every `required`
+/// output present (a regular file inside the root, not empty) and each
+/// `optional` one that is there. The one per-compile step of a lone
+/// action and of each job of a batch.
+pub(crate) fn compile_job(
+    ctx: &Worker,
+    compile: &ValidCompile,
+    root: &Path,
+    required: &[String],
+    optional: &[String],
+    limits: &Limits,
+    stop: &Stop,
+) -> Result<JobDone> {
+    let out = run_compile(compile, root, ctx.sandbox, limits, stop)?;
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());
     }
     eprintln!(
-        "thinlto-backend worker {}: {word} -o {}: {}, {}{}",
+        "thinlto-backend worker {}: {} -o {}: {}, {}{}",
         ctx.bot,
+        compile.compiler.word,
         compile.native,
         out.status,
         if ctx.sandbox.on() { "sandboxed, " } else { "" },
@@ -154,34 +278,36 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
             "plain spawn"
         },
     );
-    if out.timed_out {
-        let why = format!(
-            "the compile ran past its deadline ({} s) and was killed",
-            limits.timeout.as_secs()
-        );
-        let mut r = refused(ctx, why.clone())?;
-        r.status = status(tonic::Code::DeadlineExceeded, &why);
-        return Ok(r);
-    }
-    let mut result = re::ActionResult {
-        // Killed by a signal: 128 + its number, as a shell says.
+    let mut done = JobDone {
         exit_code: out
             .status
             .code()
             .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
-        ..Default::default()
+        stdout: out.stdout,
+        stderr: out.stderr,
+        files: Vec::new(),
+        warm: out.warm,
+        fault: None,
     };
-    if let Err(why) = super::hermetic::check(&out.trace, &root, &compile.object, compiler) {
-        // The client recognizes the marker and compiles the job itself
-        // (its trace then learns the missing file). Only the marker: the
-        // compile's own output may show what it read.
-        let msg = format!("{}{why} (worker {})\n", super::hermetic::NOT_HERMETIC, ctx.bot);
-        result.exit_code = 1;
-        return finish(ctx, result, &[], b"", msg.as_bytes(), RpcStatus::default());
+    if out.timed_out {
+        done.fault = Some(JobFault::TimedOut(format!(
+            "the compile ran past its deadline ({} s) and was killed",
+            limits.timeout.as_secs()
+        )));
+        return Ok(done);
     }
-    let mut stderr = out.stderr;
+    if let Err(why) = super::hermetic::check(&out.trace, root, &compile.object, compile.compiler) {
+        // The client recognizes the marker and compiles the job itself
+        // (its trace then learns the missing file).
+        done.fault = Some(JobFault::NotHermetic(format!(
+            "{}{why} (worker {})\n",
+            super::hermetic::NOT_HERMETIC,
+            ctx.bot
+        )));
+        return Ok(done);
+    }
     if out.truncated {
-        stderr.extend_from_slice(
+        done.stderr.extend_from_slice(
             format!(
                 "\nthinlto-backend worker {}: the compile's output was cut at {} bytes\n",
                 ctx.bot, limits.output_cap
@@ -189,49 +315,40 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
             .as_bytes(),
         );
     }
-    if result.exit_code != 0 {
-        return finish(ctx, result, &[], &out.stdout, &stderr, RpcStatus::default());
+    if done.exit_code != 0 {
+        return Ok(done);
     }
-    // Exit 0: every declared output must be there, a regular file inside
+    // Exit 0: every required output must be there, a regular file inside
     // the root, not empty; else this is a failure that is never cached.
-    let mut files = Vec::new();
-    for o in &outputs {
-        match read_output(&root, o) {
-            Ok(data) if !data.is_empty() => files.push((o.clone(), data)),
+    for o in required {
+        match read_output(root, o) {
+            Ok(data) if !data.is_empty() => done.files.push((o.clone(), data)),
             r => {
                 let why = match r {
                     Ok(_) => format!("the compiler exited 0 but its output {o} is empty"),
                     Err(e) => format!("the compiler exited 0 but wrote no output {o} ({e})"),
                 };
-                stderr.extend_from_slice(
+                done.stderr.extend_from_slice(
                     format!("thinlto-backend worker {}: {why}\n", ctx.bot).as_bytes(),
                 );
-                result.exit_code = 1;
-                return finish(
-                    ctx,
-                    result,
-                    &[],
-                    &out.stdout,
-                    &stderr,
-                    status(tonic::Code::FailedPrecondition, &why),
-                );
+                done.files.clear();
+                done.fault = Some(JobFault::NoOutput(why));
+                return Ok(done);
             }
         }
     }
-    finish(
-        ctx,
-        result,
-        &files,
-        &out.stdout,
-        &stderr,
-        RpcStatus::default(),
-    )
+    for o in optional {
+        if let Ok(data) = read_output(root, o) {
+            done.files.push((o.clone(), data));
+        }
+    }
+    Ok(done)
 }
 
 /// The output `rel` of the compile in `root`: opened beneath the root
 /// with no symlink anywhere on the way (openat2 RESOLVE_BENEATH |
 /// RESOLVE_NO_SYMLINKS, O_NOFOLLOW), and a regular file.
-fn read_output(root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_output(root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
     let dir = std::fs::File::open(root)?;
     let c_rel = std::ffi::CString::new(std::ffi::OsStr::new(rel).as_bytes())
         .map_err(|_| std::io::Error::other("a NUL in the path"))?;
@@ -301,7 +418,7 @@ fn choose_compiler<'a>(
     Ok(c)
 }
 
-fn refused(ctx: &Worker, why: String) -> Result<Reported> {
+pub(crate) fn refused(ctx: &Worker, why: String) -> Result<Reported> {
     let msg = format!("thinlto-backend worker {}: refused: {why}\n", ctx.bot);
     let result = re::ActionResult {
         exit_code: 1,
@@ -318,7 +435,7 @@ fn refused(ctx: &Worker, why: String) -> Result<Reported> {
 }
 
 /// Uploads the outputs and streams, and completes `result` with them.
-fn finish(
+pub(crate) fn finish(
     ctx: &Worker,
     mut result: re::ActionResult,
     files: &[(String, Vec<u8>)],

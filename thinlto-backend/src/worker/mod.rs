@@ -23,6 +23,7 @@
 //! environment), else a plain spawn; traced the same either way. The
 //! worker's log says which ran each action.
 
+pub mod batch;
 pub mod compilers;
 pub mod exec;
 pub mod hermetic;
@@ -70,9 +71,11 @@ pub struct WorkerArgs {
     /// The REAPI instance name
     #[arg(long, default_value = "")]
     pub instance: String,
-    /// Leases run at once (one bot session each)
-    #[arg(long, short = 'j', default_value_t = 1)]
-    pub jobs: usize,
+    /// Leases run at once (one bot session each), and compiles at once
+    /// over all of them (a batched action's compiles run in parallel)
+    /// [default: this machine's cores]
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
     /// This worker's name (bot ids are NAME-1, NAME-2 …) [default: the host name and pid]
     #[arg(long)]
     pub name: Option<String>,
@@ -108,7 +111,11 @@ pub struct WorkerArgs {
 /// `header_env`: `$THINLTO_REMOTE_HEADERS`, taken from the environment
 /// before any thread (`remote_headers::take_env`).
 pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()> {
-    if args.jobs == 0 {
+    // Leases at once: as many as this machine's cores unless told.
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
     // Before any thread: the identities run the compilers.
@@ -179,6 +186,7 @@ pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()
     // thread that started them. A compiler that cannot run warm is said
     // once, and its actions are plain spawns.
     let words: Vec<&str> = compilers.iter().map(|c| c.word.as_str()).collect();
+    batch::set_compile_slots(jobs);
     let _warm = (!args.no_warm).then(|| crate::warm::Warm::start_each(&words, true));
     let shared = Shared {
         cas,
@@ -191,7 +199,7 @@ pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()
         actions: AtomicU64::new(0),
     };
     std::thread::scope(|s| {
-        let bots: Vec<_> = (1..=args.jobs)
+        let bots: Vec<_> = (1..=jobs)
             .map(|i| {
                 let id = format!("{name}-{i}");
                 let shared = &shared;

@@ -8,6 +8,7 @@ pub mod dtlto;
 pub mod kbuild_modes;
 pub mod measure;
 pub mod modules;
+pub mod proc_cpu;
 pub mod remote;
 pub mod sandbox;
 

@@ -3,19 +3,27 @@
 //! DIST mode. In one session, on the same cores: the tree's own
 //! in-process link (lld runs the backends), every backend job from
 //! scratch here (`-j N`), and every job from scratch on a local farm
-//! (`cargo xtask farm`: BuildGrid, PostgreSQL, N workers of one job each)
-//! with an empty CAS. Every native of both runs is compared with kbuild's.
+//! (`cargo xtask farm`: BuildGrid, PostgreSQL, W release-built workers
+//! sharing the N cores) twice, each time a new farm with an empty CAS and
+//! action cache: one action a job (`--remote-batch 1`) and batched
+//! (`--remote-batch auto`). Every native of every run is compared with
+//! kbuild's.
+//!
+//! Where the time goes: the CPU of each of the farm's components
+//! (BuildGrid, PostgreSQL, the workers, their compiles: `/proc`, before
+//! and after the run, `crate::bench::proc_cpu`) and of the client (`wait4`),
+//! per job, and the server's per action.
 //!
 //! From the measured figures, a projection of the backend stage on a
 //! farm of C remote cores: with S the sum of the jobs' times here, L the
-//! longest, J jobs, and o the farm's cost per job in worker time (the
-//! farm run's wall times its W workers, per job, less a job's time here:
-//! `o = T_farm·W/J − S/J`; the queueing a job sees is not in it),
+//! longest, J jobs, and o the farm's cost per job on its workers (the
+//! workers' and compiles' CPU of the batched run per job, less a job's
+//! time here: `o = (workers + compiles − S)/J`),
 //! `T(C) = max(L + o, (S + J·o) / C)`:
 //! the compiles and their overhead spread over C cores, no job shorter
-//! than the longest plus its overhead. It assumes the server keeps up:
-//! the report gives the rate it managed here (on the same cores as the
-//! workers) and the rate each projected row needs.
+//! than the longest plus its overhead. The server is apart from the
+//! workers there: with its measured CPU per action, the report gives the
+//! BuildGrid processes (one core each at most: Python) each row needs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,33 +32,45 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use thinlto_backend::engine::scheduler::Place;
 use thinlto_backend::{JobRecord, JobStatus};
 
+use crate::bench::proc_cpu::{self, FarmCpu};
 use crate::farm::Farm;
 use crate::kernel::{detect_layout, kernel_settings, TreeLayout};
 
-/// One backend run: its wall time, job records and summary line.
+/// One backend run: its wall time, the client's CPU (its own and its
+/// local compiles'), job records and summary line.
 struct BackendRun {
     seconds: f64,
+    cpu: f64,
     records: Vec<JobRecord>,
     summary: String,
 }
 
 fn backend(tree: &Path, exe: &Path, args: &[String]) -> Result<BackendRun> {
-    let t = Instant::now();
-    let out = Command::new(exe)
-        .current_dir(tree)
-        .args(["--index", "vmlinux.thinlto-index", "-B", "--no-cache"])
-        .args(args)
-        .output()
-        .context("running thinlto-backend")?;
-    let seconds = t.elapsed().as_secs_f64();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("thinlto-backend {args:?} failed:\n{err}");
-    }
+    // Files, not pipes: the run is waited for with wait4 (its rusage).
+    let stdout = tempfile::tempfile()?;
+    let stderr = tempfile::tempfile()?;
+    let sample = crate::bench::measure::measure(
+        Command::new(exe)
+            .current_dir(tree)
+            .args(["--index", "vmlinux.thinlto-index", "-B", "--no-cache"])
+            .args(args)
+            .stdout(stdout.try_clone()?)
+            .stderr(stderr.try_clone()?),
+    );
+    let read = |mut f: std::fs::File| -> Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.read_to_end(&mut v)?;
+        Ok(v)
+    };
+    let out = read(stdout)?;
+    let err = String::from_utf8_lossy(&read(stderr)?).into_owned();
+    let sample = sample.with_context(|| format!("thinlto-backend {args:?} failed:\n{err}"))?;
     let records = out
-        .stdout
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(serde_json::from_slice)
@@ -62,9 +82,76 @@ fn backend(tree: &Path, exe: &Path, args: &[String]) -> Result<BackendRun> {
         .unwrap_or_default()
         .to_string();
     Ok(BackendRun {
-        seconds,
+        seconds: sample.wall,
+        cpu: sample.cpu,
         records,
         summary,
+    })
+}
+
+/// One run on a new farm: the client's run, the farm's CPU in it, and
+/// whether the natives are kbuild's.
+struct FarmRun {
+    run: BackendRun,
+    cpu: FarmCpu,
+    same: bool,
+}
+
+impl FarmRun {
+    /// The actions the farm executed: each batch once, each lone job.
+    fn actions(&self) -> usize {
+        let mut batches = std::collections::BTreeSet::new();
+        let mut alone = 0;
+        for r in &self.run.records {
+            if r.status == JobStatus::Built && r.place == Some(Place::Remote) {
+                match &r.batch {
+                    Some(b) => {
+                        batches.insert(b.action.clone());
+                    }
+                    None => alone += 1,
+                }
+            }
+        }
+        batches.len() + alone
+    }
+}
+
+/// A new farm of `workers` workers of `worker_jobs` leases each, every
+/// job run on it with `--remote-batch batch`.
+#[allow(clippy::too_many_arguments)]
+fn on_a_farm(
+    tree: &Path,
+    exe: &Path,
+    worker_exe: &Path,
+    cc: &[String],
+    workers: usize,
+    worker_jobs: usize,
+    batch: &str,
+    objects: &[String],
+    kbuild: &BTreeMap<String, Vec<u8>>,
+) -> Result<FarmRun> {
+    let bgd = crate::farm::buildgrid::ensure()?;
+    let mut farm = Farm::start(&bgd, worker_exe)?;
+    let j = worker_jobs.to_string();
+    for i in 0..workers {
+        farm.add_worker(&format!("w{}", i + 1), &["-j", &j], &[])?;
+    }
+    let procs = farm.processes();
+    let mut args = cc.to_vec();
+    args.extend([
+        "--remote-exec".to_string(),
+        farm.url.clone(),
+        "--remote-batch".to_string(),
+        batch.to_string(),
+    ]);
+    let before = proc_cpu::sample(&procs);
+    let run = backend(tree, exe, &args)?;
+    let cpu = proc_cpu::sample(&procs).since(&before);
+    drop(farm);
+    Ok(FarmRun {
+        run,
+        cpu,
+        same: natives(tree, objects)? == *kbuild,
     })
 }
 
@@ -146,125 +233,207 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     let local = backend(&tree, &exe, &args)?;
     let same_local = natives(&tree, &objects)? == kbuild;
 
-    eprintln!("bench (remote): a farm of {workers} workers, then every job on it");
-    let bgd = crate::farm::buildgrid::ensure()?;
-    let mut farm = Farm::start(&bgd, &exe)?;
-    for i in 0..workers {
-        farm.add_worker(&format!("w{}", i + 1), &["-j", "1"], &[])?;
+    // The workers share this machine's N cores: N compile slots in all.
+    let worker_jobs = (jobs / workers.max(1)).max(1);
+    let worker_exe = exe.clone();
+    let mut farm_runs = Vec::new();
+    for batch in ["1", "auto"] {
+        eprintln!(
+            "bench (remote): a new farm of {workers} workers (-j {worker_jobs}), every job on it, --remote-batch {batch}"
+        );
+        farm_runs.push(on_a_farm(
+            &tree,
+            &exe,
+            &worker_exe,
+            &cc,
+            workers,
+            worker_jobs,
+            batch,
+            &objects,
+            &kbuild,
+        )?);
     }
-    let mut args = cc.to_vec();
-    args.extend(["--remote-exec".to_string(), farm.url.clone()]);
-    let remote = backend(&tree, &exe, &args)?;
-    drop(farm);
-    let same_remote = natives(&tree, &objects)? == kbuild;
+    report(&Report {
+        shown,
+        objects: &objects,
+        jobs,
+        workers,
+        worker_jobs,
+        inproc,
+        local: &local,
+        same_local,
+        farm: &farm_runs,
+    })
+}
 
-    let built = |r: &BackendRun, place| {
-        r.records
+struct Report<'a> {
+    shown: &'a str,
+    objects: &'a [String],
+    jobs: usize,
+    workers: usize,
+    worker_jobs: usize,
+    inproc: f64,
+    local: &'a BackendRun,
+    same_local: bool,
+    /// One action a job, then batched.
+    farm: &'a [FarmRun],
+}
+
+/// How much of a core one BuildGrid process can use: it is Python, its
+/// request handling bound by one interpreter lock.
+const SERVER_PROCESS_CORES: f64 = 1.0;
+
+fn report(r: &Report) -> Result<String> {
+    let built = |run: &BackendRun, place| {
+        run.records
             .iter()
             .filter(|j| j.status == JobStatus::Built && j.place == Some(place))
             .map(|j| j.seconds)
             .collect::<Vec<f64>>()
     };
-    use thinlto_backend::engine::scheduler::Place;
-    let local_jobs = built(&local, Place::Local);
-    let remote_jobs = built(&remote, Place::Remote);
+    let yes = |b: bool| if b { "yes" } else { "**no**" };
+    let local_jobs = built(r.local, Place::Local);
     let s: f64 = local_jobs.iter().sum();
     let l = local_jobs.iter().copied().fold(0.0, f64::max);
-    let j = objects.len() as f64;
-    let overhead = (remote.seconds * workers as f64 / j - s / j).max(0.0);
-    let project = |c: f64| (l + overhead).max((s + j * overhead) / c);
-    // The inputs every action names (object, shard, imports), against
-    // what went up: how much the CAS's deduplication saves.
-    let mut named = 0u64;
-    for o in &objects {
-        let shard = format!("{o}.thinlto.bc");
-        let mut files = vec![o.clone(), shard.clone()];
-        // The modules the shard names: the object itself and its imports.
-        if let Ok(modules) = thinlto_index::shard::module_paths_of(&tree.join(&shard)) {
-            files.extend(modules.into_iter().filter(|m| m != o));
-        }
-        for f in files {
-            named += std::fs::metadata(tree.join(&f))
-                .map(|m| m.len())
-                .unwrap_or(0);
-        }
-    }
-    let up = mib(&remote.summary, "up");
-    let down = mib(&remote.summary, "down");
+    let j = r.objects.len() as f64;
+    let (one, batched) = (&r.farm[0], &r.farm[1]);
+    let ms = |cpu: f64| cpu * 1000.0 / j;
 
     let mut md = String::new();
-    writeln!(md, "Tree: `{shown}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {jobs} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {workers} `thinlto-backend worker -j 1` on the same cores, empty CAS and action cache; `--no-cache -B` both ways.\n", objects.len())?;
-    writeln!(md, "| run | wall (s) | vs here | natives = kbuild's |")?;
-    writeln!(md, "|---|---:|---:|---|")?;
+    writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores, a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run.\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs)?;
     writeln!(
         md,
-        "| in-process link (`ld.lld -r`, ThinLTO inside lld) | {inproc:.2} | {:.2}× | — |",
-        inproc / local.seconds
+        "| run | wall (s) | vs here | actions | natives = kbuild's |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---|")?;
+    writeln!(
+        md,
+        "| in-process link (`ld.lld -r`, ThinLTO inside lld) | {:.2} | {:.2}× | — | — |",
+        r.inproc,
+        r.inproc / r.local.seconds
     )?;
     writeln!(
         md,
-        "| backend here (`-j{jobs}`) | {:.2} | 1.00× | {} |",
-        local.seconds,
-        if same_local { "yes" } else { "**no**" }
+        "| backend here (`-j{}`) | {:.2} | 1.00× | — | {} |",
+        r.jobs,
+        r.local.seconds,
+        yes(r.same_local)
     )?;
-    writeln!(
-        md,
-        "| backend on the farm (`--remote-exec`) | {:.2} | {:.2}× | {} |\n",
-        remote.seconds,
-        remote.seconds / local.seconds,
-        if same_remote { "yes" } else { "**no**" }
-    )?;
-    writeln!(
-        md,
-        "Farm run: `{}`\n",
-        remote.summary.trim_start_matches("thinlto-backend: ")
-    )?;
-    writeln!(md, "| per job | value |")?;
-    writeln!(md, "|---|---:|")?;
-    writeln!(
-        md,
-        "| jobs built on the farm / here instead | {} / {} |",
-        remote_jobs.len(),
-        built(&remote, Place::Local).len()
-    )?;
-    writeln!(
-        md,
-        "| local job time, median (s) | {:.3} |",
-        median(local_jobs.clone())
-    )?;
-    writeln!(md, "| remote latency (job record's seconds: upload, queue, compile, download), median (s) | {:.3} |", median(remote_jobs.clone()))?;
-    writeln!(
-        md,
-        "| the farm's cost per job in worker time, o = T_farm·W/J − S/J (s) | {overhead:.3} |"
-    )?;
-    writeln!(
-        md,
-        "| jobs the server finished per second here (on the workers' cores) | {:.1} |",
-        j / remote.seconds
-    )?;
-    writeln!(
-        md,
-        "| bytes up / down per job (KiB) | {:.1} / {:.1} |",
-        up * 1024.0 / j,
-        down * 1024.0 / j
-    )?;
-    writeln!(
-        md,
-        "| inputs the actions name / uploaded (MiB) | {:.1} / {up:.1} (dedup {:.1}×) |\n",
-        named as f64 / (1u64 << 20) as f64,
-        named as f64 / (1u64 << 20) as f64 / up
-    )?;
-    writeln!(md, "Projection, `T(C) = max(L + o, (S + J·o)/C)` with S = {s:.1} s (sum of the jobs' times here), L = {l:.2} s (longest), o = {overhead:.3} s, J = {}; it holds while the server finishes J/T(C) jobs a second:\n", objects.len())?;
-    writeln!(md, "| remote cores C | backend stage (s) | vs in-process link ({inproc:.1} s) | server rate needed (jobs/s) |")?;
-    writeln!(md, "|---:|---:|---:|---:|")?;
-    for c in [8.0, 32.0, 128.0] {
-        let t = project(c);
+    for (name, f) in [
+        ("one action a job (`--remote-batch 1`)", one),
+        ("batched (`--remote-batch auto`)", batched),
+    ] {
         writeln!(
             md,
-            "| {c:.0} | {t:.2} | {:.2}× | {:.0} |",
-            t / inproc,
-            j / t
+            "| farm, {name} | {:.2} | {:.2}× | {} | {} |",
+            f.run.seconds,
+            f.run.seconds / r.local.seconds,
+            f.actions(),
+            yes(f.same)
         )?;
     }
+    writeln!(md)?;
+    for (name, f) in [("one action a job", one), ("batched", batched)] {
+        writeln!(
+            md,
+            "Farm run, {name}: `{}`\n",
+            f.run.summary.trim_start_matches("thinlto-backend: ")
+        )?;
+    }
+    writeln!(md, "| per job | one action a job | batched |")?;
+    writeln!(md, "|---|---:|---:|")?;
+    let latency = |f: &FarmRun| median(built(&f.run, Place::Remote));
+    writeln!(
+        md,
+        "| jobs built on the farm / here instead | {} / {} | {} / {} |",
+        built(&one.run, Place::Remote).len(),
+        built(&one.run, Place::Local).len(),
+        built(&batched.run, Place::Remote).len(),
+        built(&batched.run, Place::Local).len()
+    )?;
+    writeln!(
+        md,
+        "| remote latency, median (s; the job record's seconds: upload, queue, compile, download) | {:.3} | {:.3} |",
+        latency(one),
+        latency(batched)
+    )?;
+    writeln!(
+        md,
+        "| local job time, median (s) | {:.3} | |",
+        median(local_jobs.clone())
+    )?;
+    let kib = |f: &FarmRun, what| mib(&f.run.summary, what) * 1024.0 / j;
+    writeln!(
+        md,
+        "| bytes up / down (KiB) | {:.1} / {:.1} | {:.1} / {:.1} |\n",
+        kib(one, "up"),
+        kib(one, "down"),
+        kib(batched, "up"),
+        kib(batched, "down")
+    )?;
+    writeln!(md, "CPU per job (ms; `/proc` of the farm's processes before and after each run, `wait4` of the client; a job compiled here after the farm gave it back counts as the client's):\n")?;
+    writeln!(md, "| run | BuildGrid | PostgreSQL | workers | compiles | client | all | BuildGrid per action |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| here (`-j{}`) | — | — | — | — | {:.1} | {:.1} | — |",
+        r.jobs,
+        ms(r.local.cpu),
+        ms(r.local.cpu)
+    )?;
+    for (name, f) in [("farm, one action a job", one), ("farm, batched", batched)] {
+        let c = &f.cpu;
+        let all = c.server + c.postgres + c.workers + c.compiles + f.run.cpu;
+        writeln!(
+            md,
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            ms(c.server),
+            ms(c.postgres),
+            ms(c.workers),
+            ms(c.compiles),
+            ms(f.run.cpu),
+            ms(all),
+            c.server * 1000.0 / f.actions().max(1) as f64
+        )?;
+    }
+    writeln!(md)?;
+    let target = |ok: bool| if ok { "met" } else { "**missed**" };
+    let ratio = batched.run.seconds / r.local.seconds;
+    let server_ms = ms(batched.cpu.server);
+    writeln!(
+        md,
+        "Targets (issue 26), batched: farm / here = {ratio:.2}× (≤ 1.15×: {}); BuildGrid CPU per job {server_ms:.1} ms (≤ 8 ms: {}).\n",
+        target(ratio <= 1.15),
+        target(server_ms <= 8.0)
+    )?;
+
+    // The projection, from the batched run.
+    let c = &batched.cpu;
+    let overhead = ((c.workers + c.compiles - s) / j).max(0.0);
+    let actions = batched.actions().max(1) as f64;
+    let server_per_action = c.server / actions;
+    let jobs_per_action = j / actions;
+    let project = |cores: f64| (l + overhead).max((s + j * overhead) / cores);
+    writeln!(md, "Projection, `T(C) = max(L + o, (S + J·o)/C)` with S = {s:.1} s (sum of the jobs' times here), L = {l:.2} s (longest), J = {}, o = {overhead:.3} s (the batched run's worker and compile CPU per job less S/J); the server apart, at {:.1} ms of BuildGrid CPU an action ({jobs_per_action:.1} jobs an action), one BuildGrid process using at most {SERVER_PROCESS_CORES} core:\n", r.objects.len(), server_per_action * 1000.0)?;
+    writeln!(md, "| remote cores C | backend stage (s) | vs in-process link ({:.1} s) | actions/s needed | BuildGrid processes needed |", r.inproc)?;
+    writeln!(md, "|---:|---:|---:|---:|---:|")?;
+    for cores in [8.0, 32.0, 128.0] {
+        let t = project(cores);
+        let rate = actions / t;
+        let servers = (rate * server_per_action / SERVER_PROCESS_CORES)
+            .ceil()
+            .max(1.0);
+        writeln!(
+            md,
+            "| {cores:.0} | {t:.2} | {:.2}× | {rate:.1} | {servers:.0} |",
+            t / r.inproc
+        )?;
+    }
+    let t32 = project(32.0) / r.inproc;
+    writeln!(
+        md,
+        "\nTarget (issue 26): ≤ 0.25× the in-process link at 32 remote cores: {t32:.2}× ({}).",
+        target(t32 <= 0.25)
+    )?;
     Ok(md)
 }

@@ -167,6 +167,20 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The postmaster's pid (the first line of `postmaster.pid`): its
+    /// backends are its children.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         if self.started {
@@ -215,11 +229,21 @@ schedulers:
     property-set: !dynamic-property-set
       match-property-keys: [thinlto-compiler]
       wildcard-property-keys: []
-    # Without an assigner no job is ever given to a bot.
+    # A bot that completes a lease is handed new jobs up to its capacity
+    # at once, not only jobs deferred earlier (issue 26: with many jobs
+    # in flight nearly every job went that way).
+    proactive-fetch-to-capacity: true
+    # Without an assigner no job is ever given to a bot. Its pause between
+    # passes is interval x (1 + jitter-factor x random): the default
+    # jitter 1.0 let an isolated job wait up to 0.87 s for an idle bot;
+    # 0 brings that to ~31 ms. A job no bot could take is retried after
+    # failure-backoff (default 5 s: a whole batch's time, idle).
     assigners:
       - !priority-age-assigner
         count: 2
         interval: 0.05
+        jitter-factor: 0
+        failure-backoff: 0.2
 instances:
   - name: ''
     services:
@@ -269,6 +293,15 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The process groups (by their leader's pid) and the postmaster of a
+/// farm.
+#[derive(Debug, Clone, Default)]
+pub struct FarmProcesses {
+    pub server_groups: Vec<u32>,
+    pub worker_groups: Vec<u32>,
+    pub postmaster: Option<u32>,
 }
 
 /// A running farm: PostgreSQL, BuildGrid, workers. Dropping it stops
@@ -384,6 +417,17 @@ impl Farm {
         self.dir.path().join(format!("{name}.work"))
     }
 
+    /// The processes of the farm, by component, for measuring their CPU
+    /// (`crate::bench::proc_cpu`): BuildGrid's and each worker's process group
+    /// (a worker's compiles among it), PostgreSQL's postmaster.
+    pub fn processes(&self) -> FarmProcesses {
+        FarmProcesses {
+            server_groups: self.bgd.iter().map(|p| p.child.id()).collect(),
+            worker_groups: self.workers.iter().map(|p| p.child.id()).collect(),
+            postmaster: self.postgres.as_ref().and_then(Postgres::postmaster_pid),
+        }
+    }
+
     /// The last lines of BuildGrid's log and of every worker's.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -420,10 +464,10 @@ pub struct FarmArgs {
     /// How many workers
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Leases each worker runs at once
-    #[arg(long, short = 'j', default_value_t = 1)]
-    pub jobs: usize,
-    /// The thinlto-backend the workers run [default: built now, debug]
+    /// Leases each worker runs at once [default: the worker's, its cores]
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// The thinlto-backend the workers run [default: built now, release]
     #[arg(long, value_name = "PATH")]
     pub worker_exe: Option<PathBuf>,
 }
@@ -432,30 +476,16 @@ pub struct FarmArgs {
 pub fn main(args: &FarmArgs) -> Result<()> {
     let exe = match &args.worker_exe {
         Some(p) => p.clone(),
-        None => {
-            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "thinlto-backend",
-                    "--bin",
-                    "thinlto-backend",
-                ])
-                .current_dir(crate::workspace_root())
-                .status()
-                .context("cannot run cargo build")?;
-            if !status.success() {
-                bail!("cargo build -p thinlto-backend failed");
-            }
-            crate::target_dir().join("debug/thinlto-backend")
-        }
+        // Release-built: a worker's own CPU per action is part of the
+        // farm's price.
+        None => crate::flow::build_bins()?.path("thinlto-backend"),
     };
     let bgd = crate::farm::buildgrid::ensure()?;
     let mut farm = Farm::start(&bgd, &exe)?;
-    let jobs = args.jobs.to_string();
+    let jobs = args.jobs.map(|j| j.to_string());
+    let extra: Vec<&str> = jobs.iter().flat_map(|j| ["-j", j.as_str()]).collect();
     for i in 1..=args.workers {
-        farm.add_worker(&format!("worker{i}"), &["-j", &jobs], &[])?;
+        farm.add_worker(&format!("worker{i}"), &extra, &[])?;
     }
     println!("{}", farm.url);
     eprintln!(
