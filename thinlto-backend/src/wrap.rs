@@ -48,55 +48,8 @@ use thinlto_cmdparse::shell;
 
 use crate::digest::DigestCache;
 use crate::engine::plan::{decide, Decision};
-use crate::job::{with_shard_imports, BackendJob, JobInput};
+use crate::job::{recognise, with_shard_imports, BackendCommand, BackendJob, JobInput};
 use crate::record::write_record;
-
-/// A compiler command recognised as a ThinLTO backend compile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendCommand {
-    /// The bitcode object (the command's one input).
-    pub object: String,
-    /// The index shard (`-fthinlto-index=`).
-    pub summary: String,
-    /// The native object (`-o`).
-    pub native: String,
-}
-
-/// Recognises kbuild's backend command: `-x ir`, `-fthinlto-index=S`, `-c`,
-/// `-o N`, and one input, the last word. Anything else (or anything this
-/// cannot be sure of: two `-o`, non-UTF-8 paths) is not a backend command,
-/// and is run unchanged.
-pub fn recognise(argv: &[OsString]) -> Option<BackendCommand> {
-    let words: Vec<&str> = argv.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
-    let (last, flags) = words.split_last()?;
-    let mut summary = None;
-    let mut native = None;
-    let (mut x_ir, mut c) = (false, false);
-    let mut it = flags.iter().skip(1).peekable();
-    while let Some(w) = it.next() {
-        if let Some(s) = w.strip_prefix("-fthinlto-index=") {
-            if summary.replace(s).is_some() {
-                return None;
-            }
-        } else if *w == "-o" {
-            if native.replace(*it.next()?).is_some() {
-                return None;
-            }
-        } else if *w == "-x" {
-            x_ir = it.next() == Some(&"ir");
-        } else if *w == "-c" {
-            c = true;
-        }
-    }
-    if !(x_ir && c) || last.starts_with('-') {
-        return None;
-    }
-    Some(BackendCommand {
-        object: last.to_string(),
-        summary: summary?.to_string(),
-        native: native?.to_string(),
-    })
-}
 
 /// `dir/N` → `dir/.N.digests.cmd`.
 pub fn digests_path(native: &str) -> PathBuf {

@@ -25,15 +25,15 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
 
-use super::exec::{
-    compile_job, finish, prepare_outputs, refused, JobFault, LeaseCancelled, Reported, Stop, Worker,
+use super::compile::{
+    compile_job, compile_slot, finish, prepare_outputs, refused, JobDone, JobFault, LeaseCancelled,
+    Reported, Stop, Worker,
 };
 use super::policy::ValidCompile;
 use super::sandbox::Limits;
@@ -42,51 +42,6 @@ use crate::reapi::batch as format;
 /// How often a batch looks whether its lease was cancelled, to kill its
 /// compiles (each has its own [`Stop`]).
 const CANCEL_POLL: Duration = Duration::from_millis(100);
-
-/// Compiles this worker runs at once, over all its leases.
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-static SLOTS: OnceLock<Slots> = OnceLock::new();
-
-/// Sets the worker's compile slots (once, at start; 1 if never set).
-pub fn set_compile_slots(n: usize) {
-    let _ = SLOTS.set(Slots {
-        free: Mutex::new(n.max(1)),
-        cv: Condvar::new(),
-    });
-}
-
-fn slots() -> &'static Slots {
-    SLOTS.get_or_init(|| Slots {
-        free: Mutex::new(1),
-        cv: Condvar::new(),
-    })
-}
-
-/// A compile slot, given back when dropped.
-pub(crate) struct Slot(&'static Slots);
-
-/// Waits for a compile slot of this worker (a lone action's compile and
-/// each of a batch's take one).
-pub(crate) fn compile_slot() -> Slot {
-    let s = slots();
-    let mut free = s.free.lock().unwrap();
-    while *free == 0 {
-        free = s.cv.wait(free).unwrap();
-    }
-    *free -= 1;
-    Slot(s)
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap() += 1;
-        self.0.cv.notify_one();
-    }
-}
 
 /// The outputs a batch's jobs may write: the declared ones but the
 /// result files of its `jobs` jobs.
@@ -137,7 +92,7 @@ pub(crate) fn run(
     let link = ctx.sandbox.separate_uid();
     let stops: Vec<Stop> = jobs.iter().map(|_| Stop::default()).collect();
     let finished = AtomicBool::new(false);
-    let done: Vec<Result<super::exec::JobDone>> = std::thread::scope(|s| {
+    let done: Vec<Result<JobDone>> = std::thread::scope(|s| {
         // The lease's cancel reaches every compile of the batch.
         s.spawn(|| {
             while !finished.load(Ordering::Relaxed) {

@@ -24,6 +24,7 @@
 //! worker's log says which ran each action.
 
 pub mod batch;
+pub mod compile;
 pub mod compilers;
 pub mod exec;
 pub mod hermetic;
@@ -186,7 +187,7 @@ pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()
     // thread that started them. A compiler that cannot run warm is said
     // once, and its actions are plain spawns.
     let words: Vec<&str> = compilers.iter().map(|c| c.word.as_str()).collect();
-    batch::set_compile_slots(jobs);
+    compile::set_compile_slots(jobs);
     let _warm = (!args.no_warm).then(|| crate::warm::Warm::start_each(&words, true));
     let shared = Shared {
         cas,

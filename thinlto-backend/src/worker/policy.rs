@@ -206,7 +206,7 @@ pub fn validate_compile<'a>(
         }
     }
     let os: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
-    let Some(shape) = crate::wrap::recognise(&os) else {
+    let Some(shape) = crate::job::recognise(&os) else {
         return refuse(
             "not a backend compile (needs -x ir, -fthinlto-index=, -c, one -o and the object last)"
                 .into(),
