@@ -53,7 +53,9 @@ fn compiles(log: &str, skip: usize) -> (usize, usize) {
                 .unwrap();
             ok += n - f;
             failed += f;
-        } else if let Some(status) = l.split(": exit status ").nth(1) {
+        } else if l.contains(": batch job ") {
+            // A batch's job: counted by the batch's line.
+        } else if let Some(status) = l.split(": exit status: ").nth(1) {
             if status.starts_with("0,") {
                 ok += 1;
             } else {
@@ -78,7 +80,12 @@ fn jobs_of(tree: &Path, m: &thinlto_index::Manifest) -> Vec<BackendJob> {
     )
     .unwrap()
     .into_iter()
-    .map(|(i, cmd)| BackendJob::new(i, &cmd, &cc).unwrap())
+    // Each job's imports are the modules its shard names, as the tool
+    // reads them.
+    .map(|(i, cmd)| {
+        let i = thinlto_backend::job::with_shard_imports(i).unwrap();
+        BackendJob::new(i, &cmd, &cc).unwrap()
+    })
     .collect();
     std::env::set_current_dir(was).unwrap();
     jobs

@@ -129,6 +129,7 @@ pub(crate) fn run(
                         .collect();
                     compile_job(
                         ctx,
+                        &format!("batch job {k}: "),
                         compile,
                         &own,
                         std::slice::from_ref(&compile.native),

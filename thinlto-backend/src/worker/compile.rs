@@ -101,9 +101,10 @@ pub(crate) struct JobDone {
 /// deadline, the hermetic check, then with exit 0 every `required`
 /// output present (a regular file inside the root, not empty) and each
 /// `optional` one that is there. The one per-compile step of a lone
-/// action and of each job of a batch.
+/// action and of each job of a batch (`label`: `batch job K: `, or empty).
 pub(crate) fn compile_job(
     ctx: &Worker,
+    label: &str,
     compile: &ValidCompile,
     root: &Path,
     required: &[String],
@@ -115,9 +116,11 @@ pub(crate) fn compile_job(
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());
     }
+    // The worker's log, a line a compile; a batch's job says which.
     eprintln!(
-        "thinlto-backend worker {}: {} -o {}: {}, {}{}",
+        "thinlto-backend worker {}: {}{} -o {}: {}, {}{}",
         ctx.bot,
+        label,
         compile.compiler.word,
         compile.native,
         out.status,

@@ -131,7 +131,7 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
     ctx.sandbox.prepare(dir, &root)?;
     let done = {
         let _slot = compile_slot();
-        compile_job(ctx, compile, &root, &outputs, &[], &limits, stop)?
+        compile_job(ctx, "", compile, &root, &outputs, &[], &limits, stop)?
     };
     let mut result = re::ActionResult {
         exit_code: done.exit_code,
