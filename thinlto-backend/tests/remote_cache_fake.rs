@@ -1060,7 +1060,12 @@ fn a_farm_result_without_its_outputs_compiles_here() {
         for o in ["a", "b"] {
             std::fs::remove_file(t.path().join(format!("{o}.thinlto-native.o"))).unwrap();
         }
-        let (ok, err, out) = backend_run(t.path(), &["--remote-exec", &server.url]);
+        // One action a job (a batch's missing outputs are
+        // tests/remote_batch.rs's).
+        let (ok, err, out) = backend_run(
+            t.path(),
+            &["--remote-exec", &server.url, "--remote-batch", "1"],
+        );
         let executes = server
             .fake
             .0
