@@ -159,7 +159,7 @@ pub fn run(tc: &Toolchain, objects: usize, jobs_measured: usize, workdir: &Path)
     let mut text = format!(
         "{jobs} backend jobs of the generated tree ({objects} objects), each run four ways in turn by \
          `worker::sandbox::run_compile` as the worker runs it (inputs copied into a fresh root, not \
-         timed; the machine is shared with other sessions' builds, so its load varies):\n\n\
+         timed; the four ways take turns job by job, so a change of the machine's load touches each alike):\n\n\
          | way | median ms/job | mean ms/job |\n|---|---:|---:|\n"
     );
     let mut means = Vec::new();
