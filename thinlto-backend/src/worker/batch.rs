@@ -32,8 +32,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
 
 use super::compile::{
-    compile_job, compile_slot, finish, prepare_outputs, refused, JobDone, JobFault, LeaseCancelled,
-    Reported, Stop, Worker,
+    compile_job, compile_slot, finish, prepare_outputs, refused, JobDone, JobFault, JobOutputs,
+    LeaseCancelled, Reported, Stop, Worker,
 };
 use super::policy::ValidCompile;
 use super::sandbox::Limits;
@@ -132,8 +132,10 @@ pub(crate) fn run(
                         &format!("batch job {k}: "),
                         compile,
                         &own,
-                        std::slice::from_ref(&compile.native),
-                        &optional,
+                        JobOutputs {
+                            required: std::slice::from_ref(&compile.native),
+                            optional: &optional,
+                        },
                         limits,
                         job_stop,
                     )

@@ -97,21 +97,28 @@ pub(crate) struct JobDone {
     pub fault: Option<JobFault>,
 }
 
+/// The outputs a compile is judged by: with exit 0, every `required`
+/// one present (a regular file inside the root, not empty), and each
+/// `optional` one that is there taken too.
+pub(crate) struct JobOutputs<'a> {
+    pub required: &'a [String],
+    pub optional: &'a [String],
+}
+
 /// Runs `compile` in `root` (prepared) within `limits` and judges it: the
-/// deadline, the hermetic check, then with exit 0 every `required`
-/// output present (a regular file inside the root, not empty) and each
-/// `optional` one that is there. The one per-compile step of a lone
-/// action and of each job of a batch (`label`: `batch job K: `, or empty).
+/// deadline, the hermetic check, then its `outputs`. The one per-compile
+/// step of a lone action and of each job of a batch (`label`: `batch job
+/// K: `, or empty).
 pub(crate) fn compile_job(
     ctx: &Worker,
     label: &str,
     compile: &ValidCompile,
     root: &Path,
-    required: &[String],
-    optional: &[String],
+    outputs: JobOutputs,
     limits: &Limits,
     stop: &Stop,
 ) -> Result<JobDone> {
+    let JobOutputs { required, optional } = outputs;
     let out = run_compile(compile, root, ctx.sandbox, limits, stop)?;
     if stop.is_cancelled() {
         return Err(LeaseCancelled.into());

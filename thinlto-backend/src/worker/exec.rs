@@ -13,7 +13,7 @@ use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use prost::Message;
 
 use super::compile::{
-    compile_job, compile_slot, finish, prepare_outputs, refused, status, JobFault,
+    compile_job, compile_slot, finish, prepare_outputs, refused, status, JobFault, JobOutputs,
 };
 pub use super::compile::{LeaseCancelled, Reported, Stop, Worker};
 use super::compilers::Compiler;
@@ -131,7 +131,18 @@ pub fn run(ctx: &Worker, action: &re::Action, dir: &Path, stop: &Stop) -> Result
     ctx.sandbox.prepare(dir, &root)?;
     let done = {
         let _slot = compile_slot();
-        compile_job(ctx, "", compile, &root, &outputs, &[], &limits, stop)?
+        compile_job(
+            ctx,
+            "",
+            compile,
+            &root,
+            JobOutputs {
+                required: &outputs,
+                optional: &[],
+            },
+            &limits,
+            stop,
+        )?
     };
     let mut result = re::ActionResult {
         exit_code: done.exit_code,
