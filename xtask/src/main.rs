@@ -110,8 +110,9 @@ enum Verb {
         #[arg(long, requires = "kernel")]
         kernel_only: bool,
         /// Only the kbuild-mode scenarios on a DIST tree (with --kernel):
-        /// `make vmlinux` with the stock rules, the wrapper and
-        /// THINLTO_TOOLS=1, from scratch, no-op, touch, edits
+        /// `make vmlinux` with the stock rules, ccache, the wrapper, the
+        /// wrapper composed with ccache and THINLTO_TOOLS=1, from scratch,
+        /// no-op, touch, edits
         #[arg(long, requires = "kernel")]
         kbuild_modes_only: bool,
         /// Only the backend cache's scenarios (cold, clean rebuild, second
@@ -472,7 +473,7 @@ fn run(cli: Cli) -> Result<()> {
                 let text = xtask::bench::kbuild_modes::run(k, &as_typed(k), jobs, false)?;
                 return publish(
                     KBUILD_MODES_MARKER,
-                    "kbuild's distributed mode, three ways",
+                    "kbuild's distributed mode, several ways",
                     ".",
                     &text,
                     write,
@@ -506,7 +507,7 @@ fn run(cli: Cli) -> Result<()> {
                     if xtask::kernel::detect_layout(k)? == xtask::kernel::TreeLayout::Dist {
                         let shown = xtask::bench::report_path(k, home.as_deref());
                         let text = xtask::bench::kbuild_modes::run(k, &shown, opts.jobs, false)?;
-                        s.push_str(&format!("\n{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, three ways\n\nMeasured by the same run.\n\n{text}\n"));
+                        s.push_str(&format!("\n{KBUILD_MODES_MARKER}\n## kbuild's distributed mode, several ways\n\nMeasured by the same run.\n\n{text}\n"));
                     }
                     Some(s)
                 }
