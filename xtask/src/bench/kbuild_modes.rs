@@ -10,7 +10,8 @@
 //!   same decisions as `CC="thinlto-backend wrap clang-19"`, without a
 //!   `$(CC)` change that would rebuild every front-end object);
 //! - wrap+ccache: both links on PATH, ccache's first (ccache -> the
-//!   wrapper -> clang-19): ccache for the front end, ours for the backend;
+//!   wrapper -> clang-19, `CCACHE_COMPILERTYPE=clang`): ccache for the
+//!   front end, ours for the backend;
 //! - tools: `examples/kbuild/thinlto-tools.patch` and `THINLTO_TOOLS=1`,
 //!   also with `THINLTO_BACKEND_FLAGS=--warm` (the warm compiler).
 //!
@@ -462,6 +463,14 @@ pub fn run(tree: &Path, display: &str, jobs: usize, quiet: bool) -> Result<Strin
                 .push(("CCACHE_DIR".into(), dir.display().to_string()));
             setup.ccache_dir = Some(dir);
         }
+        if mode == Mode::WrapCcache {
+            // ccache names the compiler by what its link points at
+            // (`thinlto-backend`: "other") and caches no compile with
+            // kbuild's `-Wp,-MMD,…` from an "other" compiler.
+            setup
+                .env
+                .push(("CCACHE_COMPILERTYPE".into(), "clang".into()));
+        }
         if mode.wraps() {
             front.push(masq.display().to_string());
             setup.env.push(("THINLTO_WRAP_EXPLAIN".into(), "1".into()));
@@ -678,7 +687,7 @@ fn report(
         (Some(alone), Some(wr), Some(both)) => {
             writeln!(
                 s,
-                "**With ccache** (same run): ccache as the compiler through its masquerading link, stock rules (\"ccache\"); the wrapper alone (\"wrap\"); both links on PATH, ccache's first (\"wrap+ccache\": ccache → the wrapper → {}). Each ccache mode starts with an empty cache of its own that has seen the touched file compiled once (`make lib/kstrtox.o` after a touch, not timed); the one-line edits are text it has never seen. Cells: whole `make vmlinux` / backend jobs / ccache hits+misses.\n",
+                "**With ccache** (same run): ccache as the compiler through its masquerading link, stock rules (\"ccache\"); the wrapper alone (\"wrap\"); both links on PATH, ccache's first (\"wrap+ccache\": ccache → the wrapper → {}, `CCACHE_COMPILERTYPE=clang`). Each ccache mode starts with an empty cache of its own that has seen the touched file compiled once (`make lib/kstrtox.o` after a touch, not timed); the one-line edits are text it has never seen. Cells: whole `make vmlinux` / backend jobs / ccache hits+misses.\n",
                 cc
             )
             .unwrap();
