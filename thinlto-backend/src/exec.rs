@@ -101,6 +101,8 @@ pub struct ExecSummary {
     pub fallbacks: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// The REAPI calls of the run, by kind (`reapi::calls`).
+    pub calls: Vec<(&'static str, u64)>,
 }
 
 /// Where a job that compiles goes, as far as this machine can tell
@@ -267,6 +269,7 @@ impl RemoteExec {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            calls: crate::reapi::calls::made(),
         }
     }
 

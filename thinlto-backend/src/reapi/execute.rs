@@ -263,6 +263,7 @@ impl Executor {
             name: name.to_string(),
         });
         req.set_timeout(CANCEL_DEADLINE);
+        crate::reapi::calls::count(crate::reapi::calls::Call::CancelOperation);
         match tokio::time::timeout(CANCEL_DEADLINE, ops.cancel_operation(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) => Err(status_error(s, "CancelOperation")),
@@ -384,6 +385,7 @@ impl Executor {
         let mut last_error = None;
         for attempt in 0..=MAX_RESUMES {
             let stream = if attempt == 0 {
+                crate::reapi::calls::count(crate::reapi::calls::Call::Execute);
                 exec.execute(req.clone()).await
             } else {
                 if name.is_empty() {
@@ -392,6 +394,7 @@ impl Executor {
                 }
                 // A short pause, so a restarting server is not hammered.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::reapi::calls::count(crate::reapi::calls::Call::WaitExecution);
                 exec.wait_execution(re::WaitExecutionRequest { name: name.clone() })
                     .await
             };

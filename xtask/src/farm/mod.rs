@@ -229,10 +229,14 @@ schedulers:
     property-set: !dynamic-property-set
       match-property-keys: [thinlto-compiler]
       wildcard-property-keys: []
-    # A bot that completes a lease is handed new jobs up to its capacity
-    # at once, not only jobs deferred earlier (issue 26: with many jobs
-    # in flight nearly every job went that way).
-    proactive-fetch-to-capacity: true
+    # false: with true, BuildGrid 0.4.4 bumps the bot's version on every
+    # UpdateBotSession (`_synchronize_completed_leases`), so an idle bot's
+    # long poll returns at once and the bot asks again: ~80 updates a
+    # second a bot, most of the server's CPU when bots wait. With false,
+    # a bot completing a lease is still handed as many new jobs as it
+    # completed (each worker's session has capacity 1), and an idle bot
+    # waits in its long poll.
+    proactive-fetch-to-capacity: false
     # Without an assigner no job is ever given to a bot. Its pause between
     # passes is interval x (1 + jitter-factor x random): the default
     # jitter 1.0 let an isolated job wait up to 0.87 s for an idle bot;
@@ -240,10 +244,10 @@ schedulers:
     # failure-backoff (default 5 s: a whole batch's time, idle).
     assigners:
       - !priority-age-assigner
-        count: 2
-        interval: 0.05
+        count: 1
+        interval: 0.1
         jitter-factor: 0
-        failure-backoff: 0.2
+        failure-backoff: 5
 instances:
   - name: ''
     services:
