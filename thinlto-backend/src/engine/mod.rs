@@ -332,9 +332,11 @@ pub fn run_planned(
             .as_ref()
             .filter(|_| cfg.verbosity == Verbosity::Commands)
         {
+            let r = r.summary();
             eprintln!(
-                "thinlto-backend: farm calls: {}",
-                calls_line(&r.summary().calls)
+                "thinlto-backend: farm calls: {}; {} batched jobs not looked up first (a cold farm)",
+                calls_line(&r.calls),
+                r.lookups_skipped
             );
         }
     }
