@@ -46,6 +46,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 mod batch;
+mod lookups;
 
 use crate::config::BatchSize;
 use crate::job::{split_dwarf_file, BackendJob, BatchRef};
@@ -101,6 +102,11 @@ pub struct ExecSummary {
     pub fallbacks: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// The REAPI calls of the run, by kind (`reapi::calls`).
+    pub calls: Vec<(&'static str, u64)>,
+    /// Batched jobs not looked up in the action cache first (a cold
+    /// farm: `exec::lookups`).
+    pub lookups_skipped: u64,
 }
 
 /// Where a job that compiles goes, as far as this machine can tell
@@ -214,6 +220,8 @@ pub struct RemoteExec {
     bytes_down: AtomicU64,
     /// Packs jobs into batched actions; None with `--remote-batch 1`.
     batcher: Option<batch::Batcher>,
+    /// Which batched jobs are looked up in the action cache first.
+    lookups: lookups::Lookups,
 }
 
 impl RemoteExec {
@@ -248,6 +256,7 @@ impl RemoteExec {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             batcher: batch::Batcher::new(batch, jobs.max(1)),
+            lookups: lookups::Lookups::default(),
         })
     }
 
@@ -267,6 +276,8 @@ impl RemoteExec {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            calls: crate::reapi::calls::made(),
+            lookups_skipped: self.lookups.skipped(),
         }
     }
 
@@ -332,7 +343,11 @@ impl RemoteExec {
                 Err(outcome) => return outcome,
             },
             None => match self.execute(&key, &job.native, cancelled) {
-                Ok(x) => (x, None),
+                Ok(x) => {
+                    // The server looked it up: as telling as a lookup.
+                    self.lookups.found(x.cached);
+                    (x, None)
+                }
                 Err(outcome) => return outcome,
             },
         };

@@ -30,6 +30,8 @@ pub struct ExecSummary {
     pub fallbacks: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub calls: Vec<(&'static str, u64)>,
+    pub lookups_skipped: u64,
 }
 
 pub const DEFAULT_REMOTE_JOBS: usize = 64;

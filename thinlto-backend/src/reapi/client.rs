@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::calls::Call;
 use super::RemoteOptions;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
@@ -423,7 +424,9 @@ impl RemoteCache {
             instance_name: opts.instance.clone(),
         };
         let caps = rt
-            .block_on(timed(async move { caps.get_capabilities(req).await }))
+            .block_on(timed(Call::GetCapabilities, async move {
+                caps.get_capabilities(req).await
+            }))
             .map_err(|s| status_error(s, "GetCapabilities"))
             .and_then(|r| CacheTerms::of(r.into_inner()))
             .with_context(|| format!("remote cache {url}"))?;
@@ -473,7 +476,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let result = match timed(async move { ac.get_action_result(req).await }).await {
+        let result = match timed(Call::GetActionResult, async move {
+            ac.get_action_result(req).await
+        })
+        .await
+        {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Ok(None),
             Err(s) => return Err(status_error(s, "GetActionResult")),
@@ -508,7 +515,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        match timed(async move { ac.get_action_result(req).await }).await {
+        match timed(Call::GetActionResult, async move {
+            ac.get_action_result(req).await
+        })
+        .await
+        {
             Ok(r) => Ok(Some(r.into_inner())),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(s, "GetActionResult")),
@@ -530,9 +541,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        timed(async move { ac.update_action_result(req).await })
-            .await
-            .map_err(|s| status_error(s, "UpdateActionResult"))?;
+        timed(Call::UpdateActionResult, async move {
+            ac.update_action_result(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "UpdateActionResult"))?;
         Ok(())
     }
 
@@ -635,9 +648,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        timed(async move { ac.update_action_result(req).await })
-            .await
-            .map_err(|s| status_error(s, "UpdateActionResult"))?;
+        timed(Call::UpdateActionResult, async move {
+            ac.update_action_result(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "UpdateActionResult"))?;
         Ok(())
     }
 
@@ -680,10 +695,12 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let resp = timed(async move { cas.batch_read_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "BatchReadBlobs"))?
-            .into_inner();
+        let resp = timed(Call::BatchReadBlobs, async move {
+            cas.batch_read_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "BatchReadBlobs"))?
+        .into_inner();
         let mut got = HashMap::new();
         for r in resp.responses {
             let code = r.status.as_ref().map_or(0, |s| s.code);
@@ -739,7 +756,7 @@ impl RemoteCache {
             }
             Ok(data)
         };
-        match timed(read).await {
+        match timed(Call::ByteStreamRead, read).await {
             Ok(data) => Ok(d.matches(&data).then_some(data)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(s, "ByteStream.Read")),
@@ -764,11 +781,13 @@ impl RemoteCache {
             blob_digests: digests.iter().map(|d| d.to_proto()).collect(),
             digest_function: re::digest_function::Value::Sha256 as i32,
         };
-        let missing = timed(async move { cas.find_missing_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "FindMissingBlobs"))?
-            .into_inner()
-            .missing_blob_digests;
+        let missing = timed(Call::FindMissingBlobs, async move {
+            cas.find_missing_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "FindMissingBlobs"))?
+        .into_inner()
+        .missing_blob_digests;
         let mut out = missing
             .iter()
             .map(|m| {
@@ -827,10 +846,12 @@ impl RemoteCache {
                 .collect(),
             digest_function: re::digest_function::Value::Sha256 as i32,
         };
-        let resp = timed(async move { cas.batch_update_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "BatchUpdateBlobs"))?
-            .into_inner();
+        let resp = timed(Call::BatchUpdateBlobs, async move {
+            cas.batch_update_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "BatchUpdateBlobs"))?
+        .into_inner();
         for r in resp.responses {
             if let Some(s) = r.status.filter(|s| s.code != Code::Ok as i32) {
                 let d = r.digest.map(|d| format!("{}/{}", d.hash, d.size_bytes));
@@ -883,7 +904,7 @@ impl RemoteCache {
             }
         }
         let stream = tonic::codegen::tokio_stream::iter(requests);
-        let resp = match timed(async move { bs.write(stream).await }).await {
+        let resp = match timed(Call::ByteStreamWrite, async move { bs.write(stream).await }).await {
             Ok(r) => r.into_inner(),
             // Some servers say so when another client uploaded it first.
             Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
@@ -1114,8 +1135,10 @@ fn parse_headers(
 /// One call under [`CALL_TIMEOUT`] (tonic's own timeout ends at the reply's
 /// headers; a streamed body needs this one too).
 pub(crate) async fn timed<T>(
+    kind: Call,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    super::calls::count(kind);
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded(format!(
