@@ -84,6 +84,14 @@ pub enum Outcome {
         worker: String,
         /// The batched action it was part of, if any (`--remote-batch`).
         batch: Option<BatchRef>,
+        /// What the compile read beyond its inputs, for the job's record
+        /// (path → blake3, as [`crate::engine::reads`] records a local
+        /// compile's): the extra files of the input root this client
+        /// built, read again with the digests it sent. A worker runs the
+        /// compile on exactly that root and refuses one that reads
+        /// another file of the tree (`worker/hermetic.rs`), so nothing
+        /// the server says is needed. None when a file changed since.
+        reads: Option<BTreeMap<String, String>>,
     },
     /// The compiler failed on the worker (its exit code and output).
     CompileError { exit_code: i32, output: String },
@@ -322,6 +330,15 @@ impl RemoteExec {
             Err(e) => return self.fallback(format!("{e:#}")),
         };
         let outputs = spec.output_paths.clone();
+        // The extra files as the action names them (the job's content
+        // inputs are its record's digests already).
+        let content = job.content_inputs();
+        let sent: Vec<(String, Digest)> = spec
+            .inputs
+            .iter()
+            .filter(|f| !content.contains(&f.path.as_str()))
+            .map(|f| (f.path.clone(), f.digest.clone()))
+            .collect();
         let (executed, batch) = match self.batcher.as_ref().filter(|b| b.takes(expected)) {
             Some(b) => match b.run(
                 self,
@@ -336,7 +353,22 @@ impl RemoteExec {
                 Err(outcome) => return outcome,
             },
         };
-        self.interpret(job, traced, &outputs, executed, batch)
+        match self.interpret(job, traced, &outputs, executed, batch) {
+            Outcome::Built {
+                outputs,
+                output,
+                worker,
+                batch,
+                reads: _,
+            } => Outcome::Built {
+                outputs,
+                output,
+                worker,
+                batch,
+                reads: Digest::blake3_of_files_as_sent(&sent),
+            },
+            other => other,
+        }
     }
 
     /// The action of `key` as the farm runs it: with the platform
@@ -482,6 +514,8 @@ impl RemoteExec {
             output,
             worker,
             batch,
+            // Known to run(), which built the action.
+            reads: None,
         }
     }
 

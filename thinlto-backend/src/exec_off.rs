@@ -15,6 +15,7 @@ pub enum Outcome {
         output: String,
         worker: String,
         batch: Option<crate::job::BatchRef>,
+        reads: Option<BTreeMap<String, String>>,
     },
     CompileError {
         exit_code: i32,

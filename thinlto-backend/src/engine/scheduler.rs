@@ -763,7 +763,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let expected = crate::engine::expected_seconds(job, record);
-    let (outputs, text, worker, batch) = match remote.run(job, known.as_deref(), expected, &|| {
+    let (outputs, text, worker, batch, reads) = match remote.run(job, known.as_deref(), expected, &|| {
         pending_signal().is_some()
     }) {
         RemoteOutcome::Fallback(_) => return Built::Fallback,
@@ -790,7 +790,8 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
             output,
             worker,
             batch,
-        } => (outputs, output, worker, batch),
+            reads,
+        } => (outputs, output, worker, batch, reads),
     };
     let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
     let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
@@ -808,7 +809,17 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         // The record keeps the last compile time measured here: the
         // farm's latency (upload, queue, a batch's other jobs) is not the
         // job's length, which orders the jobs and sizes the batches.
-        record_job(job, record)
+        // The compile read its input root and nothing else of the tree:
+        // its reads are the root's extra files (exec::Outcome::Built).
+        match &reads {
+            Some(reads) => {
+                let mut rec = record.clone();
+                rec.traced = true;
+                rec.reads = reads.clone();
+                record_job(job, &rec)
+            }
+            None => record_job(job, record),
+        }
     };
     if let Err(e) = put() {
         let (rec, text) = out.fail(format!("{e:#}"), None);
@@ -850,6 +861,12 @@ fn put_in_place(
     write_atomic(Path::new(&job.native), &hit.native)?;
     let mut rec = record.clone();
     rec.seconds = hit.seconds.or(record.seconds);
+    // What the compile that made it read, as a local compile's trace
+    // would have said (cache::Hit::reads): a touch costs nothing next time.
+    if let Some(reads) = &hit.reads {
+        rec.traced = true;
+        rec.reads = reads.clone();
+    }
     record_job(job, &rec)
 }
 

@@ -95,6 +95,35 @@ impl Digest {
         })
     }
 
+    /// What a record keeps of files whose digests went into an action
+    /// (`files`: path, relative to the working directory or absolute, and
+    /// the digest the action named): each file's blake3 hex, the record's
+    /// digest ([`crate::record::NativeRecord::reads`]), taken from the
+    /// same read as a SHA-256 that must still be the action's, so that the
+    /// two describe the same bytes. None when a file is gone, unreadable
+    /// or changed since: then nothing can vouch for what the action read.
+    pub fn blake3_of_files_as_sent(files: &[(String, Digest)]) -> Option<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (p, sent) in files {
+            let mut sha = Sha256::new();
+            let mut b3 = blake3::Hasher::new();
+            let size = crate::digest::digest_file(Path::new(p), MAX_EXTRA_BYTES, |b| {
+                sha.update(b);
+                b3.update(b);
+            })
+            .ok()?;
+            let now = Digest {
+                hash: hex(&sha.finalize()),
+                size_bytes: size as i64,
+            };
+            if now != *sent {
+                return None;
+            }
+            out.insert(p.clone(), b3.finalize().to_hex().to_string());
+        }
+        Some(out)
+    }
+
     /// Whether `data` is the blob this digest names.
     pub fn matches(&self, data: &[u8]) -> bool {
         data.len() as i64 == self.size_bytes && *self == Digest::of_bytes(data)
