@@ -511,6 +511,12 @@ fn a_second_machine_gets_the_natives_from_a_remote_cache() {
         "{err}"
     );
     assert_eq!(native_files(&b, &m), cold);
+    // The hits' records keep what the compiles read (the extras the
+    // compile actions were keyed by, digested again here): a front-end
+    // object rebuilt with the same bitcode costs nothing.
+    touch_core(&b);
+    let (err, recs) = cached(&b, local_b.path(), &[&remote]);
+    assert_eq!(with_status(&recs, JobStatus::UpToDate), all(&m), "{err}");
     // The hits were copied to the local cache: the next run needs no server.
     let (_, recs) = cached(&b, local_b.path(), &["-B"]);
     assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
