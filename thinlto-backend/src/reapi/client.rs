@@ -1214,6 +1214,26 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn reads_as_sent_are_the_sent_bytes_blake3_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("blob with space.bin");
+        std::fs::write(&p, b"data").unwrap();
+        let name = p.to_string_lossy().into_owned();
+        let sent = vec![(name.clone(), Digest::of_bytes(b"data"))];
+        let got = Digest::blake3_of_files_as_sent(&sent).unwrap();
+        assert_eq!(got[&name], blake3::hash(b"data").to_hex().as_str());
+        assert_eq!(
+            Digest::blake3_of_files_as_sent(&[]),
+            Some(BTreeMap::new())
+        );
+        // Changed since it was sent, or gone: nothing vouches.
+        std::fs::write(&p, b"datb").unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+    }
+
     fn input(path: &str, content: &[u8]) -> InputFile {
         InputFile {
             path: path.into(),
