@@ -464,11 +464,7 @@ fn a_touch_after_a_farm_run_reruns_nothing() {
     let c = cache.path().to_str().unwrap();
     let remote = ["--remote-exec", farm.url.as_str(), "--cache-dir", c];
     let with = |extra: &[&'static str]| -> Vec<String> {
-        remote
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect()
+        remote.iter().chain(extra).map(|s| s.to_string()).collect()
     };
     let args = with(&["-B"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -490,7 +486,10 @@ fn a_touch_after_a_farm_run_reruns_nothing() {
     let before = std::fs::read(t.path().join("kernel/core.o")).unwrap();
     std::fs::write(&core_c, std::fs::read(&core_c).unwrap()).unwrap();
     rebuild_fe(t.path());
-    assert_eq!(before, std::fs::read(t.path().join("kernel/core.o")).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(t.path().join("kernel/core.o")).unwrap()
+    );
     thin_link(t.path());
     let args = with(&[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

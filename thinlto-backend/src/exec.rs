@@ -84,14 +84,6 @@ pub enum Outcome {
         worker: String,
         /// The batched action it was part of, if any (`--remote-batch`).
         batch: Option<BatchRef>,
-        /// What the compile read beyond its inputs, for the job's record
-        /// (path → blake3, as [`crate::engine::reads`] records a local
-        /// compile's): the extra files of the input root this client
-        /// built, read again with the digests it sent. A worker runs the
-        /// compile on exactly that root and refuses one that reads
-        /// another file of the tree (`worker/hermetic.rs`), so nothing
-        /// the server says is needed. None when a file changed since.
-        reads: Option<BTreeMap<String, String>>,
     },
     /// The compiler failed on the worker (its exit code and output).
     CompileError { exit_code: i32, output: String },
@@ -330,15 +322,6 @@ impl RemoteExec {
             Err(e) => return self.fallback(format!("{e:#}")),
         };
         let outputs = spec.output_paths.clone();
-        // The extra files as the action names them (the job's content
-        // inputs are its record's digests already).
-        let content = job.content_inputs();
-        let sent: Vec<(String, Digest)> = spec
-            .inputs
-            .iter()
-            .filter(|f| !content.contains(&f.path.as_str()))
-            .map(|f| (f.path.clone(), f.digest.clone()))
-            .collect();
         let (executed, batch) = match self.batcher.as_ref().filter(|b| b.takes(expected)) {
             Some(b) => match b.run(
                 self,
@@ -353,22 +336,34 @@ impl RemoteExec {
                 Err(outcome) => return outcome,
             },
         };
-        match self.interpret(job, traced, &outputs, executed, batch) {
-            Outcome::Built {
-                outputs,
-                output,
-                worker,
-                batch,
-                reads: _,
-            } => Outcome::Built {
-                outputs,
-                output,
-                worker,
-                batch,
-                reads: Digest::blake3_of_files_as_sent(&sent),
-            },
-            other => other,
-        }
+        self.interpret(job, traced, &outputs, executed, batch)
+    }
+
+    /// What the compile of `job` that [`RemoteExec::run`] sent with
+    /// `reads` read beyond its inputs, for the job's record (path →
+    /// blake3, as [`crate::engine::reads`] records a local compile's):
+    /// the extra files of the input root this client built, read again
+    /// and checked against the digests it sent (the placer's, taken once
+    /// a run). A worker runs the compile on exactly that root and refuses
+    /// one that reads another file of the tree (`worker/hermetic.rs`), so
+    /// nothing the server says is needed. None when a file changed since.
+    pub fn reads_of_input_root(
+        &self,
+        job: &BackendJob,
+        reads: Option<&[String]>,
+    ) -> Option<BTreeMap<String, String>> {
+        let spec = self
+            .placer
+            .action(job, &in_tree(reads.unwrap_or_default()))
+            .ok()?;
+        let content = job.content_inputs();
+        let sent: Vec<(String, Digest)> = spec
+            .inputs
+            .into_iter()
+            .filter(|f| !content.contains(&f.path.as_str()))
+            .map(|f| (f.path, f.digest))
+            .collect();
+        Digest::blake3_of_files_as_sent(&sent)
     }
 
     /// The action of `key` as the farm runs it: with the platform
@@ -514,8 +509,6 @@ impl RemoteExec {
             output,
             worker,
             batch,
-            // Known to run(), which built the action.
-            reads: None,
         }
     }
 

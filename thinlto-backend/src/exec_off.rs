@@ -15,7 +15,6 @@ pub enum Outcome {
         output: String,
         worker: String,
         batch: Option<crate::job::BatchRef>,
-        reads: Option<BTreeMap<String, String>>,
     },
     CompileError {
         exit_code: i32,
@@ -50,6 +49,14 @@ impl Placer {
 pub enum RemoteExec {}
 
 impl RemoteExec {
+    pub fn reads_of_input_root(
+        &self,
+        _: &BackendJob,
+        _: Option<&[String]>,
+    ) -> Option<BTreeMap<String, String>> {
+        match *self {}
+    }
+
     pub fn connect(
         opts: &RemoteOptions,
         _: usize,

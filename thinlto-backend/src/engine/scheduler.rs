@@ -763,7 +763,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         Verbosity::Commands => eprintln!("{}", job.command_text),
     }
     let expected = crate::engine::expected_seconds(job, record);
-    let (outputs, text, worker, batch, reads) = match remote.run(job, known.as_deref(), expected, &|| {
+    let (outputs, text, worker, batch) = match remote.run(job, known.as_deref(), expected, &|| {
         pending_signal().is_some()
     }) {
         RemoteOutcome::Fallback(_) => return Built::Fallback,
@@ -790,8 +790,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
             output,
             worker,
             batch,
-            reads,
-        } => (outputs, output, worker, batch, reads),
+        } => (outputs, output, worker, batch),
     };
     let native_bytes = outputs.get(&job.native).filter(|b| !b.is_empty());
     let dwo_bytes = out.dwo.as_ref().map(|d| outputs.get(&*d.to_string_lossy()));
@@ -810,12 +809,12 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         // farm's latency (upload, queue, a batch's other jobs) is not the
         // job's length, which orders the jobs and sizes the batches.
         // The compile read its input root and nothing else of the tree:
-        // its reads are the root's extra files (exec::Outcome::Built).
-        match &reads {
+        // its reads are the root's extra files, as this client sent them.
+        match remote.reads_of_input_root(job, known.as_deref()) {
             Some(reads) => {
                 let mut rec = record.clone();
                 rec.traced = true;
-                rec.reads = reads.clone();
+                rec.reads = reads;
                 record_job(job, &rec)
             }
             None => record_job(job, record),

@@ -1223,10 +1223,7 @@ mod tests {
         let sent = vec![(name.clone(), Digest::of_bytes(b"data"))];
         let got = Digest::blake3_of_files_as_sent(&sent).unwrap();
         assert_eq!(got[&name], blake3::hash(b"data").to_hex().as_str());
-        assert_eq!(
-            Digest::blake3_of_files_as_sent(&[]),
-            Some(BTreeMap::new())
-        );
+        assert_eq!(Digest::blake3_of_files_as_sent(&[]), Some(BTreeMap::new()));
         // Changed since it was sent, or gone: nothing vouches.
         std::fs::write(&p, b"datb").unwrap();
         assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
