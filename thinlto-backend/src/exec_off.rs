@@ -53,6 +53,7 @@ impl RemoteExec {
         &self,
         _: &BackendJob,
         _: Option<&[String]>,
+        _: Option<&crate::job::BatchRef>,
     ) -> Option<BTreeMap<String, String>> {
         match *self {}
     }

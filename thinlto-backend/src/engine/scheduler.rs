@@ -810,7 +810,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         // job's length, which orders the jobs and sizes the batches.
         // The compile read its input root and nothing else of the tree:
         // its reads are the root's extra files, as this client sent them.
-        match remote.reads_of_input_root(job, known.as_deref()) {
+        match remote.reads_of_input_root(job, known.as_deref(), batch.as_ref()) {
             Some(reads) => {
                 let mut rec = record.clone();
                 rec.traced = true;

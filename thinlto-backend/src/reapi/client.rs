@@ -95,33 +95,32 @@ impl Digest {
         })
     }
 
+    /// The digest of a regular file (as [`Digest::of_file`]) and the
+    /// blake3 hex of the same bytes, from one read: the two cannot
+    /// describe different contents.
+    pub fn of_file_with_blake3(p: &Path) -> std::io::Result<(Digest, String)> {
+        let mut sha = Sha256::new();
+        let mut b3 = blake3::Hasher::new();
+        let size = crate::digest::digest_file(p, MAX_EXTRA_BYTES, |b| {
+            sha.update(b);
+            b3.update(b);
+        })?;
+        let d = Digest {
+            hash: hex(&sha.finalize()),
+            size_bytes: size as i64,
+        };
+        Ok((d, b3.finalize().to_hex().to_string()))
+    }
+
     /// What a record keeps of files whose digests went into an action
     /// (`files`: path, relative to the working directory or absolute, and
     /// the digest the action named): each file's blake3 hex, the record's
-    /// digest ([`crate::record::NativeRecord::reads`]), taken from the
-    /// same read as a SHA-256 that must still be the action's, so that the
-    /// two describe the same bytes. None when a file is gone, unreadable
-    /// or changed since: then nothing can vouch for what the action read.
+    /// digest ([`crate::record::NativeRecord::reads`]), taken from a read
+    /// whose SHA-256 must still be the action's ([`Digest::of_file_with_blake3`]).
+    /// None when a file is gone, unreadable or changed since: then
+    /// nothing can vouch for what the action read.
     pub fn blake3_of_files_as_sent(files: &[(String, Digest)]) -> Option<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for (p, sent) in files {
-            let mut sha = Sha256::new();
-            let mut b3 = blake3::Hasher::new();
-            let size = crate::digest::digest_file(Path::new(p), MAX_EXTRA_BYTES, |b| {
-                sha.update(b);
-                b3.update(b);
-            })
-            .ok()?;
-            let now = Digest {
-                hash: hex(&sha.finalize()),
-                size_bytes: size as i64,
-            };
-            if now != *sent {
-                return None;
-            }
-            out.insert(p.clone(), b3.finalize().to_hex().to_string());
-        }
-        Some(out)
+        blake3_as_sent(files, |p| Digest::of_file_with_blake3(Path::new(p)).ok())
     }
 
     /// Whether `data` is the blob this digest names.
@@ -1208,6 +1207,23 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     parts.join(": ")
+}
+
+/// [`Digest::blake3_of_files_as_sent`], each file's two digests from
+/// `digests` (a per-run cache may stand in for the read).
+pub fn blake3_as_sent(
+    files: &[(String, Digest)],
+    digests: impl Fn(&str) -> Option<(Digest, String)>,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (p, sent) in files {
+        let (now, b3) = digests(p)?;
+        if now != *sent {
+            return None;
+        }
+        out.insert(p.clone(), b3);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
