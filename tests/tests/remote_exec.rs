@@ -446,9 +446,9 @@ fn record_of(tree: &Path, object: &str) -> String {
 
 /// After a run whose jobs all ran on the farm, a front-end object rebuilt
 /// with the same bitcode (a touched source) costs nothing: each record
-/// names the extra files of the input root this client built (the only
-/// files of the tree the compile could read), as a traced local compile's
-/// does. (Before, the records had no reads, and the object's job and
+/// names the other files of the input root this client built (the only
+/// files of the tree the compile could read; a batch's whole root), as a
+/// traced local compile's does. (Before, the records had no reads, and the object's job and
 /// every importer's ran again.) A change of the `.incbin`'d file the farm
 /// compile read is still caught.
 #[test]
@@ -466,11 +466,36 @@ fn a_touch_after_a_farm_run_reruns_nothing() {
     let with = |extra: &[&'static str]| -> Vec<String> {
         remote.iter().chain(extra).map(|s| s.to_string()).collect()
     };
-    let args = with(&["-B"]);
+    // The first run, batched by 4 (as remote_batch.rs), learns what
+    // config_blob.o reads (compiled here, traced).
+    let args = with(&["-B", "--remote-batch", "4"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // The first run learns what config_blob.o reads (compiled here,
-    // traced); without the cache's objects, the second sends every job.
-    run(t.path(), &args);
+    let (_, recs) = run(t.path(), &args);
+    // A batch's action has the union of its jobs' roots, where a worker
+    // other than ours runs every compile: each job's record names its
+    // batch-mates' files too (their shards, never its own inputs).
+    let action = |r: &JobRecord| r.batch.as_ref().map(|b| b.action.clone());
+    let batched: Vec<&JobRecord> = recs
+        .iter()
+        .filter(|r| r.batch.as_ref().is_some_and(|b| b.jobs > 1))
+        .collect();
+    assert!(!batched.is_empty(), "{recs:?}");
+    for r in &batched {
+        let text = record_of(t.path(), &r.object);
+        for mate in batched
+            .iter()
+            .filter(|o| action(o) == action(r) && o.object != r.object)
+        {
+            assert!(
+                text.contains(&format!("# thinlto-dist: read {}.thinlto.bc ", mate.object)),
+                "{}: no read of its batch-mate {}'s shard:\n{text}",
+                r.object,
+                mate.object
+            );
+        }
+    }
+    // Without the cache's objects, the second run sends every job (each
+    // found in the farm's action cache under its own action).
     std::fs::remove_dir_all(cache.path().join("backend-v1/blobs")).unwrap();
     let (err, recs) = run(t.path(), &args);
     assert_eq!(placed(&recs, Place::Remote), all, "{err}");

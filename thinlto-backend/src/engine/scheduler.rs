@@ -809,8 +809,13 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         // farm's latency (upload, queue, a batch's other jobs) is not the
         // job's length, which orders the jobs and sizes the batches.
         // The compile read its input root and nothing else of the tree:
-        // its reads are the root's extra files, as this client sent them.
-        match remote.reads_of_input_root(job, known.as_deref(), batch.as_ref()) {
+        // its reads are the root's other files, as this client sent them
+        // (only for a job with a record to keep them: a DTLTO job has none).
+        let reads = job
+            .record_path
+            .as_ref()
+            .and_then(|_| remote.reads_of_input_root(job, known.as_deref(), batch.as_ref()));
+        match reads {
             Some(reads) => {
                 let mut rec = record.clone();
                 rec.traced = true;
