@@ -96,8 +96,11 @@ pub(super) struct Batcher {
     /// action's hash, as [`BatchRef::action`] names it): the union of its
     /// jobs' roots, every file a job of it may have read
     /// ([`RemoteExec::reads_of_input_root`]).
-    roots: Mutex<HashMap<String, Arc<Vec<(String, Digest)>>>>,
+    roots: Mutex<HashMap<String, Arc<InputRoot>>>,
 }
+
+/// An action's input files: path and digest.
+pub(super) type InputRoot = Vec<(String, Digest)>;
 
 struct Batch {
     state: Mutex<State>,
@@ -138,7 +141,7 @@ impl Batcher {
     }
 
     /// The input root of the batched action `action` executed this run.
-    pub(super) fn root_of(&self, action: &str) -> Option<Arc<Vec<(String, Digest)>>> {
+    pub(super) fn root_of(&self, action: &str) -> Option<Arc<InputRoot>> {
         self.roots.lock().unwrap().get(action).cloned()
     }
 
