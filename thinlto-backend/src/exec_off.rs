@@ -51,6 +51,15 @@ impl Placer {
 pub enum RemoteExec {}
 
 impl RemoteExec {
+    pub fn reads_of_input_root(
+        &self,
+        _: &BackendJob,
+        _: Option<&[String]>,
+        _: Option<&crate::job::BatchRef>,
+    ) -> Option<BTreeMap<String, String>> {
+        match *self {}
+    }
+
     pub fn connect(
         opts: &RemoteOptions,
         _: usize,

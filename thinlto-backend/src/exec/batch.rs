@@ -26,6 +26,7 @@
 //! farm has one of our executions queued, or until the batch is full,
 //! then executes it and hands each job its result.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -100,7 +101,15 @@ pub(super) struct Batcher {
     /// Set when the server refused an action-cache update: said once,
     /// not tried again.
     remember_off: AtomicBool,
+    /// The input root of each batched action this run executed (by its
+    /// action's hash, as [`BatchRef::action`] names it): the union of its
+    /// jobs' roots, every file a job of it may have read
+    /// ([`RemoteExec::reads_of_input_root`]).
+    roots: Mutex<HashMap<String, Arc<InputRoot>>>,
 }
+
+/// An action's input files: path and digest.
+pub(super) type InputRoot = Vec<(String, Digest)>;
 
 struct Batch {
     state: Mutex<State>,
@@ -136,7 +145,13 @@ impl Batcher {
             target,
             forming: Mutex::new(None),
             remember_off: AtomicBool::new(false),
+            roots: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The input root of the batched action `action` executed this run.
+    pub(super) fn root_of(&self, action: &str) -> Option<Arc<InputRoot>> {
+        self.roots.lock().unwrap().get(action).cloned()
     }
 
     /// Whether a job expected to take `expected` seconds is batched.
@@ -361,6 +376,21 @@ impl Batcher {
                 .collect();
         }
         let action = x.action.hash.clone();
+        // A worker other than ours runs every compile of the batch in
+        // this root: each may have read any of its files.
+        let root: BTreeMap<&str, &Digest> = batch
+            .iter()
+            .flat_map(|m| &m.spec.inputs)
+            .map(|f| (f.path.as_str(), &f.digest))
+            .collect();
+        let root = root
+            .into_iter()
+            .map(|(p, d)| (p.to_string(), d.clone()))
+            .collect();
+        self.roots
+            .lock()
+            .unwrap()
+            .insert(action.clone(), Arc::new(root));
         batch
             .iter()
             .enumerate()

@@ -96,6 +96,34 @@ impl Digest {
         })
     }
 
+    /// The digest of a regular file (as [`Digest::of_file`]) and the
+    /// blake3 hex of the same bytes, from one read: the two cannot
+    /// describe different contents.
+    pub fn of_file_with_blake3(p: &Path) -> std::io::Result<(Digest, String)> {
+        let mut sha = Sha256::new();
+        let mut b3 = blake3::Hasher::new();
+        let size = crate::digest::digest_file(p, MAX_EXTRA_BYTES, |b| {
+            sha.update(b);
+            b3.update(b);
+        })?;
+        let d = Digest {
+            hash: hex(&sha.finalize()),
+            size_bytes: size as i64,
+        };
+        Ok((d, b3.finalize().to_hex().to_string()))
+    }
+
+    /// What a record keeps of files whose digests went into an action
+    /// (`files`: path, relative to the working directory or absolute, and
+    /// the digest the action named): each file's blake3 hex, the record's
+    /// digest ([`crate::record::NativeRecord::reads`]), taken from a read
+    /// whose SHA-256 must still be the action's ([`Digest::of_file_with_blake3`]).
+    /// None when a file is gone, unreadable or changed since: then
+    /// nothing can vouch for what the action read.
+    pub fn blake3_of_files_as_sent(files: &[(String, Digest)]) -> Option<BTreeMap<String, String>> {
+        blake3_as_sent(files, |p| Digest::of_file_with_blake3(Path::new(p)).ok())
+    }
+
     /// Whether `data` is the blob this digest names.
     pub fn matches(&self, data: &[u8]) -> bool {
         data.len() as i64 == self.size_bytes && *self == Digest::of_bytes(data)
@@ -1204,9 +1232,43 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// [`Digest::blake3_of_files_as_sent`], each file's two digests from
+/// `digests` (a per-run cache may stand in for the read).
+pub fn blake3_as_sent(
+    files: &[(String, Digest)],
+    digests: impl Fn(&str) -> Option<(Digest, String)>,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (p, sent) in files {
+        let (now, b3) = digests(p)?;
+        if now != *sent {
+            return None;
+        }
+        out.insert(p.clone(), b3);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_as_sent_are_the_sent_bytes_blake3_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("blob with space.bin");
+        std::fs::write(&p, b"data").unwrap();
+        let name = p.to_string_lossy().into_owned();
+        let sent = vec![(name.clone(), Digest::of_bytes(b"data"))];
+        let got = Digest::blake3_of_files_as_sent(&sent).unwrap();
+        assert_eq!(got[&name], blake3::hash(b"data").to_hex().as_str());
+        assert_eq!(Digest::blake3_of_files_as_sent(&[]), Some(BTreeMap::new()));
+        // Changed since it was sent, or gone: nothing vouches.
+        std::fs::write(&p, b"datb").unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+    }
 
     fn input(path: &str, content: &[u8]) -> InputFile {
         InputFile {
