@@ -511,6 +511,12 @@ fn a_second_machine_gets_the_natives_from_a_remote_cache() {
         "{err}"
     );
     assert_eq!(native_files(&b, &m), cold);
+    // The hits' records keep what the compiles read (the extras the
+    // compile actions were keyed by, digested again here): a front-end
+    // object rebuilt with the same bitcode costs nothing.
+    touch_core(&b);
+    let (err, recs) = cached(&b, local_b.path(), &[&remote]);
+    assert_eq!(with_status(&recs, JobStatus::UpToDate), all(&m), "{err}");
     // The hits were copied to the local cache: the next run needs no server.
     let (_, recs) = cached(&b, local_b.path(), &["-B"]);
     assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m));
@@ -877,4 +883,76 @@ fn plugins_and_debug_are_in_the_key() {
     thin_link(&other);
     let (err, recs) = cached(&other, cache.path(), &args);
     assert_eq!(status_of(&recs, "kernel/core.o"), JobStatus::Built, "{err}");
+}
+
+/// The record of the job of `object`, as text.
+fn record_of(tree: &Path, object: &str) -> String {
+    let native = thinlto_backend::job::native_of(object);
+    let (dir, name) = native.rsplit_once('/').unwrap();
+    std::fs::read_to_string(tree.join(dir).join(format!(".{name}.cmd"))).unwrap()
+}
+
+/// make rebuilds kernel/core.c's object with the same bitcode (a touched
+/// source): its bytes equal, its mtime new.
+fn touch_core(tree: &Path) {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let core_c = tree.join("kernel/core.c");
+    let before = std::fs::read(tree.join("kernel/core.o")).unwrap();
+    std::fs::write(&core_c, std::fs::read(&core_c).unwrap()).unwrap();
+    rebuild_fe(tree);
+    assert_eq!(before, std::fs::read(tree.join("kernel/core.o")).unwrap());
+    thin_link(tree);
+}
+
+/// After a run whose natives all came from the local cache, a front-end
+/// object rebuilt with the same bitcode costs nothing: each hit's record
+/// keeps what its compile read (the variant's extras, checked against the
+/// files), as a traced local compile's does. (Before, the record had no
+/// reads, and the object's job and every importer's ran again.) An
+/// `.incbin`'d file that changes is still caught after the hits.
+#[test]
+fn a_touch_after_cache_hits_reruns_nothing_and_an_incbin_change_still_reruns() {
+    let t = sample_tree();
+    let cache = tempfile::tempdir().unwrap();
+    let m = thin_link(t.path());
+    cached(t.path(), cache.path(), &[]);
+    let (err, recs) = cached(t.path(), cache.path(), &["-B"]);
+    assert_eq!(with_status(&recs, JobStatus::CacheHit), all(&m), "{err}");
+    let blob = record_of(t.path(), "kernel/config_blob.o");
+    assert!(
+        blob.lines().any(|l| l == "# thinlto-dist: traced")
+            && blob.contains("# thinlto-dist: read kernel/config_data.txt "),
+        "{blob}"
+    );
+
+    touch_core(t.path());
+    let (err, recs) = cached(t.path(), cache.path(), &[]);
+    assert_eq!(
+        with_status(&recs, JobStatus::UpToDate),
+        all(&m),
+        "{err}\n{recs:?}"
+    );
+
+    let first = std::fs::read(t.path().join("kernel/config_blob.thinlto-native.o")).unwrap();
+    set_config_data(t.path(), "CONFIG_TOUCHED=y\n");
+    let (err, recs) = cached(t.path(), cache.path(), &[]);
+    let r = recs
+        .iter()
+        .find(|r| r.object == "kernel/config_blob.o")
+        .unwrap();
+    assert_eq!(r.status, JobStatus::Built, "{recs:?}\n{err}");
+    assert!(
+        r.reason
+            .contains("a file its last compile read changed: kernel/config_data.txt"),
+        "{r:?}"
+    );
+    assert_ne!(
+        first,
+        std::fs::read(t.path().join("kernel/config_blob.thinlto-native.o")).unwrap()
+    );
+    let o = stage4(t.path());
+    let out =
+        xtask::sample::reference::run_harness(toolchain(), t.path(), &o, &t.path().join("out/h"))
+            .unwrap();
+    assert!(out.contains("blob: size=17 "), "{out}");
 }

@@ -158,6 +158,40 @@ fn compiled(out: &Output) -> BTreeSet<String> {
         .collect()
 }
 
+/// The backend jobs of a run that did anything, by native: compiled here
+/// (`CC`), on the farm (`RCC`) or taken from the cache (`HIT`).
+fn backend_jobs(out: &Output) -> BTreeSet<String> {
+    text(out)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            ["CC", "RCC", "HIT"]
+                .iter()
+                .find_map(|w| l.strip_prefix(w))
+                .filter(|r| r.starts_with(' '))
+        })
+        .map(|r| r.trim_start().trim_start_matches("[M]").trim().to_string())
+        .filter(|n| n.ends_with(".thinlto-native.o"))
+        .collect()
+}
+
+/// A touch of the composite module's imported part (same bitcode) in
+/// `tree`, whose natives came from the cache or the farm: no backend job
+/// at all (each record keeps what its compile read; before, the part's
+/// job and its importer's ran again, `what` from the cache or the farm).
+fn a_touch_costs_no_job(tree: &Path, flags: &str, what: &str) {
+    std::thread::sleep(Duration::from_millis(20));
+    let p = tree.join("drivers/mods/twin_b.c");
+    std::fs::write(&p, std::fs::read(&p).unwrap()).unwrap();
+    let out = kmake_with(tree, Mode::Tools, &[flags]);
+    assert_eq!(
+        backend_jobs(&out),
+        BTreeSet::new(),
+        "a touch after {what}:\n{}",
+        text(&out)
+    );
+}
+
 /// What a module object defines (name → bytes of the symbol in its
 /// section) and needs (undefined names): what modpost and the .ko link see
 /// of it. Section layout is not compared: lld's in-process backend puts each
@@ -427,6 +461,7 @@ fn a_single_object_modules_backend_is_an_engine_job() {
         std::fs::read(second.path().join("drivers/mods/solo.o")).unwrap(),
         module
     );
+    a_touch_costs_no_job(second.path(), &cache_flags, "cache hits");
 
     // A third on a farm: the job compiles remotely, the same native.
     let bgd = thinlto_dist_tests::buildgrid::bgd();
@@ -458,6 +493,7 @@ fn a_single_object_modules_backend_is_an_engine_job() {
         std::fs::read(third.path().join("drivers/mods/solo.o")).unwrap(),
         module
     );
+    a_touch_costs_no_job(third.path(), &farm_flags, "a farm run");
 }
 
 /// The restated Makefile.build saves the flags as the patch has kbuild save

@@ -406,3 +406,97 @@ fn a_plain_shell_runs_a_batch() {
     assert!(said.contains("no such object.o"), "{said}");
     assert!(read(batch::stdout_path(3)).is_empty());
 }
+
+/// What `-v` says of a run's action-cache lookups: (GetActionResult
+/// calls, batched jobs not looked up first).
+fn lookups(err: &str) -> (usize, usize) {
+    let line = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("thinlto-backend: farm calls: "))
+        .unwrap_or_else(|| panic!("no `farm calls` line:\n{err}"));
+    let asked = line
+        .split([',', ';'])
+        .find_map(|c| c.trim().strip_suffix(" GetActionResult"))
+        .map_or(0, |n| n.parse().unwrap());
+    let skipped = line
+        .split("; ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (asked, skipped)
+}
+
+/// The action-cache lookups before a batch adapt (exec/lookups.rs): on
+/// a cold farm only a probe now and then, far fewer lookups than jobs;
+/// on a warm farm every job, so that a run that batches differently is
+/// still all hits and compiles nothing there.
+#[test]
+fn a_cold_farm_is_probed_and_a_warm_one_asked_for_every_job() {
+    let t = fe_tree(40, true);
+    let m = thin_link(t.path());
+    let (ok, err, _) = run(t.path(), &["-B", "--no-cache", "--no-warm"]);
+    assert!(ok, "{err}");
+    let local = native_files(t.path(), &m);
+
+    let bgd = buildgrid::bgd();
+    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    farm.add_worker("w1", &["-j", "2"], &[]).unwrap();
+    let url = farm.url.clone();
+    let args = |batch: &'static str| -> Vec<String> {
+        [
+            "-B",
+            "--no-cache",
+            "-v",
+            "--remote-exec",
+            &url,
+            "--remote-batch",
+            batch,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let tail = |err: &str| -> String {
+        let lines: Vec<&str> = err.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join("\n")
+    };
+
+    // 1. A cold farm, batched by 4: after a few misses, only probes.
+    let (ok, err, recs) = run(t.path(), &strs(&args("4")));
+    assert!(ok, "{err}");
+    assert_eq!(native_files(t.path(), &m), local);
+    let batched = recs
+        .iter()
+        .filter(|r| r.place == Some(Place::Remote) && r.batch.is_some())
+        .count();
+    let (asked, skipped) = lookups(&err);
+    assert!(batched >= 30, "{batched} batched jobs\n{recs:?}");
+    assert!(
+        asked * 2 < batched && skipped > 0,
+        "a cold farm: {asked} lookups ({skipped} jobs not looked up) for {batched} batched jobs\n{}",
+        tail(&err)
+    );
+    println!("cold farm: {asked} lookups for {batched} batched jobs, {skipped} not looked up");
+
+    // 2. The farm warm, batched by 3: every job looked up, each a hit of
+    // its own action; nothing compiles there.
+    let (_, seen) = log_lines(&farm);
+    let (ok, err, recs) = run(t.path(), &strs(&args("3")));
+    assert!(ok, "{err}");
+    assert_eq!(native_files(t.path(), &m), local);
+    let (asked, skipped) = lookups(&err);
+    assert_eq!(skipped, 0, "{}", tail(&err));
+    let on_farm = recs
+        .iter()
+        .filter(|r| r.place == Some(Place::Remote))
+        .collect::<Vec<_>>();
+    assert!(on_farm.len() >= batched, "{recs:?}");
+    assert!(on_farm.iter().all(|r| r.batch.is_none()), "{recs:?}");
+    assert!(asked >= on_farm.len(), "{asked} lookups\n{}", tail(&err));
+    let (log, _) = log_lines(&farm);
+    assert_eq!(compiles(&log, seen).0, 0, "{log}");
+    println!("warm farm: {asked} lookups, {} hits", on_farm.len());
+}

@@ -436,3 +436,104 @@ fn explain_predicts_remote_placement() {
         "{err}"
     );
 }
+
+/// The record of the job of `object`, as text.
+fn record_of(tree: &Path, object: &str) -> String {
+    let native = thinlto_backend::job::native_of(object);
+    let (dir, name) = native.rsplit_once('/').unwrap();
+    std::fs::read_to_string(tree.join(dir).join(format!(".{name}.cmd"))).unwrap()
+}
+
+/// After a run whose jobs all ran on the farm, a front-end object rebuilt
+/// with the same bitcode (a touched source) costs nothing: each record
+/// names the other files of the input root this client built (the only
+/// files of the tree the compile could read; a batch's whole root), as a
+/// traced local compile's does. (Before, the records had no reads, and the object's job and
+/// every importer's ran again.) A change of the `.incbin`'d file the farm
+/// compile read is still caught.
+#[test]
+fn a_touch_after_a_farm_run_reruns_nothing() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let mut all: Vec<String> = m.bitcode().map(|o| o.object.clone()).collect();
+    all.sort();
+    let bgd = buildgrid::bgd();
+    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    farm.add_worker("w1", &[], &[]).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap();
+    let remote = ["--remote-exec", farm.url.as_str(), "--cache-dir", c];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        remote.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    // The first run, batched by 4 (as remote_batch.rs), learns what
+    // config_blob.o reads (compiled here, traced).
+    let args = with(&["-B", "--remote-batch", "4"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, recs) = run(t.path(), &args);
+    // A batch's action has the union of its jobs' roots, where a worker
+    // other than ours runs every compile: each job's record names its
+    // batch-mates' files too (their shards, never its own inputs).
+    let action = |r: &JobRecord| r.batch.as_ref().map(|b| b.action.clone());
+    let batched: Vec<&JobRecord> = recs
+        .iter()
+        .filter(|r| r.batch.as_ref().is_some_and(|b| b.jobs > 1))
+        .collect();
+    assert!(!batched.is_empty(), "{recs:?}");
+    for r in &batched {
+        let text = record_of(t.path(), &r.object);
+        for mate in batched
+            .iter()
+            .filter(|o| action(o) == action(r) && o.object != r.object)
+        {
+            assert!(
+                text.contains(&format!("# thinlto-dist: read {}.thinlto.bc ", mate.object)),
+                "{}: no read of its batch-mate {}'s shard:\n{text}",
+                r.object,
+                mate.object
+            );
+        }
+    }
+    // Without the cache's objects, the second run sends every job (each
+    // found in the farm's action cache under its own action).
+    std::fs::remove_dir_all(cache.path().join("backend-v1/blobs")).unwrap();
+    let (err, recs) = run(t.path(), &args);
+    assert_eq!(placed(&recs, Place::Remote), all, "{err}");
+    let blob = record_of(t.path(), BLOB);
+    assert!(
+        blob.lines().any(|l| l == "# thinlto-dist: traced")
+            && blob.contains("# thinlto-dist: read kernel/config_data.txt "),
+        "{blob}"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let core_c = t.path().join("kernel/core.c");
+    let before = std::fs::read(t.path().join("kernel/core.o")).unwrap();
+    std::fs::write(&core_c, std::fs::read(&core_c).unwrap()).unwrap();
+    rebuild_fe(t.path());
+    assert_eq!(
+        before,
+        std::fs::read(t.path().join("kernel/core.o")).unwrap()
+    );
+    thin_link(t.path());
+    let args = with(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (err, recs) = run(t.path(), &args);
+    assert_eq!(
+        with_status(&recs, JobStatus::UpToDate).len(),
+        all.len(),
+        "{err}\n{recs:?}"
+    );
+
+    std::fs::write(t.path().join("kernel/config_data.txt"), "farm data 2\n").unwrap();
+    rebuild_fe(t.path());
+    thin_link(t.path());
+    let (err, recs) = run(t.path(), &args);
+    let r = recs.iter().find(|r| r.object == BLOB).unwrap();
+    assert_eq!(r.place, Some(Place::Remote), "{err}\n{recs:?}");
+    assert!(
+        r.reason
+            .contains("a file its last compile read changed: kernel/config_data.txt"),
+        "{r:?}"
+    );
+}

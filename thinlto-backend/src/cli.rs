@@ -180,7 +180,8 @@ pub struct EngineArgs {
     /// Keep starting jobs after one fails
     #[arg(short, long)]
     pub keep_going: bool,
-    /// Print full commands (also V=1 in the environment)
+    /// Print full commands (also V=1 in the environment); with
+    /// --remote-exec, end with the run's calls to the farm by kind
     #[arg(short, long)]
     pub verbose: bool,
     /// Print nothing on stderr but errors and the compilers' warnings
@@ -258,7 +259,9 @@ pub struct EngineArgs {
     pub remote_jobs: Option<usize>,
     /// Jobs packed into one farm action: auto (sized from the jobs'
     /// expected times, the longest alone) or at most N (1: one action a
-    /// job). Each job keeps its own result and cache entry
+    /// job). Each job keeps its own result and cache entry; on a cold farm
+    /// only some batched jobs are looked up in its action cache first.
+    /// E.g. --remote-batch 8
     #[arg(long, value_name = "auto|N", default_value = "auto")]
     pub remote_batch: crate::config::BatchSize,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)

@@ -46,6 +46,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 mod batch;
+mod lookups;
 
 use crate::config::BatchSize;
 use crate::job::{split_dwarf_file, BackendJob, BatchRef};
@@ -101,6 +102,11 @@ pub struct ExecSummary {
     pub fallbacks: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// The REAPI calls of the run, by kind (`reapi::calls`).
+    pub calls: Vec<(&'static str, u64)>,
+    /// Batched jobs not looked up in the action cache first (a cold
+    /// farm: `exec::lookups`).
+    pub lookups_skipped: u64,
 }
 
 /// Where a job that compiles goes, as far as this machine can tell
@@ -214,6 +220,11 @@ pub struct RemoteExec {
     bytes_down: AtomicU64,
     /// Packs jobs into batched actions; None with `--remote-batch 1`.
     batcher: Option<batch::Batcher>,
+    /// Which batched jobs are looked up in the action cache first.
+    lookups: lookups::Lookups,
+    /// The SHA-256 and blake3 of the files whose reads the records keep
+    /// (a batch's root is every batched job's), each read once a run.
+    read_digests: Mutex<HashMap<String, Option<(Digest, String)>>>,
 }
 
 impl RemoteExec {
@@ -248,6 +259,8 @@ impl RemoteExec {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             batcher: batch::Batcher::new(batch, jobs.max(1)),
+            lookups: lookups::Lookups::default(),
+            read_digests: Mutex::new(HashMap::new()),
         })
     }
 
@@ -267,6 +280,8 @@ impl RemoteExec {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            calls: crate::reapi::calls::made(),
+            lookups_skipped: self.lookups.skipped(),
         }
     }
 
@@ -332,11 +347,62 @@ impl RemoteExec {
                 Err(outcome) => return outcome,
             },
             None => match self.execute(&key, &job.native, cancelled) {
-                Ok(x) => (x, None),
+                Ok(x) => {
+                    // The server looked it up: as telling as a lookup.
+                    self.lookups.found(x.cached);
+                    (x, None)
+                }
                 Err(outcome) => return outcome,
             },
         };
         self.interpret(job, traced, &outputs, executed, batch)
+    }
+
+    /// What the compile of `job` that [`RemoteExec::run`] sent with
+    /// `reads` (in the batched action `batch`, if it shared one) read
+    /// beyond its inputs, for the job's record (path → blake3, as
+    /// [`crate::engine::reads`] records a local compile's): the other
+    /// files of the input root this client built — the job's own root's
+    /// extra files, or for a batch the union of its jobs' roots (a worker
+    /// other than ours runs every compile there) — each read again and
+    /// checked against the digest it was sent with (taken once a run, as
+    /// the placer takes them). A compile on the farm reads its input root
+    /// and no other file of the tree (ours refuses one that does,
+    /// `worker/hermetic.rs`; another cannot see the tree), so nothing the
+    /// server says is needed. None when a file changed since.
+    pub fn reads_of_input_root(
+        &self,
+        job: &BackendJob,
+        reads: Option<&[String]>,
+        batch: Option<&BatchRef>,
+    ) -> Option<BTreeMap<String, String>> {
+        let root: Vec<(String, Digest)> = match batch {
+            Some(b) => self.batcher.as_ref()?.root_of(&b.action)?.to_vec(),
+            None => self
+                .placer
+                .action(job, &in_tree(reads.unwrap_or_default()))
+                .ok()?
+                .inputs
+                .into_iter()
+                .map(|f| (f.path, f.digest))
+                .collect(),
+        };
+        let content = job.content_inputs();
+        let others: Vec<(String, Digest)> = root
+            .into_iter()
+            .filter(|(p, _)| !content.contains(&p.as_str()))
+            .collect();
+        crate::reapi::blake3_as_sent(&others, |p| {
+            if let Some(d) = self.read_digests.lock().unwrap().get(p) {
+                return d.clone();
+            }
+            let d = Digest::of_file_with_blake3(Path::new(p)).ok();
+            self.read_digests
+                .lock()
+                .unwrap()
+                .insert(p.to_string(), d.clone());
+            d
+        })
     }
 
     /// The action of `key` as the farm runs it: with the platform

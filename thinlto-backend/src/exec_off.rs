@@ -30,6 +30,8 @@ pub struct ExecSummary {
     pub fallbacks: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub calls: Vec<(&'static str, u64)>,
+    pub lookups_skipped: u64,
 }
 
 pub const DEFAULT_REMOTE_JOBS: usize = 64;
@@ -49,6 +51,15 @@ impl Placer {
 pub enum RemoteExec {}
 
 impl RemoteExec {
+    pub fn reads_of_input_root(
+        &self,
+        _: &BackendJob,
+        _: Option<&[String]>,
+        _: Option<&crate::job::BatchRef>,
+    ) -> Option<BTreeMap<String, String>> {
+        match *self {}
+    }
+
     pub fn connect(
         opts: &RemoteOptions,
         _: usize,

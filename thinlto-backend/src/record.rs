@@ -35,8 +35,10 @@ pub struct NativeRecord {
     pub mtimes: BTreeMap<String, i128>,
     pub seconds: Option<f64>,
     /// The compile that built the native was traced whole
-    /// ([`crate::engine::reads`]): `reads` is every file it read beyond
-    /// its inputs, and no other file can change its output.
+    /// ([`crate::engine::reads`]), or its reads are otherwise known (a
+    /// cache hit's variant extras, a farm compile's input root): `reads`
+    /// is every file it read beyond its inputs, and no other file can
+    /// change its output.
     pub traced: bool,
     /// path → blake3 hex, for each file the traced compile read beyond
     /// its inputs (an `.incbin`'d file).

@@ -92,6 +92,13 @@ pub struct Hit {
     /// What the compiler printed when it ran (its warnings).
     pub output: String,
     pub seconds: Option<f64>,
+    /// The files the compile that made it read beyond its inputs, each
+    /// with its digest as it is now (the job's record keeps them, as a
+    /// traced local compile's: `engine/reads.rs`): the local variant's
+    /// extras, just checked against the files; a remote variant's, read
+    /// again with the digests its compile action was keyed by. None when
+    /// that cannot be established (the record then has no reads).
+    pub reads: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The counts of one run.
@@ -619,6 +626,8 @@ impl Inner {
                 dwo,
                 output: v.output.clone(),
                 seconds: v.seconds,
+                // extras_match just found each with this digest.
+                reads: Some(v.extras.iter().cloned().collect()),
             });
         }
         None
@@ -660,6 +669,7 @@ impl Inner {
             dwo: hit.dwo,
             output: hit.output,
             seconds: None,
+            reads: hit.reads,
         })
     }
 

@@ -107,6 +107,12 @@ pub struct RemoteResult {
     pub dwo: Option<Vec<u8>>,
     pub output: String,
     pub extras: Vec<String>,
+    /// What the compile read beyond its inputs, for the job's record:
+    /// the variant's extra files (its compile action's input, keyed by
+    /// the digests this client took), each with its blake3 from a read
+    /// that saw the same SHA-256 ([`Digest::blake3_of_files_as_sent`]).
+    /// None when a file changed since the lookup digested it.
+    pub reads: Option<BTreeMap<String, String>>,
 }
 
 pub struct RemoteTier {
@@ -323,6 +329,7 @@ impl RemoteTier {
                 native,
                 dwo,
                 output,
+                reads: Digest::blake3_of_files_as_sent(&extras),
                 extras: extras.into_iter().map(|(p, _)| p).collect(),
             }));
         }

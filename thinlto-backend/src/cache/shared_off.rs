@@ -13,6 +13,7 @@ pub struct RemoteResult {
     pub dwo: Option<Vec<u8>>,
     pub output: String,
     pub extras: Vec<String>,
+    pub reads: Option<std::collections::BTreeMap<String, String>>,
 }
 
 pub enum RemoteTier {}

@@ -326,6 +326,19 @@ pub fn run_planned(
             round3(start.elapsed().as_secs_f64()),
             scheduler::children_cpu_seconds(),
         );
+        // What the run asked of the farm's server, whose price is per
+        // call: `-v` only (the bench reads it).
+        if let Some(r) = remote
+            .as_ref()
+            .filter(|_| cfg.verbosity == Verbosity::Commands)
+        {
+            let r = r.summary();
+            eprintln!(
+                "thinlto-backend: farm calls: {}; {} batched jobs not looked up first (a cold farm)",
+                calls_line(&r.calls),
+                r.lookups_skipped
+            );
+        }
     }
     if let Some(sig) = summary.signal {
         eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
@@ -464,4 +477,17 @@ pub fn stdout_error(e: impl std::borrow::Borrow<std::io::Error>) -> anyhow::Erro
     } else {
         anyhow::anyhow!("writing to stdout: {e}")
     }
+}
+
+/// The farm calls of a run as `-v` prints them: `914 GetActionResult,
+/// 177 Execute` (`none` for none).
+pub fn calls_line(calls: &[(&'static str, u64)]) -> String {
+    if calls.is_empty() {
+        return "none".into();
+    }
+    calls
+        .iter()
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

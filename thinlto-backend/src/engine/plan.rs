@@ -30,7 +30,10 @@
 //! same bitcode costs nothing — neither its job nor its importers' (an
 //! importer reads an imported object's `.incbin`'d file only if it imports
 //! that asm, and then its own trace names the file). A native from the
-//! farm or the cache, or one built by make, has no trace: the mtime rule.
+//! cache or the farm has a record of the same kind (`cache::Hit::reads`,
+//! `exec::RemoteExec::reads_of_input_root`: what its compile could read,
+//! as far as this machine can check it); one built by make, or whose
+//! reads could not be established, has none: the mtime rule.
 //!
 //! A record written by make's `if_changed` (a command, no digests) is
 //! adopted as make itself would judge it: if the command is equal and the

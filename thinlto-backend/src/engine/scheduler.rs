@@ -808,7 +808,22 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         // The record keeps the last compile time measured here: the
         // farm's latency (upload, queue, a batch's other jobs) is not the
         // job's length, which orders the jobs and sizes the batches.
-        record_job(job, record)
+        // The compile read its input root and nothing else of the tree:
+        // its reads are the root's other files, as this client sent them
+        // (only for a job with a record to keep them: a DTLTO job has none).
+        let reads = job
+            .record_path
+            .as_ref()
+            .and_then(|_| remote.reads_of_input_root(job, known.as_deref(), batch.as_ref()));
+        match reads {
+            Some(reads) => {
+                let mut rec = record.clone();
+                rec.traced = true;
+                rec.reads = reads;
+                record_job(job, &rec)
+            }
+            None => record_job(job, record),
+        }
     };
     if let Err(e) = put() {
         let (rec, text) = out.fail(format!("{e:#}"), None);
@@ -850,6 +865,12 @@ fn put_in_place(
     write_atomic(Path::new(&job.native), &hit.native)?;
     let mut rec = record.clone();
     rec.seconds = hit.seconds.or(record.seconds);
+    // What the compile that made it read, as a local compile's trace
+    // would have said (cache::Hit::reads): a touch costs nothing next time.
+    if let Some(reads) = &hit.reads {
+        rec.traced = true;
+        rec.reads = reads.clone();
+    }
     record_job(job, &rec)
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - each job is first looked up in the server's action cache under its
 //!   own action (the one it would be executed as alone): a run that
-//!   batches differently, or not at all, hits;
+//!   batches differently, or not at all, hits; on a cold farm only a
+//!   probe now and then ([`super::lookups`]);
 //! - the jobs still to run go in one action: the union of their input
 //!   roots, their own outputs and each one's status/stdout/stderr files;
 //!   a batch of one is the job's own action;
@@ -21,9 +22,11 @@
 //! How jobs meet: the scheduler gives each remote job a thread, which
 //! calls [`Batcher::run`]. The first job of a batch leads it: it waits
 //! [`LINGER`] for more jobs (the scheduler starts them in bursts: at the
-//! start, and as each finished batch frees its slots), or until the batch
-//! is full, then executes it and hands each job its result.
+//! start, and as each finished batch frees its slots), longer while the
+//! farm has one of our executions queued, or until the batch is full,
+//! then executes it and hands each job its result.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -51,11 +54,18 @@ const AUTO_SHARE_OF_IN_FLIGHT: usize = 4;
 
 /// How long the first job of a batch waits for another after the last
 /// that joined: jobs reach the batcher staggered by their inputs'
-/// digests, which many threads compute at once.
+/// digests, which many threads compute at once. Past it, the batch goes
+/// unless the farm still has one of our executions queued (then it
+/// waits on, for the jobs the next finished action frees: without that,
+/// a batch only ever got as many jobs as the action before it had
+/// freed, and batches stayed as small as the lone jobs at the start,
+/// ~2 jobs an action on the first 300 of Linux).
 const LINGER: Duration = Duration::from_millis(100);
 
-/// The longest a batch that is not full waits for jobs.
-const MAX_LINGER: Duration = Duration::from_millis(500);
+/// The longest a batch that is not full waits for jobs: about one
+/// batch's time (`AUTO_TARGET_SECONDS`), after which a queued execution
+/// has surely started, whatever the server says.
+const MAX_LINGER: Duration = Duration::from_millis(2000);
 
 /// One job as a batch carries it.
 pub(super) struct Member {
@@ -91,7 +101,15 @@ pub(super) struct Batcher {
     /// Set when the server refused an action-cache update: said once,
     /// not tried again.
     remember_off: AtomicBool,
+    /// The input root of each batched action this run executed (by its
+    /// action's hash, as [`BatchRef::action`] names it): the union of its
+    /// jobs' roots, every file a job of it may have read
+    /// ([`RemoteExec::reads_of_input_root`]).
+    roots: Mutex<HashMap<String, Arc<InputRoot>>>,
 }
+
+/// An action's input files: path and digest.
+pub(super) type InputRoot = Vec<(String, Digest)>;
 
 struct Batch {
     state: Mutex<State>,
@@ -127,7 +145,13 @@ impl Batcher {
             target,
             forming: Mutex::new(None),
             remember_off: AtomicBool::new(false),
+            roots: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The input root of the batched action `action` executed this run.
+    pub(super) fn root_of(&self, action: &str) -> Option<Arc<InputRoot>> {
+        self.roots.lock().unwrap().get(action).cloned()
     }
 
     /// Whether a job expected to take `expected` seconds is batched.
@@ -147,12 +171,23 @@ impl Batcher {
             {
                 let mut st = batch.state.lock().unwrap();
                 while !st.closed {
-                    let idle = LINGER.saturating_sub(st.last_join.elapsed());
-                    let left = idle.min(MAX_LINGER.saturating_sub(batch.born.elapsed()));
-                    if left.is_zero() {
+                    let cap = MAX_LINGER.saturating_sub(batch.born.elapsed());
+                    if cap.is_zero() {
                         break;
                     }
-                    st = batch.cv.wait_timeout(st, left).unwrap().0;
+                    let mut idle = LINGER.saturating_sub(st.last_join.elapsed());
+                    if idle.is_zero() {
+                        // No job came for a while. While the farm holds
+                        // one of our executions it has not started, its
+                        // workers have work: waiting for more jobs costs
+                        // them nothing, and a fuller batch costs the
+                        // server less a job. Otherwise it goes now.
+                        if exec.executor.waiting() == 0 {
+                            break;
+                        }
+                        idle = LINGER;
+                    }
+                    st = batch.cv.wait_timeout(st, idle.min(cap)).unwrap().0;
                 }
             }
             self.close(&batch);
@@ -236,11 +271,22 @@ impl Batcher {
         let mut results: Vec<Option<JobResult>> = members.iter().map(|_| None).collect();
         // Each job under its own action first: a run that batched
         // differently may have built it. A failed lookup is a miss.
+        // On a cold farm, only a probe now and then (`exec::lookups`).
         let mut to_run = Vec::new();
         for (k, m) in members.iter().enumerate() {
+            if !exec.lookups.wanted() {
+                to_run.push(k);
+                continue;
+            }
             match exec.executor.cached(&exec.remote_action(&m.key)) {
-                Ok(Some(hit)) => results[k] = Some(Ok((hit, None))),
-                _ => to_run.push(k),
+                Ok(Some(hit)) => {
+                    exec.lookups.found(true);
+                    results[k] = Some(Ok((hit, None)));
+                }
+                _ => {
+                    exec.lookups.found(false);
+                    to_run.push(k);
+                }
             }
         }
         let mut writes = Vec::new();
@@ -330,6 +376,21 @@ impl Batcher {
                 .collect();
         }
         let action = x.action.hash.clone();
+        // A worker other than ours runs every compile of the batch in
+        // this root: each may have read any of its files.
+        let root: BTreeMap<&str, &Digest> = batch
+            .iter()
+            .flat_map(|m| &m.spec.inputs)
+            .map(|f| (f.path.as_str(), &f.digest))
+            .collect();
+        let root = root
+            .into_iter()
+            .map(|(p, d)| (p.to_string(), d.clone()))
+            .collect();
+        self.roots
+            .lock()
+            .unwrap()
+            .insert(action.clone(), Arc::new(root));
         batch
             .iter()
             .enumerate()

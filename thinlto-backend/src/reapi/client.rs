@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::calls::Call;
 use super::RemoteOptions;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream;
@@ -93,6 +94,34 @@ impl Digest {
             hash: hex(&h.finalize()),
             size_bytes: size as i64,
         })
+    }
+
+    /// The digest of a regular file (as [`Digest::of_file`]) and the
+    /// blake3 hex of the same bytes, from one read: the two cannot
+    /// describe different contents.
+    pub fn of_file_with_blake3(p: &Path) -> std::io::Result<(Digest, String)> {
+        let mut sha = Sha256::new();
+        let mut b3 = blake3::Hasher::new();
+        let size = crate::digest::digest_file(p, MAX_EXTRA_BYTES, |b| {
+            sha.update(b);
+            b3.update(b);
+        })?;
+        let d = Digest {
+            hash: hex(&sha.finalize()),
+            size_bytes: size as i64,
+        };
+        Ok((d, b3.finalize().to_hex().to_string()))
+    }
+
+    /// What a record keeps of files whose digests went into an action
+    /// (`files`: path, relative to the working directory or absolute, and
+    /// the digest the action named): each file's blake3 hex, the record's
+    /// digest ([`crate::record::NativeRecord::reads`]), taken from a read
+    /// whose SHA-256 must still be the action's ([`Digest::of_file_with_blake3`]).
+    /// None when a file is gone, unreadable or changed since: then
+    /// nothing can vouch for what the action read.
+    pub fn blake3_of_files_as_sent(files: &[(String, Digest)]) -> Option<BTreeMap<String, String>> {
+        blake3_as_sent(files, |p| Digest::of_file_with_blake3(Path::new(p)).ok())
     }
 
     /// Whether `data` is the blob this digest names.
@@ -423,7 +452,9 @@ impl RemoteCache {
             instance_name: opts.instance.clone(),
         };
         let caps = rt
-            .block_on(timed(async move { caps.get_capabilities(req).await }))
+            .block_on(timed(Call::GetCapabilities, async move {
+                caps.get_capabilities(req).await
+            }))
             .map_err(|s| status_error(s, "GetCapabilities"))
             .and_then(|r| CacheTerms::of(r.into_inner()))
             .with_context(|| format!("remote cache {url}"))?;
@@ -473,7 +504,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let result = match timed(async move { ac.get_action_result(req).await }).await {
+        let result = match timed(Call::GetActionResult, async move {
+            ac.get_action_result(req).await
+        })
+        .await
+        {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Ok(None),
             Err(s) => return Err(status_error(s, "GetActionResult")),
@@ -508,7 +543,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        match timed(async move { ac.get_action_result(req).await }).await {
+        match timed(Call::GetActionResult, async move {
+            ac.get_action_result(req).await
+        })
+        .await
+        {
             Ok(r) => Ok(Some(r.into_inner())),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(s, "GetActionResult")),
@@ -530,9 +569,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        timed(async move { ac.update_action_result(req).await })
-            .await
-            .map_err(|s| status_error(s, "UpdateActionResult"))?;
+        timed(Call::UpdateActionResult, async move {
+            ac.update_action_result(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "UpdateActionResult"))?;
         Ok(())
     }
 
@@ -635,9 +676,11 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        timed(async move { ac.update_action_result(req).await })
-            .await
-            .map_err(|s| status_error(s, "UpdateActionResult"))?;
+        timed(Call::UpdateActionResult, async move {
+            ac.update_action_result(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "UpdateActionResult"))?;
         Ok(())
     }
 
@@ -680,10 +723,12 @@ impl RemoteCache {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let resp = timed(async move { cas.batch_read_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "BatchReadBlobs"))?
-            .into_inner();
+        let resp = timed(Call::BatchReadBlobs, async move {
+            cas.batch_read_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "BatchReadBlobs"))?
+        .into_inner();
         let mut got = HashMap::new();
         for r in resp.responses {
             let code = r.status.as_ref().map_or(0, |s| s.code);
@@ -739,7 +784,7 @@ impl RemoteCache {
             }
             Ok(data)
         };
-        match timed(read).await {
+        match timed(Call::ByteStreamRead, read).await {
             Ok(data) => Ok(d.matches(&data).then_some(data)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(s, "ByteStream.Read")),
@@ -764,11 +809,13 @@ impl RemoteCache {
             blob_digests: digests.iter().map(|d| d.to_proto()).collect(),
             digest_function: re::digest_function::Value::Sha256 as i32,
         };
-        let missing = timed(async move { cas.find_missing_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "FindMissingBlobs"))?
-            .into_inner()
-            .missing_blob_digests;
+        let missing = timed(Call::FindMissingBlobs, async move {
+            cas.find_missing_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "FindMissingBlobs"))?
+        .into_inner()
+        .missing_blob_digests;
         let mut out = missing
             .iter()
             .map(|m| {
@@ -827,10 +874,12 @@ impl RemoteCache {
                 .collect(),
             digest_function: re::digest_function::Value::Sha256 as i32,
         };
-        let resp = timed(async move { cas.batch_update_blobs(req).await })
-            .await
-            .map_err(|s| status_error(s, "BatchUpdateBlobs"))?
-            .into_inner();
+        let resp = timed(Call::BatchUpdateBlobs, async move {
+            cas.batch_update_blobs(req).await
+        })
+        .await
+        .map_err(|s| status_error(s, "BatchUpdateBlobs"))?
+        .into_inner();
         for r in resp.responses {
             if let Some(s) = r.status.filter(|s| s.code != Code::Ok as i32) {
                 let d = r.digest.map(|d| format!("{}/{}", d.hash, d.size_bytes));
@@ -883,7 +932,7 @@ impl RemoteCache {
             }
         }
         let stream = tonic::codegen::tokio_stream::iter(requests);
-        let resp = match timed(async move { bs.write(stream).await }).await {
+        let resp = match timed(Call::ByteStreamWrite, async move { bs.write(stream).await }).await {
             Ok(r) => r.into_inner(),
             // Some servers say so when another client uploaded it first.
             Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
@@ -1114,8 +1163,10 @@ fn parse_headers(
 /// One call under [`CALL_TIMEOUT`] (tonic's own timeout ends at the reply's
 /// headers; a streamed body needs this one too).
 pub(crate) async fn timed<T>(
+    kind: Call,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    super::calls::count(kind);
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded(format!(
@@ -1181,9 +1232,43 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// [`Digest::blake3_of_files_as_sent`], each file's two digests from
+/// `digests` (a per-run cache may stand in for the read).
+pub fn blake3_as_sent(
+    files: &[(String, Digest)],
+    digests: impl Fn(&str) -> Option<(Digest, String)>,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (p, sent) in files {
+        let (now, b3) = digests(p)?;
+        if now != *sent {
+            return None;
+        }
+        out.insert(p.clone(), b3);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_as_sent_are_the_sent_bytes_blake3_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("blob with space.bin");
+        std::fs::write(&p, b"data").unwrap();
+        let name = p.to_string_lossy().into_owned();
+        let sent = vec![(name.clone(), Digest::of_bytes(b"data"))];
+        let got = Digest::blake3_of_files_as_sent(&sent).unwrap();
+        assert_eq!(got[&name], blake3::hash(b"data").to_hex().as_str());
+        assert_eq!(Digest::blake3_of_files_as_sent(&[]), Some(BTreeMap::new()));
+        // Changed since it was sent, or gone: nothing vouches.
+        std::fs::write(&p, b"datb").unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(Digest::blake3_of_files_as_sent(&sent), None);
+    }
 
     fn input(path: &str, content: &[u8]) -> InputFile {
         InputFile {

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +75,9 @@ pub struct Executed {
 
 /// A connected remote-execution client.
 pub struct Executor {
+    /// This client's operations the server has not started yet
+    /// ([`Executor::waiting`]).
+    waiting: AtomicUsize,
     cas: RemoteCache,
     exec: ExecutionClient<Svc>,
     /// google.longrunning's Operations service of the execution server
@@ -152,7 +156,12 @@ impl Executor {
         let cas = RemoteCache::connect(opts)?;
         let exec = ExecutionClient::new(cas.svc.clone());
         let ops = OperationsClient::new(cas.svc.clone());
-        Ok(Executor { cas, exec, ops })
+        Ok(Executor {
+            waiting: AtomicUsize::new(0),
+            cas,
+            exec,
+            ops,
+        })
     }
 
     /// Uploads what the server lacks, executes, waits, fetches the
@@ -239,6 +248,16 @@ impl Executor {
             .with_context(|| format!("action cache of {}", self.cas.url))
     }
 
+    /// How many of this client's executions the server has not started:
+    /// sent, and the operation's metadata not yet past QUEUED
+    /// (`ExecuteOperationMetadata.stage`). While one waits, the farm's
+    /// workers have work queued (`--remote-batch` lets a batch fill up
+    /// meanwhile). A server that never reports EXECUTING keeps an
+    /// execution counted until it is done.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Whether the server lets clients write its action cache.
     pub fn may_remember(&self) -> bool {
         self.cas.updates_allowed()
@@ -263,6 +282,7 @@ impl Executor {
             name: name.to_string(),
         });
         req.set_timeout(CANCEL_DEADLINE);
+        crate::reapi::calls::count(crate::reapi::calls::Call::CancelOperation);
         match tokio::time::timeout(CANCEL_DEADLINE, ops.cancel_operation(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) => Err(status_error(s, "CancelOperation")),
@@ -382,8 +402,10 @@ impl Executor {
         let mut exec = self.exec.clone();
         let mut name = String::new();
         let mut last_error = None;
+        let mut waiting = Waiting::new(&self.waiting);
         for attempt in 0..=MAX_RESUMES {
             let stream = if attempt == 0 {
+                crate::reapi::calls::count(crate::reapi::calls::Call::Execute);
                 exec.execute(req.clone()).await
             } else {
                 if name.is_empty() {
@@ -392,6 +414,7 @@ impl Executor {
                 }
                 // A short pause, so a restarting server is not hammered.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::reapi::calls::count(crate::reapi::calls::Call::WaitExecution);
                 exec.wait_execution(re::WaitExecutionRequest { name: name.clone() })
                     .await
             };
@@ -406,6 +429,9 @@ impl Executor {
             loop {
                 match stream.message().await {
                     Ok(Some(op)) => {
+                        if started(&op) {
+                            waiting.started();
+                        }
                         if !op.name.is_empty() && op.name != name {
                             name = op.name.clone();
                             known.lock().unwrap().clone_from(&name);
@@ -431,6 +457,45 @@ impl Executor {
                 printable(&name)
             ),
         }
+    }
+}
+
+/// Whether the operation's metadata says a worker has it (or had it).
+fn started(op: &Operation) -> bool {
+    op.done
+        || op
+            .metadata
+            .as_ref()
+            .and_then(|m| re::ExecuteOperationMetadata::decode(m.value.as_slice()).ok())
+            .is_some_and(|m| m.stage >= re::execution_stage::Value::Executing as i32)
+}
+
+/// One execution counted in [`Executor::waiting`] until it starts or
+/// ends, whichever way (an error, a cancel).
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    counted: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            count,
+            counted: true,
+        }
+    }
+
+    fn started(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.started();
     }
 }
 

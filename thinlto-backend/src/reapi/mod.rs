@@ -5,6 +5,8 @@
 //!   action cache ([`RemoteCache`]: the cache's remote tier);
 //! - [`execute`]: a client that runs actions on a farm (`Execute`,
 //!   `WaitExecution`) and fetches their outputs;
+//! - [`calls`]: the calls this process made, by kind (what a server
+//!   charges for);
 //! - [`bots`]: the Remote Workers API a worker speaks to BuildGrid
 //!   (`crate::worker`).
 //!
@@ -15,6 +17,8 @@
 pub mod batch;
 #[cfg(feature = "remote")]
 pub mod bots;
+#[cfg(feature = "remote")]
+pub mod calls;
 #[cfg(feature = "remote")]
 pub mod client;
 #[cfg(feature = "remote")]

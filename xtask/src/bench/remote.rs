@@ -40,12 +40,61 @@ use crate::farm::Farm;
 use crate::kernel::{detect_layout, kernel_settings, TreeLayout};
 
 /// One backend run: its wall time, the client's CPU (its own and its
-/// local compiles'), job records and summary line.
+/// local compiles'), job records and summary line; on a farm, with `-v`,
+/// its calls to the farm by kind.
 struct BackendRun {
     seconds: f64,
     cpu: f64,
     records: Vec<JobRecord>,
     summary: String,
+    calls: FarmCalls,
+}
+
+/// What `thinlto-backend -v` says of a run's calls to the farm:
+/// `thinlto-backend: farm calls: 914 GetActionResult, 177 Execute; 0
+/// batched jobs not looked up first (a cold farm)`.
+#[derive(Debug, Default, PartialEq)]
+struct FarmCalls {
+    /// Kind → calls, in the order printed.
+    by_kind: Vec<(String, u64)>,
+    /// Batched jobs not looked up in the action cache first.
+    not_looked_up: u64,
+}
+
+impl FarmCalls {
+    fn parse(stderr: &str) -> FarmCalls {
+        let Some(line) = stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("thinlto-backend: farm calls: "))
+        else {
+            return FarmCalls::default();
+        };
+        let (calls, rest) = line.split_once("; ").unwrap_or((line, ""));
+        let by_kind = calls
+            .split(", ")
+            .filter_map(|c| {
+                let (n, kind) = c.split_once(' ')?;
+                Some((kind.to_string(), n.parse().ok()?))
+            })
+            .collect();
+        let not_looked_up = rest
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        FarmCalls {
+            by_kind,
+            not_looked_up,
+        }
+    }
+
+    fn of(&self, kind: &str) -> u64 {
+        self.by_kind
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 fn backend(tree: &Path, exe: &Path, args: &[String]) -> Result<BackendRun> {
@@ -86,6 +135,7 @@ fn backend(tree: &Path, exe: &Path, args: &[String]) -> Result<BackendRun> {
         cpu: sample.cpu,
         records,
         summary,
+        calls: FarmCalls::parse(&err),
     })
 }
 
@@ -143,6 +193,8 @@ fn on_a_farm(
         farm.url.clone(),
         "--remote-batch".to_string(),
         batch.to_string(),
+        // The farm calls by kind (and every command, to the stderr file).
+        "-v".to_string(),
     ]);
     let before = proc_cpu::sample(&procs);
     let run = backend(tree, exe, &args)?;
@@ -206,6 +258,9 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
         .map(str::to_string)
         .collect();
     let kbuild = natives(&tree, &objects)?;
+    // How busy the machine was (others share it): said with the figures.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: String = load.split(' ').take(3).collect::<Vec<_>>().join(" ");
 
     // The tree's own link, lld running every backend in-process.
     let inproc_out = format!("{}/vmlinux.inprocess.o", out.display());
@@ -255,6 +310,7 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     }
     report(&Report {
         shown,
+        load: &load,
         objects: &objects,
         jobs,
         workers,
@@ -268,6 +324,8 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
 
 struct Report<'a> {
     shown: &'a str,
+    /// /proc/loadavg's three figures before the runs.
+    load: &'a str,
     objects: &'a [String],
     jobs: usize,
     workers: usize,
@@ -300,7 +358,7 @@ fn report(r: &Report) -> Result<String> {
     let ms = |cpu: f64| cpu * 1000.0 / j;
 
     let mut md = String::new();
-    writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores, a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run.\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs)?;
+    writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores, a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run. Load average before the runs: {} (every runnable process of the machine counts, idle-priority ones too).\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs, r.load)?;
     writeln!(
         md,
         "| run | wall (s) | vs here | actions | natives = kbuild's |"
@@ -371,6 +429,41 @@ fn report(r: &Report) -> Result<String> {
         kib(batched, "up"),
         kib(batched, "down")
     )?;
+    // The calls of the batched run first: it makes every kind the other
+    // makes, and the lookups.
+    let mut kinds: Vec<&str> = batched
+        .run
+        .calls
+        .by_kind
+        .iter()
+        .chain(&one.run.calls.by_kind)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    kinds.retain(|k| seen.insert(*k));
+    writeln!(md, "The client's calls to the farm per job, by kind (`thinlto-backend -v`; the workers' calls, lease updates among them, are not counted here):\n")?;
+    writeln!(md, "| calls per job | one action a job | batched |")?;
+    writeln!(md, "|---|---:|---:|")?;
+    for k in &kinds {
+        writeln!(
+            md,
+            "| {k} | {:.2} | {:.2} |",
+            one.run.calls.of(k) as f64 / j,
+            batched.run.calls.of(k) as f64 / j
+        )?;
+    }
+    let all = |c: &FarmCalls| c.by_kind.iter().map(|(_, n)| *n).sum::<u64>() as f64 / j;
+    writeln!(
+        md,
+        "| all | {:.2} | {:.2} |",
+        all(&one.run.calls),
+        all(&batched.run.calls)
+    )?;
+    writeln!(
+        md,
+        "| batched jobs not looked up in the action cache first (a cold farm) | — | {:.2} |\n",
+        batched.run.calls.not_looked_up as f64 / j
+    )?;
     writeln!(md, "CPU per job (ms; `/proc` of the farm's processes before and after each run, `wait4` of the client; a job compiled here after the farm gave it back counts as the client's):\n")?;
     writeln!(md, "| run | BuildGrid | PostgreSQL | workers | compiles | client | all | BuildGrid per action |")?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -436,4 +529,20 @@ fn report(r: &Report) -> Result<String> {
         target(t32 <= 0.25)
     )?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FarmCalls;
+
+    #[test]
+    fn farm_calls_are_read_from_the_verbose_line() {
+        let err = "clang-19 -c …\nthinlto-backend: 3 built (…)\nthinlto-backend: farm calls: 1 GetCapabilities, 12 GetActionResult, 3 ByteStream.Write; 40 batched jobs not looked up first (a cold farm)\n";
+        let c = FarmCalls::parse(err);
+        assert_eq!(c.of("GetActionResult"), 12);
+        assert_eq!(c.of("ByteStream.Write"), 3);
+        assert_eq!(c.of("Execute"), 0);
+        assert_eq!(c.not_looked_up, 40);
+        assert_eq!(FarmCalls::parse("no such line"), FarmCalls::default());
+    }
 }

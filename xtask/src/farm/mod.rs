@@ -229,21 +229,32 @@ schedulers:
     property-set: !dynamic-property-set
       match-property-keys: [thinlto-compiler]
       wildcard-property-keys: []
-    # A bot that completes a lease is handed new jobs up to its capacity
-    # at once, not only jobs deferred earlier (issue 26: with many jobs
-    # in flight nearly every job went that way).
-    proactive-fetch-to-capacity: true
-    # Without an assigner no job is ever given to a bot. Its pause between
-    # passes is interval x (1 + jitter-factor x random): the default
-    # jitter 1.0 let an isolated job wait up to 0.87 s for an idle bot;
-    # 0 brings that to ~31 ms. A job no bot could take is retried after
-    # failure-backoff (default 5 s: a whole batch's time, idle).
+    # false: with true, BuildGrid 0.4.4 bumps the bot's version on every
+    # UpdateBotSession (`_synchronize_completed_leases`), so an idle bot's
+    # long poll returns at once and the bot asks again: tens of updates a
+    # second a bot, most of the server's CPU when bots wait. With false,
+    # a bot completing a lease is still handed as many new jobs as it
+    # completed (each worker's session has capacity 1), and an idle bot
+    # waits in its long poll.
+    proactive-fetch-to-capacity: false
+    # Without an assigner no job is ever given to an idle bot (a busy one
+    # is handed the next job as it completes a lease, above). Its pause
+    # between passes is interval x (1 + jitter-factor x random): the
+    # default jitter 1.0 let an isolated job wait up to 0.87 s for an idle
+    # bot; 0 and 0.1 s bound that wait to ~0.1 s. Each pass is a query
+    # (~3 ms of bgd, whether it finds a job or not): two assigners every
+    # 0.05 s cost ~0.1 core all the time, one every 0.1 s a quarter of
+    # that. A job no bot could take waits failure-backoff before the
+    # assigner tries it again: 0.2 s had it rescan every queued job five
+    # times a second (bgd 50 s, PostgreSQL 16 s for Linux's first 300
+    # jobs; 31 s and 5.5 s with the default 5 s), and a completing bot
+    # takes a queued job at once anyway.
     assigners:
       - !priority-age-assigner
-        count: 2
-        interval: 0.05
+        count: 1
+        interval: 0.1
         jitter-factor: 0
-        failure-backoff: 0.2
+        failure-backoff: 5
 instances:
   - name: ''
     services:
