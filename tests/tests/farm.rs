@@ -72,7 +72,14 @@ fn farm_executes_backend_jobs_hermetically() {
         .0;
 
     let bgd = thinlto_dist_tests::buildgrid::bgd();
-    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    // A short keepalive: this farm loses a worker mid-job, and its
+    // lease goes to another only when the session expires.
+    let mut farm = Farm::start_with_keepalive(
+        &bgd,
+        &bin("thinlto-backend"),
+        xtask::farm::FAILOVER_TEST_KEEPALIVE_S,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let w1 = farm.add_worker("w1", &[], &[]).unwrap();
     // A worker whose `cc` is another program (a wrapper script of the same
     // name): another identity, so it must get no work.

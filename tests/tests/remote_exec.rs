@@ -69,7 +69,14 @@ fn remote_execution_builds_what_a_local_compile_builds() {
     let local = native_files(t.path(), &m);
 
     let bgd = buildgrid::bgd();
-    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    // A short keepalive: a cancelled lease is seen at the worker's
+    // next keepalive, a third of it (sigint_cancels_the_farms_operation).
+    let mut farm = Farm::start_with_keepalive(
+        &bgd,
+        &bin("thinlto-backend"),
+        xtask::farm::FAILOVER_TEST_KEEPALIVE_S,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     farm.add_worker("w1", &[], &[]).unwrap();
     let cache = tempfile::tempdir().unwrap();
     // One action a job, so that the worker's log tells of each (batched

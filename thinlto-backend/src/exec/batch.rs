@@ -42,15 +42,19 @@ use crate::reapi::execute::Executed;
 use crate::reapi::{ActionKey, ActionSpec, Digest, InputFile};
 
 /// `auto`: the compile time an action aims at, in expected seconds of
-/// this machine. ~1.5 s amortizes the server's ~50 ms an operation to a
-/// few percent, and keeps a batch short beside a whole run. A job
-/// expected to take this long or longer goes alone: the longest jobs
-/// bound the run's critical path and must start at once, on their own.
-const AUTO_TARGET_SECONDS: f64 = 1.5;
+/// this machine. BuildGrid 0.4.4 spends ~100 ms of CPU an action
+/// whatever its size (Execute, queueing, assignment, the lease's
+/// updates: a profile of its process, issue 26); 2.5 s of compile
+/// amortizes that to a few percent and keeps a batch short beside a
+/// whole run (1.5 s left ~6.5 jobs an action on Linux, ~25 ms of the
+/// server a job). A job expected to take this long or longer goes alone:
+/// the longest jobs bound the run's critical path and must start at
+/// once, on their own.
+const AUTO_TARGET_SECONDS: f64 = 2.5;
 
 /// `auto`: a batch takes at most this share of the jobs in flight
 /// (`--remote-jobs`), so that several batches keep several workers busy.
-const AUTO_SHARE_OF_IN_FLIGHT: usize = 4;
+const AUTO_SHARE_OF_IN_FLIGHT: usize = 3;
 
 /// How long the first job of a batch waits for another after the last
 /// that joined: jobs reach the batcher staggered by their inputs'
@@ -65,7 +69,7 @@ const LINGER: Duration = Duration::from_millis(100);
 /// The longest a batch that is not full waits for jobs: about one
 /// batch's time (`AUTO_TARGET_SECONDS`), after which a queued execution
 /// has surely started, whatever the server says.
-const MAX_LINGER: Duration = Duration::from_millis(2000);
+const MAX_LINGER: Duration = Duration::from_millis(2500);
 
 /// One job as a batch carries it.
 pub(super) struct Member {

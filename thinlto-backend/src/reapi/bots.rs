@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use bazel_remote_apis::google::protobuf::Any;
+use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use tonic::codegen::http::uri::PathAndQuery;
 
@@ -36,6 +36,12 @@ pub struct BotSession {
     pub worker: Option<Worker>,
     #[prost(message, repeated, tag = "5")]
     pub leases: Vec<Lease>,
+    /// When the server ends a silent session (and gives its leases to
+    /// other bots), as the server last answered: the bot's keepalives
+    /// are timed from it ([`keepalive_interval`]). A bot sends it back
+    /// unchanged, as it does the version.
+    #[prost(message, optional, tag = "6")]
+    pub expire_time: Option<Timestamp>,
     /// BuildGrid keeps its own counter here (an integer as text): a bot
     /// sends back what the server last answered.
     #[prost(string, tag = "7")]
@@ -188,6 +194,42 @@ impl BotsClient {
     }
 }
 
+/// How often a bot that runs a lease should tell the server it is
+/// alive, `now` being this machine's clock: a third of the time the
+/// server's last answer gave the session (`expire_time`), so that two
+/// keepalives may fail or be slow before the session ends, within
+/// [`MIN_KEEPALIVE`, `MAX_KEEPALIVE`]. The server's price is per
+/// update (BuildGrid: ~25 ms of CPU, its lease bookkeeping in SQL), so a
+/// farm with a keepalive timeout of a minute pays none while a batch of a
+/// few seconds runs, where a fixed 2 s was most of the server's cost of a
+/// long action. Read against this machine's clock, as any deadline the
+/// server states is: farm machines keep time (NTP) to well within the
+/// minimum. A session without `expire_time`, or one already past it, gets
+/// the minimum.
+pub fn keepalive_interval(session: &BotSession, now: std::time::SystemTime) -> Duration {
+    let Some(t) = session.expire_time else {
+        return MIN_KEEPALIVE;
+    };
+    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return MIN_KEEPALIVE;
+    };
+    let expire =
+        Duration::from_secs(t.seconds.max(0) as u64) + Duration::from_nanos(t.nanos.max(0) as u64);
+    match expire.checked_sub(since_epoch) {
+        Some(left) => (left / 3).clamp(MIN_KEEPALIVE, MAX_KEEPALIVE),
+        None => MIN_KEEPALIVE,
+    }
+}
+
+/// The most often a bot at work updates its session: BuildGrid 0.4.4
+/// answers a session it gave 10 s (`cargo xtask farm`'s tests) every
+/// ~3.3 s.
+pub const MIN_KEEPALIVE: Duration = Duration::from_secs(2);
+/// The least often: a lease the server cancelled (a client's
+/// CancelOperation) is seen at the next keepalive, so its compile runs
+/// on at most this long.
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +240,31 @@ mod tests {
     /// Lease.state = 2, Device.properties = 2 …). Cross-checked: BuildGrid
     /// 0.4.4's `bots_pb2.BotSession(...)` of the same values serializes to
     /// these bytes.
+    #[test]
+    fn keepalives_come_a_third_of_the_session_s_time_apart() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs: i64| BotSession {
+            expire_time: Some(Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            keepalive_interval(&at(1_000_060), now),
+            Duration::from_secs(20)
+        );
+        // Bounded both ways: BuildGrid's default of 600 s, a short one.
+        assert_eq!(keepalive_interval(&at(1_000_600), now), MAX_KEEPALIVE);
+        assert_eq!(keepalive_interval(&at(1_000_003), now), MIN_KEEPALIVE);
+        // Past, or never said: the minimum.
+        assert_eq!(keepalive_interval(&at(999_000), now), MIN_KEEPALIVE);
+        assert_eq!(
+            keepalive_interval(&BotSession::default(), now),
+            MIN_KEEPALIVE
+        );
+    }
+
     #[test]
     fn field_numbers_are_the_protos() {
         let s = BotSession {
@@ -218,6 +285,10 @@ mod tests {
                 state: LeaseState::Completed as i32,
                 ..Default::default()
             }],
+            expire_time: Some(Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
             version: String::new(),
         };
         let want: Vec<u8> = vec![
@@ -231,6 +302,7 @@ mod tests {
             0x2a, 5, // leases = 5
             0x10, 4, // state = 2: COMPLETED
             0x3a, 1, b'l', // id = 7
+            0x32, 2, 0x08, 1, // expire_time = 6 {seconds 1}
         ];
         assert_eq!(s.encode_to_vec(), want);
     }

@@ -56,9 +56,6 @@ use store::BlobStore;
 /// How long one UpdateBotSession may wait for work. BuildGrid answers
 /// after 80% of the smaller of this and its bot-session keepalive timeout.
 const POLL_DEADLINE: Duration = Duration::from_secs(30);
-/// How often a bot that runs a lease tells the server it is alive: well
-/// under the keepalive timeout of `cargo xtask farm` (10 s).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// The deadline of a keepalive update (a bot at capacity is not held).
 const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(10);
 /// Failed updates in a row after which the session is created anew.
@@ -379,7 +376,8 @@ fn run_lease(
                     let _ = tx.send(r);
                 });
                 loop {
-                    match rx.recv_timeout(KEEPALIVE_INTERVAL) {
+                    let every = bots::keepalive_interval(session, std::time::SystemTime::now());
+                    match rx.recv_timeout(every) {
                         Ok(r) => break r,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             // Alive: the lease stays ACTIVE (a failed

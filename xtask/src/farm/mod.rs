@@ -22,8 +22,17 @@ use anyhow::{bail, Context, Result};
 
 /// The bot-session keepalive of the farm's scheduler, in seconds: how
 /// long BuildGrid waits for a silent bot before it gives the bot's lease
-/// to another (the workers report every 2 s while they run a lease).
-pub const BOT_KEEPALIVE_S: u32 = 10;
+/// to another. A worker at work updates its session a third of this
+/// apart (`thinlto_backend::reapi::bots::keepalive_interval`, at most
+/// every 30 s), and each update costs BuildGrid ~25 ms of CPU: with a
+/// minute, an action of a few seconds costs no keepalive, and a dead
+/// worker's lease goes to another within a minute. (BuildGrid's default
+/// is 600 s.)
+pub const BOT_KEEPALIVE_S: u32 = 60;
+
+/// The keepalive of the tests' farms that kill a worker and wait for its
+/// lease to run elsewhere: short, so that the wait is.
+pub const FAILOVER_TEST_KEEPALIVE_S: u32 = 10;
 
 /// The PostgreSQL programs (`initdb`, `pg_ctl`, `psql`): Debian's
 /// `/usr/lib/postgresql/N/bin`, the newest N; installed with apt-get
@@ -200,7 +209,7 @@ impl Drop for Postgres {
 /// thread pool bounds the RPCs in progress: a client's Execute streams
 /// (`--remote-jobs`, 64 by default) each hold a thread while the job runs,
 /// and the bots' long polls need theirs beside them, so 256.
-fn config(port: u16, sql_url: &str) -> String {
+fn config(port: u16, sql_url: &str, keepalive_s: u32) -> String {
     format!(
         r#"server:
   - !channel
@@ -224,7 +233,7 @@ schedulers:
     action-cache: *ac
     storage: *cas
     # A bot silent for this long is gone: its lease goes to another bot.
-    bot-session-keepalive-timeout: {BOT_KEEPALIVE_S}
+    bot-session-keepalive-timeout: {keepalive_s}
     session-expiry-timer-interval: 1
     property-set: !dynamic-property-set
       match-property-keys: [thinlto-compiler]
@@ -241,10 +250,11 @@ schedulers:
     # is handed the next job as it completes a lease, above). Its pause
     # between passes is interval x (1 + jitter-factor x random): the
     # default jitter 1.0 let an isolated job wait up to 0.87 s for an idle
-    # bot; 0 and 0.1 s bound that wait to ~0.1 s. Each pass is a query
+    # bot; 0 and 0.2 s bound that wait to ~0.2 s. Each pass is a query
     # (~3 ms of bgd, whether it finds a job or not): two assigners every
-    # 0.05 s cost ~0.1 core all the time, one every 0.1 s a quarter of
-    # that. A job no bot could take waits failure-backoff before the
+    # 0.05 s cost ~0.1 core all the time, one every 0.2 s an eighth of
+    # that (at 0.1 s the assigner was a fifth of bgd's CPU in a batched
+    # Linux run, with actions of ~2 s an idle bot's wait is little). A job no bot could take waits failure-backoff before the
     # assigner tries it again: 0.2 s had it rescan every queued job five
     # times a second (bgd 50 s, PostgreSQL 16 s for Linux's first 300
     # jobs; 31 s and 5.5 s with the default 5 s), and a completing bot
@@ -252,7 +262,7 @@ schedulers:
     assigners:
       - !priority-age-assigner
         count: 1
-        interval: 0.1
+        interval: 0.2
         jitter-factor: 0
         failure-backoff: 5
 instances:
@@ -331,8 +341,14 @@ pub struct Farm {
 
 impl Farm {
     /// Starts PostgreSQL and BuildGrid (waiting until it listens), no
-    /// worker yet.
+    /// worker yet; bot sessions kept [`BOT_KEEPALIVE_S`].
     pub fn start(bgd: &Path, worker_exe: &Path) -> Result<Farm> {
+        Farm::start_with_keepalive(bgd, worker_exe, BOT_KEEPALIVE_S)
+    }
+
+    /// [`Farm::start`] with BuildGrid's bot-session keepalive timeout set
+    /// to `keepalive_s` seconds.
+    pub fn start_with_keepalive(bgd: &Path, worker_exe: &Path, keepalive_s: u32) -> Result<Farm> {
         let pg_bin = ensure_postgres()?;
         let dir = tempfile::Builder::new()
             .prefix("thinlto-farm.")
@@ -363,7 +379,8 @@ impl Farm {
         }
         let port = crate::farm::buildgrid::free_port()?;
         let cfg = farm.dir.path().join("farm.yml");
-        std::fs::write(&cfg, config(port, &sql)).context("writing the BuildGrid config")?;
+        std::fs::write(&cfg, config(port, &sql, keepalive_s))
+            .context("writing the BuildGrid config")?;
         let log = std::fs::File::create(farm.dir.path().join("bgd.log"))?;
         farm.bgd = Some(Process::spawn(
             Command::new(bgd)
