@@ -9,12 +9,21 @@
 //!
 //! Each way runs the same steps: the modules from scratch (every module
 //! part's object and what was made of it removed), a no-op, a `touch` of
-//! one part of the composite module with the most parts. The patches are
+//! one part of the composite module with the most parts. The tools way
+//! runs with an empty backend cache of its own (`--cache-dir`, filled by
+//! its from-scratch step) and has one more step: the modules from scratch
+//! again, front ends included, with that cache warm. The patches are
 //! applied for their way and taken off after it. Backend jobs are counted
-//! from make's output: a single-object module's backend runs inside its
-//! compile (`CC [M]` of the module) in every way; a composite module's
-//! backends are its bitcode parts when in-process mode relinks it (`LD
-//! [M]`), the `CC … .thinlto-native.o` lines in distributed mode.
+//! from make's output: the `CC … .thinlto-native.o` lines of distributed
+//! mode (the tools' `HIT` lines are cache hits, not jobs); a composite
+//! module's bitcode parts when in-process mode relinks it (`LD [M]`); a
+//! single-object module's compile (`CC [M]` of the module) where its
+//! backend runs inside that compile (in-process mode and plain rules).
+//!
+//! Every way's modules are checked against the stock way's (`Module.symvers`,
+//! `modules.order`, each `.ko`'s exports, undefined symbols, modinfo and
+//! `__versions`: [`crate::kernel::modules_cmp`]), on a copy of what the
+//! stock way built.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -25,6 +34,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::kbuild_modes::{make_llvm_args, run_make};
 use crate::flow;
+use crate::kernel::modules_cmp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -126,10 +136,11 @@ fn scratch(tree: &Path, mods: &[Module]) {
     }
 }
 
-/// One `make modules`: wall time and backend jobs.
+/// One `make modules`: wall time, backend jobs and backend cache hits.
 struct Run {
     wall: f64,
     jobs: usize,
+    hits: usize,
 }
 
 fn make_modules(
@@ -138,6 +149,7 @@ fn make_modules(
     jobs: usize,
     env: &[(String, String)],
     args: &[String],
+    tools: bool,
 ) -> Result<Run> {
     let out = run_make(tree, "modules", jobs, env, args)?;
     let word = |l: &str, tag: &str| -> Option<String> {
@@ -153,17 +165,28 @@ fn make_modules(
         .iter()
         .filter_map(|(_, l)| word(l, "LD [M]"))
         .collect();
-    let natives = out
+    let natives: BTreeSet<String> = out
         .lines
         .iter()
         .filter_map(|(_, l)| word(l, "CC"))
         .filter(|n| n.ends_with(".thinlto-native.o"))
+        .collect();
+    let hits = out
+        .lines
+        .iter()
+        .filter_map(|(_, l)| word(l, "HIT"))
+        .filter(|n| n.ends_with(".thinlto-native.o"))
         .count();
-    let mut backend = natives;
+    let mut backend = natives.len();
     for m in mods {
         if m.is_single() {
-            backend += compiled.contains(&m.object) as usize;
-        } else if natives == 0 && relinked.contains(&m.object) {
+            // With the tools, its backend is a job of thinlto-backend,
+            // counted by its CC line above (foo.lto.thinlto-native.o);
+            // otherwise it runs inside the module's own compile.
+            if !tools {
+                backend += compiled.contains(&m.object) as usize;
+            }
+        } else if natives.is_empty() && relinked.contains(&m.object) {
             // In-process: lld ran a backend per bitcode part.
             backend += m.parts.iter().filter(|p| is_bitcode(&tree.join(p))).count();
         }
@@ -171,6 +194,7 @@ fn make_modules(
     Ok(Run {
         wall: out.wall,
         jobs: backend,
+        hits,
     })
 }
 
@@ -219,44 +243,70 @@ pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
     let bins = flow::build_bins()?;
     let (_, make_args) = make_llvm_args(&tree)?;
     let path = std::env::var("PATH").unwrap_or_default();
-    let steps = ["modules from scratch", "no-op", &format!("touch {touched}")];
-    let mut table: Vec<(Way, Vec<Run>)> = Vec::new();
-    let mut symvers: Vec<(Way, Vec<u8>)> = Vec::new();
+    let scratch_step = "modules from scratch".to_string();
+    let steps = [
+        scratch_step.clone(),
+        "no-op".to_string(),
+        format!("touch {touched}"),
+        "modules from scratch again, warm backend cache (tools only)".to_string(),
+    ];
+    let work = crate::target_dir().join("bench/modules");
+    let cache_dir = work.join("cache");
+    let stock_copy = work.join("stock");
+    let mut table: Vec<(Way, Vec<Option<Run>>)> = Vec::new();
+    let mut checks: Vec<(Way, Vec<flow::Check>)> = Vec::new();
     for way in Way::ALL {
         let patches: Vec<PathBuf> = way
             .patches()
             .iter()
             .map(|p| crate::workspace_root().join(p))
             .collect();
+        let tools = way == Way::Tools;
         let mut env = Vec::new();
         let mut args = make_args.clone();
-        if way == Way::Tools {
+        if tools {
             env.push(("PATH".to_string(), format!("{}:{path}", bins.dir.display())));
+            // An empty cache of the bench's own: the from-scratch step
+            // fills it, the last step reads it.
+            let _ = std::fs::remove_dir_all(&cache_dir);
+            std::fs::create_dir_all(&cache_dir)?;
+            env.push((
+                "THINLTO_BACKEND_FLAGS".to_string(),
+                format!("--cache-dir={}", cache_dir.display()),
+            ));
             args.push("THINLTO_TOOLS=1".into());
         }
         let mut applied = Vec::new();
-        let result = (|| -> Result<Vec<Run>> {
+        let result = (|| -> Result<Vec<Option<Run>>> {
             for p in &patches {
                 patch(&tree, p, false)?;
                 applied.push(p.clone());
             }
             let mut runs = Vec::new();
             for (i, step) in steps.iter().enumerate() {
+                if i == 3 && !tools {
+                    runs.push(None);
+                    continue;
+                }
                 eprintln!("bench (modules): {}: {step}", way.name());
                 match i {
-                    0 => scratch(&tree, &mods),
+                    0 | 3 => scratch(&tree, &mods),
                     1 => {}
                     _ => std::fs::File::options()
                         .append(true)
                         .open(tree.join(&touched))?
                         .set_modified(std::time::SystemTime::now())?,
                 }
-                runs.push(make_modules(&tree, &mods, jobs, &env, &args)?);
+                runs.push(Some(make_modules(&tree, &mods, jobs, &env, &args, tools)?));
             }
             Ok(runs)
         })();
         if result.is_ok() {
-            symvers.push((way, std::fs::read(tree.join("Module.symvers"))?));
+            if way == Way::Stock {
+                copy_modules(&tree, &stock_copy)?;
+            } else {
+                checks.push((way, modules_cmp::compare_modules(&stock_copy, &tree)?));
+            }
         }
         for p in applied.iter().rev() {
             patch(&tree, p, true)?;
@@ -271,7 +321,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
     writeln!(
         s,
         "### M1. `make modules` in kbuild's distributed mode: in-process modules, `modules-dist.patch`, `THINLTO_TOOLS=1`\n\n\
-         Tree: {display} ({} modules, {} composite; the touched part belongs to `{}`, {} parts), `make {} -j{jobs} modules`, one run per cell, the ways one after the other on the same tree. \"jobs\" are backend compiles (in-process: the bitcode parts of each module lld relinked).\n",
+         Tree: {display} ({} modules, {} composite; the touched part belongs to `{}`, {} parts), `make {} -j{jobs} modules`, one run per cell, the ways one after the other on the same tree. \"jobs\" are backend compiles (in-process: the bitcode parts of each module lld relinked); \"hits\" are the tools' backend cache hits (`THINLTO_BACKEND_FLAGS=--cache-dir=…`, empty before the tools' first step). The last row is the tools' only; its ratio is against the stock way's from-scratch run.\n",
         mods.len(),
         mods.iter().filter(|m| !m.is_single()).count(),
         composite.object,
@@ -281,37 +331,78 @@ pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
     .unwrap();
     writeln!(
         s,
-        "| step | stock make / jobs | plain rules make / jobs | THINLTO_TOOLS=1 make / jobs | stock÷plain | stock÷tools |"
+        "| step | stock make / jobs | plain rules make / jobs | THINLTO_TOOLS=1 make / jobs / hits | stock÷plain | stock÷tools |"
     )
     .unwrap();
     writeln!(s, "|---|---|---|---|---|---|").unwrap();
-    let cell = |r: &Run| format!("{:.2} s / {}", r.wall, r.jobs);
+    let cell = |r: &Option<Run>| match r {
+        Some(r) => format!("{:.2} s / {}", r.wall, r.jobs),
+        None => "—".to_string(),
+    };
+    let ratio = |a: &Run, b: &Option<Run>| match b {
+        Some(b) => format!("{:.2}×", a.wall / b.wall),
+        None => "—".to_string(),
+    };
     for (i, step) in steps.iter().enumerate() {
-        let (st, pl, to) = (&table[0].1[i], &table[1].1[i], &table[2].1[i]);
+        let (pl, to) = (&table[1].1[i], &table[2].1[i]);
+        // The warm-cache row compares with stock's from-scratch run.
+        let st = table[0].1[i]
+            .as_ref()
+            .or(table[0].1[0].as_ref())
+            .context("the stock way has no from-scratch run")?;
+        let tools_cell = match to {
+            Some(r) => format!("{:.2} s / {} / {}", r.wall, r.jobs, r.hits),
+            None => "—".to_string(),
+        };
         writeln!(
             s,
-            "| {step} | {} | {} | {} | {:.2}× | {:.2}× |",
-            cell(st),
+            "| {step} | {} | {} | {tools_cell} | {} | {} |",
+            cell(&table[0].1[i]),
             cell(pl),
-            cell(to),
-            st.wall / pl.wall,
-            st.wall / to.wall
+            ratio(st, pl),
+            ratio(st, to)
         )
         .unwrap();
     }
     s.push('\n');
-    let reference = &symvers[0].1;
-    for (way, bytes) in &symvers[1..] {
-        writeln!(
-            s,
-            "- {}: `Module.symvers` after the last step identical to the stock build's: {}",
-            way.name(),
-            if bytes == reference { "yes" } else { "**NO**" }
-        )
-        .unwrap();
+    let mut failed = false;
+    for (way, way_checks) in &checks {
+        for c in way_checks {
+            failed |= !c.ok;
+            writeln!(
+                s,
+                "- {} against the stock way: {}: {} ({})",
+                way.name(),
+                c.name,
+                if c.ok { "yes" } else { "**NO**" },
+                c.detail
+            )
+            .unwrap();
+        }
     }
-    if symvers[1..].iter().any(|(_, b)| b != reference) {
-        bail!("a way's Module.symvers differs from the stock build's:\n{s}");
+    if failed {
+        bail!("a way's modules differ from the stock build's:\n{s}");
     }
     Ok(s)
+}
+
+/// Copies what [`modules_cmp::compare_modules`] reads of `tree` (its
+/// `Module.symvers`, `modules.order` and every `.ko` of that order) to
+/// `dest`, emptied first, at the same relative paths.
+fn copy_modules(tree: &Path, dest: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::create_dir_all(dest)?;
+    let mut files = vec!["Module.symvers".to_string(), "modules.order".to_string()];
+    for ko in crate::kernel::modorder::read_modules_order(tree)? {
+        files.push(ko.to_string_lossy().into_owned());
+    }
+    for f in files {
+        let to = dest.join(&f);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(tree.join(&f), &to)
+            .with_context(|| format!("copying {} to {}", tree.join(&f).display(), to.display()))?;
+    }
+    Ok(())
 }
