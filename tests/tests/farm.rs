@@ -81,6 +81,21 @@ fn farm_executes_backend_jobs_hermetically() {
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     let w1 = farm.add_worker("w1", &[], &[]).unwrap();
+    // The workers' directories are where a worker puts its own by
+    // default: on a tmpfs when /dev/shm is one (and TMPDIR unset), where
+    // each job's fresh directories cost little.
+    let parent = thinlto_backend::worker::default_work_parent();
+    assert!(
+        farm.worker_dir("w1").starts_with(&parent),
+        "{} not in {}",
+        farm.worker_dir("w1").display(),
+        parent.display()
+    );
+    if std::env::var_os("TMPDIR").is_none() && is_tmpfs("/dev/shm") {
+        assert_eq!(parent, Path::new("/dev/shm"));
+    } else {
+        eprintln!("farm: skipped the tmpfs default's check (TMPDIR set, or /dev/shm is no tmpfs)");
+    }
     // A worker whose `cc` is another program (a wrapper script of the same
     // name): another identity, so it must get no work.
     let fake = tempfile::tempdir().unwrap();
@@ -289,4 +304,15 @@ fn open_fifo_writer(fifo: &Path, farm: &Farm) -> std::fs::File {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `dir` is a tmpfs, as /proc/mounts says.
+fn is_tmpfs(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == dir && f[2] == "tmpfs"
+        })
 }

@@ -358,7 +358,7 @@ fn report(r: &Report) -> Result<String> {
     let ms = |cpu: f64| cpu * 1000.0 / j;
 
     let mut md = String::new();
-    writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores, a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run. Load average before the runs: {} (every runnable process of the machine counts, idle-priority ones too).\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs, r.load)?;
+    writeln!(md, "Tree: `{}` (Linux 6.12, kbuild's DIST mode, {} backend jobs); {} local jobs; farm: BuildGrid 0.4.4 + PostgreSQL + {} release-built `thinlto-backend worker -j {}` on the same cores (work directories in `{}`), a new farm (empty CAS and action cache) for each farm run; `--no-cache -B` every run. Load average before the runs: {} (every runnable process of the machine counts, idle-priority ones too).\n", r.shown, r.objects.len(), r.jobs, r.workers, r.worker_jobs, thinlto_backend::worker::default_work_parent().display(), r.load)?;
     writeln!(
         md,
         "| run | wall (s) | vs here | actions | natives = kbuild's |"

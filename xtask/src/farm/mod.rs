@@ -337,6 +337,11 @@ pub struct Farm {
     bgd: Option<Process>,
     postgres: Option<Postgres>,
     dir: tempfile::TempDir,
+    /// The workers' work directories (blob stores, input roots), where a
+    /// worker puts its own by default (`thinlto_backend::worker::
+    /// default_work_parent`: a tmpfs when there is one, where the fresh
+    /// directories of each job cost little).
+    work: tempfile::TempDir,
 }
 
 impl Farm {
@@ -354,6 +359,11 @@ impl Farm {
             .prefix("thinlto-farm.")
             .tempdir()
             .context("a directory for the farm")?;
+        let work_parent = thinlto_backend::worker::default_work_parent();
+        let work = tempfile::Builder::new()
+            .prefix("thinlto-farm-work.")
+            .tempdir_in(&work_parent)
+            .with_context(|| format!("a directory for the workers in {}", work_parent.display()))?;
         let mut farm = Farm {
             url: String::new(),
             port: 0,
@@ -362,6 +372,7 @@ impl Farm {
             bgd: None,
             postgres: None,
             dir,
+            work,
         };
         let pg = Postgres::start(&pg_bin, farm.dir.path())?;
         let sql = pg.url();
@@ -408,7 +419,7 @@ impl Farm {
         env: &[(&str, &str)],
     ) -> Result<usize> {
         let log = std::fs::File::create(self.worker_log(name))?;
-        let work = self.dir.path().join(format!("{name}.work"));
+        let work = self.worker_dir(name);
         let p = Process::spawn(
             Command::new(&self.worker_exe)
                 .args([
@@ -442,7 +453,7 @@ impl Farm {
 
     /// The work directory of worker `name` (its blob store, its actions).
     pub fn worker_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.work"))
+        self.work.path().join(format!("{name}.work"))
     }
 
     /// The processes of the farm, by component, for measuring their CPU
