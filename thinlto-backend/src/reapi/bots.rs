@@ -235,11 +235,6 @@ mod tests {
     use super::*;
     use prost::Message;
 
-    /// The bytes of a session, spelled out field by field: tags 1..7 as
-    /// bots.proto numbers them (BotSession.leases = 5, Lease.id = 7,
-    /// Lease.state = 2, Device.properties = 2 …). Cross-checked: BuildGrid
-    /// 0.4.4's `bots_pb2.BotSession(...)` of the same values serializes to
-    /// these bytes.
     #[test]
     fn keepalives_come_a_third_of_the_session_s_time_apart() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -265,6 +260,11 @@ mod tests {
         );
     }
 
+    /// The bytes of a session, spelled out field by field: tags 1..7 as
+    /// bots.proto numbers them (BotSession.leases = 5, Lease.id = 7,
+    /// Lease.state = 2, Device.properties = 2 …). Cross-checked: BuildGrid
+    /// 0.4.4's `bots_pb2.BotSession(...)` of the same values serializes to
+    /// these bytes.
     #[test]
     fn field_numbers_are_the_protos() {
         let s = BotSession {
