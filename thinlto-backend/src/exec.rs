@@ -317,7 +317,9 @@ impl RemoteExec {
         let traced = reads.is_some();
         if let Some(why) = stays_local(&job.argv) {
             if self.said.lock().unwrap().insert(why) {
-                eprintln!("thinlto-backend: remote execution: {why}: such jobs compile here");
+                eprintln_one_write!(
+                    "thinlto-backend: remote execution: {why}: such jobs compile here"
+                );
             }
             return self.fallback(why.to_string());
         }
@@ -453,7 +455,7 @@ impl RemoteExec {
                 Err(e) if e.downcast_ref::<ActionRefused>().is_some() => {
                     let r = e.downcast_ref::<ActionRefused>().unwrap();
                     if self.said_refused.lock().unwrap().insert(r.code) {
-                        eprintln!(
+                        eprintln_one_write!(
                             "thinlto-backend: remote execution: {what}: the farm answered {r}; compiling it here (said once for {:?})",
                             r.code
                         );
@@ -495,7 +497,7 @@ impl RemoteExec {
                 l.find(NOT_HERMETIC)
                     .map(|at| l[at + NOT_HERMETIC.len()..].to_string())
             }) {
-                eprintln!(
+                eprintln_one_write!(
                     "thinlto-backend: remote execution: {}: {why}; compiling it here (its trace then knows the file)",
                     job.native
                 );
@@ -526,7 +528,7 @@ impl RemoteExec {
             };
             if !self.said_empty.swap(true, Ordering::Relaxed) {
                 let said = output.trim_end();
-                eprintln!(
+                eprintln_one_write!(
                     "thinlto-backend: remote execution: {}: the result {whence} (worker {worker:?}) has exit status 0 but no (or an empty) {}: a farm fault; such jobs compile here{}",
                     job.native,
                     printable(missing),
@@ -555,7 +557,7 @@ impl RemoteExec {
     /// run compiles here.
     fn give_up(&self, e: &anyhow::Error) -> Outcome {
         if !self.off.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend: remote execution {}: {e:#}; compiling here for the rest of this run",
                 self.url
             );

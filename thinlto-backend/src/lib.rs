@@ -31,6 +31,7 @@
 //!   (`CC="thinlto-backend wrap clang"`);
 //! - [`archive`]: the final thin archive;
 //! - [`signals`]: dying by the signal received, after cleaning up;
+//! - [`stderr`]: each stderr line in one write (`make -j` shares the pipe);
 //! - [`limits`]: the bounds on what is read from a cache or a server.
 //!
 //! Dependencies run one way between rooms (tests/tests/conventions.rs
@@ -43,6 +44,16 @@
 //! [`config::Config`] (the cache's `CacheOptions`, `reapi`'s
 //! `RemoteOptions`): no room but `engine`, `dtlto` and `main` uses
 //! `config`.
+
+/// `eprintln!` in one `write(2)`, so lines of tools that `make -j` runs
+/// side by side on one stderr do not interleave ([`stderr`]). Defined
+/// before the modules so they all see it.
+#[macro_export]
+macro_rules! eprintln_one_write {
+    ($($arg:tt)*) => {
+        $crate::stderr::line(format_args!($($arg)*))
+    };
+}
 
 pub mod archive;
 pub mod cache;
@@ -62,6 +73,7 @@ pub mod reapi;
 pub mod record;
 pub mod remote_headers;
 pub mod signals;
+pub mod stderr;
 pub mod warm;
 #[cfg(feature = "remote")]
 pub mod worker;

@@ -11,6 +11,7 @@ use thinlto_backend::config::{self, Config, Mode, Warm};
 use thinlto_backend::engine::plan::read_front_ends;
 use thinlto_backend::engine::scheduler;
 use thinlto_backend::engine::{self, stdout_error, Outcome};
+use thinlto_backend::eprintln_one_write;
 use thinlto_backend::job::{inputs_from_index, inputs_from_manifest, JobInput};
 use thinlto_backend::reapi::RemoteOptions;
 use thinlto_backend::signals;
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
         thinlto_backend::wrap::main(argv)
     }
     if let Err(e) = signals::install_signal_handlers() {
-        eprintln!("thinlto-backend: error: cannot handle signals: {e}");
+        eprintln_one_write!("thinlto-backend: error: cannot handle signals: {e}");
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("thinlto-backend: error: {e:#}");
+            eprintln_one_write!("thinlto-backend: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -174,7 +175,7 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
     // it: the cache only saves time, it never decides the result.
     let dir = match use_cache.then(|| config::cache_dir(args.cache_dir.clone())) {
         Some(Err(e)) => {
-            eprintln!("thinlto-backend: cache: {e:#}; building without the cache");
+            eprintln_one_write!("thinlto-backend: cache: {e:#}; building without the cache");
             None
         }
         Some(Ok(dir)) => Some(dir),

@@ -113,7 +113,7 @@ fn die_by(sig: i32) -> ! {
 
 fn exec(argv: &[OsString]) -> ! {
     let e = Command::new(&argv[0]).args(&argv[1..]).exec();
-    eprintln!(
+    eprintln_one_write!(
         "thinlto-backend wrap: cannot run {}: {e}",
         argv[0].to_string_lossy()
     );
@@ -122,13 +122,8 @@ fn exec(argv: &[OsString]) -> ! {
 
 fn explain(native: &str, what: &str) {
     if std::env::var_os("THINLTO_WRAP_EXPLAIN").is_some_and(|v| !v.is_empty()) {
-        // One write: make runs many wrappers at once on one stderr, and
-        // eprintln! writes each piece of the format separately, so lines
-        // of two wrappers could interleave (a reader, or a test, then
-        // misses both).
-        use std::io::Write;
-        let line = format!("thinlto-backend wrap: {native}: {what}\n");
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        // make runs many wrappers at once on one stderr (crate::stderr).
+        eprintln_one_write!("thinlto-backend wrap: {native}: {what}");
     }
 }
 
@@ -137,7 +132,7 @@ fn explain(native: &str, what: &str) {
 /// status is the process's.
 pub fn main(argv: Vec<OsString>) -> ! {
     if argv.is_empty() {
-        eprintln!("thinlto-backend wrap: usage: thinlto-backend wrap COMPILER [ARG]...\n  (as kbuild's CC: make CC=\"thinlto-backend wrap clang-19\" vmlinux)");
+        eprintln_one_write!("thinlto-backend wrap: usage: thinlto-backend wrap COMPILER [ARG]...\n  (as kbuild's CC: make CC=\"thinlto-backend wrap clang-19\" vmlinux)");
         std::process::exit(2);
     }
     let Some(cmd) = recognise(&argv) else {
@@ -173,7 +168,7 @@ pub fn main(argv: Vec<OsString>) -> ! {
     // An old record must never vouch for what this compile leaves.
     if std::fs::symlink_metadata(&record_path).is_ok() {
         if let Err(e) = std::fs::remove_file(&record_path) {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend wrap: {}: cannot remove: {e}",
                 record_path.display()
             );
@@ -188,7 +183,7 @@ pub fn main(argv: Vec<OsString>) -> ! {
     let mut child = match Command::new(&argv[0]).args(&argv[1..]).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend wrap: cannot run {}: {e}",
                 argv[0].to_string_lossy()
             );
@@ -207,7 +202,7 @@ pub fn main(argv: Vec<OsString>) -> ! {
             Ok(s) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("thinlto-backend wrap: waiting for the compiler: {e}");
+                eprintln_one_write!("thinlto-backend wrap: waiting for the compiler: {e}");
                 std::process::exit(1);
             }
         }
@@ -228,13 +223,13 @@ pub fn main(argv: Vec<OsString>) -> ! {
         record.seconds = Some(start.elapsed().as_secs_f64());
         if let Err(e) = write_record(&record_path, &record.render(&job.native)) {
             // The object is fine; only the next decision is lost.
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend wrap: warning: {}: cannot write the record: {e}",
                 record_path.display()
             );
         }
     } else {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend wrap: {}: the compiler exited 0 but wrote no output (or an empty one)",
             job.native
         );
@@ -275,7 +270,7 @@ const MASQUERADE_VAR: &str = "THINLTO_WRAP_MASQUERADE";
 /// [`MASQUERADE_VAR`] in the environment for it.
 fn masqueraded_compiler(name: &OsStr) -> Option<PathBuf> {
     if std::env::var_os(MASQUERADE_VAR).is_some() {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend wrap: {} on PATH leads back to this wrapper (a loop: is ccache's \
              directory of compiler links after ours on PATH? put it before ours, or set \
              CCACHE_PATH to the directories without either)",
@@ -296,7 +291,7 @@ fn masqueraded_compiler(name: &OsStr) -> Option<PathBuf> {
         .find(|p| p.is_file() && !is_me(p))
         .cloned();
     if found.is_none() {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend wrap: no {} on PATH after this wrapper",
             name.to_string_lossy()
         );

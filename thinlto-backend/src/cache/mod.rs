@@ -247,7 +247,9 @@ impl BackendCache {
             Some(r) => match shared::RemoteTier::connect(r) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    eprintln!("thinlto-backend: cache: {e:#}; going on with the local cache only");
+                    eprintln_one_write!(
+                        "thinlto-backend: cache: {e:#}; going on with the local cache only"
+                    );
                     None
                 }
             },
@@ -540,7 +542,7 @@ impl BackendCache {
 impl Inner {
     fn warn_once(&self, kind: &str, msg: &str) {
         if self.warned.lock().unwrap().insert(kind.to_string()) {
-            eprintln!("thinlto-backend: cache: {msg}");
+            eprintln_one_write!("thinlto-backend: cache: {msg}");
         }
     }
 
@@ -811,7 +813,7 @@ fn warn_if_not_private(dirs: &[&Path]) {
         }
     });
     if let Some(why) = why {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend: cache: warning: {why}: whoever can write the cache chooses what \
              this build links (declare a shared cache with --cache-shared; see docs/cache.md, \"Who is trusted\")"
         );

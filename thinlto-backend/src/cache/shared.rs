@@ -145,7 +145,7 @@ impl RemoteTier {
     /// Reports an error once and leaves the remote tier out from now on.
     pub fn fail(&self, e: &anyhow::Error) {
         if !self.off.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend: cache: remote cache {}: {e:#}; not used for the rest of this run",
                 self.url
             );

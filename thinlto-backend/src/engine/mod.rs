@@ -97,7 +97,7 @@ pub fn run(
         });
     let outcome = run_planned(cfg, &cc, planned, jobserver, records, start);
     if let Some(w) = producer_check.and_then(|t| t.join().ok().flatten()) {
-        eprintln!("thinlto-backend: warning: {w}");
+        eprintln_one_write!("thinlto-backend: warning: {w}");
     }
     outcome
 }
@@ -136,7 +136,7 @@ pub fn run_planned(
         Some(opts) if needs_run => match BackendCache::open(opts, &cc.argv) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("thinlto-backend: cache: {e:#}; building without the cache");
+                eprintln_one_write!("thinlto-backend: cache: {e:#}; building without the cache");
                 None
             }
         },
@@ -148,7 +148,7 @@ pub fn run_planned(
             match crate::exec::RemoteExec::connect(&o.remote, o.jobs, o.batch, &cc.argv) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    eprintln!("thinlto-backend: remote execution: {e:#}; compiling here");
+                    eprintln_one_write!("thinlto-backend: remote execution: {e:#}; compiling here");
                     None
                 }
             }
@@ -313,7 +313,7 @@ pub fn run_planned(
             ),
             None => String::new(),
         };
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend: {} built{farm}, {} up to date{cached}, {} failed{}; wall {:.2} s, CPU {:.2} s",
             summary.built,
             up_to_date,
@@ -333,7 +333,7 @@ pub fn run_planned(
             .filter(|_| cfg.verbosity == Verbosity::Commands)
         {
             let r = r.summary();
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend: farm calls: {}; {} batched jobs not looked up first (a cold farm)",
                 calls_line(&r.calls),
                 r.lookups_skipped
@@ -341,7 +341,7 @@ pub fn run_planned(
         }
     }
     if let Some(sig) = summary.signal {
-        eprintln!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
+        eprintln_one_write!("thinlto-backend: interrupted by signal {sig}; outputs in place are complete, a re-run finishes the rest");
         return Ok(Outcome::Interrupted(sig));
     }
     if let Some(e) = summary.output_error {
@@ -434,7 +434,7 @@ fn explain(
     }
     out.flush().map_err(stdout_error)?;
     if placer.is_some() {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend: explain: {} would run ({farm} on the farm, {here} here, {hits} from the cache), {up_to_date} up to date",
             farm + here + hits
         );

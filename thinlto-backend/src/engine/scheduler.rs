@@ -125,7 +125,7 @@ pub fn jobserver_from_env() -> MakeJobserver {
         Ok(c) => MakeJobserver::Usable(c),
         Err(e) => {
             if std::env::var("MAKEFLAGS").is_ok_and(|m| m.contains("jobserver")) {
-                eprintln!("thinlto-backend: warning: make's jobserver is not usable ({e}); mark the recipe with `+` to share make's job slots. One job at a time unless -j says otherwise");
+                eprintln_one_write!("thinlto-backend: warning: make's jobserver is not usable ({e}); mark the recipe with `+` to share make's job slots. One job at a time unless -j says otherwise");
                 MakeJobserver::Unusable
             } else {
                 MakeJobserver::Absent
@@ -216,7 +216,7 @@ pub fn run_jobs(
         }) {
             Ok(h) => Some(h),
             Err(e) => {
-                eprintln!("thinlto-backend: warning: cannot wait for make's jobserver ({e}); running one job at a time");
+                eprintln_one_write!("thinlto-backend: warning: cannot wait for make's jobserver ({e}); running one job at a time");
                 None
             }
         }
@@ -344,7 +344,7 @@ pub fn run_jobs(
                 Ok(Event::Token(Err(e))) => {
                     requested = requested.saturating_sub(1);
                     if !token_error {
-                        eprintln!("thinlto-backend: warning: make's jobserver failed ({e}); no more tokens taken from it");
+                        eprintln_one_write!("thinlto-backend: warning: make's jobserver failed ({e}); no more tokens taken from it");
                     }
                     token_error = true;
                 }
@@ -590,7 +590,7 @@ fn prepare(
             match put_in_place(job, record, &hit, dwo.as_deref()) {
                 Ok(()) => {
                     if ctx.opts.verbosity != Verbosity::Quiet {
-                        eprintln!("  {:<7} {}", "HIT", job.native);
+                        eprintln_one_write!("  {:<7} {}", "HIT", job.native);
                     }
                     return Some((
                         JobRecord {
@@ -611,7 +611,7 @@ fn prepare(
                 Err(e) => {
                     // Compiled instead; whatever was put in place goes.
                     remove_failed_outputs(native, dwo.as_deref());
-                    eprintln!(
+                    eprintln_one_write!(
                         "thinlto-backend: cache: {}: cannot put the cached object in place: {e:#}; compiling",
                         job.native
                     );
@@ -634,8 +634,8 @@ fn compile_local(
     let fail = |why: String, output: Option<String>| out_.fail(why, output);
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
-        Verbosity::Normal => eprintln!("  {:<7} {}", "CC", job.native),
-        Verbosity::Commands => eprintln!("{}", job.command_text),
+        Verbosity::Normal => eprintln_one_write!("  {:<7} {}", "CC", job.native),
+        Verbosity::Commands => eprintln_one_write!("{}", job.command_text),
     }
     let argv = &job.argv;
     let trace = match ctx.cache {
@@ -759,8 +759,8 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
     let known = ctx.cache.and_then(|c| c.known_reads(job, record));
     match ctx.opts.verbosity {
         Verbosity::Quiet => {}
-        Verbosity::Normal => eprintln!("  {:<7} {}", "RCC", job.native),
-        Verbosity::Commands => eprintln!("{}", job.command_text),
+        Verbosity::Normal => eprintln_one_write!("  {:<7} {}", "RCC", job.native),
+        Verbosity::Commands => eprintln_one_write!("{}", job.command_text),
     }
     let expected = crate::engine::expected_seconds(job, record);
     let (outputs, text, worker, batch) = match remote.run(job, known.as_deref(), expected, &|| {
@@ -769,7 +769,7 @@ fn compile_remote(ctx: &Ctx, job: &BackendJob, reason: &str, record: &NativeReco
         RemoteOutcome::Fallback(_) => return Built::Fallback,
         RemoteOutcome::Cancelled(what) => {
             if ctx.opts.verbosity != Verbosity::Quiet {
-                eprintln!("  {:<7} {} ({what})", "CANCEL", job.native);
+                eprintln_one_write!("  {:<7} {} ({what})", "CANCEL", job.native);
             }
             let sig = pending_signal().unwrap_or(0);
             let (rec, text) = out.fail(format!("interrupted by signal {sig}; {what}"), None);

@@ -373,7 +373,9 @@ impl Batcher {
                 x.exit_code,
                 said.lines().next().unwrap_or("")
             );
-            eprintln!("thinlto-backend: remote execution: {why}; its {n} jobs compile here");
+            eprintln_one_write!(
+                "thinlto-backend: remote execution: {why}; its {n} jobs compile here"
+            );
             return batch
                 .iter()
                 .map(|_| (Err(exec.fallback(why.clone())), None))
@@ -411,7 +413,7 @@ impl Batcher {
                     (Ok((executed, Some(at))), write)
                 }
                 Err(why) => {
-                    eprintln!(
+                    eprintln_one_write!(
                         "thinlto-backend: remote execution: {}: {why}; compiling it here",
                         m.native
                     );
@@ -442,7 +444,7 @@ impl Batcher {
                 .remember(&exec.remote_action(&members[k].key), result)
             {
                 if !self.remember_off.swap(true, Ordering::Relaxed) {
-                    eprintln!(
+                    eprintln_one_write!(
                         "thinlto-backend: remote execution: recording {} in the action cache: {e:#}; batched jobs are not recorded there for the rest of this run",
                         members[k].native
                     );

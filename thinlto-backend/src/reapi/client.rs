@@ -429,7 +429,7 @@ impl RemoteCache {
             parse_headers(&opts.headers).with_context(|| format!("remote cache {url}"))?,
         ));
         if let Some(w) = crate::remote_headers::plaintext_warning(url, &opts.headers) {
-            eprintln!("thinlto-backend: remote cache: {w}");
+            eprintln_one_write!("thinlto-backend: remote cache: {w}");
         }
         // Two threads: the work is waiting on the network, and the machine's
         // cores belong to the compiles.

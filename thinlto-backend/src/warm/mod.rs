@@ -119,7 +119,7 @@ static ANNOUNCE: AtomicBool = AtomicBool::new(true);
 
 fn say(what: &str) {
     if ANNOUNCE.load(Ordering::Relaxed) {
-        eprintln!("thinlto-backend: warm compiler: {what}; plain spawns");
+        eprintln_one_write!("thinlto-backend: warm compiler: {what}; plain spawns");
     }
 }
 
@@ -167,7 +167,7 @@ impl Drop for Warm {
             served += stop(st);
         }
         if std::env::var_os("THINLTO_WARM_STATS").is_some_and(|v| v == "1") {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend: warm compiler: {served} jobs served, {} spawned plainly",
                 PLAIN.load(Ordering::Relaxed)
             );

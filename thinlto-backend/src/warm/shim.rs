@@ -38,7 +38,7 @@ pub fn path() -> Result<PathBuf, String> {
     FILE.get_or_init(|| {
         let r = place();
         if let Err(why) = &r {
-            eprintln!(
+            eprintln_one_write!(
                 "thinlto-backend: zygote shim: {why}; plain spawns, no warm compiler and no \
                  tracing (the cache stores nothing)"
             );

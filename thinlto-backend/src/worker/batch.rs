@@ -184,7 +184,7 @@ pub(crate) fn run(
         files.push((format::stdout_path(k), stdout));
         files.push((format::stderr_path(k), stderr));
     }
-    eprintln!(
+    eprintln_one_write!(
         "thinlto-backend worker {}: a batch of {} jobs ({} …): {} failed, {} on the warm compiler",
         ctx.bot,
         jobs.len(),

@@ -124,7 +124,7 @@ pub(crate) fn compile_job(
         return Err(LeaseCancelled.into());
     }
     // The worker's log, a line a compile; a batch's job says which.
-    eprintln!(
+    eprintln_one_write!(
         "thinlto-backend worker {}: {}{} -o {}: {}, {}{}",
         ctx.bot,
         label,

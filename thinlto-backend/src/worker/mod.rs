@@ -160,7 +160,7 @@ pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()
                 .with_context(|| format!("cannot chmod {}", d.display()))?;
         }
     }
-    eprintln!(
+    eprintln_one_write!(
         "thinlto-backend worker {name}: {}",
         if !sandbox.on() {
             "NO sandbox (--no-sandbox): every client can run code as this worker's user".to_string()
@@ -174,7 +174,7 @@ pub fn main(args: WorkerArgs, header_env: Option<&std::ffi::OsStr>) -> Result<()
         }
     );
     for c in &compilers {
-        eprintln!(
+        eprintln_one_write!(
             "thinlto-backend worker {name}: {} ({}) {COMPILER_PROPERTY}={}",
             c.word,
             c.exe.display(),
@@ -292,7 +292,7 @@ fn bot(shared: &Shared, id: &str) -> Result<()> {
             }
             Err(e) => {
                 failures += 1;
-                eprintln!("thinlto-backend worker {id}: {e:#}");
+                eprintln_one_write!("thinlto-backend worker {id}: {e:#}");
                 if failures >= MAX_UPDATE_FAILURES {
                     std::thread::sleep(Duration::from_secs(1));
                     session = create_retrying(shared, &mut client, id)?;
@@ -316,7 +316,7 @@ fn create_retrying(shared: &Shared, client: &mut BotsClient, id: &str) -> Result
             Err(e)
                 if crate::reapi::is_transient(&e) && crate::signals::pending_signal().is_none() =>
             {
-                eprintln!("thinlto-backend worker {id}: {e:#}; trying again");
+                eprintln_one_write!("thinlto-backend worker {id}: {e:#}; trying again");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -455,11 +455,11 @@ fn run_lease(
     let (result, status) = match outcome {
         Ok(r) => (Some(r.result), r.status),
         Err(e) if e.is::<exec::LeaseCancelled>() => {
-            eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e}");
+            eprintln_one_write!("thinlto-backend worker {id}: lease {lease_id}: {e}");
             return update(shared, client, session, KEEPALIVE_DEADLINE);
         }
         Err(e) => {
-            eprintln!("thinlto-backend worker {id}: lease {lease_id}: {e:#}");
+            eprintln_one_write!("thinlto-backend worker {id}: lease {lease_id}: {e:#}");
             (
                 None,
                 RpcStatus {

@@ -153,7 +153,12 @@ pub fn read_module(tree: &Path, ko: &Path) -> Result<Module> {
 pub fn load_order(modules: &[Module]) -> Result<Vec<Module>> {
     for m in modules {
         for d in &m.depends {
-            if !modules.iter().any(|o| &o.name == d) {
+            // modpost writes `depends=` from the object's file name, with
+            // its `-`s (twofish-x86_64); `name=` has kbuild's `_`s.
+            if !modules
+                .iter()
+                .any(|o| module_name(&o.name) == module_name(d))
+            {
                 bail!(
                     "{} ({}) depends on {d}, which is not among the built modules (modules.order)",
                     m.name,
@@ -176,7 +181,7 @@ pub fn load_order(modules: &[Module]) -> Result<Vec<Module>> {
     let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, m) in modules.iter().enumerate() {
         for d in &m.depends {
-            after[i].extend((0..n).filter(|&j| &modules[j].name == d));
+            after[i].extend((0..n).filter(|&j| module_name(&modules[j].name) == module_name(d)));
         }
         for d in &m.soft_pre {
             after[i].extend(named(d).into_iter().filter(|&j| j != i));
@@ -298,6 +303,17 @@ mod tests {
                 "xor",
                 "btrfs"
             ]
+        );
+        // modpost's depends= has the file name's dashes, name= kbuild's
+        // underscores (twofish_x86_64_3way depends=twofish-x86_64,...).
+        let dashed = [
+            m("twofish_x86_64_3way", &["twofish-x86_64", "twofish_common"]),
+            m("twofish_x86_64", &["twofish_common"]),
+            m("twofish_common", &[]),
+        ];
+        assert_eq!(
+            names(&load_order(&dashed).unwrap()),
+            ["twofish_common", "twofish_x86_64", "twofish_x86_64_3way"]
         );
     }
 

@@ -6,7 +6,10 @@
 //! modpost wrote for the symbols it needs). `__versions` is compared as a
 //! set: modpost writes it in the order of the module object's undefined
 //! symbols, which differs between lld's in-process LTO output and an `ld -r`
-//! of natives; the number of modules whose order differs is reported.
+//! of natives; the number of modules whose order differs is reported. For
+//! the same reason `.modinfo`'s `depends=` is compared as a set of module
+//! names (modpost lists them in the order it resolves those symbols), every
+//! other `.modinfo` string exactly and in order.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -88,6 +91,23 @@ pub fn ko_facts(path: &Path) -> Result<KoFacts> {
     })
 }
 
+/// `.modinfo` with each `depends=` list sorted: what is compared. The
+/// loader reads `depends=` as a set; its order follows the order of the
+/// object's undefined symbols (see the module comment).
+fn modinfo_with_sorted_depends(modinfo: &[String]) -> Vec<String> {
+    modinfo
+        .iter()
+        .map(|s| match s.strip_prefix("depends=") {
+            Some(list) => {
+                let mut names: Vec<&str> = list.split(',').collect();
+                names.sort_unstable();
+                format!("depends={}", names.join(","))
+            }
+            None => s.clone(),
+        })
+        .collect()
+}
+
 fn read(tree: &Path, file: &str) -> Result<Vec<u8>> {
     let p = tree.join(file);
     std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
@@ -108,6 +128,7 @@ pub fn compare_modules(stock: &Path, tree: &Path) -> Result<Vec<Check>> {
         .with_context(|| format!("{}/modules.order: not UTF-8", stock.display()))?;
     let (mut same, mut differ) = (0usize, Vec::new());
     let (mut exports, mut undefined, mut reordered) = (0usize, 0usize, 0usize);
+    let mut depends_reordered = 0usize;
     for m in order.lines().filter(|l| !l.is_empty()) {
         let ko = format!("{}.ko", m.strip_suffix(".o").unwrap_or(m));
         let want = ko_facts(&stock.join(&ko))?;
@@ -116,9 +137,14 @@ pub fn compare_modules(stock: &Path, tree: &Path) -> Result<Vec<Check>> {
         if want.versions != got.versions {
             reordered += 1;
         }
+        let modinfo_alike =
+            modinfo_with_sorted_depends(&want.modinfo) == modinfo_with_sorted_depends(&got.modinfo);
+        if modinfo_alike && want.modinfo != got.modinfo {
+            depends_reordered += 1;
+        }
         let alike = want.exports == got.exports
             && want.undefined == got.undefined
-            && want.modinfo == got.modinfo
+            && modinfo_alike
             && set(&want.versions) == set(&got.versions);
         if alike {
             same += 1;
@@ -128,7 +154,7 @@ pub fn compare_modules(stock: &Path, tree: &Path) -> Result<Vec<Check>> {
             let what: Vec<&str> = [
                 ("exports", want.exports != got.exports),
                 ("undefined symbols", want.undefined != got.undefined),
-                ("modinfo", want.modinfo != got.modinfo),
+                ("modinfo", !modinfo_alike),
                 ("__versions", set(&want.versions) != set(&got.versions)),
             ]
             .into_iter()
@@ -143,11 +169,42 @@ pub fn compare_modules(stock: &Path, tree: &Path) -> Result<Vec<Check>> {
         detail: if differ.is_empty() {
             format!(
                 "{same} modules alike ({exports} exports, {undefined} undefined symbols; \
-                 __versions in another order in {reordered})"
+                 __versions in another order in {reordered}, depends= in {depends_reordered})"
             )
         } else {
             differ.join("; ")
         },
     });
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_is_compared_as_a_set_and_every_other_modinfo_string_exactly() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let stock = v(&[
+            "license=GPL",
+            "depends=twofish_common,crypto_simd",
+            "name=t",
+        ]);
+        let swapped = v(&[
+            "license=GPL",
+            "depends=crypto_simd,twofish_common",
+            "name=t",
+        ]);
+        let other = v(&["license=GPL", "depends=crypto_simd", "name=t"]);
+        let moved = v(&[
+            "depends=twofish_common,crypto_simd",
+            "license=GPL",
+            "name=t",
+        ]);
+        let canon = modinfo_with_sorted_depends;
+        assert_eq!(canon(&stock), canon(&swapped));
+        assert_ne!(canon(&stock), canon(&other));
+        assert_ne!(canon(&stock), canon(&moved));
+        assert_eq!(canon(&v(&["depends="])), v(&["depends="]));
+    }
 }
