@@ -67,7 +67,7 @@ fn farm_executes_backend_jobs_hermetically() {
     let manifest = thin_link(tree.path());
     std::env::set_current_dir(tree.path()).unwrap();
     let cc = toolchain().cc.spelled.clone();
-    let identity = thinlto_backend::cache::identity::compiler_identity(std::slice::from_ref(&cc))
+    let identity = thinlto_backend::cache::identity::program_identity(std::slice::from_ref(&cc))
         .unwrap()
         .0;
 

@@ -119,8 +119,11 @@ fn kmake(tree: &Path, mode: Mode) -> Output {
 /// `kmake` with more make arguments (`THINLTO_BACKEND_FLAGS=…`).
 fn kmake_with(tree: &Path, mode: Mode, extra: &[&str]) -> Output {
     let tc = toolchain();
-    let mut c = Command::new("make");
+    // Bounded: a farm job no worker matches waits in the queue for ever
+    // (as it did when the client's identity took in make's CLANG_FLAGS).
+    let mut c = Command::new("timeout");
     c.current_dir(tree)
+        .args(["--kill-after=10", "600", "make"])
         .args(["-j2", "-f", "Makefile.modules-like"])
         .arg(format!("obj={DIR}"))
         .arg(format!("CC={}", tc.cc.spelled))

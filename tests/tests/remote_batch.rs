@@ -291,7 +291,7 @@ fn batched_jobs_fail_fall_back_and_hit_the_cache_one_by_one() {
     };
     let key = spec.key().unwrap();
     let cc = toolchain().cc.spelled.clone();
-    let identity = thinlto_backend::cache::identity::compiler_identity(&[cc])
+    let identity = thinlto_backend::cache::identity::program_identity(&[cc])
         .unwrap()
         .0;
     let ex = Executor::connect(&RemoteOptions {

@@ -294,7 +294,7 @@ fn a_hostile_client_cannot_escape_poison_or_stall_a_worker() {
     let m = thin_link(t.path());
     let cc = toolchain().cc.spelled.clone();
     let (identity, _) =
-        thinlto_backend::cache::identity::compiler_identity(std::slice::from_ref(&cc)).unwrap();
+        thinlto_backend::cache::identity::program_identity(std::slice::from_ref(&cc)).unwrap();
     // A job that imports from another module (not config_blob's asm,
     // which .incbin's a file no action carries).
     let job = m

@@ -241,7 +241,7 @@ impl RemoteExec {
         if let Err(why) = &placer.compiler {
             bail!("{why}");
         }
-        let (identity, _) = crate::cache::identity::compiler_identity(cc_argv)
+        let (identity, _) = crate::cache::identity::program_identity(cc_argv)
             .context("the compiler's identity (the workers match it)")?;
         let executor = Executor::connect(opts)?;
         Ok(RemoteExec {

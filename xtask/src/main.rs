@@ -202,7 +202,9 @@ enum Verb {
     /// stock way (e.g. distributed mode with examples/kbuild/modules-dist.patch
     /// against in-process mode): Module.symvers and modules.order identical,
     /// every .ko of modules.order with the same exports (__ksymtab_*),
-    /// undefined symbols, .modinfo and __versions
+    /// undefined symbols, .modinfo and __versions (modinfo's depends= and
+    /// __versions as sets: modpost writes both in the order of the module
+    /// object's undefined symbols, which the link mode changes)
     ModulesCompare {
         /// The reference tree, built the stock way
         #[arg(long, value_name = "LINUX")]

@@ -17,8 +17,34 @@ use anyhow::{Context, Result};
 use object::Object;
 
 /// The identity of `$(CC)` as its words: a hex digest, and the text it
-/// was computed from (for `--explain`-style diagnostics and tests).
+/// was computed from (for `--explain`-style diagnostics and tests). The
+/// programs' identity ([`program_identity`]) and the environment
+/// variables the compiler reads here: what a local compile depends on.
 pub fn compiler_identity(cc_argv: &[String]) -> Result<(String, String)> {
+    let mut text = program_text(cc_argv)?;
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| ["CCC_", "CLANG_", "LLVM_"].iter().any(|p| k.starts_with(p)))
+        .collect();
+    env.sort();
+    for (k, v) in env {
+        text.push_str(&format!("env {k}={v}\n"));
+    }
+    Ok((blake3::hash(text.as_bytes()).to_hex().to_string(), text))
+}
+
+/// The identity of `$(CC)`'s programs alone, without this process's
+/// environment: what a farm's worker and a client must agree on (the
+/// `thinlto-compiler` platform property). A worker runs each compile with
+/// an empty environment, so neither side's variables reach it; and a
+/// client under make has kbuild's exported `CLANG_FLAGS`, which a worker
+/// never has, so an identity with the environment matched no worker and
+/// the action waited in the queue for ever.
+pub fn program_identity(cc_argv: &[String]) -> Result<(String, String)> {
+    let text = program_text(cc_argv)?;
+    Ok((blake3::hash(text.as_bytes()).to_hex().to_string(), text))
+}
+
+fn program_text(cc_argv: &[String]) -> Result<String> {
     let mut text = String::from("thinlto-dist compiler identity 1\n");
     for word in cc_argv.iter().filter(|w| !w.starts_with('-')) {
         let Some(exe) = crate::warm::resolve(word) else {
@@ -62,14 +88,7 @@ pub fn compiler_identity(cc_argv: &[String]) -> Result<(String, String)> {
             }
         }
     }
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| ["CCC_", "CLANG_", "LLVM_"].iter().any(|p| k.starts_with(p)))
-        .collect();
-    env.sort();
-    for (k, v) in env {
-        text.push_str(&format!("env {k}={v}\n"));
-    }
-    Ok((blake3::hash(text.as_bytes()).to_hex().to_string(), text))
+    Ok(text)
 }
 
 /// `build-id <hex>` for an ELF file that has one, else `blake3 <hex>`.

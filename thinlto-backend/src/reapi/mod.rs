@@ -30,8 +30,8 @@ pub use client::*;
 use std::path::PathBuf;
 
 /// The platform property naming the compiler an action needs: the
-/// identity digest of `cache::identity::compiler_identity` for the
-/// action's `argv[0]`. Workers advertise one per compiler they have, and
+/// identity digest of `cache::identity::program_identity` for the
+/// action's `argv[0]` (the programs, not the client's environment). Workers advertise one per compiler they have, and
 /// BuildGrid's scheduler matches it (`match-property-keys`).
 pub const COMPILER_PROPERTY: &str = "thinlto-compiler";
 

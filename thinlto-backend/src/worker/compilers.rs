@@ -19,7 +19,7 @@ pub struct Compiler {
     pub word: String,
     /// What runs (symlinks resolved).
     pub exe: PathBuf,
-    /// `cache::identity::compiler_identity` of `[word]`.
+    /// `cache::identity::program_identity` of `[word]` (what clients match).
     pub identity: String,
     /// The installation the compile may read: the directory above the
     /// executable's (`/usr/lib/llvm-19` for `/usr/lib/llvm-19/bin/clang`).
@@ -33,7 +33,7 @@ impl Compiler {
     pub fn new(word: &str) -> Result<Compiler> {
         let exe = crate::warm::resolve(word)
             .with_context(|| format!("compiler {word}: not found (on PATH, or as a path)"))?;
-        let (identity, _) = crate::cache::identity::compiler_identity(&[word.to_string()])
+        let (identity, _) = crate::cache::identity::program_identity(&[word.to_string()])
             .with_context(|| format!("compiler {word}: cannot compute its identity"))?;
         let installation = exe
             .parent()
