@@ -117,8 +117,13 @@ fn scratch(tree: &Path, mods: &[Module]) {
             format!("{base}.mod.o"),
             format!("{base}.lto.o"),
             format!("{base}.lto.o.thinlto.bc"),
+            format!("{base}.lto.o.imports"),
             format!("{base}.thinlto-index"),
             format!("{base}.thinlto-native.o"),
+            // A single-object module's native: left, the tools found it
+            // up to date by content and skipped its job (M2 of the eighth
+            // and ninth sessions: 498 jobs instead of 876).
+            format!("{base}.lto.thinlto-native.o"),
         ] {
             let _ = std::fs::remove_file(tree.join(f));
         }
