@@ -6,7 +6,9 @@
 //! before those its `post:` names, as `modprobe` orders them (a name is a
 //! module's name or one of its `alias=`es: `libcrc32c`'s `pre: crc32c` is
 //! `crc32c_generic`). A soft dependency on a module that was not built as
-//! one (built in, or not configured) is no error: `modprobe` skips it too.
+//! one (built in, or not configured) is no error: `modprobe` skips it too;
+//! nor is one that the hard dependencies contradict (`crypto_algapi` wants
+//! `cryptomgr` first, which depends on it): it is dropped.
 
 use std::path::{Path, PathBuf};
 
@@ -145,6 +147,25 @@ pub fn read_module(tree: &Path, ko: &Path) -> Result<Module> {
     })
 }
 
+/// Whether module `a` must be loaded before `b` by the edges so far
+/// (`after[i]`: the modules that come before `i`).
+fn must_precede(after: &[Vec<usize>], a: usize, b: usize) -> bool {
+    let mut seen = vec![false; after.len()];
+    let mut stack = vec![b];
+    while let Some(i) = stack.pop() {
+        for &j in &after[i] {
+            if j == a {
+                return true;
+            }
+            if !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    false
+}
+
 /// The load order: modules in the given (modules.order) order, except
 /// that each comes after the modules it depends on. Stable: of the
 /// modules whose dependencies are loaded, the earliest in the given
@@ -183,12 +204,24 @@ pub fn load_order(modules: &[Module]) -> Result<Vec<Module>> {
         for d in &m.depends {
             after[i].extend((0..n).filter(|&j| module_name(&modules[j].name) == module_name(d)));
         }
+    }
+    // Soft dependencies give way to hard ones, as modprobe's do: one that
+    // would close a cycle is dropped (crypto_algapi's `softdep=pre:
+    // cryptomgr`, while cryptomgr depends on crypto_algapi).
+    let mut soft = |first: usize, then: usize| {
+        if first != then && !must_precede(&after, then, first) {
+            after[then].push(first);
+        }
+    };
+    for (i, m) in modules.iter().enumerate() {
         for d in &m.soft_pre {
-            after[i].extend(named(d).into_iter().filter(|&j| j != i));
+            for j in named(d) {
+                soft(j, i);
+            }
         }
         for d in &m.soft_post {
-            for j in named(d).into_iter().filter(|&j| j != i) {
-                after[j].push(i);
+            for j in named(d) {
+                soft(i, j);
             }
         }
     }
@@ -314,6 +347,22 @@ mod tests {
         assert_eq!(
             names(&load_order(&dashed).unwrap()),
             ["twofish_common", "twofish_x86_64", "twofish_x86_64_3way"]
+        );
+    }
+
+    #[test]
+    fn a_softdep_that_a_hard_dependency_contradicts_is_dropped() {
+        let mut algapi = m("crypto_algapi", &[]);
+        algapi.soft_pre = vec!["cryptomgr".into()];
+        let mut hash = m("crypto_hash", &["crypto_algapi"]);
+        // And one soft edge against another: the first one kept wins.
+        hash.soft_post = vec!["md5".into()];
+        let mut md5 = m("md5", &["crypto_hash"]);
+        md5.soft_post = vec!["crypto_hash".into()];
+        let v = [m("cryptomgr", &["crypto_algapi"]), algapi, md5, hash];
+        assert_eq!(
+            names(&load_order(&v).unwrap()),
+            ["crypto_algapi", "cryptomgr", "crypto_hash", "md5"]
         );
     }
 
