@@ -544,3 +544,66 @@ fn a_touch_after_a_farm_run_reruns_nothing() {
         "{r:?}"
     );
 }
+
+/// A farm without a worker whose platform matches keeps the action
+/// queued and says nothing (BuildGrid): the client says so, once, after
+/// `--remote-queued-notice`, naming the platform it asked for, and waits
+/// on (a worker may yet come).
+#[test]
+fn a_job_no_worker_takes_is_told_of() {
+    let t = sample_tree();
+    let m = thin_link(t.path());
+    let object = m.bitcode().map(|o| o.object.clone()).min().unwrap();
+    let bgd = buildgrid::bgd();
+    // No worker at all: no platform matches.
+    let farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut child = tool("thinlto-backend", t.path())
+        .args(["--index", "out/vmlinux.thinlto-index", "--no-cache", "-B"])
+        .args(["--only", &object, "--remote-exec", farm.url.as_str()])
+        .args(["--remote-queued-notice", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let notice = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("none started") => break l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no queued notice within 60 s ({e}); stderr so far:\n{seen:#?}"),
+        }
+    };
+    assert!(
+        notice.contains(&farm.url) && notice.contains("1 execution(s) queued"),
+        "{notice}"
+    );
+    assert!(notice.contains("thinlto-compiler="), "{notice}");
+    // It waits on: still running, the job neither failed nor moved here.
+    assert!(child.try_wait().unwrap().is_none(), "{notice}");
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{rest:#?}");
+    // Said once.
+    assert!(
+        !rest.iter().any(|l| l.contains("none started")),
+        "{rest:#?}"
+    );
+    assert!(
+        !t.path()
+            .join(thinlto_backend::job::native_of(&object))
+            .exists(),
+        "a native without a compile"
+    );
+}

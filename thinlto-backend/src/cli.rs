@@ -264,6 +264,12 @@ pub struct EngineArgs {
     /// E.g. --remote-batch 8
     #[arg(long, value_name = "auto|N", default_value = "auto")]
     pub remote_batch: crate::config::BatchSize,
+    /// Say so when this run's queued farm executions have waited this
+    /// many seconds with none started: a farm without a worker whose
+    /// platform matches (compiler identity) keeps them queued without a
+    /// word. The run waits on
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::reapi::DEFAULT_QUEUED_NOTICE_SECONDS)]
+    pub remote_queued_notice: u64,
     /// A CA certificate (PEM) to trust for grpcs:// (default: the system's)
     #[arg(long, value_name = "FILE")]
     pub remote_tls_ca: Option<PathBuf>,

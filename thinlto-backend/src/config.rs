@@ -47,6 +47,8 @@ pub struct RemoteExecOptions {
     pub jobs: usize,
     /// `--remote-batch`: how many jobs one action carries.
     pub batch: BatchSize,
+    /// `--remote-queued-notice`.
+    pub queued_notice: std::time::Duration,
 }
 
 /// `--remote-batch auto|N`: how jobs are packed into the farm's actions

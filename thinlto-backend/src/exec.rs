@@ -48,10 +48,9 @@ use anyhow::{bail, Context, Result};
 mod batch;
 mod lookups;
 
-use crate::config::BatchSize;
+use crate::config::RemoteExecOptions;
 use crate::job::{split_dwarf_file, BackendJob, BatchRef};
 use crate::reapi::execute::{ActionRefused, Cancelled, Executed, Executor, RemoteAction};
-use crate::reapi::RemoteOptions;
 use crate::reapi::{is_transient, printable, ActionSpec, Digest, InputFile, COMPILER_PROPERTY};
 use crate::worker::compilers::Compiler;
 use crate::worker::hermetic::NOT_HERMETIC;
@@ -231,19 +230,20 @@ impl RemoteExec {
     /// Connects to the farm for jobs compiled by `cc_argv` (the words of
     /// `$(CC)`). A compiler behind a launcher (`ccache clang-19`) cannot
     /// run remotely: a worker runs a compiler it has, by name.
-    pub fn connect(
-        opts: &RemoteOptions,
-        jobs: usize,
-        batch: BatchSize,
-        cc_argv: &[String],
-    ) -> Result<RemoteExec> {
+    pub fn connect(opts: &RemoteExecOptions, cc_argv: &[String]) -> Result<RemoteExec> {
+        let RemoteExecOptions {
+            remote: ref opts,
+            jobs,
+            batch,
+            queued_notice,
+        } = *opts;
         let placer = Placer::new(cc_argv);
         if let Err(why) = &placer.compiler {
             bail!("{why}");
         }
         let (identity, _) = crate::cache::identity::program_identity(cc_argv)
             .context("the compiler's identity (the workers match it)")?;
-        let executor = Executor::connect(opts)?;
+        let executor = Executor::connect(opts)?.with_queued_notice(queued_notice);
         Ok(RemoteExec {
             executor,
             placer,

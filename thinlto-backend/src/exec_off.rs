@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 
 use crate::job::BackendJob;
-use crate::reapi::RemoteOptions;
 
 pub enum Outcome {
     Built {
@@ -60,15 +59,10 @@ impl RemoteExec {
         match *self {}
     }
 
-    pub fn connect(
-        opts: &RemoteOptions,
-        _: usize,
-        _: crate::config::BatchSize,
-        _: &[String],
-    ) -> Result<RemoteExec> {
+    pub fn connect(opts: &crate::config::RemoteExecOptions, _: &[String]) -> Result<RemoteExec> {
         bail!(
             "{}: this thinlto-backend was built without the `remote` feature (no REAPI client)",
-            opts.url
+            opts.remote.url
         )
     }
 

@@ -207,6 +207,7 @@ fn engine_config(args: &EngineArgs, header_env: Option<&std::ffi::OsStr>) -> Res
                     .remote_jobs
                     .unwrap_or(thinlto_backend::exec::DEFAULT_REMOTE_JOBS),
                 batch: args.remote_batch,
+                queued_notice: std::time::Duration::from_secs(args.remote_queued_notice),
             })
         })
         .transpose()?;

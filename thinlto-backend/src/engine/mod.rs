@@ -145,7 +145,7 @@ pub fn run_planned(
     // A farm that cannot be reached is said once; the jobs compile here.
     let remote = match &cfg.remote_exec {
         Some(o) if needs_run && cfg.mode == Mode::Build => {
-            match crate::exec::RemoteExec::connect(&o.remote, o.jobs, o.batch, &cc.argv) {
+            match crate::exec::RemoteExec::connect(o, &cc.argv) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     eprintln_one_write!("thinlto-backend: remote execution: {e:#}; compiling here");

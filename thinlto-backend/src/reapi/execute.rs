@@ -24,8 +24,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
@@ -43,6 +43,9 @@ const MAX_RESUMES: usize = 20;
 /// How long a CancelOperation may take: it is sent while the process is
 /// dying by a signal, and a dead server must not hold the exit.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How often a waiting execution looks at the queued notice's clock.
+const QUEUED_CHECK: Duration = Duration::from_secs(1);
 
 /// One action to execute: what the cache's [`ActionKey`] describes, plus
 /// the platform properties a worker must have, and where the input files'
@@ -78,6 +81,14 @@ pub struct Executor {
     /// This client's operations the server has not started yet
     /// ([`Executor::waiting`]).
     waiting: AtomicUsize,
+    /// When one of this client's executions last started, or the first
+    /// was sent after none waited: the clock of the queued notice.
+    progress: std::sync::Mutex<Instant>,
+    /// How long the clock may run with executions waiting before the
+    /// notice ([`crate::reapi::DEFAULT_QUEUED_NOTICE_SECONDS`]).
+    queued_notice: Duration,
+    /// The queued notice was given.
+    queued_said: AtomicBool,
     cas: RemoteCache,
     exec: ExecutionClient<Svc>,
     /// google.longrunning's Operations service of the execution server
@@ -158,6 +169,9 @@ impl Executor {
         let ops = OperationsClient::new(cas.svc.clone());
         Ok(Executor {
             waiting: AtomicUsize::new(0),
+            progress: std::sync::Mutex::new(Instant::now()),
+            queued_notice: Duration::from_secs(crate::reapi::DEFAULT_QUEUED_NOTICE_SECONDS),
+            queued_said: AtomicBool::new(false),
             cas,
             exec,
             ops,
@@ -248,6 +262,13 @@ impl Executor {
             .with_context(|| format!("action cache of {}", self.cas.url))
     }
 
+    /// Says so when the executions waiting have none of them started for
+    /// `after` (instead of [`crate::reapi::DEFAULT_QUEUED_NOTICE_SECONDS`]).
+    pub fn with_queued_notice(mut self, after: Duration) -> Executor {
+        self.queued_notice = after;
+        self
+    }
+
     /// How many of this client's executions the server has not started:
     /// sent, and the operation's metadata not yet past QUEUED
     /// (`ExecuteOperationMetadata.stage`). While one waits, the farm's
@@ -256,6 +277,24 @@ impl Executor {
     /// execution counted until it is done.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Says, once, that this client's executions have waited the queued
+    /// notice's time with none started (an action of `platform` among
+    /// them).
+    fn queued_notice(&self, platform: &[(String, String)]) {
+        let quiet = self.progress.lock().unwrap().elapsed();
+        let waiting = self.waiting();
+        if waiting == 0
+            || quiet < self.queued_notice
+            || self.queued_said.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        eprintln_one_write!(
+            "{}",
+            queued_notice_text(&self.cas.url, waiting, quiet, platform)
+        );
     }
 
     /// Whether the server lets clients write its action cache.
@@ -341,7 +380,7 @@ impl Executor {
             digest_function: re::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
-        let response = self.run_operation(req, name).await?;
+        let response = self.run_operation(req, name, &action.platform).await?;
         if let Some(s) = response.status.as_ref().filter(|s| s.code != 0) {
             let code = Code::from(s.code);
             if ActionRefused::of(code) {
@@ -394,15 +433,17 @@ impl Executor {
     /// Execute, then WaitExecution while the stream breaks before the
     /// operation is done. The operation's name goes to `known` as soon as
     /// the server gives it.
+    /// `platform`: the action's, for the queued notice.
     async fn run_operation(
         &self,
         req: re::ExecuteRequest,
         known: &std::sync::Mutex<String>,
+        platform: &[(String, String)],
     ) -> Result<re::ExecuteResponse> {
         let mut exec = self.exec.clone();
         let mut name = String::new();
         let mut last_error = None;
-        let mut waiting = Waiting::new(&self.waiting);
+        let mut waiting = Waiting::new(self);
         for attempt in 0..=MAX_RESUMES {
             let stream = if attempt == 0 {
                 crate::reapi::calls::count(crate::reapi::calls::Call::Execute);
@@ -427,7 +468,11 @@ impl Executor {
                 Err(s) => return Err(status_error(s, "Execute")),
             };
             loop {
-                match stream.message().await {
+                let Ok(message) = tokio::time::timeout(QUEUED_CHECK, stream.message()).await else {
+                    self.queued_notice(platform);
+                    continue;
+                };
+                match message {
                     Ok(Some(op)) => {
                         if started(&op) {
                             waiting.started();
@@ -460,6 +505,27 @@ impl Executor {
     }
 }
 
+/// What [`Executor::queued_notice`] says.
+fn queued_notice_text(
+    url: &str,
+    waiting: usize,
+    quiet: Duration,
+    platform: &[(String, String)],
+) -> String {
+    let wanted: Vec<String> = platform
+        .iter()
+        .map(|(k, v)| format!("{k}={}", printable(v)))
+        .collect();
+    format!(
+        "thinlto-backend: {url}: {waiting} execution(s) queued and none started for {} s: \
+         is a worker connected whose platform matches {}? (A worker prints its own when it \
+         starts; BuildGrid keeps an action no worker matches queued, without a word.) \
+         Waiting on.",
+        quiet.as_secs(),
+        wanted.join(" ")
+    )
+}
+
 /// Whether the operation's metadata says a worker has it (or had it).
 fn started(op: &Operation) -> bool {
     op.done
@@ -473,22 +539,25 @@ fn started(op: &Operation) -> bool {
 /// One execution counted in [`Executor::waiting`] until it starts or
 /// ends, whichever way (an error, a cancel).
 struct Waiting<'a> {
-    count: &'a AtomicUsize,
+    exec: &'a Executor,
     counted: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
+    fn new(exec: &'a Executor) -> Waiting<'a> {
+        if exec.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            *exec.progress.lock().unwrap() = Instant::now();
+        }
         Waiting {
-            count,
+            exec,
             counted: true,
         }
     }
 
     fn started(&mut self) {
         if std::mem::take(&mut self.counted) {
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.exec.waiting.fetch_sub(1, Ordering::Relaxed);
+            *self.exec.progress.lock().unwrap() = Instant::now();
         }
     }
 }

@@ -35,6 +35,14 @@ use std::path::PathBuf;
 /// BuildGrid's scheduler matches it (`match-property-keys`).
 pub const COMPILER_PROPERTY: &str = "thinlto-compiler";
 
+/// How long this client's queued executions may all wait, none of them
+/// started, before it says so, once a run (`--remote-queued-notice`).
+/// BuildGrid keeps an action whose platform no worker advertises queued
+/// for good and says nothing of it; from here that looks like a farm
+/// that never answers. A minute is long beside a batch (~2.5 s) and
+/// short beside a user's patience.
+pub const DEFAULT_QUEUED_NOTICE_SECONDS: u64 = 60;
+
 /// Where and how to reach the REAPI server.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteOptions {
