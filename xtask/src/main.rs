@@ -129,6 +129,10 @@ enum Verb {
         /// Farm workers for --remote-only
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// The batched farm run's `--remote-batch` for --remote-only
+        /// (`auto`, or at most this many jobs an action)
+        #[arg(long, default_value = "auto", requires = "remote_only")]
+        batch: String,
         /// Only lld's DTLTO (LLVM 22): the generated tree's `ld.lld -r` and,
         /// with --kernel, Linux's `vmlinux.a`, linked with in-process
         /// ThinLTO, the reference distributor and `thinlto-backend dtlto`
@@ -392,6 +396,7 @@ fn run(cli: Cli) -> Result<()> {
             cache_only,
             remote_only,
             workers,
+            batch,
             dtlto_only,
             modules_only,
             sandbox_only,
@@ -429,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
                     &as_typed(k),
                     jobs.unwrap_or_else(xtask::default_jobs),
                     workers,
+                    &batch,
                 )?;
                 return publish(
                     REMOTE_MARKER,

@@ -6,7 +6,7 @@
 //! (`cargo xtask farm`: BuildGrid, PostgreSQL, W release-built workers
 //! sharing the N cores) twice, each time a new farm with an empty CAS and
 //! action cache: one action a job (`--remote-batch 1`) and batched
-//! (`--remote-batch auto`). Every native of every run is compared with
+//! (`--remote-batch auto`, or the size `--batch` gives). Every native of every run is compared with
 //! kbuild's.
 //!
 //! Where the time goes: the CPU of each of the farm's components
@@ -237,7 +237,11 @@ fn mib(summary: &str, what: &str) -> f64 {
 }
 
 /// Runs the scenarios; the markdown of the report.
-pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<String> {
+/// `batch`: the batched run's `--remote-batch` (`auto` or a number).
+pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize, batch: &str) -> Result<String> {
+    if let Err(e) = batch.parse::<thinlto_backend::config::BatchSize>() {
+        bail!("--batch {e}");
+    }
     let tree = linux
         .canonicalize()
         .with_context(|| format!("{}: no such tree", linux.display()))?;
@@ -292,7 +296,7 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
     let worker_jobs = (jobs / workers.max(1)).max(1);
     let worker_exe = exe.clone();
     let mut farm_runs = Vec::new();
-    for batch in ["1", "auto"] {
+    for batch in ["1", batch] {
         eprintln!(
             "bench (remote): a new farm of {workers} workers (-j {worker_jobs}), every job on it, --remote-batch {batch}"
         );
@@ -319,6 +323,7 @@ pub fn run(linux: &Path, shown: &str, jobs: usize, workers: usize) -> Result<Str
         local: &local,
         same_local,
         farm: &farm_runs,
+        batch,
     })
 }
 
@@ -335,6 +340,8 @@ struct Report<'a> {
     same_local: bool,
     /// One action a job, then batched.
     farm: &'a [FarmRun],
+    /// The batched run's `--remote-batch`.
+    batch: &'a str,
 }
 
 /// How much of a core one BuildGrid process can use: it is Python, its
@@ -377,9 +384,10 @@ fn report(r: &Report) -> Result<String> {
         r.local.seconds,
         yes(r.same_local)
     )?;
+    let batched_name = format!("batched (`--remote-batch {}`)", r.batch);
     for (name, f) in [
         ("one action a job (`--remote-batch 1`)", one),
-        ("batched (`--remote-batch auto`)", batched),
+        (batched_name.as_str(), batched),
     ] {
         writeln!(
             md,
