@@ -306,6 +306,62 @@ fn open_fifo_writer(fifo: &Path, farm: &Farm) -> std::fs::File {
     }
 }
 
+/// A worker whose work directory is on a disk file system says what that
+/// costs (it is not refused); the farm's, on a tmpfs, say nothing.
+#[test]
+fn a_worker_on_a_disk_work_directory_says_its_cost() {
+    let bgd = thinlto_dist_tests::buildgrid::bgd();
+    let mut farm = Farm::start(&bgd, &bin("thinlto-backend")).unwrap_or_else(|e| panic!("{e:#}"));
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if fs_type(disk.path()) != "tmpfs" {
+        let mut w = Command::new(bin("thinlto-backend"))
+            .args(["worker", "--server", farm.url.as_str(), "--name", "disk"])
+            .arg("--work-dir")
+            .arg(disk.path().join("work"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = std::io::BufReader::new(w.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+            let done = line.contains(COMPILER_PROPERTY);
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = w.kill();
+        let _ = w.wait();
+        assert!(
+            seen.iter().any(|l| l.contains("is not on a tmpfs")),
+            "{seen:#?}"
+        );
+    } else {
+        eprintln!("farm: skipped the disk work directory's note (the target directory is a tmpfs)");
+    }
+    farm.add_worker("t1", &[], &[]).unwrap();
+    let log = farm.worker_log("t1");
+    thinlto_dist_tests::wait_for("the worker to name its compilers", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(COMPILER_PROPERTY)
+    });
+    if fs_type(&farm.worker_dir("t1")) == "tmpfs" {
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(!log.contains("is not on a tmpfs"), "{log}");
+    } else {
+        eprintln!("farm: skipped the tmpfs work directory's silence (no tmpfs here)");
+    }
+}
+
+/// The file system type of `path`, as `stat -f` names it (`tmpfs`,
+/// `ext2/ext3`, …).
+fn fs_type(path: &Path) -> String {
+    let out = run_ok(Command::new("stat").args(["-f", "-c", "%T"]).arg(path));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Whether `dir` is a tmpfs, as /proc/mounts says.
 fn is_tmpfs(dir: &str) -> bool {
     std::fs::read_to_string("/proc/mounts")
