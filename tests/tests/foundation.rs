@@ -204,6 +204,17 @@ fn bad_setups_are_one_line_errors() {
         e.contains("tree directory /proc/thinlto-dist-no-such-dir"),
         "{e}"
     );
+    // A tree without a kernel image is said before qemu is looked for
+    // (and installed): on a PATH without qemu or apt-get, the error is
+    // the tree's.
+    let empty = tempfile::tempdir().unwrap();
+    let tree = empty.path().join("linux");
+    std::fs::create_dir(&tree).unwrap();
+    let e = xtask_error(
+        &["kernel", "--tree", tree.to_str().unwrap(), "--boot-only"],
+        &[("PATH", empty.path().to_str().unwrap())],
+    );
+    assert!(e.contains("arch/x86/boot/bzImage: no kernel image"), "{e}");
 }
 
 fn which(p: &str) -> bool {

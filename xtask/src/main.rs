@@ -588,7 +588,10 @@ fn run(cli: Cli) -> Result<()> {
                 accel: boot_accel,
             };
             if boot || boot_only {
-                // Before the stages: a missing qemu is better said at once.
+                // Before the stages: a missing qemu is better said at
+                // once, and a tree without a kernel image before qemu is
+                // installed for it.
+                xtask::boot::bootable_tree(&tree)?;
                 provision::ensure_host(provision::BOOT_NEEDS)?;
             }
             if boot_only {

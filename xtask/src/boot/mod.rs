@@ -454,12 +454,13 @@ impl BootReport {
     }
 }
 
-/// Builds the initramfs and boots the tree's bzImage.
-pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
-    let tree = opts
-        .tree
+/// The tree (canonical) and its kernel image, or what it lacks: asked
+/// before anything is installed for the boot (qemu), so that a tree that
+/// cannot boot is said at once.
+pub fn bootable_tree(tree: &Path) -> Result<(PathBuf, PathBuf)> {
+    let tree = tree
         .canonicalize()
-        .with_context(|| format!("{}: no such tree", opts.tree.display()))?;
+        .with_context(|| format!("{}: no such tree", tree.display()))?;
     let bzimage = tree.join("arch/x86/boot/bzImage");
     if !bzimage.is_file() {
         bail!(
@@ -467,6 +468,12 @@ pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
             bzimage.display()
         );
     }
+    Ok((tree, bzimage))
+}
+
+/// Builds the initramfs and boots the tree's bzImage.
+pub fn run_boot(opts: &BootOptions) -> Result<BootReport> {
+    let (tree, bzimage) = bootable_tree(&opts.tree)?;
     let kos = modorder::read_modules_order(&tree)?;
     let modules = kos
         .iter()
