@@ -154,8 +154,9 @@ fn make_modules(
     jobs: usize,
     env: &[(String, String)],
     args: &[String],
-    tools: bool,
+    way: Way,
 ) -> Result<Run> {
+    let tools = way == Way::Tools;
     let out = run_make(tree, "modules", jobs, env, args)?;
     let word = |l: &str, tag: &str| -> Option<String> {
         l.trim().strip_prefix(tag).map(|r| r.trim().to_string())
@@ -191,8 +192,10 @@ fn make_modules(
             if !tools {
                 backend += compiled.contains(&m.object) as usize;
             }
-        } else if natives.is_empty() && relinked.contains(&m.object) {
-            // In-process: lld ran a backend per bitcode part.
+        } else if way == Way::Stock && relinked.contains(&m.object) {
+            // In-process: lld ran a backend per bitcode part. (Not
+            // "no native's CC line": a run of the tools' whose every job
+            // was a cache hit has none either.)
             backend += m.parts.iter().filter(|p| is_bitcode(&tree.join(p))).count();
         }
     }
@@ -302,7 +305,7 @@ pub fn run(tree: &Path, display: &str, jobs: usize) -> Result<String> {
                         .open(tree.join(&touched))?
                         .set_modified(std::time::SystemTime::now())?,
                 }
-                runs.push(Some(make_modules(&tree, &mods, jobs, &env, &args, tools)?));
+                runs.push(Some(make_modules(&tree, &mods, jobs, &env, &args, way)?));
             }
             Ok(runs)
         })();
