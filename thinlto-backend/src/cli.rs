@@ -253,7 +253,7 @@ pub struct EngineArgs {
     /// root lacks, a farm that is down) compiles here; see docs/remote.md
     #[arg(long, value_name = "URL", env = "THINLTO_REMOTE_EXEC")]
     pub remote_exec: Option<String>,
-    /// Jobs on the farm at once [default: 64]; make's job slots bound only
+    /// Jobs on the farm at once [default: 128]; make's job slots bound only
     /// the jobs that compile here
     #[arg(long, value_name = "N")]
     pub remote_jobs: Option<usize>,

@@ -57,8 +57,10 @@ use crate::worker::hermetic::NOT_HERMETIC;
 
 /// Remote jobs in flight at once without `--remote-jobs`: a farm serves
 /// many more than this machine's cores, and each waiting job costs only a
-/// thread blocked on the network.
-pub const DEFAULT_REMOTE_JOBS: usize = 64;
+/// thread blocked on the network. 128, not 64: `auto` batches take up to
+/// a third of it (`exec::batch`), and ~40-job batches need room for
+/// several in flight (issue 26's measurements).
+pub const DEFAULT_REMOTE_JOBS: usize = 128;
 
 /// How long one job may wait on the farm, queue included: a backend
 /// compile takes seconds, so a job still not done after this means the

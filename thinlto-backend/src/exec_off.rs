@@ -33,7 +33,7 @@ pub struct ExecSummary {
     pub lookups_skipped: u64,
 }
 
-pub const DEFAULT_REMOTE_JOBS: usize = 64;
+pub const DEFAULT_REMOTE_JOBS: usize = 128;
 
 pub struct Placer;
 

@@ -40,7 +40,7 @@ pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 /// Jobs in one batched action (`--remote-batch`): bounds its argv and its
 /// outputs.
-pub const MAX_BATCH_JOBS: usize = 32;
+pub const MAX_BATCH_JOBS: usize = 64;
 
 /// Output files in one ActionResult: the cache's actions have three at
 /// most (the manifest, the native, the `.dwo`); a batched action five a

@@ -42,15 +42,17 @@ use crate::reapi::execute::Executed;
 use crate::reapi::{ActionKey, ActionSpec, Digest, InputFile};
 
 /// `auto`: the compile time an action aims at, in expected seconds of
-/// this machine. BuildGrid 0.4.4 spends ~100 ms of CPU an action
-/// whatever its size (Execute, queueing, assignment, the lease's
-/// updates: a profile of its process, issue 26); 2.5 s of compile
-/// amortizes that to a few percent and keeps a batch short beside a
-/// whole run (1.5 s left ~6.5 jobs an action on Linux, ~25 ms of the
-/// server a job). A job expected to take this long or longer goes alone:
-/// the longest jobs bound the run's critical path and must start at
-/// once, on their own.
-const AUTO_TARGET_SECONDS: f64 = 2.5;
+/// this machine. BuildGrid 0.4.4 spends ~105 ms of CPU an action
+/// whatever its size, plus ~4.4 ms a job (its own action-cache entry and
+/// files): fitted on Linux's 914 jobs at 12.7 and 24.7 jobs an action
+/// (BENCHMARKS.md, remote execution). 5 s (~26 jobs an action on Linux,
+/// with `DEFAULT_REMOTE_JOBS` 128 and `MAX_BATCH_JOBS` 64) brought the
+/// server to 7.4 ms a job and the farm run to 1.11× the local backend on
+/// the same two cores; 2.5 s with at most 21 jobs an action left 12.7
+/// jobs an action, 12.6 ms and 1.27×. A job expected to take this long
+/// or longer goes alone: the longest jobs bound the run's critical path
+/// and must start at once, on their own.
+const AUTO_TARGET_SECONDS: f64 = 5.0;
 
 /// `auto`: a batch takes at most this share of the jobs in flight
 /// (`--remote-jobs`), so that several batches keep several workers busy.
@@ -66,10 +68,10 @@ const AUTO_SHARE_OF_IN_FLIGHT: usize = 3;
 /// ~2 jobs an action on the first 300 of Linux).
 const LINGER: Duration = Duration::from_millis(100);
 
-/// The longest a batch that is not full waits for jobs: about one
-/// batch's time (`AUTO_TARGET_SECONDS`), after which a queued execution
-/// has surely started, whatever the server says.
-const MAX_LINGER: Duration = Duration::from_millis(2500);
+/// The longest a batch that is not full waits for jobs: one batch's time
+/// (`AUTO_TARGET_SECONDS`), after which a queued execution has surely
+/// started, whatever the server says.
+const MAX_LINGER: Duration = Duration::from_millis(5000);
 
 /// One job as a batch carries it.
 pub(super) struct Member {
